@@ -1,0 +1,1 @@
+"""The DAG stages of dvc.yaml, one module each (`python -m stages.<name>`)."""

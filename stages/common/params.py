@@ -1,0 +1,85 @@
+"""params.yaml -> typed dataclasses, once, at each stage's edge.
+
+OmegaConf merges the YAML onto the dataclass schema, so a typo'd key or a wrong type fails loudly
+before any work starts. Command-line `key=value` overrides (OmegaConf dotlist) apply on top.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class DemoParams:
+    n_records: int = 480
+    n_corpus: int = 240
+    image_size: int = 64
+    sample_rate: int = 16000
+    audio_seconds: float = 1.0
+
+
+@dataclass
+class DataParams:
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestParams:
+    timeout_s: float = 10.0
+    retries: int = 2
+    processes: int = 1
+    threads: int = 16
+    shard_size: int = 1000
+    max_audio_bytes: int = 50_000_000
+
+
+@dataclass
+class ValidateParams:
+    min_side: int = 16
+    max_pixels: int = 40_000_000
+    sample_rate: int = 16000
+    max_seconds: float = 10.0
+    max_caption_chars: int = 512
+    max_reject_fraction: float = 0.2
+
+
+@dataclass
+class TokenizerParams:
+    vocab_size: int = 1024
+    min_frequency: int = 2
+
+
+@dataclass
+class ShardParams:
+    image_size: int = 64
+    n_mels: int = 64
+    n_fft: int = 400
+    hop_length: int = 160
+    max_text_tokens: int = 64
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    samples_per_shard: int = 256
+
+
+@dataclass
+class Params:
+    seed: int = 0
+    demo: DemoParams = field(default_factory=DemoParams)
+    data: DataParams = field(default_factory=DataParams)
+    ingest: IngestParams = field(default_factory=IngestParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
+    tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
+    shard: ShardParams = field(default_factory=ShardParams)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:
+    """Read params.yaml (plus `a.b=c` overrides) into a validated `Params`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run stages from the repository root (where dvc.yaml is)")
+    schema = OmegaConf.structured(Params)
+    merged = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]

@@ -1,0 +1,221 @@
+"""Stage `ingest`: every row of every source table -> data/raw/ (canonical media shards + manifest).
+
+Images are fetched by img2dataset (local files are served to it from a loopback HTTP server, s3://
+objects through presigned URLs); audio through fsspec with a thread pool; text is inline. Nothing is
+judged here beyond "could it be fetched": decoding and rejection are validate's job, so every input row
+appears in data/raw/manifest.jsonl with its payload location or the reason it could not be fetched.
+
+Outputs (rewritten canonically so identical inputs give identical bytes and DVC hashes):
+  data/raw/manifest.jsonl        one line per input row, in source order
+  data/raw/images-NNNNNN.tar     raw image bytes, member name = row_key
+  data/raw/audio-NNNNNN.tar      raw audio bytes, member name = row_key
+  data/raw/summary.json          counts
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stages.common.atomic import atomic_dir, write_json, write_jsonl
+from stages.common.fileserver import LoopbackFileServer
+from stages.common.params import IngestParams, load_params
+from stages.common.sources import SourceError, SourceRow, read_bytes, read_table, resolve_url, scheme_of
+from stages.common.tars import write_tar
+
+OUT_DIR = Path("data/raw")
+FETCHABLE = ("", "file", "http", "https", "s3")
+
+
+@dataclass
+class Fetched:
+    """Outcome of fetching one media URL: bytes, or the reason there are none."""
+
+    data: bytes | None = None
+    error: str | None = None
+
+
+def plan_fetches(rows: list[SourceRow], column: str) -> tuple[dict[str, str], dict[str, Fetched]]:
+    """row_key -> absolute URL to fetch, and row_key -> immediate failure (unsupported scheme)."""
+    todo: dict[str, str] = {}
+    failed: dict[str, Fetched] = {}
+    for row in rows:
+        url = (row.fields or {}).get(column)
+        if not url:
+            continue
+        absolute = resolve_url(url, row.source)
+        if scheme_of(absolute) not in FETCHABLE:
+            failed[row.row_key] = Fetched(error=f"unsupported URL scheme {scheme_of(absolute)!r}")
+        else:
+            todo[row.row_key] = absolute
+    return todo, failed
+
+
+def local_path(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _presign(url: str) -> str:
+    import s3fs
+
+    return s3fs.S3FileSystem().url(url, expires=3600)
+
+
+def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> dict[str, Fetched]:
+    """Download images with img2dataset; returns row_key -> Fetched for every key in `todo`."""
+    if not todo:
+        return {}
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    import img2dataset
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from stages.common.tars import iter_tar
+
+    local = sorted({local_path(u) for u in todo.values() if scheme_of(u) in ("", "file")})
+    with LoopbackFileServer(local) as server:
+        urls = {}
+        for key, url in todo.items():
+            scheme = scheme_of(url)
+            if scheme in ("", "file"):
+                urls[key] = server.url_for(local_path(url))
+            else:
+                urls[key] = _presign(url) if scheme == "s3" else url
+        url_list = workdir / "img2dataset-input.parquet"
+        pd.DataFrame({"url": list(urls.values()), "row_key": list(urls)}).to_parquet(url_list)
+        out = workdir / "img2dataset-output"
+        img2dataset.download(
+            url_list=str(url_list),
+            input_format="parquet",
+            url_col="url",
+            save_additional_columns=["row_key"],
+            output_folder=str(out),
+            output_format="webdataset",
+            processes_count=params.processes,
+            thread_count=params.threads,
+            timeout=int(max(1, round(params.timeout_s))),
+            retries=params.retries,
+            disable_all_reencoding=True,  # keep the original bytes: validate decides what is an image
+            compute_hash=None,
+            extract_exif=False,
+            number_sample_per_shard=max(params.shard_size, 1),
+            enable_wandb=False,
+            incremental_mode="incremental",  # "overwrite" deletes the _tmp dir it just made (1.47.0)
+        )
+    results: dict[str, Fetched] = {}
+    for table in sorted(out.glob("*.parquet")):
+        for rec in pq.read_table(table).to_pylist():
+            if rec.get("status") != "success":
+                reason = rec.get("error_message") or rec.get("status")
+                results[rec["row_key"]] = Fetched(error=f"download failed: {reason}")
+        tar = table.with_suffix(".tar")
+        if tar.exists():
+            by_sample = dict(iter_tar(tar))
+            for rec in pq.read_table(table).to_pylist():
+                if rec.get("status") == "success":
+                    data = by_sample.get(f"{rec['key']}.jpg")
+                    missing = Fetched(error="download failed: missing from img2dataset shard")
+                    results[rec["row_key"]] = Fetched(data=data) if data is not None else missing
+    for key in todo:  # img2dataset can drop a row entirely (e.g. a crashed shard): never lose it silently
+        results.setdefault(key, Fetched(error="download failed: no result from img2dataset"))
+    return results
+
+
+def fetch_one(url: str, params: IngestParams, reader: Callable[[str, float], bytes] = read_bytes) -> Fetched:
+    """Fetch one object with retries and exponential backoff."""
+    error = ""
+    for attempt in range(params.retries + 1):
+        try:
+            data = reader(url, params.timeout_s)
+        except FileNotFoundError as e:
+            return Fetched(error=f"download failed: not found ({e})")
+        except Exception as e:  # noqa: BLE001 - the reason is recorded, the row is kept
+            error = f"download failed: {type(e).__name__}: {e}"
+            time.sleep(min(2**attempt * 0.2, 5))
+            continue
+        if len(data) > params.max_audio_bytes:
+            return Fetched(error=f"download failed: {len(data)} bytes > max_audio_bytes {params.max_audio_bytes}")
+        return Fetched(data=data)
+    return Fetched(error=error)
+
+
+def fetch_audio(todo: dict[str, str], params: IngestParams) -> dict[str, Fetched]:
+    with ThreadPoolExecutor(max_workers=max(params.threads, 1)) as pool:
+        futures = {key: pool.submit(fetch_one, url, params) for key, url in todo.items()}
+        progress = tqdm(futures.items(), desc="ingest: audio", unit="file", disable=not futures)
+        return {key: f.result() for key, f in progress}
+
+
+def write_media_shards(out_dir: Path, prefix: str, fetched: dict[str, Fetched], size: int) -> dict[str, str]:
+    """Canonical shards of the fetched payloads; returns row_key -> 'shard.tar:member'."""
+    keys = sorted(k for k, f in fetched.items() if f.data is not None)
+    locations = {}
+    for start in range(0, len(keys), size):
+        name = f"{prefix}-{start // size:06d}.tar"
+        chunk = keys[start:start + size]
+        write_tar(out_dir / name, {k: fetched[k].data for k in chunk})  # type: ignore[misc]
+        locations.update({k: f"{name}:{k}" for k in chunk})
+    return locations
+
+
+def manifest_rows(rows: list[SourceRow], media: dict[str, tuple[dict[str, Fetched], dict[str, str]]]) -> list[dict]:
+    out = []
+    for row in rows:
+        entry: dict = {"row_key": row.row_key, "source": row.source, "line": row.line,
+                       "fields": row.fields, "table_error": row.table_error}
+        for kind, (fetched, locations) in media.items():
+            result = fetched.get(row.row_key)
+            entry[kind] = locations.get(row.row_key)
+            entry[f"{kind}_error"] = result.error if result is not None else None
+        out.append(entry)
+    return out
+
+
+def run(sources: Sequence[str], out_dir: Path, params: IngestParams) -> dict:
+    if not sources:
+        raise SystemExit("ingest: params data.sources is empty: list at least one table (csv, parquet or jsonl)")
+    try:
+        rows = [row for i, source in enumerate(sources) for row in read_table(source, i)]
+    except SourceError as e:
+        raise SystemExit(f"ingest: {e}") from e
+    image_todo, image_failed = plan_fetches(rows, "image_url")
+    audio_todo, audio_failed = plan_fetches(rows, "audio_url")
+    print(f"ingest: {len(rows)} rows from {len(sources)} sources; "
+          f"fetching {len(image_todo)} images, {len(audio_todo)} audio files")
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory() as work:
+        images = {**fetch_images(image_todo, params, Path(work)), **image_failed}
+        audio = {**fetch_audio(audio_todo, params), **audio_failed}
+        media = {
+            "image": (images, write_media_shards(tmp, "images", images, params.shard_size)),
+            "audio": (audio, write_media_shards(tmp, "audio", audio, params.shard_size)),
+        }
+        write_jsonl(tmp / "manifest.jsonl", manifest_rows(rows, media))
+        summary = {
+            "rows": len(rows),
+            "malformed_lines": sum(r.table_error is not None for r in rows),
+            "images_fetched": sum(f.data is not None for f in images.values()),
+            "images_failed": sum(f.error is not None for f in images.values()),
+            "audio_fetched": sum(f.data is not None for f in audio.values()),
+            "audio_failed": sum(f.error is not None for f in audio.values()),
+            "sources": list(sources),
+        }
+        write_json(tmp / "summary.json", summary)
+    print("ingest: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "sources"))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
+    run(params.data.sources, OUT_DIR, params.ingest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Stage `tokenizer`: train a byte-level BPE on the validated text -> artifacts/tokenizer/ (PreTrainedTokenizerFast).
+
+Every text field of every accepted record (inputs, captions, questions, answers, labels) is training text,
+so the vocabulary covers what the decoders must generate.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from stages.common.atomic import read_jsonl
+from stages.common.params import TokenizerParams, load_params
+from stages.common.records import TEXT_FIELDS
+
+MANIFEST = Path("data/validated/manifest.jsonl")
+OUT_DIR = Path("artifacts/tokenizer")
+
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+    "cls_token": "<s>",
+    "sep_token": "</s>",
+}
+SPECIALS_IN_ORDER = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]  # ids 0..4, stable across vocab sizes
+
+
+def iter_texts(records: Iterable[dict]) -> Iterator[str]:
+    for record in records:
+        for name in TEXT_FIELDS:
+            if record.get(name):
+                yield record[name]
+
+
+def train_tokenizer(texts: Iterable[str], params: TokenizerParams) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (RoBERTa-style): no unknown characters, NFC-normalised, `<s> ... </s>` framing."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=params.vocab_size,
+        min_frequency=params.min_frequency,
+        special_tokens=SPECIALS_IN_ORDER,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=sys.stderr.isatty(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **SPECIAL_TOKENS)
+
+
+def save_atomically(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        Path(tmp).rename(out_dir)
+        Path(tmp).mkdir()  # TemporaryDirectory cleans up its own path
+
+
+def run(manifest: Path, out_dir: Path, params: TokenizerParams) -> PreTrainedTokenizerFast:
+    records = read_jsonl(manifest)
+    if not any(True for _ in iter_texts(records)):
+        raise SystemExit(f"tokenizer: no text in {manifest}: nothing to train a tokenizer on")
+    tokenizer = train_tokenizer(iter_texts(records), params)
+    save_atomically(tokenizer, out_dir)
+    print(f"tokenizer: vocab {len(tokenizer)} from {len(records)} records -> {out_dir}")
+    return tokenizer
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
+    run(MANIFEST, OUT_DIR, params.tokenizer)
+
+
+if __name__ == "__main__":
+    main()

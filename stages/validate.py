@@ -1,0 +1,192 @@
+"""Stage `validate`: decode every sample; each input row lands in exactly one of two files.
+
+  data/validated/manifest.jsonl     accepted records (normalised media in media-NNNNNN.tar)
+  data/validated/quarantine.jsonl   rejected rows: id, reason (+ source, line, row_key to find them)
+  data/validated/features.parquet   the per-record feature table the Great Expectations gate checks
+  metrics/validate.json             counts and reject fractions (DVC metrics)
+  reports/validate/                 Great Expectations Data Docs
+
+Record-level problems quarantine one row; the Great Expectations suites then judge the batch and
+fail the stage (non-zero exit, readable summary) when, e.g., too many rows were rejected.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from stages.common.atomic import atomic_dir, read_jsonl, write_json, write_jsonl
+from stages.common.gate import GateLimits, features_summary_metrics, run_gate
+from stages.common.media import Rejected, decode_audio, decode_image
+from stages.common.params import ValidateParams, load_params
+from stages.common.records import INPUT_FIELDS, record_key, unsafe_id_reason
+from stages.common.tars import read_tar, write_tar
+
+RAW_DIR = Path("data/raw")
+OUT_DIR = Path("data/validated")
+METRICS = Path("metrics/validate.json")
+DOCS_DIR = Path("reports/validate")
+RECORDS_PER_MEDIA_TAR = 1000
+
+
+@dataclass
+class Outcome:
+    """What validation made of one input row: an accepted record or a quarantine entry, plus features."""
+
+    features: dict
+    accepted: dict | None = None
+    rejected: dict | None = None
+    media: dict[str, bytes] = field(default_factory=dict)
+
+
+class RawMedia:
+    """Payloads of data/raw by 'shard.tar:member' location, one shard in memory at a time per kind."""
+
+    def __init__(self, raw_dir: Path):
+        self._load = lru_cache(maxsize=2)(lambda name: read_tar(raw_dir / name))
+
+    def get(self, location: str) -> bytes:
+        shard, member = location.split(":", 1)
+        return self._load(shard)[member]
+
+
+def _empty_features(entry: dict) -> dict:
+    fields = entry.get("fields") or {}
+    return {
+        "id": fields.get("id"),
+        "status": "rejected",
+        "reason": "",
+        "has_image": bool(fields.get("image_url")),
+        "has_audio": bool(fields.get("audio_url")),
+        "has_text": fields.get("text") is not None,
+        "image_width": float("nan"),
+        "image_height": float("nan"),
+        "audio_seconds": float("nan"),
+        "text_chars": float(len(fields["text"])) if fields.get("text") is not None else float("nan"),
+        "caption_chars": float(len(fields["caption"])) if fields.get("caption") is not None else float("nan"),
+    }
+
+
+def check_fields(entry: dict, first_seen: dict[str, str], params: ValidateParams) -> None:
+    """Record-level checks that need no decoding. Raises Rejected with the first failure."""
+    if entry.get("table_error"):
+        raise Rejected(entry["table_error"])
+    fields = entry["fields"]
+    record_id = fields.get("id")
+    if record_id is None or not record_id.strip():
+        raise Rejected("missing id: the row has no id")
+    if reason := unsafe_id_reason(record_id):
+        raise Rejected(reason)
+    where = f"{entry['source']} line {entry['line']}"
+    if record_id in first_seen:
+        raise Rejected(f"duplicate id: first seen at {first_seen[record_id]}")
+    first_seen[record_id] = where
+    if not any(fields.get(name) is not None for name in INPUT_FIELDS):
+        raise Rejected("no input: none of image_url, audio_url, text")
+    if fields.get("text") is not None and not fields["text"].strip():
+        raise Rejected("empty text: text is only whitespace")
+    caption = fields.get("caption")
+    if caption is not None and len(caption) > params.max_caption_chars:
+        raise Rejected(f"caption too long: {len(caption)} chars > max_caption_chars {params.max_caption_chars}")
+
+
+def _payload(entry: dict, kind: str, media: RawMedia) -> bytes:
+    if entry.get(f"{kind}_error"):
+        prefix = "unsupported URL" if "unsupported URL scheme" in entry[f"{kind}_error"] else f"{kind} fetch failed"
+        raise Rejected(f"{prefix}: {entry[f'{kind}_error']}")
+    if not entry.get(kind):
+        raise Rejected(f"{kind} fetch failed: ingest recorded neither a payload nor an error")
+    return media.get(entry[kind])
+
+
+def validate_row(entry: dict, media: RawMedia, first_seen: dict[str, str], params: ValidateParams) -> Outcome:
+    features = _empty_features(entry)
+    outcome = Outcome(features=features)
+    try:
+        check_fields(entry, first_seen, params)
+        fields = entry["fields"]
+        key = record_key(fields["id"])
+        record = {name: fields.get(name) for name in ("id", "text", "caption", "question", "answer", "label")}
+        record.update(key=key, source=entry["source"], row=entry["line"], image=None, audio=None, converted=[])
+        if fields.get("image_url"):
+            image = decode_image(_payload(entry, "image", media), min_side=params.min_side,
+                                 max_pixels=params.max_pixels)
+            outcome.media[f"{key}.png"] = image.png
+            record["image"] = f"{key}.png"
+            if image.converted_from:
+                record["converted"].append(f"image {image.converted_from}->RGB")
+            features.update(image_width=float(image.width), image_height=float(image.height))
+        if fields.get("audio_url"):
+            audio = decode_audio(_payload(entry, "audio", media), sample_rate=params.sample_rate,
+                                 max_seconds=params.max_seconds)
+            outcome.media[f"{key}.wav"] = audio.wav
+            record["audio"] = f"{key}.wav"
+            record["converted"].extend(f"audio {c}" for c in audio.converted)
+            features["audio_seconds"] = audio.seconds
+    except Rejected as e:
+        features["reason"] = str(e)
+        outcome.media.clear()
+        fields = entry.get("fields") or {}
+        outcome.rejected = {"id": fields.get("id"), "reason": str(e), "source": entry["source"],
+                            "line": entry["line"], "row_key": entry["row_key"]}
+        return outcome
+    features["status"] = "accepted"
+    outcome.accepted = record
+    return outcome
+
+
+def write_media(out_dir: Path, accepted: list[Outcome]) -> None:
+    """Accepted media into canonical tars; manifest entries get their 'tar:member' locations."""
+    for start in range(0, len(accepted), RECORDS_PER_MEDIA_TAR):
+        name = f"media-{start // RECORDS_PER_MEDIA_TAR:06d}.tar"
+        chunk = accepted[start:start + RECORDS_PER_MEDIA_TAR]
+        write_tar(out_dir / name, {m: data for o in chunk for m, data in o.media.items()})
+        for o in chunk:
+            for kind in ("image", "audio"):
+                if o.accepted and o.accepted[kind]:
+                    o.accepted[kind] = f"{name}:{o.accepted[kind]}"
+
+
+def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params: ValidateParams) -> bool:
+    manifest = raw_dir / "manifest.jsonl"
+    if not manifest.exists():
+        raise SystemExit(f"validate: {manifest} not found: run the ingest stage first (dvc repro ingest)")
+    entries = read_jsonl(manifest)
+    media = RawMedia(raw_dir)
+    first_seen: dict[str, str] = {}
+    outcomes = [validate_row(e, media, first_seen, params) for e in tqdm(entries, desc="validate", unit="row")]
+    accepted = [o for o in outcomes if o.accepted]
+    features = pd.DataFrame([o.features for o in outcomes])
+    with atomic_dir(out_dir) as tmp:
+        write_media(tmp, accepted)
+        write_jsonl(tmp / "manifest.jsonl", (o.accepted for o in accepted))
+        write_jsonl(tmp / "quarantine.jsonl", (o.rejected for o in outcomes if o.rejected))
+        features.to_parquet(tmp / "features.parquet", index=False)
+    limits = GateLimits(max_reject_fraction=params.max_reject_fraction, min_side=params.min_side,
+                        max_pixels=params.max_pixels, max_seconds=params.max_seconds,
+                        max_caption_chars=params.max_caption_chars)
+    with tempfile.TemporaryDirectory(prefix="trimodal-gx-") as gx_dir:
+        gate = run_gate(features, limits, docs_dir=docs_dir.resolve(), context_dir=Path(gx_dir))
+    metrics = features_summary_metrics(features)
+    metrics["gate_passed"] = gate.success
+    write_json(metrics_path, metrics)
+    print(f"validate: {len(accepted)} accepted, {len(outcomes) - len(accepted)} quarantined "
+          f"({out_dir / 'quarantine.jsonl'}); data docs: {gate.docs_index}")
+    print(gate.summary)
+    return gate.success
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
+    if not run(RAW_DIR, OUT_DIR, METRICS, DOCS_DIR, params.validate):
+        raise SystemExit("validate: the data gate failed (see the summary above); fix the sources or the limits")
+
+
+if __name__ == "__main__":
+    main()

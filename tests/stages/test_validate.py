@@ -1,0 +1,92 @@
+"""ingest + validate on the hostile corpus: every row accounted for once, with the right reason."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from stages.common.atomic import read_jsonl
+from stages.common.tars import read_tar
+from tests import hostile_corpus
+from tests.stage_runner import make_project, run_stage, snapshot
+
+OUTPUT_ROOTS = ("data/raw/", "data/validated/", "metrics/", "reports/")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("hostile"))
+    corpus = hostile_corpus.build(root)
+    before = snapshot(root)
+    sources = "data.sources=[" + ",".join(corpus.tables) + "]"
+    run_stage("ingest", root, sources, *hostile_corpus.OVERRIDES)
+    proc = run_stage("validate", root, *hostile_corpus.OVERRIDES)
+    return root, corpus, before, proc
+
+
+def test_every_row_lands_in_exactly_one_file(hostile):
+    root, corpus, _, _ = hostile
+    accepted = read_jsonl(root / "data/validated/manifest.jsonl")
+    quarantined = read_jsonl(root / "data/validated/quarantine.jsonl")
+    assert len(accepted) + len(quarantined) == corpus.n_rows
+    raw = read_jsonl(root / "data/raw/manifest.jsonl")
+    assert len(raw) == corpus.n_rows
+    keys = [q["row_key"] for q in quarantined]
+    assert len(set(keys)) == len(keys)
+    assert {(a["source"], a["row"]) for a in accepted}.isdisjoint({(q["source"], q["line"]) for q in quarantined})
+    features = pd.read_parquet(root / "data/validated/features.parquet")
+    assert len(features) == corpus.n_rows and (features.status == "accepted").sum() == len(accepted)
+
+
+def test_outcome_and_reason_per_record(hostile):
+    root, corpus, _, _ = hostile
+    accepted = {a["id"]: a for a in read_jsonl(root / "data/validated/manifest.jsonl")}
+    reasons = {q["id"]: q["reason"] for q in read_jsonl(root / "data/validated/quarantine.jsonl") if q["id"]}
+    for rid, expected in corpus.expected.items():
+        if expected.startswith("accepted"):
+            assert rid in accepted, f"{rid} should be accepted, got {reasons.get(rid)}"
+            if ":" in expected:
+                assert expected.split(":", 1)[1] in accepted[rid]["converted"], (rid, accepted[rid]["converted"])
+        else:
+            assert rid not in accepted, f"{rid} should be rejected ({expected})"
+            assert reasons[rid].startswith(expected + ":"), (rid, reasons[rid])
+
+
+def test_unkeyed_rows_are_quarantined_with_reasons(hostile):
+    root, _, _, _ = hostile
+    categories = Counter(q["reason"].split(":")[0] for q in read_jsonl(root / "data/validated/quarantine.jsonl"))
+    assert categories["malformed table line"] == 3  # bad JSON, JSON array, csv row with extra cells
+    assert categories["missing id"] == 1
+    assert categories["duplicate id"] == 1
+    assert categories["unsafe id"] == 3
+
+
+def test_accepted_media_is_normalised(hostile):
+    root, _, _, _ = hostile
+    media = {}
+    for tar in sorted((root / "data/validated").glob("media-*.tar")):
+        media.update(read_tar(tar))
+    accepted = read_jsonl(root / "data/validated/manifest.jsonl")
+    for record in accepted:
+        if record["image"]:
+            img = Image.open(__import__("io").BytesIO(media[record["image"].split(":", 1)[1]]))
+            assert img.mode == "RGB" and min(img.size) >= 16
+        if record["audio"]:
+            samples, rate = sf.read(__import__("io").BytesIO(media[record["audio"].split(":", 1)[1]]), always_2d=True)
+            assert rate == 16000 and samples.shape[1] == 1 and samples.shape[0] <= 2 * 16000
+            assert np.isfinite(samples).all()
+
+
+def test_no_writes_outside_outputs_and_gate_passes(hostile):
+    root, _, before, proc = hostile
+    after = snapshot(root)
+    changed = {p for p in after if before.get(p) != after[p]}
+    outside = {p for p in changed if not p.startswith(OUTPUT_ROOTS)}
+    assert not outside, outside
+    assert set(before) <= set(after), "a source file was removed"
+    assert (root / "reports/validate/index.html").exists()
+    assert "PASS" in proc.stdout
