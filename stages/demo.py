@@ -1,0 +1,147 @@
+"""Stage `demo`: a deterministic, learnable demo scrape -> data/sources/demo/.
+
+Every record is one coloured shape. Each input modality carries the whole content on its own, so any
+non-empty subset of {image, audio, text} is enough to answer the record's question:
+  image  the shape drawn in its colour on a light grey background (jittered position and size)
+  audio  colour -> tone pitch, shape -> number of tone pulses (circle 1, square 2, triangle 3)
+  text   a templated sentence naming colour and shape
+
+Outputs (byte-identical for identical params; nothing depends on the clock):
+  data/sources/demo/records.jsonl   multimodal records with caption / question / answer / label targets
+  data/sources/demo/corpus.jsonl    text-only sentences about coloured shapes
+  data/sources/demo/images/NNNNNN.png, data/sources/demo/audio/NNNNNN.wav
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from stages.common.atomic import atomic_dir, write_jsonl
+from stages.common.params import DemoParams, Params, load_params
+
+OUT_DIR = Path("data/sources/demo")
+SHAPES = ("circle", "square", "triangle")
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
+PITCH_HZ = {"red": 300.0, "green": 600.0, "blue": 1200.0, "yellow": 2400.0}  # octaves apart: unmistakable
+PULSES = {"circle": 1, "square": 2, "triangle": 3}
+MODALITIES = ("image", "audio", "text")
+SUBSETS = tuple(  # all 7 non-empty subsets of MODALITIES
+    tuple(m for j, m in enumerate(MODALITIES) if mask >> j & 1) for mask in range(1, 2 ** len(MODALITIES))
+)
+TEXT_TEMPLATES = ("there is a {c} {s}", "a {s}, colored {c}", "the picture shows a {c} {s}",
+                  "a {c} {s} on a grey background", "i can see one {c} {s}", "this {s} is {c}")
+QUESTIONS = (("what color is the shape?", "color"), ("what color is the {s}?", "color"),
+             ("what shape is it?", "shape"), ("which shape is shown?", "shape"))
+CORPUS_TEMPLATES = ("the {c} {s} is next to a {c2} {s2}", "a {c} {s} and a {c2} {s2}", "the {s} is {c}",
+                    "there are {n} {c} {s}s", "a {c} {s} sits above a {c2} {s2}", "{c} is the color of the {s}")
+NUMBERS = ("two", "three", "four", "five")
+
+
+def rng_for(seed: int, stream: int, index: int) -> np.random.Generator:
+    """One independent generator per (stream, item): record i is the same whatever n_records is."""
+    return np.random.default_rng([seed, stream, index])
+
+
+def draw_shape(shape: str, color: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """`shape` filled with `color`, 40-70% of the side, at a random position on a light grey background."""
+    grey = int(rng.integers(200, 236))
+    image = Image.new("RGB", (size, size), (grey, grey, grey))
+    side = int(rng.integers(int(0.4 * size), int(0.7 * size) + 1))
+    margin = max(1, size // 16)  # never touches the border: the corners always show the background
+    x0, y0 = (int(v) for v in rng.integers(margin, size - side - margin + 1, size=2))
+    x1, y1 = x0 + side - 1, y0 + side - 1
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=COLORS[color])
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=COLORS[color])
+    else:
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=COLORS[color])
+    return image
+
+
+def synthesize_audio(shape: str, color: str, sample_rate: int, seconds: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """PULSES[shape] tone bursts at PITCH_HZ[color], jittered in amplitude and onset, plus a little noise."""
+    n = round(sample_rate * seconds)
+    pulse, gap = round(0.18 * n), round(0.08 * n)
+    fade = max(1, min(pulse // 4, round(0.01 * sample_rate)))  # raised-cosine edges: no clicks smearing the spectrum
+    envelope = np.ones(pulse)
+    envelope[:fade] = envelope[-fade:][::-1] = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
+    tone = np.sin(2 * np.pi * PITCH_HZ[color] * np.arange(pulse) / sample_rate) * envelope
+    span = PULSES[shape] * pulse + (PULSES[shape] - 1) * gap
+    start = int(rng.integers(round(0.02 * n), n - span - round(0.02 * n) + 1))
+    audio = rng.normal(0.0, 0.01, n)
+    for k in range(PULSES[shape]):
+        at = start + k * (pulse + gap)
+        audio[at:at + pulse] += rng.uniform(0.3, 0.6) * tone
+    return np.clip(audio, -1.0, 1.0)
+
+
+def make_record(index: int, subset: Sequence[str], params: DemoParams, seed: int, out_dir: Path) -> dict:
+    """Draw record `index`'s content, write its media under out_dir, return its table row."""
+    rng = rng_for(seed, 0, index)
+    shape, color = SHAPES[rng.integers(len(SHAPES))], list(COLORS)[rng.integers(len(COLORS))]
+    question, asks = QUESTIONS[rng.integers(len(QUESTIONS))]
+    record = {"id": f"demo-{index:06d}", "caption": f"a {color} {shape}", "question": question.format(s=shape),
+              "answer": color if asks == "color" else shape, "label": shape}
+    image = draw_shape(shape, color, params.image_size, rng)
+    audio = synthesize_audio(shape, color, params.sample_rate, params.audio_seconds, rng)
+    text = TEXT_TEMPLATES[rng.integers(len(TEXT_TEMPLATES))].format(c=color, s=shape)
+    if "image" in subset:  # media are drawn for every record so the RNG stream does not depend on the subset
+        record["image_url"] = f"images/{index:06d}.png"
+        image.save(out_dir / record["image_url"], format="PNG")
+    if "audio" in subset:
+        record["audio_url"] = f"audio/{index:06d}.wav"
+        sf.write(out_dir / record["audio_url"], audio, params.sample_rate, subtype="PCM_16", format="WAV")
+    if "text" in subset:
+        record["text"] = text
+    return record
+
+
+def make_corpus_line(index: int, seed: int) -> dict:
+    rng = rng_for(seed, 1, index)
+    c, c2 = (list(COLORS)[i] for i in rng.integers(len(COLORS), size=2))
+    s, s2 = (SHAPES[i] for i in rng.integers(len(SHAPES), size=2))
+    template = CORPUS_TEMPLATES[rng.integers(len(CORPUS_TEMPLATES))]
+    text = template.format(c=c, s=s, c2=c2, s2=s2, n=NUMBERS[rng.integers(len(NUMBERS))])
+    return {"id": f"corpus-{index:06d}", "text": text}
+
+
+def assign_subsets(n: int, seed: int) -> list[tuple[str, ...]]:
+    """A seeded shuffle of SUBSETS repeated: every subset within one of n / 7 records."""
+    order = np.random.default_rng([seed, 2]).permutation(n)
+    return [SUBSETS[i % len(SUBSETS)] for i in order]
+
+
+def generate(params: Params, out_dir: str | Path = OUT_DIR) -> Counter:
+    """Write the whole demo scrape to out_dir atomically; returns record counts per modality subset."""
+    demo = params.demo
+    subsets = assign_subsets(demo.n_records, params.seed)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "audio").mkdir()
+        records = [make_record(i, subset, demo, params.seed, tmp)
+                   for i, subset in enumerate(tqdm(subsets, desc="demo", unit="record"))]
+        write_jsonl(tmp / "records.jsonl", records)
+        write_jsonl(tmp / "corpus.jsonl", (make_corpus_line(i, params.seed) for i in range(demo.n_corpus)))
+    counts = Counter("+".join(subset) for subset in subsets)
+    print(f"demo: {demo.n_records} records ({', '.join(f'{k} {counts[k]}' for k in map('+'.join, SUBSETS))}), "
+          f"{demo.n_corpus} corpus lines -> {out_dir}")
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
+    generate(params, OUT_DIR)
+
+
+if __name__ == "__main__":
+    main()

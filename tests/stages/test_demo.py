@@ -1,0 +1,98 @@
+"""The demo scrape: deterministic bytes, every subset present, media that decode and carry the named content."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from stages import demo
+from stages.common.atomic import read_jsonl
+from stages.common.params import DemoParams, Params
+from tests.stage_runner import make_project, run_stage
+
+PARAMS = Params(seed=3, demo=DemoParams(n_records=70, n_corpus=10, image_size=64, sample_rate=16000,
+                                        audio_seconds=1.0))
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("demo") / "demo"
+    demo.generate(PARAMS, out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def records(out):
+    return read_jsonl(out / "records.jsonl")
+
+
+def tree_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_identical_params_give_identical_bytes(out, tmp_path):
+    demo.generate(PARAMS, tmp_path / "again")
+    assert tree_bytes(tmp_path / "again") == tree_bytes(out)
+
+
+def test_counts_ids_and_subsets(out, records):
+    corpus = read_jsonl(out / "corpus.jsonl")
+    assert len(records) == 70 and len(corpus) == 10
+    ids = [r["id"] for r in records + corpus]
+    assert len(set(ids)) == len(ids) and ids[0] == "demo-000000" and corpus[0]["id"] == "corpus-000000"
+    subsets = Counter(tuple(m for m in demo.MODALITIES if f"{m}_url" in r or m in r) for r in records)
+    assert set(subsets) == set(demo.SUBSETS) and set(subsets.values()) == {10}
+    assert all(row["text"].strip() for row in corpus)
+
+
+def test_targets_are_consistent(records):
+    for r in records:
+        color, shape = r["caption"].removeprefix("a ").split()
+        assert color in demo.COLORS and shape in demo.SHAPES and r["label"] == shape
+        assert r["answer"] == (color if "color" in r["question"] else shape)
+        if "text" in r:
+            assert color in r["text"] and shape in r["text"]
+
+
+def test_images_show_the_named_colour_and_shape(out, records):
+    for r in (r for r in records if "image_url" in r):
+        assert r["image_url"] == f"images/{r['id'][-6:]}.png"
+        image = Image.open(out / r["image_url"])
+        assert image.mode == "RGB" and image.size == (64, 64)
+        pixels = np.asarray(image).reshape(-1, 3).astype(int)
+        shape_mask = (pixels != pixels[0]).any(axis=1)  # the corner is always background
+        values, counts = np.unique(pixels[shape_mask], axis=0, return_counts=True)
+        dominant = values[counts.argmax()]
+        nearest = min(demo.COLORS, key=lambda c: np.sum((np.array(demo.COLORS[c]) - dominant) ** 2))
+        color, shape = r["caption"].split()[1:]
+        assert nearest == color
+        ys, xs = np.nonzero(shape_mask.reshape(64, 64))
+        height, width = np.ptp(ys) + 1, np.ptp(xs) + 1
+        assert min(height, width) >= 0.3 * 64
+        fill = shape_mask.sum() / (height * width)  # square ~1, circle ~pi/4, triangle ~1/2
+        assert {"square": fill > 0.9, "circle": 0.7 < fill < 0.9, "triangle": fill < 0.65}[shape]
+
+
+def test_audio_pitch_and_pulses_carry_colour_and_shape(out, records):
+    for r in (r for r in records if "audio_url" in r):
+        audio, rate = sf.read(out / r["audio_url"])
+        assert rate == 16000 and audio.ndim == 1 and len(audio) == 16000
+        assert sf.info(out / r["audio_url"]).subtype == "PCM_16"
+        color, shape = r["caption"].split()[1:]
+        spectrum = np.abs(np.fft.rfft(audio))
+        peak = np.fft.rfftfreq(len(audio), 1 / rate)[spectrum.argmax()]
+        assert abs(peak - demo.PITCH_HZ[color]) < 0.05 * demo.PITCH_HZ[color]
+        loud = np.abs(audio).reshape(-1, 160).max(axis=1) > 0.15  # 10 ms frames above the noise floor
+        assert np.count_nonzero(np.diff(loud.astype(int)) == 1) + loud[0] == demo.PULSES[shape]
+
+
+def test_module_run_writes_the_demo_dir(tmp_path):
+    root = make_project(tmp_path / "project")
+    proc = run_stage("demo", root, "demo.n_records=14", "demo.n_corpus=3")
+    out = root / "data/sources/demo"
+    assert len(read_jsonl(out / "records.jsonl")) == 14 and len(read_jsonl(out / "corpus.jsonl")) == 3
+    assert "demo: 14 records" in proc.stdout
+    assert not [p for p in out.parent.iterdir() if p.name != "demo"]  # no temp dirs left behind
