@@ -5,16 +5,14 @@ so the vocabulary covers what the decoders must generate.
 """
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from stages.common.atomic import read_jsonl
+from stages.common.atomic import atomic_dir, read_jsonl
 from stages.common.params import TokenizerParams, load_params
 from stages.common.records import TEXT_FIELDS
 
@@ -62,21 +60,13 @@ def train_tokenizer(texts: Iterable[str], params: TokenizerParams) -> PreTrained
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **SPECIAL_TOKENS)
 
 
-def save_atomically(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        Path(tmp).rename(out_dir)
-        Path(tmp).mkdir()  # TemporaryDirectory cleans up its own path
-
-
 def run(manifest: Path, out_dir: Path, params: TokenizerParams) -> PreTrainedTokenizerFast:
     records = read_jsonl(manifest)
     if not any(True for _ in iter_texts(records)):
         raise SystemExit(f"tokenizer: no text in {manifest}: nothing to train a tokenizer on")
     tokenizer = train_tokenizer(iter_texts(records), params)
-    save_atomically(tokenizer, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        tokenizer.save_pretrained(tmp)
     print(f"tokenizer: vocab {len(tokenizer)} from {len(records)} records -> {out_dir}")
     return tokenizer
 
