@@ -1,6 +1,7 @@
 """ingest + validate on the hostile corpus: every row accounted for once, with the right reason."""
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -90,3 +91,16 @@ def test_no_writes_outside_outputs_and_gate_passes(hostile):
     assert set(before) <= set(after), "a source file was removed"
     assert (root / "reports/validate/index.html").exists()
     assert "PASS" in proc.stdout
+
+
+def test_gate_failure_exits_nonzero_with_a_readable_summary(hostile, tmp_path):
+    root, _, _, _ = hostile
+    strict = make_project(tmp_path)
+    shutil.copytree(root / "data/raw", strict / "data/raw")
+    overrides = [o for o in hostile_corpus.OVERRIDES if not o.startswith("validate.max_reject_fraction")]
+    proc = run_stage("validate", strict, *overrides, "validate.max_reject_fraction=0.2", check=False)
+    assert proc.returncode != 0
+    assert "FAIL batch" in proc.stdout and "> allowed 0.2" in proc.stdout
+    assert "data gate failed" in proc.stderr
+    # the quarantine is still written, so the failure can be inspected
+    assert (strict / "data/validated/quarantine.jsonl").stat().st_size > 0
