@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tarfile
 from collections.abc import Iterable, Iterator
 from functools import partial
 
@@ -33,8 +34,11 @@ from webdataset.gopen import gopen_schemes
 TOKEN_FIELDS = ("text", "caption", "question", "answer")
 
 
-class ShardCountError(RuntimeError):
-    """A shard yielded a different number of samples than index.json records."""
+class ShardError(RuntimeError):
+    """A shard that cannot be read whole, or yields a different number of samples than index.json records."""
+
+
+REPAIR_HINT = "damaged or replaced shard? re-run `dvc repro shard` or `dvc pull data/shards`"
 
 
 def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
@@ -55,18 +59,21 @@ def read_index(root: str) -> dict:
 
 
 def _checked_samples(expected: dict[str, int]):
-    """Pipeline stage: shard URLs -> samples, raising ShardCountError when a shard's count is off."""
+    """Pipeline stage: shard URLs -> samples, raising ShardError when a shard is unreadable or its count is off."""
 
     def stage(urls: Iterable[dict]) -> Iterator[dict]:
         to_samples = wds.tarfile_to_samples(handler=wds.reraise_exception)
         for item in urls:
-            n = 0
-            for sample in to_samples(iter([item])):
-                n += 1
-                yield sample
-            if n != expected[item["url"]]:
-                raise ShardCountError(f"{item['url']}: {n} samples read, index.json says {expected[item['url']]} "
-                                      "(damaged or replaced shard? re-run `dvc repro shard` or `dvc pull`)")
+            url, n = item["url"], 0
+            try:
+                for sample in to_samples(iter([item])):
+                    n += 1
+                    yield sample
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise ShardError(f"{url}: unreadable after {n} samples ({e.__class__.__name__}: {e}); "
+                                 f"{REPAIR_HINT}") from e
+            if n != expected[url]:
+                raise ShardError(f"{url}: {n} samples read, index.json says {expected[url]}; {REPAIR_HINT}")
 
     return stage
 

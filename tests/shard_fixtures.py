@@ -1,0 +1,66 @@
+"""A tiny validated dataset + tokenizer + shards, built without running the earlier stages."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from stages.common.params import Params, TokenizerParams
+from stages.common.records import record_key
+from stages.common.tars import write_tar
+from stages.tokenizer import train_tokenizer
+
+SR = 16000
+
+
+def validated_records(n: int = 24) -> tuple[list[dict], dict[str, bytes]]:
+    """n records cycling through all 7 modality subsets, with targets; returns (manifest, media members)."""
+    records, media = [], {}
+    subsets = [("image",), ("audio",), ("text",), ("image", "text"), ("image", "audio"), ("audio", "text"),
+               ("image", "audio", "text")]
+    for i in range(n):
+        rid, subset = f"rec-{i:03d}", subsets[i % len(subsets)]
+        key = record_key(rid)
+        rec = {"id": rid, "key": key, "source": "t.jsonl", "row": i + 1, "text": None, "image": None, "audio": None,
+               "caption": f"a red shape number {i}", "question": "what color is it?", "answer": "red",
+               "label": ["circle", "square"][i % 2] if i % 3 else None, "converted": []}
+        if "image" in subset:
+            buf = io.BytesIO()
+            Image.new("RGB", (40 + i, 30), (200, 10, 10)).save(buf, format="PNG")
+            media[f"{key}.png"] = buf.getvalue()
+            rec["image"] = f"media-000000.tar:{key}.png"
+        if "audio" in subset:
+            buf = io.BytesIO()
+            sf.write(buf, np.sin(np.arange(SR // 4 + 160 * i) / SR * 2 * np.pi * 300).astype(np.float32), SR,
+                     format="WAV", subtype="FLOAT")
+            media[f"{key}.wav"] = buf.getvalue()
+            rec["audio"] = f"media-000000.tar:{key}.wav"
+        if "text" in subset:
+            rec["text"] = f"there is a red circle {i}"
+        records.append(rec)
+    return records, media
+
+
+def build_validated(root: Path, n: int = 24) -> list[dict]:
+    records, media = validated_records(n)
+    (root / "validated").mkdir(parents=True, exist_ok=True)
+    (root / "validated/manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_tar(root / "validated/media-000000.tar", media)
+    texts = [r[f] for r in records for f in ("text", "caption", "question", "answer", "label") if r[f]]
+    train_tokenizer(texts, TokenizerParams(vocab_size=300, min_frequency=1)).save_pretrained(root / "tokenizer")
+    return records
+
+
+def shard_params(**shard) -> Params:
+    params = Params()
+    params.shard.samples_per_shard = 4
+    params.shard.val_fraction = params.shard.test_fraction = 0.2
+    params.shard.image_size = 16
+    params.shard.n_mels = 20
+    for k, v in shard.items():
+        setattr(params.shard, k, v)
+    return params
