@@ -17,7 +17,6 @@ import io
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from stages.common.atomic import atomic_dir, read_jsonl, write_json
 from stages.common.features import image_to_array, log_mel, mel_filters
 from stages.common.params import Params, ShardParams, load_params
 from stages.common.records import SPLITS, split_of
-from stages.common.tars import FIXED_MTIME, read_tar
+from stages.common.tars import FIXED_MTIME, TarMembers
 
 VALIDATED_DIR = Path("data/validated")
 TOKENIZER_DIR = Path("artifacts/tokenizer")
@@ -45,17 +44,6 @@ def npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class ValidatedMedia:
-    """Payloads of data/validated by 'media-NNNNNN.tar:member', one tar in memory at a time."""
-
-    def __init__(self, root: Path):
-        self._load = lru_cache(maxsize=1)(lambda name: read_tar(root / name))
-
-    def get(self, location: str) -> bytes:
-        shard, member = location.split(":", 1)
-        return self._load(shard)[member]
-
-
 class Featurizer:
     def __init__(self, params: ShardParams, sample_rate: int, tokenizer: PreTrainedTokenizerBase, labels: list[str]):
         self.params, self.sample_rate, self.tokenizer = params, sample_rate, tokenizer
@@ -66,7 +54,7 @@ class Featurizer:
         ids = self.tokenizer(text, truncation=True, max_length=self.params.max_text_tokens)["input_ids"]
         return np.asarray(ids, dtype=np.int32)
 
-    def sample(self, record: dict, media: ValidatedMedia) -> dict[str, bytes | str]:
+    def sample(self, record: dict, media: TarMembers) -> dict[str, bytes | str]:
         modalities = [m for m, field in (("image", "image"), ("audio", "audio"), ("text", "text")) if record[field]]
         meta = {name: record[name] for name in ("id", "caption", "question", "answer", "label")}
         meta.update(modalities=modalities, label_index=self.label_index.get(record["label"], -1))
@@ -117,7 +105,7 @@ def run(validated_dir: Path, tokenizer_dir: Path, out_dir: Path, params: Params)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     labels = sorted({r["label"] for r in records if r.get("label")})
     featurizer = Featurizer(sp, params.validate.sample_rate, tokenizer, labels)
-    media = ValidatedMedia(validated_dir)
+    media = TarMembers(validated_dir)
     by_split = {s: [r for r in records if split_of(r["id"], sp.val_fraction, sp.test_fraction) == s] for s in SPLITS}
     progress = tqdm(total=len(records), desc="shard", unit="record")
 

@@ -15,7 +15,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +25,7 @@ from stages.common.gate import GateLimits, features_summary_metrics, run_gate
 from stages.common.media import Rejected, decode_audio, decode_image
 from stages.common.params import ValidateParams, load_params
 from stages.common.records import INPUT_FIELDS, record_key, unsafe_id_reason
-from stages.common.tars import read_tar, write_tar
+from stages.common.tars import TarMembers, write_tar
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/validated")
@@ -43,17 +42,6 @@ class Outcome:
     accepted: dict | None = None
     rejected: dict | None = None
     media: dict[str, bytes] = field(default_factory=dict)
-
-
-class RawMedia:
-    """Payloads of data/raw by 'shard.tar:member' location, one shard in memory at a time per kind."""
-
-    def __init__(self, raw_dir: Path):
-        self._load = lru_cache(maxsize=2)(lambda name: read_tar(raw_dir / name))
-
-    def get(self, location: str) -> bytes:
-        shard, member = location.split(":", 1)
-        return self._load(shard)[member]
 
 
 def _empty_features(entry: dict) -> dict:
@@ -96,7 +84,7 @@ def check_fields(entry: dict, first_seen: dict[str, str], params: ValidateParams
         raise Rejected(f"caption too long: {len(caption)} chars > max_caption_chars {params.max_caption_chars}")
 
 
-def _payload(entry: dict, kind: str, media: RawMedia) -> bytes:
+def _payload(entry: dict, kind: str, media: TarMembers) -> bytes:
     if entry.get(f"{kind}_error"):
         prefix = "unsupported URL" if "unsupported URL scheme" in entry[f"{kind}_error"] else f"{kind} fetch failed"
         raise Rejected(f"{prefix}: {entry[f'{kind}_error']}")
@@ -105,7 +93,7 @@ def _payload(entry: dict, kind: str, media: RawMedia) -> bytes:
     return media.get(entry[kind])
 
 
-def validate_row(entry: dict, media: RawMedia, first_seen: dict[str, str], params: ValidateParams) -> Outcome:
+def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], params: ValidateParams) -> Outcome:
     features = _empty_features(entry)
     outcome = Outcome(features=features)
     try:
@@ -158,7 +146,7 @@ def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params
     if not manifest.exists():
         raise SystemExit(f"validate: {manifest} not found: run the ingest stage first (dvc repro ingest)")
     entries = read_jsonl(manifest)
-    media = RawMedia(raw_dir)
+    media = TarMembers(raw_dir)
     first_seen: dict[str, str] = {}
     outcomes = [validate_row(e, media, first_seen, params) for e in tqdm(entries, desc="validate", unit="row")]
     accepted = [o for o in outcomes if o.accepted]

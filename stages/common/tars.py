@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 
 from stages.common.atomic import atomic_open
@@ -39,3 +40,18 @@ def iter_tar(path: str | Path) -> Iterator[tuple[str, bytes]]:
 
 def read_tar(path: str | Path) -> dict[str, bytes]:
     return dict(iter_tar(path))
+
+
+class TarMembers:
+    """Payloads addressed as 'shard.tar:member' under `root`, with the last `cache` tars held in memory.
+
+    Readers walk manifests in shard order, so a small cache reads every tar once.
+    """
+
+    def __init__(self, root: str | Path, cache: int = 2):
+        root = Path(root)
+        self._load = lru_cache(maxsize=cache)(lambda name: read_tar(root / name))
+
+    def get(self, location: str) -> bytes:
+        shard, member = location.split(":", 1)
+        return self._load(shard)[member]

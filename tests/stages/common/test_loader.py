@@ -15,6 +15,14 @@ def shards(tmp_path_factory):
     return root / "shards", records
 
 
+def copy_shards(root, tmp_path):
+    damaged = tmp_path / "shards"
+    damaged.mkdir()
+    for f in root.iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    return damaged
+
+
 def ids_of(loader):
     return [i for batch in loader for i in batch["ids"]]
 
@@ -55,10 +63,7 @@ def test_mixed_modalities_pad_and_mask(shards):
 
 def test_truncated_shard_fails_loudly(shards, tmp_path):
     root, _ = shards
-    damaged = tmp_path / "shards"
-    damaged.mkdir()
-    for f in root.iterdir():
-        (damaged / f.name).write_bytes(f.read_bytes())
+    damaged = copy_shards(root, tmp_path)
     victim = damaged / "train-000000.tar"
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
@@ -71,10 +76,7 @@ def test_cleanly_shortened_shard_is_caught_by_the_count_check(shards, tmp_path):
     import tarfile
 
     root, _ = shards
-    damaged = tmp_path / "shards"
-    damaged.mkdir()
-    for f in root.iterdir():
-        (damaged / f.name).write_bytes(f.read_bytes())
+    damaged = copy_shards(root, tmp_path)
     victim = damaged / "train-000000.tar"
     with tarfile.open(victim) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
