@@ -1,0 +1,89 @@
+"""TrimodalConfig: every size and loss weight of the seed-001 model; presets live in conf/model/<name>.yaml."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+DEFAULT_LOSS_WEIGHTS = {"mlm": 1.0, "mim": 1.0, "mam": 1.0, "itc": 1.0, "atc": 1.0, "vac": 1.0, "ce": 1.0, "cls": 1.0}
+
+
+@strict
+class TrimodalConfig(PreTrainedConfig):
+    model_type = "trimodal"
+
+    vocab_size: int = 1024
+    d_model: int = 64  # width of fusion, reasoning core and decoder; encoders project to it
+    hidden_act: str = "gelu"
+    dropout: float | int = 0.0
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    # vision: ViT over image_size^2 RGB in patch_size^2 patches
+    image_size: int = 64
+    patch_size: int = 8
+    num_channels: int = 3
+    vision_dim: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_ffn: int = 128
+    # text: bidirectional Transformer encoder (RoBERTa-like)
+    text_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_ffn: int = 128
+    max_text_positions: int = 128
+    # audio: log-Mel -> conv subsampling (x4 in time) -> Conformer blocks
+    n_mels: int = 64
+    audio_dim: int = 64
+    audio_layers: int = 2
+    audio_heads: int = 4
+    audio_ffn: int = 128
+    conv_kernel_size: int = 15
+    max_audio_frames: int = 512  # after subsampling
+    # fusion, reasoning core, decoders
+    fusion_heads: int = 4
+    joint_fusion_layers: int = 1
+    gate_bias_init: float | int = -2.0  # sigmoid(-2) = 0.12: gates start mostly closed, as Flamingo's tanh(0)
+    reasoning_layers: int = 2
+    reasoning_heads: int = 4
+    reasoning_ffn: int = 128
+    decoder_layers: int = 2
+    decoder_heads: int = 4
+    decoder_ffn: int = 128
+    max_decoder_positions: int = 64
+    num_classes: int = 3
+    projection_dim: int = 64  # shared space of the contrastive objectives
+    mim_bits: int = 8  # visual-token vocabulary = 2**mim_bits (model/visual_tokenizer.py)
+    loss_weights: dict | None = None  # lambda per objective (seed 001 section 4.3); missing keys -> 1.0
+    # optional local transformers checkpoint folders to initialise the encoders from
+    vision_pretrained: str | None = None
+    text_pretrained: str | None = None
+    audio_pretrained: str | None = None
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    mask_token_id: int = 4
+    decoder_start_token_id: int | None = 1
+    is_encoder_decoder: bool = True
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(self.loss_weights or {})}
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> TrimodalConfig:
+        """conf/model/<name>.yaml (tiny, small, base, full) plus keyword overrides."""
+        path = PRESETS_DIR / f"{name}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+            raise ValueError(f"unknown model preset {name!r}; known: {known}")
+        return cls(**{**yaml.safe_load(path.read_text()), **overrides})
