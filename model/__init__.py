@@ -1,4 +1,8 @@
 """The multimodal network of seed 001 (encoders, gated cross-attention fusion, reasoning core, decoders).
 
-Built in issue #3; this package is the model's home in the layout of shared/DESIGN.md.
+Importing the package registers `trimodal` with transformers' AutoConfig / AutoModel / AutoModelForSeq2SeqLM.
 """
+from model.configuration import TrimodalConfig
+from model.modeling import TrimodalForConditionalGeneration
+
+__all__ = ["TrimodalConfig", "TrimodalForConditionalGeneration"]

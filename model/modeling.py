@@ -25,6 +25,7 @@ from model.configuration import TrimodalConfig
 from model.decoders import ClassificationHead, GenerativeDecoder
 from model.fusion import GatedCrossAttention, MultimodalFusion, Stream
 from model.layers import masked_mean
+from model.losses import cross_entropy, weighted_sum
 from model.reasoning import ReasoningCore
 from model.text import TextEncoder
 from model.vision import VisionEncoder
@@ -177,17 +178,12 @@ class TrimodalForConditionalGeneration(TrimodalPreTrainedModel, GenerationMixin)
         if decoder_input_ids is not None:
             logits = self.decoder(decoder_input_ids, memory, memory_mask, decoder_attention_mask)
         class_logits = self.classifier(memory, memory_mask)
-        loss = None
-        if labels is not None or class_labels is not None:
-            from model.losses import cross_entropy
-
-            terms = []
-            if labels is not None:
-                terms.append(self.config.loss_weights["ce"] * cross_entropy(logits, labels))
-            if class_labels is not None:
-                cls_loss = cross_entropy(class_logits[:, None], class_labels[:, None])
-                terms.append(self.config.loss_weights["cls"] * cls_loss)
-            loss = sum(terms)
+        losses = {}
+        if labels is not None:
+            losses["ce"] = cross_entropy(logits, labels)
+        if class_labels is not None:
+            losses["cls"] = cross_entropy(class_logits[:, None], class_labels[:, None])
+        loss = weighted_sum(losses, self.config.loss_weights) if losses else None
         return TrimodalOutput(loss=loss, logits=logits, class_logits=class_logits, encoder_last_hidden_state=memory,
                               encoder_attention_mask=memory_mask)
 
