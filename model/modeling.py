@@ -20,14 +20,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from model.audio import AudioEncoder
 from model.configuration import TrimodalConfig
 from model.decoders import ClassificationHead, GenerativeDecoder
 from model.fusion import GatedCrossAttention, MultimodalFusion, Stream
 from model.layers import masked_mean
 from model.losses import cross_entropy, weighted_sum
+from model.pretrained import build_encoders
 from model.reasoning import ReasoningCore
-from model.text import TextEncoder
 from model.vision import VisionEncoder
 
 
@@ -87,9 +86,7 @@ class TrimodalEncoder(nn.Module):
     def __init__(self, config: TrimodalConfig):
         super().__init__()
         self.config = config
-        self.vision = VisionEncoder(config)
-        self.text = TextEncoder(config)
-        self.audio = AudioEncoder(config)
+        self.vision, self.text, self.audio = build_encoders(config)  # ours, or local transformers checkpoints
         self.fusion = MultimodalFusion(config)
         self.core = ReasoningCore(config)
 

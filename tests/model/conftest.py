@@ -9,7 +9,8 @@ SUBSETS = [("image",), ("text",), ("audio",), ("image", "text"), ("image", "audi
 
 
 def tiny_config(**overrides) -> TrimodalConfig:
-    return TrimodalConfig.from_preset("tiny", vocab_size=40, image_size=32, n_mels=16, num_classes=3, **overrides)
+    return TrimodalConfig.from_preset("tiny", **{"vocab_size": 40, "image_size": 32, "n_mels": 16, "num_classes": 3,
+                                                 **overrides})
 
 
 @pytest.fixture(scope="module")
