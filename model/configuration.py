@@ -9,7 +9,8 @@ from transformers import PreTrainedConfig
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 
-DEFAULT_LOSS_WEIGHTS = {"mlm": 1.0, "mim": 1.0, "mam": 1.0, "itc": 1.0, "atc": 1.0, "vac": 1.0, "ce": 1.0, "cls": 1.0}
+DEFAULT_LOSS_WEIGHTS = {"mlm": 1.0, "mim": 1.0, "mam": 1.0, "itc": 1.0, "atc": 1.0, "vac": 1.0, "ce": 1.0, "vqa": 1.0,
+                        "cls": 1.0}
 
 
 @strict

@@ -17,6 +17,8 @@ def _rand(shape, generator: torch.Generator, device) -> torch.Tensor:
 
 def _at_least_one(mask: torch.Tensor, allowed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Rows with an allowed position but nothing masked get one allowed position, drawn uniformly."""
+    if mask.shape[-1] == 0:  # nothing to mask in a zero-width batch (e.g. no sample has text)
+        return mask
     pick = _rand(mask.shape, generator, mask.device).masked_fill(~allowed, -1.0).argmax(-1)
     empty = allowed.any(-1) & ~mask.any(-1)
     one = F.one_hot(pick, mask.shape[-1]).bool() & empty[:, None]
@@ -55,6 +57,8 @@ def mask_spans(valid: torch.Tensor, prob: float, span: int, generator: torch.Gen
     style, with the overlap correction). valid [B, T] bool -> mask [B, T] bool.
     """
     b, t = valid.shape
+    if t == 0:  # e.g. a batch in which no sample has audio
+        return valid.clone()
     p_start = 1.0 - (1.0 - min(max(prob, 0.0), 1.0)) ** (1.0 / span)
     starts = _rand((b, t + span - 1), generator, valid.device) < p_start
     covered = F.max_pool1d(starts[:, None].float(), kernel_size=span, stride=1)[:, 0].bool()  # [B, T]

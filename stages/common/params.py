@@ -65,6 +65,24 @@ class ShardParams:
 
 
 @dataclass
+class TrainStageParams:
+    """Settings of a training stage (pretrain, finetune), used by stages.common.trainer."""
+
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    accumulation: int = 1
+    checkpoint_every: int = 50
+    freeze_encoders: bool = False
+    num_workers: int = 0
+    shuffle: int = 256
+    log_every: int = 10
+
+
+@dataclass
 class Params:
     seed: int = 0
     demo: DemoParams = field(default_factory=DemoParams)
@@ -73,6 +91,10 @@ class Params:
     validate: ValidateParams = field(default_factory=ValidateParams)
     tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
     shard: ShardParams = field(default_factory=ShardParams)
+    # TrimodalConfig fields (conf/model/<preset>.yaml); validated by the config class itself
+    model: dict = field(default_factory=dict)
+    pretrain: TrainStageParams = field(default_factory=TrainStageParams)
+    finetune: TrainStageParams = field(default_factory=TrainStageParams)
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:

@@ -1,0 +1,146 @@
+"""The training loop shared by `pretrain` and `finetune`: AdamW, warmup + cosine, clipping, accumulation,
+atomic checkpoints with automatic resume, a progress bar with samples/s and an MFU estimate, dvclive metrics.
+
+Resume is exact on CPU: a checkpoint holds model, optimizer, scheduler, every RNG (torch, Python, NumPy, the
+masking generator) and the data position (epoch, batches consumed), and the loader's order is a pure
+function of (seed, epoch). So a run killed at any point and rerun ends with the same weights, bit for bit,
+as one never interrupted.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from stages.common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stages.common.loader import make_loader
+from stages.common.params import TrainStageParams as TrainParams
+
+StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
+
+
+def model_inputs(batch: dict) -> dict:
+    """Loader batch (stages.common.loader) -> the model's encoder arguments."""
+    return {"pixel_values": batch["image"], "image_present": batch["image_present"],
+            "input_features": batch["mel"], "mel_lengths": batch["mel_lengths"],
+            "text_ids": batch["text_ids"], "text_mask": batch["text_mask"]}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases and embeddings (every parameter with < 2 dims, plus embedding tables)."""
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or id(p) in embedding_params or "pos" in name.split(".")[-1] else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def freeze_encoders(model: nn.Module) -> None:
+    for encoder in (model.encoder.vision, model.encoder.text, model.encoder.audio):
+        encoder.requires_grad_(False)
+
+
+def data_stream(shards: str, params: TrainParams, seed: int, epoch: int, skip: int) -> Iterator[tuple[int, int, dict]]:
+    """Endless (epoch, batch index in epoch, batch), starting at `skip` batches into `epoch`."""
+    while True:
+        loader = make_loader(shards, "train", params.batch_size, shuffle=params.shuffle,
+                             num_workers=params.num_workers, seed=seed, epoch=epoch, drop_last=True)
+        for index, batch in enumerate(loader):
+            if index >= skip:
+                yield epoch, index, batch
+        epoch, skip = epoch + 1, 0
+
+
+def measured_peak_flops(size: int = 512, repeats: int = 5) -> float:
+    """fp32 matmul FLOP/s of this device, the MFU denominator."""
+    g = torch.Generator().manual_seed(0)  # never touch the global RNG: resume must replay it exactly
+    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def prepare_checkpoints(checkpoints: Path, fingerprint: str) -> None:
+    """Keep checkpoints only if they come from this exact configuration (a crashed run of the same job)."""
+    marker = checkpoints / "fingerprint"
+    if checkpoints.exists() and (not marker.exists() or marker.read_text() != fingerprint):
+        if any(checkpoints.glob("step-*")):
+            print(f"discarding checkpoints in {checkpoints}: they belong to another configuration")
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+
+
+def clear_checkpoints(checkpoints: Path) -> None:
+    """After the final weights are saved, crash-recovery checkpoints have served their purpose."""
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+def train(model: nn.Module, step_fn: StepFn, shards: str, params: TrainParams, seed: int, checkpoints: Path,
+          live=None, desc: str = "train", fingerprint: str = "") -> nn.Module:
+    """Train to params.steps, resuming from the latest checkpoint in `checkpoints` made with `fingerprint`."""
+    prepare_checkpoints(checkpoints, fingerprint)
+    if params.freeze_encoders:
+        freeze_encoders(model)
+    optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)
+    generator = torch.Generator().manual_seed(seed)
+    step, epoch, consumed = 0, 0, 0
+    resume = latest_checkpoint(checkpoints)
+    if resume is not None:
+        state = load_checkpoint(resume, model, optimizer, scheduler, generator)
+        step, epoch, consumed = state["step"], state["extra"]["epoch"], state["extra"]["consumed"]
+        print(f"{desc}: resuming from {resume} (step {step})")
+    model.train()
+    stream = data_stream(shards, params, seed, epoch, consumed)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    peak = measured_peak_flops()
+    progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step")
+    while step < params.steps:
+        start, samples, positions, totals = time.perf_counter(), 0, 0, {}
+        for _ in range(params.accumulation):
+            epoch, index, batch = next(stream)
+            losses = step_fn(model, batch, generator)
+            loss = sum(model.config.loss_weights[k] * v for k, v in losses.items()) / params.accumulation
+            loss.backward()
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + v.item() / params.accumulation
+            samples += len(batch["ids"])
+            positions += int(batch["image_present"].sum()) * model.config.num_patches + int(
+                batch["text_mask"].sum()) + int(batch["mel_lengths"].sum()) // 4
+        torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step, consumed = step + 1, index + 1
+        elapsed = time.perf_counter() - start
+        mfu = 6 * n_params * positions / elapsed / peak  # 6 N D: forward + backward FLOPs per position
+        total = sum(model.config.loss_weights[k] * v for k, v in totals.items())
+        progress.set_postfix(loss=f"{total:.3f}", samples_s=f"{samples / elapsed:.1f}", mfu=f"{mfu:.1%}")
+        progress.update()
+        if live is not None and (step % params.log_every == 0 or step == params.steps):
+            live.step = step
+            live.log_metric(f"{desc}/loss", total)
+            for k, v in totals.items():
+                live.log_metric(f"{desc}/{k}", v)
+            live.log_metric(f"{desc}/lr", scheduler.get_last_lr()[0])
+            live.log_metric(f"{desc}/samples_per_s", samples / elapsed)
+            live.log_metric(f"{desc}/mfu", mfu)
+            live.make_summary()
+        if step % params.checkpoint_every == 0 or step == params.steps:
+            save_checkpoint(checkpoints, step, model, optimizer, scheduler, {"epoch": epoch, "consumed": consumed},
+                            generator)
+    progress.close()
+    model.eval()
+    return model

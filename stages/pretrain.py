@@ -1,0 +1,73 @@
+"""Stage `pretrain`: self-supervised + contrastive objectives (MLM, MIM, MAM, ITC/ATC/VAC, weighted by
+model.loss_weights) on the train shards -> models/pretrain/ (save_pretrained + tokenizer).
+
+Checkpoints go to checkpoints/pretrain/ (kept across runs: a rerun resumes); metrics to metrics/pretrain/.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from dvclive import Live
+from transformers import AutoTokenizer
+
+from model.configuration import TrimodalConfig
+from model.modeling import TrimodalForConditionalGeneration
+from model.objectives import pretraining_losses
+from stages.common.atomic import atomic_dir
+from stages.common.loader import read_index
+from stages.common.params import Params, load_params
+from stages.common.trainer import clear_checkpoints, model_inputs, train
+
+SHARDS = "data/shards"
+TOKENIZER_DIR = Path("artifacts/tokenizer")
+OUT_DIR = Path("models/pretrain")
+CHECKPOINTS = Path("checkpoints/pretrain")
+METRICS = Path("metrics/pretrain")
+
+
+def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditionalGeneration:
+    index = read_index(shards)
+    from_data = {"vocab_size": len(tokenizer), "num_classes": max(1, len(index["labels"])),
+                 "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+                 "eos_token_id": tokenizer.eos_token_id, "decoder_start_token_id": tokenizer.bos_token_id,
+                 "mask_token_id": tokenizer.mask_token_id, "image_size": index["image_size"], "n_mels": index["n_mels"]}
+    config = TrimodalConfig(**{**params.model, **from_data})
+    config.id2label = dict(enumerate(index["labels"]))
+    torch.manual_seed(params.seed)
+    return TrimodalForConditionalGeneration(config)
+
+
+def pretrain_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return pretraining_losses(model, model_inputs(batch), generator)
+
+
+def fingerprint(*parts: object) -> str:
+    """What a checkpoint must match to be resumed: the stage's params, the model config and the data."""
+    return hashlib.sha256(json.dumps([repr(p) for p in parts], sort_keys=True).encode()).hexdigest()
+
+
+def save(model, tokenizer, out_dir: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    model = build_model(params, SHARDS, tokenizer)
+    with Live(str(METRICS), resume=True, save_dvc_exp=False, dvcyaml=None) as live:
+        train(model, pretrain_step, SHARDS, params.pretrain, params.seed, CHECKPOINTS, live, desc="pretrain",
+              fingerprint=fingerprint(params.pretrain, params.model, params.seed, read_index(SHARDS)))
+    save(model, tokenizer, OUT_DIR)
+    clear_checkpoints(CHECKPOINTS)
+    print(f"pretrain: {params.pretrain.steps} steps -> {OUT_DIR}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Training stages on tiny shards: kill -9 and rerun ends bit-identical to an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.shard import run as shard
+from tests.shard_fixtures import build_validated, shard_params
+from tests.stage_runner import REPO, make_project, run_stage
+
+TRAIN = ["pretrain.steps=30", "pretrain.checkpoint_every=4", "pretrain.batch_size=4", "pretrain.warmup_steps=3",
+         "pretrain.shuffle=8", "model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    build_validated(root, n=28)
+    shard(root / "validated", root / "tokenizer", root / "shards", shard_params())
+    return root
+
+
+def project_with(data, path):
+    root = make_project(path)
+    shutil.copytree(data / "shards", root / "data/shards")
+    shutil.copytree(data / "tokenizer", root / "artifacts/tokenizer")
+    return root
+
+
+def weights(root):
+    return load_file(root / "models/pretrain/model.safetensors")
+
+
+def test_kill_9_then_rerun_is_bit_identical_to_an_uninterrupted_run(data, tmp_path):
+    straight = project_with(data, tmp_path / "straight")
+    run_stage("pretrain", straight, *TRAIN)
+
+    killed = project_with(data, tmp_path / "killed")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain", *TRAIN], cwd=killed, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints/pretrain").glob("step-00000008")) and time.time() < deadline:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "models/pretrain").exists()
+    resumed = run_stage("pretrain", killed, *TRAIN)
+    assert "resuming from" in resumed.stdout
+    a, b = weights(straight), weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((killed / "checkpoints/pretrain").glob("step-*"))  # cleared after success
+
+
+def test_checkpoints_from_another_configuration_are_discarded(data, tmp_path):
+    root = project_with(data, tmp_path / "p")
+    stale = root / "checkpoints/pretrain/step-00000004"
+    stale.mkdir(parents=True)
+    (root / "checkpoints/pretrain/fingerprint").write_text("something else")
+    proc = run_stage("pretrain", root, *TRAIN[:1], "pretrain.steps=2", *TRAIN[2:])
+    assert "discarding checkpoints" in proc.stdout and "resuming" not in proc.stdout
+    assert (root / "models/pretrain/model.safetensors").exists()
