@@ -27,7 +27,6 @@ from stages.common.params import load_params
 from stages.common.trainer import clear_checkpoints, model_inputs, train
 from stages.pretrain import fingerprint, save
 
-SHARDS = "data/shards"
 PRETRAINED = Path("models/pretrain")
 OUT_DIR = Path("models/teacher")
 CHECKPOINTS = Path("checkpoints/finetune")
@@ -106,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(PRETRAINED)
     model = TrimodalForConditionalGeneration.from_pretrained(PRETRAINED)
     with Live(str(METRICS_DIR), resume=True, save_dvc_exp=False, dvcyaml=None) as live:
-        train(model, finetune_step, SHARDS, params.finetune, params.seed, CHECKPOINTS, live, desc="finetune",
-              fingerprint=fingerprint(params.finetune, params.seed, read_index(SHARDS),
+        train(model, finetune_step, params.finetune, params.seed, CHECKPOINTS, live, desc="finetune",
+              fingerprint=fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
                                       hashlib.sha256((PRETRAINED / "model.safetensors").read_bytes()).hexdigest()))
-    metrics = evaluate(model, tokenizer, SHARDS)
+    metrics = evaluate(model, tokenizer, params.finetune.shards)
     write_json(METRICS, metrics)
     save(model, tokenizer, OUT_DIR)
     clear_checkpoints(CHECKPOINTS)

@@ -23,7 +23,6 @@ from stages.common.loader import read_index
 from stages.common.params import Params, load_params
 from stages.common.trainer import clear_checkpoints, model_inputs, train
 
-SHARDS = "data/shards"
 TOKENIZER_DIR = Path("artifacts/tokenizer")
 OUT_DIR = Path("models/pretrain")
 CHECKPOINTS = Path("checkpoints/pretrain")
@@ -60,10 +59,10 @@ def save(model, tokenizer, out_dir: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    model = build_model(params, SHARDS, tokenizer)
+    model = build_model(params, params.pretrain.shards, tokenizer)
     with Live(str(METRICS), resume=True, save_dvc_exp=False, dvcyaml=None) as live:
-        train(model, pretrain_step, SHARDS, params.pretrain, params.seed, CHECKPOINTS, live, desc="pretrain",
-              fingerprint=fingerprint(params.pretrain, params.model, params.seed, read_index(SHARDS)))
+        train(model, pretrain_step, params.pretrain, params.seed, CHECKPOINTS, live, desc="pretrain",
+              fingerprint=fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)))
     save(model, tokenizer, OUT_DIR)
     clear_checkpoints(CHECKPOINTS)
     print(f"pretrain: {params.pretrain.steps} steps -> {OUT_DIR}")

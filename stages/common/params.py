@@ -68,8 +68,9 @@ class ShardParams:
 class TrainStageParams:
     """Settings of a training stage (pretrain, finetune), used by stages.common.trainer."""
 
+    shards: str = "data/shards"  # local folder or s3://bucket/prefix written by the shard stage
     steps: int = 200
-    batch_size: int = 16
+    batch_size: int = 16  # global batch: split across processes when trainer.devices > 1
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20

@@ -8,9 +8,11 @@ as one never interrupted.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -48,15 +50,45 @@ def freeze_encoders(model: nn.Module) -> None:
         encoder.requires_grad_(False)
 
 
-def data_stream(shards: str, params: TrainParams, seed: int, epoch: int, skip: int) -> Iterator[tuple[int, int, dict]]:
-    """Endless (epoch, batch index in epoch, batch), starting at `skip` batches into `epoch`."""
+def data_stream(params: TrainParams, seed: int, epoch: int, skip: int) -> Iterator[tuple[int, int, dict]]:
+    """Endless (epoch, batch index in epoch, global batch), starting at `skip` batches into `epoch`."""
     while True:
-        loader = make_loader(shards, "train", params.batch_size, shuffle=params.shuffle,
+        loader = make_loader(params.shards, "train", params.batch_size, shuffle=params.shuffle,
                              num_workers=params.num_workers, seed=seed, epoch=epoch, drop_last=True)
         for index, batch in enumerate(loader):
             if index >= skip:
                 yield epoch, index, batch
         epoch, skip = epoch + 1, 0
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); initialises the gloo/nccl process group when launched by torchrun."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (torch.distributed.get_rank(), size) if size > 1 else (0, 1)
+
+
+def shard_of(batch: dict, rank: int, size: int) -> dict:
+    """This process's rows of a global batch: every process reads the same stream, so the global batch (and
+    its loss) is the one a single process would see."""
+    if size == 1:
+        return batch
+    return {k: v[rank::size] for k, v in batch.items()}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def launch(devices: int, module: str, argv: list[str]) -> bool:
+    """Re-run this stage under torchrun with `devices` processes; False when already inside one (or devices=1)."""
+    if devices <= 1 or "LOCAL_RANK" in os.environ:
+        return False
+    from torch.distributed.run import main as torchrun
+
+    torchrun(["--standalone", f"--nproc_per_node={devices}", "-m", module, *argv])
+    return True
 
 
 def measured_peak_flops(size: int = 512, repeats: int = 5) -> float:
@@ -87,49 +119,85 @@ def clear_checkpoints(checkpoints: Path) -> None:
     checkpoints.mkdir(parents=True, exist_ok=True)
 
 
-def train(model: nn.Module, step_fn: StepFn, shards: str, params: TrainParams, seed: int, checkpoints: Path,
+class Objectives(nn.Module):
+    """step_fn as a module, so DistributedDataParallel can wrap the whole objective computation."""
+
+    def __init__(self, model: nn.Module, step_fn: StepFn):
+        super().__init__()
+        self.model, self.step_fn = model, step_fn
+
+    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.step_fn(self.model, batch, generator)
+
+
+def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, checkpoints: Path,
           live=None, desc: str = "train", fingerprint: str = "") -> nn.Module:
-    """Train to params.steps, resuming from the latest checkpoint in `checkpoints` made with `fingerprint`."""
-    prepare_checkpoints(checkpoints, fingerprint)
+    """Train to params.steps, resuming from the latest checkpoint in `checkpoints` made with `fingerprint`.
+
+    Under torchrun (trainer.devices > 1) every process reads the same global batches and trains on its rows,
+    with DistributedDataParallel averaging gradients; rank 0 alone writes checkpoints, metrics and progress.
+    """
+    rank, size = world()
+    if params.batch_size % size:
+        raise ValueError(f"batch_size {params.batch_size} is not divisible by {size} processes")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
+        torch.device("cpu")
+    model.to(device)
+    if rank == 0:
+        prepare_checkpoints(checkpoints, fingerprint)
     if params.freeze_encoders:
         freeze_encoders(model)
     optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + rank)
     step, epoch, consumed = 0, 0, 0
+    if size > 1:
+        torch.distributed.barrier()
     resume = latest_checkpoint(checkpoints)
     if resume is not None:
-        state = load_checkpoint(resume, model, optimizer, scheduler, generator)
+        state = load_checkpoint(resume, model, optimizer, scheduler, generator if size == 1 else None)
         step, epoch, consumed = state["step"], state["extra"]["epoch"], state["extra"]["consumed"]
-        print(f"{desc}: resuming from {resume} (step {step})")
+        if rank == 0:
+            print(f"{desc}: resuming from {resume} (step {step})")
     model.train()
-    stream = data_stream(shards, params, seed, epoch, consumed)
+    objectives = Objectives(model, step_fn)
+    if size > 1:
+        objectives = torch.nn.parallel.DistributedDataParallel(objectives, find_unused_parameters=True)
+    # bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls are ~400x slower (shared/KNOWN-ISSUES.md)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    stream = data_stream(params, seed, epoch, consumed)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     peak = measured_peak_flops()
-    progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step")
+    progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=rank != 0)
     while step < params.steps:
         start, samples, positions, totals = time.perf_counter(), 0, 0, {}
         for _ in range(params.accumulation):
             epoch, index, batch = next(stream)
-            losses = step_fn(model, batch, generator)
+            batch = to_device(shard_of(batch, rank, size), device)
+            with autocast:
+                losses = objectives(batch, generator)
             loss = sum(model.config.loss_weights[k] * v for k, v in losses.items()) / params.accumulation
             loss.backward()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + v.item() / params.accumulation
-            samples += len(batch["ids"])
-            positions += int(batch["image_present"].sum()) * model.config.num_patches + int(
-                batch["text_mask"].sum()) + int(batch["mel_lengths"].sum()) // 4
+            samples += len(batch["ids"]) * size
+            positions += size * (int(batch["image_present"].sum()) * model.config.num_patches + int(
+                batch["text_mask"].sum()) + int(batch["mel_lengths"].sum()) // 4)
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step, consumed = step + 1, index + 1
+        if size > 1:  # log the global-batch loss: the mean over processes
+            reduced = torch.tensor([totals[k] for k in sorted(totals)])
+            torch.distributed.all_reduce(reduced)
+            totals = {k: v / size for k, v in zip(sorted(totals), reduced.tolist(), strict=True)}
         elapsed = time.perf_counter() - start
-        mfu = 6 * n_params * positions / elapsed / peak  # 6 N D: forward + backward FLOPs per position
+        mfu = 6 * n_params * positions / elapsed / (peak * size)  # 6 N D: forward + backward FLOPs per position
         total = sum(model.config.loss_weights[k] * v for k, v in totals.items())
         progress.set_postfix(loss=f"{total:.3f}", samples_s=f"{samples / elapsed:.1f}", mfu=f"{mfu:.1%}")
         progress.update()
-        if live is not None and (step % params.log_every == 0 or step == params.steps):
+        if rank == 0 and live is not None and (step % params.log_every == 0 or step == params.steps):
             live.step = step
             live.log_metric(f"{desc}/loss", total)
             for k, v in totals.items():
@@ -138,7 +206,7 @@ def train(model: nn.Module, step_fn: StepFn, shards: str, params: TrainParams, s
             live.log_metric(f"{desc}/samples_per_s", samples / elapsed)
             live.log_metric(f"{desc}/mfu", mfu)
             live.make_summary()
-        if step % params.checkpoint_every == 0 or step == params.steps:
+        if rank == 0 and (step % params.checkpoint_every == 0 or step == params.steps):
             save_checkpoint(checkpoints, step, model, optimizer, scheduler, {"epoch": epoch, "consumed": consumed},
                             generator)
     progress.close()
