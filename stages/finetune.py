@@ -13,6 +13,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from model.modeling import TrimodalForConditionalGeneration
 from stages.common.atomic import write_json
 from stages.common.loader import make_loader, read_index
 from stages.common.params import load_params
-from stages.common.trainer import clear_checkpoints, model_inputs, train
+from stages.common.trainer import clear_checkpoints, launch, model_inputs, train, world
 from stages.pretrain import fingerprint, save
 
 PRETRAINED = Path("models/pretrain")
@@ -101,13 +102,19 @@ def evaluate(model, tokenizer, shards: str, split: str = "val", batch_size: int 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    params = load_params("params.yaml", argv)
+    if launch(params.trainer.devices, "stages.finetune", argv):
+        return
+    rank, _ = world()  # under torchrun: rank 0 logs, evaluates and saves
     tokenizer = AutoTokenizer.from_pretrained(PRETRAINED)
     model = TrimodalForConditionalGeneration.from_pretrained(PRETRAINED)
-    with Live(str(METRICS_DIR), resume=True, save_dvc_exp=False, dvcyaml=None) as live:
+    with Live(str(METRICS_DIR), resume=True, save_dvc_exp=False, dvcyaml=None) if rank == 0 else nullcontext() as live:
         train(model, finetune_step, params.finetune, params.seed, CHECKPOINTS, live, desc="finetune",
               fingerprint=fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
                                       hashlib.sha256((PRETRAINED / "model.safetensors").read_bytes()).hexdigest()))
+    if rank != 0:
+        return
     metrics = evaluate(model, tokenizer, params.finetune.shards)
     write_json(METRICS, metrics)
     save(model, tokenizer, OUT_DIR)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from model.objectives import pretraining_losses
 from stages.common.atomic import atomic_dir
 from stages.common.loader import read_index
 from stages.common.params import Params, load_params
-from stages.common.trainer import clear_checkpoints, model_inputs, train
+from stages.common.trainer import clear_checkpoints, launch, model_inputs, train, world
 
 TOKENIZER_DIR = Path("artifacts/tokenizer")
 OUT_DIR = Path("models/pretrain")
@@ -57,12 +58,18 @@ def save(model, tokenizer, out_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    params = load_params("params.yaml", argv)
+    if launch(params.trainer.devices, "stages.pretrain", argv):
+        return
+    rank, _ = world()  # under torchrun: rank 0 logs, evaluates and saves
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     model = build_model(params, params.pretrain.shards, tokenizer)
-    with Live(str(METRICS), resume=True, save_dvc_exp=False, dvcyaml=None) as live:
+    with Live(str(METRICS), resume=True, save_dvc_exp=False, dvcyaml=None) if rank == 0 else nullcontext() as live:
         train(model, pretrain_step, params.pretrain, params.seed, CHECKPOINTS, live, desc="pretrain",
               fingerprint=fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)))
+    if rank != 0:
+        return
     save(model, tokenizer, OUT_DIR)
     clear_checkpoints(CHECKPOINTS)
     print(f"pretrain: {params.pretrain.steps} steps -> {OUT_DIR}")

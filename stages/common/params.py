@@ -84,6 +84,11 @@ class TrainStageParams:
 
 
 @dataclass
+class TrainerParams:
+    devices: int = 1  # > 1: the training stages re-launch themselves under torchrun (gloo on CPU, nccl on GPU)
+
+
+@dataclass
 class Params:
     seed: int = 0
     demo: DemoParams = field(default_factory=DemoParams)
@@ -96,6 +101,7 @@ class Params:
     model: dict = field(default_factory=dict)
     pretrain: TrainStageParams = field(default_factory=TrainStageParams)
     finetune: TrainStageParams = field(default_factory=TrainStageParams)
+    trainer: TrainerParams = field(default_factory=TrainerParams)
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:

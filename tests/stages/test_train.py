@@ -70,3 +70,29 @@ def test_checkpoints_from_another_configuration_are_discarded(data, tmp_path):
     proc = run_stage("pretrain", root, *TRAIN[:1], "pretrain.steps=2", *TRAIN[2:])
     assert "discarding checkpoints" in proc.stdout and "resuming" not in proc.stdout
     assert (root / "models/pretrain/model.safetensors").exists()
+
+
+FINETUNE = ["finetune.steps=3", "finetune.batch_size=4", "finetune.log_every=1", "finetune.warmup_steps=1",
+            "finetune.shuffle=0"]
+
+
+def logged(root, name):
+    rows = (root / f"metrics/finetune/plots/metrics/finetune/{name}.tsv").read_text().split("\n")[1:]
+    return [float(r.split("\t")[-1]) for r in rows if r]
+
+
+def test_two_gloo_processes_match_one_at_the_same_global_batch(data, tmp_path):
+    base = project_with(data, tmp_path / "base")
+    run_stage("pretrain", base, *TRAIN[:1], "pretrain.steps=2", *TRAIN[2:])
+    runs = {}
+    for devices in (1, 2):
+        root = project_with(data, tmp_path / f"d{devices}")
+        shutil.copytree(base / "models/pretrain", root / "models/pretrain")
+        run_stage("finetune", root, *FINETUNE, *TRAIN[5:], f"trainer.devices={devices}")
+        runs[devices] = root
+    single, double = logged(runs[1], "ce"), logged(runs[2], "ce")
+    assert len(single) == len(double) == 3
+    # same global batch; the 2-process loss is the mean of per-process token means, so allow a small gap
+    assert single == pytest.approx(double, rel=0.05)
+    assert (runs[2] / "models/teacher/model.safetensors").exists()
+    assert (runs[2] / "metrics/finetune.json").exists()
