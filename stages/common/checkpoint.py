@@ -43,16 +43,13 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, extra: dict, generator: torch.Generator | None = None, keep: int = 2) -> Path:
+                    scheduler, extra: dict, keep: int = 2) -> Path:
     target = root / f"step-{step:08d}"
     with atomic_dir(target) as tmp:
         save_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) weights
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors, tmp / "optimizer.safetensors")
-        rng = {"torch": torch.get_rng_state()}
-        if generator is not None:
-            rng["generator"] = generator.get_state()
-        save_file(rng, tmp / "rng.safetensors")
+        save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
         py_state = random.getstate()
         np_state = np.random.get_state()
         (tmp / "state.json").write_text(json.dumps({
@@ -70,17 +67,13 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    generator: torch.Generator | None = None) -> dict:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
     """Restore everything saved by save_checkpoint; returns {"step", "extra"}."""
     load_model(model, str(path / "model.safetensors"))
     state = json.loads((path / "state.json").read_text())
     _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    rng = load_file(path / "rng.safetensors")
-    torch.set_rng_state(rng["torch"])
-    if generator is not None:
-        generator.set_state(rng["generator"])
+    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
     version, internal, gauss = state["python_rng"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy_rng"]

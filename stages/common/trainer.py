@@ -1,10 +1,10 @@
 """The training loop shared by `pretrain` and `finetune`: AdamW, warmup + cosine, clipping, accumulation,
 atomic checkpoints with automatic resume, a progress bar with samples/s and an MFU estimate, dvclive metrics.
 
-Resume is exact on CPU: a checkpoint holds model, optimizer, scheduler, every RNG (torch, Python, NumPy, the
-masking generator) and the data position (epoch, batches consumed), and the loader's order is a pure
-function of (seed, epoch). So a run killed at any point and rerun ends with the same weights, bit for bit,
-as one never interrupted.
+Resume is exact on CPU: a checkpoint holds model, optimizer, scheduler, the torch/Python/NumPy RNGs and the
+data position (epoch, batches consumed); the loader's order is a pure function of (seed, epoch) and the
+masking generator is re-seeded from (seed, rank, step, micro-batch), so it needs no saved state. A run
+killed at any point and rerun ends with the same weights, bit for bit, as one never interrupted.
 """
 from __future__ import annotations
 
@@ -149,13 +149,13 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         freeze_encoders(model)
     optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)
-    generator = torch.Generator().manual_seed(seed + rank)
+    generator = torch.Generator()  # re-seeded per micro-batch below: resume-exact on any number of processes
     step, epoch, consumed = 0, 0, 0
     if size > 1:
         torch.distributed.barrier()
     resume = latest_checkpoint(checkpoints)
     if resume is not None:
-        state = load_checkpoint(resume, model, optimizer, scheduler, generator if size == 1 else None)
+        state = load_checkpoint(resume, model, optimizer, scheduler)
         step, epoch, consumed = state["step"], state["extra"]["epoch"], state["extra"]["consumed"]
         if rank == 0:
             print(f"{desc}: resuming from {resume} (step {step})")
@@ -171,8 +171,9 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
     progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=rank != 0)
     while step < params.steps:
         start, samples, positions, totals = time.perf_counter(), 0, 0, {}
-        for _ in range(params.accumulation):
+        for micro in range(params.accumulation):
             epoch, index, batch = next(stream)
+            generator.manual_seed(hash((seed, rank, step, micro)) & 0x7FFF_FFFF_FFFF)
             batch = to_device(shard_of(batch, rank, size), device)
             with autocast:
                 losses = objectives(batch, generator)
@@ -207,8 +208,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
             live.log_metric(f"{desc}/mfu", mfu)
             live.make_summary()
         if rank == 0 and (step % params.checkpoint_every == 0 or step == params.steps):
-            save_checkpoint(checkpoints, step, model, optimizer, scheduler, {"epoch": epoch, "consumed": consumed},
-                            generator)
+            save_checkpoint(checkpoints, step, model, optimizer, scheduler, {"epoch": epoch, "consumed": consumed})
     progress.close()
     model.eval()
     return model
