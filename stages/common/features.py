@@ -34,10 +34,11 @@ def log_mel(waveform: np.ndarray, sample_rate: int, n_mels: int, n_fft: int, hop
     if filters is None:
         filters = mel_filters(sample_rate, n_fft, n_mels)
     audio = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
-    if audio.numel() < n_fft // 2 + 1:  # reflect padding needs a little audio
+    frames = audio.numel() // hop_length + 1
+    if audio.numel() < n_fft // 2 + 1:  # reflect padding needs a little audio: zero-extend, keep `frames`
         audio = torch.nn.functional.pad(audio, (0, n_fft // 2 + 1 - audio.numel()))
     stft = torch.stft(audio, n_fft, hop_length, window=torch.hann_window(n_fft), center=True, return_complex=True)
-    power = stft.abs() ** 2  # [freq, frames]
+    power = stft[:, :frames].abs() ** 2  # [freq, frames]
     mel = torch.from_numpy(filters).T @ power
     logmel = torch.clamp(mel, min=1e-10).log10()
     logmel = torch.maximum(logmel, logmel.max() - 8.0)

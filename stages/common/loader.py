@@ -4,22 +4,35 @@
 
 Each batch is a dict (any subset of modalities per sample; absent ones are zero/pad with a mask):
     ids             list[str]
-    image           float32 [B, 3, S, S] in [0, 1]        image_present  bool [B]
-    mel             float32 [B, n_mels, T_max]            mel_lengths    int64 [B] (0 = no audio)
-    <f>_ids         int64 [B, L_max] padded with pad_id   <f>_mask       bool [B, L_max]
+    image           float32 [B, 3, S, S] in [0, 1] (zeros = no image)   image_present  bool [B]
+    mel             float32 [B, n_mels, T_max] (zero-padded)            mel_lengths    int64 [B] (0 = no audio)
+    <f>_ids         int64 [B, L_max] padded with pad_id                 <f>_mask       bool [B, L_max]
                     for f in text, caption, question, answer (an all-False row = field absent)
-    label           int64 [B] (-100 = no label)
-    meta            list[dict]: the sample's json (id, caption, question, answer, label, modalities)
+    label           int64 [B] (-100 = no label, the ignore_index of cross-entropy)
+    meta            list[dict]: the sample's json (id, caption, question, answer, label, label_index, modalities)
 
-Shuffling is deterministic given (seed, epoch): shard order from SimpleShardList's seed, samples from a
-buffer shuffle seeded per DataLoader worker. Every shard's sample count is checked against index.json,
-because bytes damaged mid-shard can otherwise end a shard early without an error. Arrays are read with
-allow_pickle=False: shards are data, never code.
+Pipeline (webdataset pieces): SimpleShardList (shard order shuffled from (seed, epoch)) -> [split_by_node]
+-> split_by_worker -> tar samples with a per-shard count check -> buffer shuffle (seeded per rank and worker)
+-> decode (npy/json only, allow_pickle=False: shards are data, never code) -> batched(collate).
+
+Checks, because bytes damaged mid-shard can otherwise end a shard early without an error: every shard's sample
+count against index.json (ShardError naming the shard), and every sample's members against the modalities
+and fields its json declares (a tar cut at a member boundary drops members, not samples).
+
+Distributed: by default every process reads the whole split (the trainer's contract: each rank takes its rows
+of the same global batch). split_by_node=True gives each rank a disjoint share of the shards instead.
+
+s3://bucket/prefix roots are read through s3fs; the endpoint comes from TRIMODAL_S3_ENDPOINT_URL or
+AWS_ENDPOINT_URL (moto in tests), credentials from the standard AWS environment. The s3fs filesystem is created
+inside each open, never inherited: an instance made in the parent is not fork-safe in DataLoader workers.
+Every pipeline stage is a module-level function (or partial of one), so the loader also works with spawn or
+forkserver workers.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -30,76 +43,105 @@ import numpy as np
 import torch
 import webdataset as wds
 from webdataset.gopen import gopen_schemes
+from webdataset.utils import pytorch_worker_info
 
 TOKEN_FIELDS = ("text", "caption", "question", "answer")
-
-
-class ShardError(RuntimeError):
-    """A shard that cannot be read whole, or yields a different number of samples than index.json records."""
-
-
+MODALITY_MEMBERS = {"image": "image", "audio": "mel", "text": "text"}  # modality -> member (without .npy)
+ENDPOINT_VARS = ("TRIMODAL_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
 REPAIR_HINT = "damaged or replaced shard? re-run `dvc repro shard` or `dvc pull data/shards`"
 
 
+class ShardError(RuntimeError):
+    """A shard that cannot be read whole, yields a different number of samples than index.json records,
+    or holds a sample missing members its json declares."""
+
+
+def s3_storage_options() -> dict:
+    """s3fs keyword arguments from the environment: the endpoint override, if any (credentials: AWS env vars)."""
+    endpoint = next((os.environ[v] for v in ENDPOINT_VARS if os.environ.get(v)), None)
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
 def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
-    # a fresh filesystem per call: s3fs instances made in a parent process are not fork-safe
     import s3fs
 
-    return s3fs.S3FileSystem(skip_instance_cache=True).open(url, mode)
+    # a fresh filesystem per call: s3fs instances made in a parent process are not fork-safe
+    return s3fs.S3FileSystem(skip_instance_cache=True, **s3_storage_options()).open(url, mode)
 
 
 def register_s3_scheme() -> None:
-    """Let webdataset open s3:// URLs through s3fs (endpoint and credentials from the AWS environment)."""
+    """Let webdataset open s3:// URLs through s3fs (endpoint and credentials from the environment)."""
     gopen_schemes["s3"] = _gopen_s3
 
 
+register_s3_scheme()  # at import too: spawned DataLoader workers import this module when unpickling the pipeline
+
+
 def read_index(root: str) -> dict:
-    with fsspec.open(f"{root.rstrip('/')}/index.json", "r") as f:
+    """index.json of a shard folder: a local path or s3://bucket/prefix."""
+    url = f"{root.rstrip('/')}/index.json"
+    options = s3_storage_options() if url.startswith("s3://") else {}
+    if options:
+        options["skip_instance_cache"] = True
+    with fsspec.open(url, "r", **options) as f:
         return json.load(f)
 
 
-def _checked_samples(expected: dict[str, int]):
-    """Pipeline stage: shard URLs -> samples, raising ShardError when a shard is unreadable or its count is off."""
-
-    def stage(urls: Iterable[dict]) -> Iterator[dict]:
-        to_samples = wds.tarfile_to_samples(handler=wds.reraise_exception)
-        for item in urls:
-            url, n = item["url"], 0
-            try:
-                for sample in to_samples(iter([item])):
-                    n += 1
-                    yield sample
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise ShardError(f"{url}: unreadable after {n} samples ({e.__class__.__name__}: {e}); "
-                                 f"{REPAIR_HINT}") from e
-            if n != expected[url]:
-                raise ShardError(f"{url}: {n} samples read, index.json says {expected[url]}; {REPAIR_HINT}")
-
-    return stage
+def _checked_samples(urls: Iterable[dict], expected: dict[str, int]) -> Iterator[dict]:
+    """Shard URLs -> samples, raising ShardError when a shard is unreadable or its sample count is off."""
+    register_s3_scheme()
+    for item in urls:
+        url, n = item["url"], 0
+        try:
+            for sample in wds.tarfile_to_samples(handler=wds.reraise_exception)(iter([item])):
+                n += 1
+                yield sample
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ShardError(f"{url}: unreadable after {n} samples ({e.__class__.__name__}: {e}); "
+                             f"{REPAIR_HINT}") from e
+        if n != expected[url]:
+            raise ShardError(f"{url}: {n} samples read, index.json says {expected[url]}; {REPAIR_HINT}")
 
 
-def _worker_shuffle(bufsize: int, seed: int, epoch: int):
-    def stage(samples: Iterable[dict]) -> Iterator[dict]:
-        info = torch.utils.data.get_worker_info()
-        rng = random.Random(f"{seed}:{epoch}:{info.id if info else 0}")
-        yield from wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(samples)
+def _unchecked_samples(urls: Iterable[dict]) -> Iterator[dict]:
+    register_s3_scheme()
+    yield from wds.tarfile_to_samples(handler=wds.reraise_exception)(urls)
 
-    return stage
+
+def _seeded_shuffle(samples: Iterable[dict], bufsize: int, seed: int, epoch: int) -> Iterator[dict]:
+    """Buffer shuffle seeded by (seed, epoch, rank, worker): reproducible, and distinct across workers."""
+    rank, _, worker, _ = pytorch_worker_info()
+    rng = random.Random(f"{seed}:{epoch}:{rank}:{worker}")
+    yield from wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(samples)
+
+
+def expected_members(meta: dict) -> set[str]:
+    """The .npy members a sample must carry, from what its json declares."""
+    members = {MODALITY_MEMBERS[m] for m in meta.get("modalities", ())}
+    members.update(name for name in ("caption", "question", "answer") if meta.get(name))
+    return {f"{m}.npy" for m in members}
 
 
 def decode(sample: dict) -> dict:
-    out = {"__key__": sample["__key__"], "meta": json.loads(sample["json"])}
+    """Raw tar members -> {"__key__", "meta", <member>: np.ndarray}; npy and json only, never pickle."""
+    where = f"{sample.get('__url__', '?')}: sample {sample['__key__']}"
+    if "json" not in sample:
+        raise ShardError(f"{where} has no json member; {REPAIR_HINT}")
+    meta = json.loads(sample["json"])
+    missing = expected_members(meta) - sample.keys()
+    if missing:
+        raise ShardError(f"{where} ({meta.get('id')}) lacks {sorted(missing)}; {REPAIR_HINT}")
+    out = {"__key__": sample["__key__"], "meta": meta}
     for name, data in sample.items():
         if name.endswith(".npy"):
             out[name[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
     return out
 
 
-def _pad(seqs: list[np.ndarray | None], pad_value: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad 1-D (or [C, T] along T) arrays; returns (padded, lengths). None counts as length 0."""
+def _pad(seqs: list[np.ndarray | None], pad_value: float, dtype: torch.dtype,
+         lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad arrays of shape [*lead, T] along T; returns (padded [B, *lead, T_max], lengths). None = length 0."""
     lengths = [0 if s is None else s.shape[-1] for s in seqs]
-    template = next((s for s in seqs if s is not None), None)
-    lead = () if template is None else template.shape[:-1]
     out = torch.full((len(seqs), *lead, max(lengths, default=0)), pad_value, dtype=dtype)
     for i, s in enumerate(seqs):
         if s is not None:
@@ -107,28 +149,35 @@ def _pad(seqs: list[np.ndarray | None], pad_value: float, dtype: torch.dtype) ->
     return out, torch.tensor(lengths, dtype=torch.int64)
 
 
-def collate(samples: list[dict], pad_id: int, image_size: int, n_mels: int) -> dict:
+def collate(samples: list[dict], pad_id: int, image_size: int | None = None, n_mels: int | None = None) -> dict:
+    """Decoded samples -> one batch (layout in the module docstring). image_size / n_mels (from index.json) fix
+    the shapes of a batch in which no sample has an image / audio; otherwise they are read off the samples."""
+    images = [s.get("image") for s in samples]
+    mels = [s.get("mel") for s in samples]
+    size = next((im.shape[0] for im in images if im is not None), image_size or 0)
+    mel_rows = next((m.shape[0] for m in mels if m is not None), n_mels or 0)
     batch: dict = {"ids": [s["meta"]["id"] for s in samples], "meta": [s["meta"] for s in samples]}
-    image = torch.zeros(len(samples), 3, image_size, image_size)
-    for i, s in enumerate(samples):
-        if "image" in s:
-            image[i] = torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 255.0
+    image = torch.zeros(len(samples), 3, size, size)
+    for i, im in enumerate(images):
+        if im is not None:
+            image[i] = torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
     batch["image"] = image
-    batch["image_present"] = torch.tensor(["image" in s for s in samples])
-    mel, batch["mel_lengths"] = _pad([s.get("mel") for s in samples], 0.0, torch.float32)
-    batch["mel"] = mel if mel.dim() == 3 else torch.zeros(len(samples), n_mels, 0)
+    batch["image_present"] = torch.tensor([im is not None for im in images], dtype=torch.bool)
+    batch["mel"], batch["mel_lengths"] = _pad(mels, 0.0, torch.float32, lead=(mel_rows,))
     for name in TOKEN_FIELDS:
         ids, lengths = _pad([s.get(name) for s in samples], pad_id, torch.int64)
         batch[f"{name}_ids"] = ids
         batch[f"{name}_mask"] = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-    batch["label"] = torch.tensor([s["meta"].get("label_index", -1) if s["meta"].get("label_index", -1) >= 0
-                                   else -100 for s in samples], dtype=torch.int64)
+    labels = [s["meta"].get("label_index", -1) for s in samples]
+    batch["label"] = torch.tensor([i if i >= 0 else -100 for i in labels], dtype=torch.int64)
     return batch
 
 
 def make_loader(root: str, split: str, batch_size: int, shuffle: int = 0, num_workers: int = 0, seed: int = 0,
-                epoch: int = 0, verify_counts: bool = True, drop_last: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over one split's shards (see the module docstring for the batch layout)."""
+                epoch: int = 0, verify_counts: bool = True, drop_last: bool = False,
+                split_by_node: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over one split's shards (local folder or s3://bucket/prefix); batch layout in the module
+    docstring. shuffle: buffer size (0 = shard and sample order as written); (seed, epoch) fix the order."""
     register_s3_scheme()
     root = root.rstrip("/")
     index = read_index(root)
@@ -137,18 +186,20 @@ def make_loader(root: str, split: str, batch_size: int, shuffle: int = 0, num_wo
     shards = index["splits"][split]["shards"]
     if not shards:
         raise ValueError(f"split {split!r} in {root} has no shards (0 records)")
+    rank, world, _, _ = pytorch_worker_info()
+    if split_by_node and world > len(shards):
+        raise ValueError(f"split_by_node: {world} processes but only {len(shards)} {split} shards in {root}; "
+                         f"rank {rank} would get none (lower shard.samples_per_shard or use split_by_node=False)")
     expected = {f"{root}/{s['name']}": s["count"] for s in shards}
-    stages = [wds.SimpleShardList(list(expected), seed=seed + epoch if shuffle else None),
-              wds.split_by_node, wds.split_by_worker]
-    stages.append(_checked_samples(expected) if verify_counts else wds.tarfile_to_samples())
+    stages = [wds.SimpleShardList(list(expected), seed=f"{seed}:{epoch}" if shuffle else None)]
+    if split_by_node:
+        stages.append(wds.split_by_node)
+    stages.append(wds.split_by_worker)
+    stages.append(partial(_checked_samples, expected=expected) if verify_counts else _unchecked_samples)
     if shuffle:
-        stages.append(_worker_shuffle(shuffle, seed, epoch))
-    stages += [wds.map(decode),
-               wds.batched(batch_size, partial=not drop_last,
-                           collation_fn=partial(collate, pad_id=index["pad_token_id"],
-                                                image_size=index["image_size"], n_mels=index["n_mels"]))]
+        stages.append(partial(_seeded_shuffle, bufsize=shuffle, seed=seed, epoch=epoch))
+    collate_fn = partial(collate, pad_id=index["pad_token_id"], image_size=index["image_size"],
+                         n_mels=index["n_mels"])
+    stages += [wds.map(decode), wds.batched(batch_size, partial=not drop_last, collation_fn=collate_fn)]
     workers = min(num_workers, len(shards))  # an idle worker per missing shard would add nothing
-    return torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers,
-                                       persistent_workers=False)
-
-
+    return torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers)

@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from transformers import AutoTokenizer
 
+from stages.common.features import image_to_array, log_mel
 from stages.common.records import split_of
 from stages.common.tars import read_tar
-from stages.shard import run
+from stages.shard import Featurizer, run
 from tests.shard_fixtures import build_validated, shard_params
 
 
@@ -80,3 +82,60 @@ def test_features_have_configured_shapes_and_tokens_decode(sharded):
 def test_missing_inputs_give_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="dvc repro validate"):
         run(tmp_path / "validated", tmp_path / "tokenizer", tmp_path / "shards", shard_params())
+
+
+def test_records_keep_manifest_order_within_each_split(sharded):
+    root, records, _, index = sharded
+    for split, info in index["splits"].items():
+        ids = [json.loads(s["json"])["id"] for shard in info["shards"]
+               for s in samples_of(root / "shards" / shard["name"]).values()]
+        assert ids == [r["id"] for r in records if split_of(r["id"], 0.2, 0.2) == split]
+
+
+def test_a_split_without_records_has_no_shards(tmp_path):
+    build_validated(tmp_path, n=7)
+    index = run(tmp_path / "validated", tmp_path / "tokenizer", tmp_path / "shards",
+                shard_params(val_fraction=0.0, test_fraction=0.0))
+    assert index["splits"]["train"]["count"] == 7
+    assert index["splits"]["val"] == index["splits"]["test"] == {"count": 0, "shards": []}
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["index.json", "train-000000.tar",
+                                                                       "train-000001.tar"]
+    assert index["vocab_size"] == len(AutoTokenizer.from_pretrained(tmp_path / "tokenizer"))
+    assert index["pad_token_id"] == 0 and index["sample_rate"] == 16000
+
+
+def test_long_text_is_truncated_inside_bos_eos(sharded):
+    root, _, params, _ = sharded
+    tok = AutoTokenizer.from_pretrained(root / "tokenizer")
+    featurizer = Featurizer(shard_params(max_text_tokens=6).shard, 16000, tok, [])
+    ids = featurizer.tokens("there is a red circle and a red shape number 12 there")
+    assert ids.dtype == np.int32 and len(ids) == 6 and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("size", [(90, 30), (30, 90), (16, 16), (17, 300)])
+def test_image_to_array_resizes_the_short_side_and_centre_crops(size):
+    width, height = size
+    image = Image.new("RGB", size, (255, 0, 0))  # red edges, a blue middle third along the long side
+    if width >= height:
+        image.paste((0, 0, 255), (width // 3, 0, width - width // 3, height))
+    else:
+        image.paste((0, 0, 255), (0, height // 3, width, height - height // 3))
+    array = image_to_array(image, 24)
+    assert array.shape == (24, 24, 3) and array.dtype == np.uint8
+    if width != height:
+        assert array[12, 12, 2] > 200 and array[12, 12, 0] < 50  # the centre survived the crop
+
+
+def test_log_mel_frames_and_pitch():
+    sr, hop = 16000, 160
+    t = np.arange(sr // 2) / sr
+    low, high = (log_mel(np.sin(2 * np.pi * f * t).astype(np.float32), sr, 40, 400, hop) for f in (300, 3000))
+    assert low.shape == high.shape == (40, len(t) // hop + 1) and low.dtype == np.float32
+    assert low.mean(axis=1).argmax() < high.mean(axis=1).argmax()  # a higher tone lands in a higher mel band
+    assert log_mel(np.zeros(50, np.float32), sr, 40, 400, hop).shape == (40, 1)  # shorter than one window
+
+
+def test_missing_tokenizer_gives_a_clear_error(tmp_path):
+    build_validated(tmp_path, n=3)
+    with pytest.raises(SystemExit, match="dvc repro tokenizer"):
+        run(tmp_path / "validated", tmp_path / "no-tokenizer", tmp_path / "shards", shard_params())

@@ -1,8 +1,13 @@
+import io
+import pickle
+import tarfile
+
+import numpy as np
 import pytest
 import s3fs
 import torch
 
-from stages.common.loader import ShardError, make_loader, read_index
+from stages.common.loader import ShardError, collate, make_loader, read_index
 from stages.shard import run
 from tests.shard_fixtures import build_validated, shard_params
 
@@ -72,9 +77,6 @@ def test_truncated_shard_fails_loudly(shards, tmp_path):
 
 
 def test_cleanly_shortened_shard_is_caught_by_the_count_check(shards, tmp_path):
-    import io
-    import tarfile
-
     root, _ = shards
     damaged = copy_shards(root, tmp_path)
     victim = damaged / "train-000000.tar"
@@ -89,16 +91,117 @@ def test_cleanly_shortened_shard_is_caught_by_the_count_check(shards, tmp_path):
         ids_of(make_loader(str(damaged), "train", 2))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_s3_shards_stream_like_local_ones(shards, s3_server, workers):
+def test_shard_cut_at_a_member_boundary_names_the_incomplete_sample(shards, tmp_path):
+    root, _ = shards
+    damaged = copy_shards(root, tmp_path)
+    victim = damaged / "train-000000.tar"
+    with tarfile.open(victim) as tar:
+        last = tar.getmembers()[-1]  # a token member of the last sample: its json still says it exists
+    victim.write_bytes(victim.read_bytes()[: last.offset])  # a clean cut: tarfile sees a short, valid stream
+    with pytest.raises(ShardError, match=rf"train-000000.tar: sample {last.name.split('.')[0]} .* lacks"):
+        ids_of(make_loader(str(damaged), "train", 2))
+
+
+def test_without_the_count_check_a_lost_sample_goes_unnoticed(shards, tmp_path):
+    """Why verify_counts defaults to True: a shard cut between samples reads as a valid, shorter tar."""
+    root, _ = shards
+    damaged = copy_shards(root, tmp_path)
+    victim = damaged / "train-000000.tar"
+    with tarfile.open(victim) as tar:
+        members = tar.getmembers()
+    last_key = members[-1].name.split(".")[0]
+    first_of_last = next(m for m in members if m.name.startswith(last_key))
+    victim.write_bytes(victim.read_bytes()[: first_of_last.offset])
+    index = read_index(str(damaged))
+    ids = ids_of(make_loader(str(damaged), "train", 2, verify_counts=False))
+    assert len(ids) == index["splits"]["train"]["count"] - 1
+    with pytest.raises(ShardError, match="index.json says"):
+        ids_of(make_loader(str(damaged), "train", 2))
+
+
+def test_collate_pads_and_masks_any_mix_of_modalities():
+    def sample(rid, **arrays):
+        meta = {"id": rid, "label_index": arrays.pop("label", -1)}
+        return {"meta": meta, **arrays}
+
+    image = np.full((4, 4, 3), 255, np.uint8)
+    batch = collate([sample("a", image=image, text=np.array([1, 7, 2], np.int32), label=1),
+                     sample("b", mel=np.ones((5, 3), np.float32), caption=np.array([1, 9, 9, 9, 2], np.int32)),
+                     sample("c")], pad_id=0)
+    assert batch["ids"] == ["a", "b", "c"]
+    assert batch["image"].shape == (3, 3, 4, 4) and batch["image"][0].min() == 1.0 and batch["image"][1:].max() == 0
+    assert batch["image_present"].tolist() == [True, False, False]
+    assert batch["mel"].shape == (3, 5, 3) and batch["mel_lengths"].tolist() == [0, 3, 0]
+    assert batch["mel"][1].min() == 1 and batch["mel"][[0, 2]].abs().max() == 0
+    assert batch["text_ids"].tolist() == [[1, 7, 2], [0, 0, 0], [0, 0, 0]]
+    assert batch["text_mask"].tolist() == [[True] * 3, [False] * 3, [False] * 3]
+    assert batch["caption_ids"].shape == (3, 5) and batch["caption_mask"].sum(1).tolist() == [0, 5, 0]
+    assert batch["question_ids"].shape == (3, 0) and batch["question_ids"].dtype == torch.int64
+    assert batch["label"].tolist() == [1, -100, -100]
+    empty = collate([sample("d")], pad_id=0, image_size=8, n_mels=6)  # sizes from index.json when no sample has one
+    assert empty["image"].shape == (1, 3, 8, 8) and empty["mel"].shape == (1, 6, 0)
+
+
+def test_every_rank_reads_the_whole_split_unless_split_by_node(shards, monkeypatch):
+    root, _ = shards
+    everything = ids_of(make_loader(str(root), "train", 4))
+    per_rank = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert ids_of(make_loader(str(root), "train", 4)) == everything  # the trainer's same-global-batch contract
+        per_rank.append(ids_of(make_loader(str(root), "train", 4, split_by_node=True)))
+    assert not set(per_rank[0]) & set(per_rank[1]) and sorted(per_rank[0] + per_rank[1]) == sorted(everything)
+
+
+def test_pipeline_pickles_for_spawned_workers(shards):
+    root, _ = shards
+    dataset = pickle.loads(pickle.dumps(make_loader(str(root), "train", 4, shuffle=8).dataset))
+    assert sorted(i for batch in dataset for i in batch["ids"]) == sorted(ids_of(make_loader(str(root), "train", 4)))
+    spawned = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    assert sorted(ids_of(spawned)) == sorted(ids_of(make_loader(str(root), "train", 4)))
+
+
+def samples_by_id(loader):
+    """id -> that sample's unpadded tensors, so loaders that order samples differently can be compared."""
+    out = {}
+    for batch in loader:
+        for i, rid in enumerate(batch["ids"]):
+            parts = [batch["image"][i], batch["mel"][i, :, : batch["mel_lengths"][i]], batch["label"][i]]
+            parts += [batch[f"{f}_ids"][i][batch[f"{f}_mask"][i]] for f in ("text", "caption", "question", "answer")]
+            out[rid] = parts
+    return out
+
+
+def assert_same_samples(a, b):
+    assert a.keys() == b.keys()
+    for rid in a:
+        assert all(torch.equal(x, y) for x, y in zip(a[rid], b[rid], strict=True)), rid
+
+
+@pytest.fixture(scope="module")
+def s3_shards(shards, s3_server):
     root, _ = shards
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    if not fs.exists("trimodal-shards"):
-        fs.mkdir("trimodal-shards")
-        fs.put(str(root) + "/", "trimodal-shards/demo/", recursive=True)
-    local = ids_of(make_loader(str(root), "train", 3))
-    remote = make_loader("s3://trimodal-shards/demo", "train", 3, num_workers=workers)
-    assert sorted(ids_of(remote)) == sorted(local)
-    first_local = next(iter(make_loader(str(root), "train", 3)))
-    first_remote = next(iter(make_loader("s3://trimodal-shards/demo", "train", 3)))
-    assert torch.equal(first_local["image"], first_remote["image"]) and first_local["ids"] == first_remote["ids"]
+    fs.mkdir("trimodal-shards")
+    fs.put(str(root) + "/", "trimodal-shards/demo/", recursive=True)
+    return "s3://trimodal-shards/demo"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_s3_shards_stream_like_local_ones(shards, s3_shards, workers):
+    root, _ = shards
+    local = make_loader(str(root), "train", 3, shuffle=8, seed=3)
+    remote = make_loader(s3_shards, "train", 3, shuffle=8, seed=3, num_workers=workers)
+    assert_same_samples(samples_by_id(local), samples_by_id(remote))
+    if workers == 0:  # same seed, same pipeline: the same order too
+        assert ids_of(local) == ids_of(remote)
+
+
+def test_s3_endpoint_from_the_project_variable(shards, s3_shards, s3_server, monkeypatch):
+    root, _ = shards
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("TRIMODAL_S3_ENDPOINT_URL", s3_server)
+    assert read_index(s3_shards) == read_index(str(root))
+    assert sorted(ids_of(make_loader(s3_shards, "val", 2, num_workers=2))) == sorted(ids_of(
+        make_loader(str(root), "val", 2)))
