@@ -77,11 +77,12 @@ def evaluate(model, tokenizer, shards: str, split: str = "val", batch_size: int 
     for batch in make_loader(shards, split, batch_size):
         inputs = model_inputs(batch)
         metas = batch["meta"]
-        pred_cls = model(**inputs).class_logits.argmax(-1)
+        encoded = model.encoder(**inputs)  # one encoder pass serves classification and captioning
+        pred_cls = model(encoder_outputs=encoded).class_logits.argmax(-1)
         text_ids, text_mask = with_question(batch, model.config.pad_token_id)
         vqa = model.generate(**{**inputs, "text_ids": text_ids, "text_mask": text_mask}, max_new_tokens=6,
                              do_sample=False, num_beams=1)
-        caps = model.generate(**inputs, max_new_tokens=12, do_sample=False, num_beams=1)
+        caps = model.generate(encoder_outputs=encoded, max_new_tokens=12, do_sample=False, num_beams=1)
         for i, meta in enumerate(metas):
             if meta.get("answer"):
                 counts["vqa"] += 1
