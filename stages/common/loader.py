@@ -35,6 +35,7 @@ import json
 import os
 import random
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator
 from functools import partial
 
@@ -202,4 +203,8 @@ def make_loader(root: str, split: str, batch_size: int, shuffle: int = 0, num_wo
                          n_mels=index["n_mels"])
     stages += [wds.map(decode), wds.batched(batch_size, partial=not drop_last, collation_fn=collate_fn)]
     workers = min(num_workers, len(shards))  # an idle worker per missing shard would add nothing
-    return torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers)
+    # An own generator: starting an iterator draws a worker base seed, which from the global RNG would shift
+    # dropout after a resume (the resumed run starts its iterator mid-epoch, the straight run did not).
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{epoch}".encode()))
+    return torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers,
+                                       generator=generator)
