@@ -4,7 +4,7 @@
     vqa  question answering as generation: the question joins the text input, the decoder produces the answer
     cls  classification cross-entropy on pooled R (the record's label)
 After training, the val split is scored (VQA exact match, classification accuracy, caption exact match)
-against a majority-answer baseline -> metrics/finetune.json.
+against majority baselines (the most frequent answer, label or caption) -> metrics/finetune.json.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, t
 def evaluate(model, tokenizer, shards: str, split: str = "val", batch_size: int = 32) -> dict:
     hits: Counter = Counter()
     counts: Counter = Counter()
-    answers, labels = Counter(), Counter()
+    answers, labels, captions = Counter(), Counter(), Counter()
     for batch in make_loader(shards, split, batch_size):
         inputs = model_inputs(batch)
         metas = batch["meta"]
@@ -94,10 +94,12 @@ def evaluate(model, tokenizer, shards: str, split: str = "val", batch_size: int 
                 hits["cls"] += int(pred_cls[i]) == meta["label_index"]
             if meta.get("caption"):
                 counts["caption"] += 1
+                captions[meta["caption"]] += 1
                 hits["caption"] += tokenizer.decode(caps[i], skip_special_tokens=True).strip() == meta["caption"]
     metrics = {f"{k}_accuracy": hits[k] / counts[k] for k in counts}
     metrics["vqa_majority_baseline"] = max(answers.values()) / counts["vqa"] if counts["vqa"] else 0.0
     metrics["cls_majority_baseline"] = max(labels.values()) / counts["cls"] if counts["cls"] else 0.0
+    metrics["caption_majority_baseline"] = max(captions.values()) / counts["caption"] if counts["caption"] else 0.0
     metrics.update({f"n_{k}": v for k, v in counts.items()})
     return metrics
 
