@@ -8,16 +8,13 @@ against majority baselines (the most frequent answer, label or caption) -> metri
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from dvclive import Live
 from transformers import AutoTokenizer
 
 from model.losses import cross_entropy
@@ -25,13 +22,12 @@ from model.modeling import TrimodalForConditionalGeneration
 from stages.common.atomic import write_json
 from stages.common.loader import make_loader, read_index
 from stages.common.params import load_params
-from stages.common.trainer import clear_checkpoints, launch, model_inputs, train, world
-from stages.pretrain import fingerprint, save
+from stages.common.trainer import clear_checkpoints, fit, launch, model_inputs
+from stages.pretrain import file_digest, fingerprint, save
 
 PRETRAINED = Path("models/pretrain")
 OUT_DIR = Path("models/teacher")
 CHECKPOINTS = Path("checkpoints/finetune")
-METRICS_DIR = Path("metrics/finetune")
 METRICS = Path("metrics/finetune.json")
 
 
@@ -109,14 +105,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", argv)
     if launch(params.trainer.devices, "stages.finetune", argv):
         return
-    rank, _ = world()  # under torchrun: rank 0 logs, evaluates and saves
     tokenizer = AutoTokenizer.from_pretrained(PRETRAINED)
     model = TrimodalForConditionalGeneration.from_pretrained(PRETRAINED)
-    with Live(str(METRICS_DIR), resume=True, save_dvc_exp=False, dvcyaml=None) if rank == 0 else nullcontext() as live:
-        train(model, finetune_step, params.finetune, params.seed, CHECKPOINTS, live, desc="finetune",
-              fingerprint=fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
-                                      hashlib.sha256((PRETRAINED / "model.safetensors").read_bytes()).hexdigest()))
-    if rank != 0:
+    rank = fit(model, finetune_step, params.finetune, params.seed, "finetune",
+               fingerprint(params.finetune, params.seed, read_index(params.finetune.shards), file_digest(PRETRAINED)))
+    if rank != 0:  # under torchrun, rank 0 alone evaluates and saves
         return
     metrics = evaluate(model, tokenizer, params.finetune.shards)
     write_json(METRICS, metrics)

@@ -1,7 +1,7 @@
 """Stage `pretrain`: self-supervised + contrastive objectives (MLM, MIM, MAM, ITC/ATC/VAC, weighted by
 model.loss_weights) on the train shards -> models/pretrain/ (save_pretrained + tokenizer).
 
-Checkpoints go to checkpoints/pretrain/ (kept across runs: a rerun resumes); metrics to metrics/pretrain/.
+Checkpoints go to checkpoints/pretrain/ (kept across runs: a rerun resumes); metrics to metrics/pretrain/ (dvclive).
 """
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import hashlib
 import json
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from dvclive import Live
 from transformers import AutoTokenizer
 
 from model.configuration import TrimodalConfig
@@ -22,12 +20,11 @@ from model.objectives import pretraining_losses
 from stages.common.atomic import atomic_dir
 from stages.common.loader import read_index
 from stages.common.params import Params, load_params
-from stages.common.trainer import clear_checkpoints, launch, model_inputs, train, world
+from stages.common.trainer import clear_checkpoints, fit, launch, model_inputs
 
 TOKENIZER_DIR = Path("artifacts/tokenizer")
 OUT_DIR = Path("models/pretrain")
 CHECKPOINTS = Path("checkpoints/pretrain")
-METRICS = Path("metrics/pretrain")
 
 
 def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditionalGeneration:
@@ -51,6 +48,11 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps([repr(p) for p in parts], sort_keys=True).encode()).hexdigest()
 
 
+def file_digest(model_dir: Path) -> str:
+    """sha256 of a saved model's weights: ties a later stage's checkpoints to the model it started from."""
+    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+
+
 def save(model, tokenizer, out_dir: Path) -> None:
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
@@ -62,13 +64,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", argv)
     if launch(params.trainer.devices, "stages.pretrain", argv):
         return
-    rank, _ = world()  # under torchrun: rank 0 logs, evaluates and saves
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     model = build_model(params, params.pretrain.shards, tokenizer)
-    with Live(str(METRICS), resume=True, save_dvc_exp=False, dvcyaml=None) if rank == 0 else nullcontext() as live:
-        train(model, pretrain_step, params.pretrain, params.seed, CHECKPOINTS, live, desc="pretrain",
-              fingerprint=fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)))
-    if rank != 0:
+    rank = fit(model, pretrain_step, params.pretrain, params.seed, "pretrain",
+               fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)))
+    if rank != 0:  # under torchrun, rank 0 alone saves
         return
     save(model, tokenizer, OUT_DIR)
     clear_checkpoints(CHECKPOINTS)

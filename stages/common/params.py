@@ -84,6 +84,35 @@ class TrainStageParams:
 
 
 @dataclass
+class DistillParams(TrainStageParams):
+    """A training stage plus the KD loss of seed 001 section 2.4 and the student's shape."""
+
+    alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha goes to the hard labels
+    temperature: float = 2.0
+    student: dict = field(default_factory=dict)  # TrimodalConfig overrides applied to the teacher's config
+    init_from_teacher: bool = True  # start from the teacher's leading layers and dimensions (sliced)
+
+
+@dataclass
+class QuantizeParams:
+    calibration_batches: int = 8  # val batches whose activations fix the input scales and zero points
+    batch_size: int = 32
+    prune_amount: float = 0.0  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
+
+
+@dataclass
+class EvaluateParams:
+    split: str = "test"
+    batch_size: int = 32
+    max_new_tokens: int = 12
+    image_noise_std: float = 0.2  # robustness: Gaussian noise on pixels in [0, 1]
+    audio_noise_std: float = 1.0  # robustness: Gaussian noise on log-Mel features
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    latency_repeats: int = 10
+    threads: int = 0  # torch intra-op threads for the latency measurement; 0 = torch's default
+
+
+@dataclass
 class TrainerParams:
     devices: int = 1  # > 1: the training stages re-launch themselves under torchrun (gloo on CPU, nccl on GPU)
 
@@ -101,6 +130,9 @@ class Params:
     model: dict = field(default_factory=dict)
     pretrain: TrainStageParams = field(default_factory=TrainStageParams)
     finetune: TrainStageParams = field(default_factory=TrainStageParams)
+    distill: DistillParams = field(default_factory=DistillParams)
+    quantize: QuantizeParams = field(default_factory=QuantizeParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     trainer: TrainerParams = field(default_factory=TrainerParams)
 
 

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from dvclive import Live
 from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -128,6 +129,16 @@ class Objectives(nn.Module):
 
     def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return self.step_fn(self.model, batch, generator)
+
+
+def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, name: str, fingerprint: str) -> int:
+    """A training stage's loop: dvclive metrics in metrics/<name>/ and resumable checkpoints in checkpoints/<name>/
+    (relative to the repository root, as dvc.yaml declares them). Returns this process's rank: rank 0 alone
+    goes on to evaluate and save."""
+    rank, _ = world()
+    with Live(f"metrics/{name}", resume=True, save_dvc_exp=False, dvcyaml=None) if rank == 0 else nullcontext() as live:
+        train(model, step_fn, params, seed, Path("checkpoints") / name, live, desc=name, fingerprint=fingerprint)
+    return rank
 
 
 def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, checkpoints: Path,

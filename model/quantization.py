@@ -1,0 +1,187 @@
+"""Uniform affine INT8 of seed 001 section 2.4 (q = round(r / S) + Z, r' = S (q - Z)) for the trimodal model.
+
+Scheme (torch.ao eager mode, x86 backend):
+    nn.Linear      weights per output channel, symmetric qint8; input and output activations per tensor,
+                   affine quint8, their scales and zero points calibrated on real batches (HistogramObserver).
+                   At run time each Linear quantizes its input, runs the int8 GEMM (quantized::linear) and
+                   dequantizes its output: the rest of the network (attention, norms, convs) stays fp32.
+    nn.Embedding,  weights per output row / channel, symmetric int8, stored as int8 and dequantized when
+    nn.Conv1d/2d   loaded (weight-only: these save disk, not time).
+    the rest       (norms, biases, positions, logit scales) stays fp32.
+
+File: model.int8.safetensors (layout in `export_int8`): int8 weights, their scales, the calibrated activation
+scales and zero points, and every other tensor as is. No pickle anywhere: `load_int8` rebuilds the modules
+from these numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.ao.nn.quantized as nnq
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.ao.quantization import QuantWrapper, convert, get_default_qconfig, prepare
+
+from model.configuration import TrimodalConfig
+from model.modeling import TrimodalForConditionalGeneration
+
+WEIGHTS = "model.int8.safetensors"
+ENGINE = "x86"
+WEIGHT_ONLY = (nn.Embedding, nn.Conv1d, nn.Conv2d)  # and every other >= 2-D parameter (position tables)
+TIED = TrimodalForConditionalGeneration._tied_weights_keys  # Linear weight -> the embedding it shares
+
+
+def _set_engine() -> None:
+    if ENGINE in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = ENGINE
+
+
+def _linears(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if type(m) is nn.Linear]
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quantize_model(model: TrimodalForConditionalGeneration, batches: Iterable[dict]) -> nn.Module:
+    """Static INT8 of every Linear, activation ranges observed on `batches` (the model's forward kwargs)."""
+    _set_engine()
+    model = model.eval()
+    with torch.no_grad():  # weight-only tensors: round them now, so calibration sees what is stored
+        for param in _weight_only(model).values():
+            param.copy_(_dequantize(*_per_channel(param)))
+    names = _linears(model)
+    qconfig = get_default_qconfig(ENGINE)  # per-channel symmetric weights, histogram-calibrated activations
+    for name in names:
+        wrapper = QuantWrapper(model.get_submodule(name))
+        wrapper.qconfig = qconfig
+        _replace(model, name, wrapper)
+    prepare(model, inplace=True)
+    seen = 0
+    with torch.no_grad():
+        for kwargs in batches:
+            model(**kwargs)
+            seen += 1
+    if not seen:
+        raise ValueError("quantize: no calibration batches (the calibration split is empty)")
+    convert(model, inplace=True)
+    with torch.no_grad():  # a tied embedding reads the integers its Linear stores
+        for embedding, linear in _tied(model.config).items():
+            model.get_submodule(embedding).weight.copy_(model.get_submodule(linear).module.weight().dequantize())
+    return model
+
+
+def _tied(config: TrimodalConfig) -> dict[str, str]:
+    """embedding module -> the Linear module sharing its weight (the LM head), when the config ties them."""
+    if not config.tie_word_embeddings:
+        return {}
+    return {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in TIED.items()}
+
+
+def _weight_only(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters stored as int8 but computed in fp32: embedding and conv weights, other >= 2-D parameters."""
+    tied = _tied(model.config)
+    found = {}
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear or isinstance(module, QuantWrapper) or name in tied:
+            continue  # Linears run in int8; a tied embedding is rebuilt from its Linear
+        for key, param in module.named_parameters(recurse=False):
+            if (type(module) in WEIGHT_ONLY and key == "weight") or param.ndim >= 2:
+                found[f"{name}.{key}" if name else key] = param
+    return found
+
+
+def _channels(t: torch.Tensor) -> int:
+    """Scales per output channel (dim 0); a parameter with a leading 1 (e.g. [1, N, D] positions) per row."""
+    return t.shape[0] if t.shape[0] > 1 else t[0].shape[0]
+
+
+def _per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per channel: S = max|w| / 127, Z = 0, q in [-127, 127]. Idempotent: re-quantizing the
+    dequantized weights gives the same integers and scales."""
+    w = weight.detach().float()
+    rows = w.reshape(_channels(w), -1)
+    scale = (rows.abs().amax(1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(w.shape), scale
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (q.float().reshape(len(scale), -1) * scale[:, None]).reshape(q.shape)  # r' = S (q - Z), Z = 0
+
+
+def export_int8(model: nn.Module, config: TrimodalConfig, out_dir: Path) -> dict:
+    """Write config.json + model.int8.safetensors for a model from `quantize_model`; returns a summary.
+
+    Per Linear: `<name>.int8` and `<name>.qparams` = [per-channel weight scales..., input scale, input zero
+    point, output scale, output zero point] (weight zero points are 0: symmetric); per weight-only parameter
+    `<name>.int8` and `<name>.scales`. An embedding tied to a Linear (the LM head's) is not stored: it is
+    rebuilt from that Linear's integers and scales.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    linears, weight_only = set(), set()
+    tied = _tied(config)
+    for name, module in model.named_modules():
+        if isinstance(module, QuantWrapper) and isinstance(module.module, nnq.Linear):
+            weight, bias = module.module.weight(), module.module.bias()
+            tensors[f"{name}.int8"] = weight.int_repr().contiguous()
+            acts = [module.quant.scale, module.quant.zero_point, module.module.scale, module.module.zero_point]
+            tensors[f"{name}.qparams"] = torch.cat([weight.q_per_channel_scales().float(),
+                                                    torch.tensor([float(a) for a in acts])])
+            if bias is not None:
+                tensors[f"{name}.bias"] = bias.detach().contiguous()
+            linears.add(name)
+    for name, param in _weight_only(model).items():
+        tensors[f"{name}.int8"], tensors[f"{name}.scales"] = _per_channel(param)
+        weight_only.add(name)
+    weight_only |= {f"{embedding}.weight" for embedding in tied}
+    for name, tensor in model.state_dict().items():
+        if name in weight_only or name.rsplit(".", 2)[0] in linears or name.rsplit(".", 3)[0] in linears:
+            continue  # stored above (a wrapper's own keys sit 2-3 levels below it)
+        if torch.is_tensor(tensor) and not tensor.is_quantized and tensor.is_floating_point():
+            tensors[name] = tensor.detach().contiguous()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out_dir)
+    save_file(tensors, out_dir / WEIGHTS, metadata={"format": "trimodal-int8", "engine": ENGINE})
+    return {"linear_int8": len(linears), "weight_only_int8": len(weight_only), "tensors": len(tensors)}
+
+
+def _int8_linear(tensors: dict, name: str, q: torch.Tensor) -> QuantWrapper:
+    qparams = tensors[f"{name}.qparams"]
+    scales, (in_scale, in_zero, out_scale, out_zero) = qparams[:-4], qparams[-4:].tolist()
+    linear = nnq.Linear(q.shape[1], q.shape[0], bias_=f"{name}.bias" in tensors)
+    zeros = torch.zeros(len(scales), dtype=torch.long)
+    linear.set_weight_bias(torch._make_per_channel_quantized_tensor(q, scales.double(), zeros, 0),
+                           tensors.get(f"{name}.bias"))
+    linear.scale, linear.zero_point = out_scale, int(out_zero)
+    wrapper = QuantWrapper(nn.Identity())
+    wrapper.module = linear
+    wrapper.quant = nnq.Quantize(in_scale, int(in_zero), torch.quint8)
+    wrapper.dequant = nnq.DeQuantize()
+    return wrapper
+
+
+def load_int8(model_dir: str | Path) -> nn.Module:
+    """Rebuild the INT8 model written by `export_int8` (a TrimodalForConditionalGeneration, Linears swapped)."""
+    _set_engine()
+    model_dir = Path(model_dir)
+    tensors = load_file(model_dir / WEIGHTS)
+    config = TrimodalConfig.from_pretrained(model_dir)
+    model = TrimodalForConditionalGeneration(config).eval()
+    linears = {k.removesuffix(".qparams") for k in tensors if k.endswith(".qparams")}
+    weight_only = {k.removesuffix(".scales") for k in tensors if k.endswith(".scales")}
+    plain = {key: _dequantize(tensors[f"{key}.int8"], tensors[f"{key}.scales"]) for key in weight_only}
+    plain.update({k: v for k, v in tensors.items() if not k.endswith((".int8", ".qparams", ".scales"))})
+    for embedding, linear in _tied(config).items():
+        plain[f"{embedding}.weight"] = _dequantize(tensors[f"{linear}.int8"], tensors[f"{linear}.qparams"][:-4])
+    expected = {k for k in model.state_dict() if k.rsplit(".", 1)[0] not in linears}
+    if expected - set(plain):
+        missing = sorted(expected - set(plain))
+        raise ValueError(f"{model_dir / WEIGHTS} lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    model.load_state_dict({k: v for k, v in plain.items() if k in expected}, strict=False)
+    for key in linears:
+        _replace(model, key, _int8_linear(tensors, key, tensors[f"{key}.int8"]))
+    return model

@@ -1,0 +1,142 @@
+"""Stage `distill`: the teacher (models/teacher) trains a smaller student -> models/student/ (+ tokenizer).
+
+The student is the teacher's config with `distill.student` overrides (fewer layers, narrower widths). Every
+supervised output is distilled with the KD loss of seed 001 section 2.4 (model.losses.kd_loss): the decoder's
+caption and VQA-answer logits and the classifier's logits, each mixing the teacher's tempered distribution
+(alpha) with the hard labels (1 - alpha). The teacher runs in eval mode on the very batch the student sees.
+
+With `distill.init_from_teacher` the student starts from the teacher's weights: student layer i of a stack of
+S takes teacher layer i * T // S (DistilBERT keeps every other layer), and a narrower tensor takes the
+teacher's leading slice (Minitron-style width pruning); only what matches neither way starts random.
+Then the val split is scored like the teacher's -> metrics/distill.json (with the teacher's scores beside).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from model.configuration import TrimodalConfig
+from model.losses import kd_loss
+from model.modeling import TrimodalForConditionalGeneration
+from stages.common.atomic import write_json
+from stages.common.loader import read_index
+from stages.common.params import DistillParams, load_params
+from stages.common.trainer import StepFn, clear_checkpoints, fit, launch, model_inputs
+from stages.finetune import decoder_labels, evaluate, with_question
+from stages.pretrain import file_digest, fingerprint, save
+
+TEACHER = Path("models/teacher")
+OUT_DIR = Path("models/student")
+CHECKPOINTS = Path("checkpoints/distill")
+METRICS = Path("metrics/distill.json")
+LAYER = re.compile(r"^(.*\.(?:blocks|joint))\.(\d+)\.(.*)$")  # the numbered stacks of model/
+
+
+def student_config(teacher: TrimodalConfig, overrides: dict) -> TrimodalConfig:
+    unknown = sorted(set(overrides) - set(teacher.to_dict()))
+    if unknown:
+        raise ValueError(f"distill.student: unknown model settings {unknown}")
+    return TrimodalConfig.from_dict({**teacher.to_dict(), **overrides})
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> tuple[int, int]:
+    """Copy (or slice) the teacher's tensors into the student; returns (tensors taken, tensors in student)."""
+    source = teacher.state_dict()
+    depth: dict[str, int] = {}
+    for name in source:
+        if match := LAYER.match(name):
+            depth[match[1]] = max(depth.get(match[1], 0), int(match[2]) + 1)
+    target = student.state_dict()
+    student_depth: dict[str, int] = {}
+    for name in target:
+        if match := LAYER.match(name):
+            student_depth[match[1]] = max(student_depth.get(match[1], 0), int(match[2]) + 1)
+    taken = 0
+    with torch.no_grad():
+        for name, tensor in target.items():
+            key = name
+            if (match := LAYER.match(name)) and match[1] in depth:
+                key = f"{match[1]}.{int(match[2]) * depth[match[1]] // student_depth[match[1]]}.{match[3]}"
+            teacher_tensor = source.get(key)
+            if teacher_tensor is None or teacher_tensor.ndim != tensor.ndim or any(
+                    t < s for t, s in zip(teacher_tensor.shape, tensor.shape, strict=True)):
+                continue
+            tensor.copy_(teacher_tensor[tuple(slice(0, n) for n in tensor.shape)])
+            taken += 1
+    return taken, len(target)
+
+
+def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temperature: float) -> StepFn:
+    """The KD objectives for `train`: ce (caption), vqa (answer) and cls, each soft (teacher) + hard (labels)."""
+
+    def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        inputs = model_inputs(batch)
+        caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
+        decoder_input_ids = model.shift_right(caption)
+        with torch.no_grad():
+            taught = teacher(**inputs, decoder_input_ids=decoder_input_ids)
+        out = model(**inputs, decoder_input_ids=decoder_input_ids)
+        losses = {"ce": kd_loss(out.logits, taught.logits, caption, alpha, temperature),
+                  "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature)}
+        answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
+        if (answer != -100).any():
+            text_ids, text_mask = with_question(batch, model.config.pad_token_id)
+            question = {**inputs, "text_ids": text_ids, "text_mask": text_mask}
+            decoder_input_ids = model.shift_right(answer)
+            with torch.no_grad():
+                taught = teacher(**question, decoder_input_ids=decoder_input_ids)
+            out = model(**question, decoder_input_ids=decoder_input_ids)
+            losses["vqa"] = kd_loss(out.logits, taught.logits, answer, alpha, temperature)
+        return losses
+
+    return step
+
+
+def build_student(teacher: TrimodalForConditionalGeneration, params: DistillParams,
+                  seed: int) -> TrimodalForConditionalGeneration:
+    torch.manual_seed(seed)
+    student = TrimodalForConditionalGeneration(student_config(teacher.config, params.student))
+    if params.init_from_teacher:
+        taken, total = init_from_teacher(student, teacher)
+        print(f"distill: {taken}/{total} student tensors initialised from the teacher")
+    return student
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    params = load_params("params.yaml", argv)
+    if launch(params.trainer.devices, "stages.distill", argv):
+        return
+    tokenizer = AutoTokenizer.from_pretrained(TEACHER)
+    teacher = TrimodalForConditionalGeneration.from_pretrained(TEACHER).eval().requires_grad_(False)
+    if torch.cuda.is_available():
+        teacher.to(torch.device("cuda", torch.cuda.current_device()))
+    student = build_student(teacher, params.distill, params.seed)
+    sizes = {"teacher_parameters": parameter_count(teacher), "student_parameters": parameter_count(student)}
+    print(f"distill: student {sizes['student_parameters']:,} parameters, teacher {sizes['teacher_parameters']:,} "
+          f"({sizes['student_parameters'] / sizes['teacher_parameters']:.2f}x)")
+    step = distill_step(teacher, params.distill.alpha, params.distill.temperature)
+    rank = fit(student, step, params.distill, params.seed, "distill",
+               fingerprint(params.distill, params.seed, read_index(params.distill.shards), file_digest(TEACHER)))
+    if rank != 0:  # under torchrun, rank 0 alone evaluates and saves
+        return
+    metrics = {"student": evaluate(student, tokenizer, params.distill.shards),
+               "teacher": evaluate(teacher, tokenizer, params.distill.shards), **sizes}
+    write_json(METRICS, metrics)
+    save(student, tokenizer, OUT_DIR)
+    clear_checkpoints(CHECKPOINTS)
+    print("distill: " + json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()
