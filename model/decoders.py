@@ -19,13 +19,15 @@ class GenerativeDecoder(nn.Module):
                                                  c.layer_norm_eps) for _ in range(c.decoder_layers))
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
-        self.max_positions = c.max_decoder_positions
+        self.max_positions, self.vocab_size = c.max_decoder_positions, c.vocab_size
 
     def forward(self, input_ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if input_ids.shape[1] > self.max_positions:
             raise ValueError(f"decoder input of {input_ids.shape[1]} tokens > max_decoder_positions "
                              f"{self.max_positions}")
+        if input_ids.shape[1] == 0:  # nothing to decode (a batch without targets): empty logits, not a crash
+            return memory.new_zeros(input_ids.shape[0], 0, self.vocab_size)
         x = self.embed(input_ids) + self.pos(torch.arange(input_ids.shape[1], device=input_ids.device))
         for block in self.blocks:
             x = block(x, memory, memory_mask, self_mask=attention_mask)

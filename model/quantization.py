@@ -47,6 +47,21 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+ENCODER_ARGS = ("pixel_values", "image_present", "input_features", "mel_lengths", "text_ids", "text_mask")
+
+
+def calibration_pass(model: TrimodalForConditionalGeneration, kwargs: dict) -> None:
+    """Run every Linear once: encoder, decoder and classifier (forward), the contrastive projections and the
+    pre-training heads, so no observer is left without a range."""
+    encoded = model.encoder(**{k: v for k, v in kwargs.items() if k in ENCODER_ARGS})
+    model(encoder_outputs=encoded, decoder_input_ids=kwargs.get("decoder_input_ids"))
+    for modality in encoded.unimodal:
+        model.global_embedding(encoded, modality)
+    heads = {"text": model.mlm_head, "image": model.mim_head, "audio": model.mam_head}
+    for modality, segment in encoded.segments.items():
+        heads[modality](encoded.last_hidden_state[:, segment])
+
+
 def quantize_model(model: TrimodalForConditionalGeneration, batches: Iterable[dict]) -> nn.Module:
     """Static INT8 of every Linear, activation ranges observed on `batches` (the model's forward kwargs)."""
     _set_engine()
@@ -64,7 +79,7 @@ def quantize_model(model: TrimodalForConditionalGeneration, batches: Iterable[di
     seen = 0
     with torch.no_grad():
         for kwargs in batches:
-            model(**kwargs)
+            calibration_pass(model, kwargs)
             seen += 1
     if not seen:
         raise ValueError("quantize: no calibration batches (the calibration split is empty)")
