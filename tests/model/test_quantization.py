@@ -1,0 +1,61 @@
+"""INT8 export: what is written is what is loaded back, the integers follow q = round(r / S) + Z, size shrinks."""
+import torch
+
+from model.configuration import TrimodalConfig
+from model.modeling import TrimodalForConditionalGeneration
+from model.quantization import WEIGHTS, _dequantize, _per_channel, export_int8, load_int8, quantize_model
+
+
+def inputs(b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.rand(b, 3, 16, 16, generator=g), "image_present": torch.ones(b, dtype=torch.bool),
+            "input_features": torch.randn(b, 20, 40, generator=g), "mel_lengths": torch.full((b,), 40),
+            "text_ids": torch.randint(5, 60, (b, 7), generator=g), "text_mask": torch.ones(b, 7, dtype=torch.bool),
+            "decoder_input_ids": torch.randint(5, 60, (b, 5), generator=g)}
+
+
+def tiny():
+    torch.manual_seed(0)
+    config = TrimodalConfig(vocab_size=64, image_size=16, patch_size=8, n_mels=20, num_classes=3)
+    return TrimodalForConditionalGeneration(config).eval()
+
+
+def test_per_channel_is_symmetric_affine_and_idempotent():
+    w = torch.randn(6, 5) * torch.arange(1, 7)[:, None]
+    q, scale = _per_channel(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127 and scale.shape == (6,)
+    assert torch.equal(q, torch.round(w / scale[:, None]).to(torch.int8))  # Z = 0
+    assert (w - _dequantize(q, scale)).abs().max() <= scale.max() / 2 + 1e-6
+    again_q, again_scale = _per_channel(_dequantize(q, scale))
+    assert torch.equal(again_q, q) and torch.allclose(again_scale, scale)
+
+
+def test_int8_round_trip_is_exact_and_close_to_fp32(tmp_path):
+    model = tiny()
+    with torch.no_grad():
+        reference = model(**inputs(seed=9))
+    quantized = quantize_model(tiny(), [inputs(seed=s) for s in range(3)])
+    summary = export_int8(quantized, model.config, tmp_path)
+    loaded = load_int8(tmp_path)
+    with torch.no_grad():
+        a, b = quantized(**inputs(seed=9)), loaded(**inputs(seed=9))
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.class_logits, b.class_logits)
+    assert summary["linear_int8"] == sum(type(m) is torch.nn.Linear for m in model.modules())
+    # quantization error is small next to the logits' own spread
+    assert (a.logits - reference.logits).abs().mean() < 0.1 * reference.logits.std()
+    assert (tmp_path / WEIGHTS).stat().st_size < 0.4 * sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_load_int8_names_missing_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+    export_int8(quantize_model(tiny(), [inputs()]), tiny().config, tmp_path)
+    tensors = load_file(tmp_path / WEIGHTS)
+    dropped = next(k for k in tensors if k.endswith("ln1.weight"))
+    del tensors[dropped]
+    save_file(tensors, tmp_path / WEIGHTS)
+    try:
+        load_int8(tmp_path)
+    except ValueError as e:
+        assert dropped in str(e)
+    else:
+        raise AssertionError("a file missing a tensor loaded silently")

@@ -1,0 +1,74 @@
+"""distill -> quantize -> evaluate on tiny shards, each run as dvc.yaml runs it; plus the student's init."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from model.configuration import TrimodalConfig
+from model.modeling import TrimodalForConditionalGeneration
+from stages.distill import init_from_teacher, student_config
+from stages.shard import run as shard
+from tests.shard_fixtures import build_validated, shard_params
+from tests.stage_runner import make_project, run_stage
+
+MODEL = ["model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
+SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint_every=2", "shuffle=0"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    data = tmp_path_factory.mktemp("post-data")
+    build_validated(data, n=28)
+    shard(data / "validated", data / "tokenizer", data / "shards", shard_params())
+    root = make_project(tmp_path_factory.mktemp("post"))
+    shutil.copytree(data / "shards", root / "data/shards")
+    shutil.copytree(data / "tokenizer", root / "artifacts/tokenizer")
+    run_stage("pretrain", root, *MODEL, *[f"pretrain.{s}" for s in SHORT])
+    run_stage("finetune", root, *[f"finetune.{s}" for s in SHORT])
+    return root
+
+
+def test_distill_quantize_evaluate_write_their_artifacts(project):
+    run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
+    distilled = json.loads((project / "metrics/distill.json").read_text())
+    assert distilled["student_parameters"] <= 0.5 * distilled["teacher_parameters"]
+    assert {"cls_accuracy", "vqa_accuracy"} <= set(distilled["student"])
+    assert not list((project / "checkpoints/distill").glob("step-*"))
+
+    run_stage("quantize", project)
+    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    assert quantized["round_trip_max_difference"] == 0.0
+    assert quantized["int8_bytes"] < 0.4 * quantized["fp32_bytes"]
+    assert not list((project / "models/student-int8").glob("*.bin"))  # safetensors only, nothing pickled
+
+    run_stage("evaluate", project, "evaluate.latency_repeats=2", "evaluate.split=val")
+    for variant in ("teacher", "student", "student-int8", "chance"):
+        assert (project / f"metrics/eval/{variant}.json").exists()
+    scores = json.loads((project / "metrics/eval/student-int8.json").read_text())
+    for key in ("vqa_accuracy", "cls_accuracy", "cls_macro_f1", "bleu", "rouge_l", "cider", "perplexity",
+                "latency_ms_batch1", "latency_ms_batch32", "image_noise_cls_accuracy", "size_bytes"):
+        assert key in scores, key
+    assert 0.0 <= scores["cls_accuracy"] <= 1.0 and scores["perplexity"] >= 1.0
+    report = (project / "reports/report.md").read_text()
+    assert "| metric | teacher | student | student-int8 | chance |" in report and "## Targets" in report
+    assert (project / "metrics/eval/plots/scores.csv").read_text().startswith("variant,metric,value")
+
+
+def test_quantize_rejects_a_bad_prune_amount(project, tmp_path):
+    proc = run_stage("quantize", project, "quantize.prune_amount=1.5", check=False)
+    assert proc.returncode != 0 and "prune_amount" in proc.stderr
+
+
+def test_student_takes_the_teachers_leading_layers_and_slices():
+    torch.manual_seed(0)
+    teacher = TrimodalForConditionalGeneration(TrimodalConfig(vocab_size=40, image_size=16, patch_size=8, n_mels=20))
+    student = TrimodalForConditionalGeneration(student_config(teacher.config, {
+        "d_model": 48, "vision_dim": 48, "audio_dim": 48, "text_layers": 1, "text_dim": 48, "text_ffn": 96}))
+    taken, total = init_from_teacher(student, teacher)
+    assert taken == total  # every student tensor fits inside a teacher tensor
+    t, s = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s["encoder.text.blocks.0.ffn.fc1.weight"], t["encoder.text.blocks.0.ffn.fc1.weight"][:96, :48])
+    assert torch.equal(s["decoder.blocks.1.ffn.fc2.bias"], t["decoder.blocks.1.ffn.fc2.bias"][:48])
+    with pytest.raises(ValueError, match="no_such_setting"):
+        student_config(teacher.config, {"no_such_setting": 1})
