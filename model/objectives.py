@@ -81,6 +81,14 @@ def pretraining_losses(model, inputs: dict, generator: torch.Generator,
     if "audio" in seg:
         target = mel_targets(inputs["input_features"], r[:, seg["audio"]].shape[1])
         losses["mam"] = mam_loss(model.mam_head(r[:, seg["audio"]]), target, targets["mam"])
+    losses.update(contrastive_losses(model, enc))
+    return losses
+
+
+def contrastive_losses(model, enc) -> dict[str, torch.Tensor]:
+    """itc / atc / vac on an encoder output: over the samples holding both modalities, each pair with its own
+    learnable temperature. Fine-tuning and distillation keep them so the embedding spaces stay aligned."""
+    losses = {}
     for name, (a, b, scale) in PAIRS.items():
         if a in enc.unimodal and b in enc.unimodal:
             both = enc.unimodal_masks[a].any(-1) & enc.unimodal_masks[b].any(-1)

@@ -4,6 +4,7 @@ The student is the teacher's config with `distill.student` overrides (fewer laye
 supervised output is distilled with the KD loss of seed 001 section 2.4 (model.losses.kd_loss): the decoder's
 caption and VQA-answer logits and the classifier's logits, each mixing the teacher's tempered distribution
 (alpha) with the hard labels (1 - alpha). The teacher runs in eval mode on the very batch the student sees.
+The student also keeps the contrastive objectives (itc / atc / vac), which retrieval needs.
 
 With `distill.init_from_teacher` the student starts from the teacher's weights: student layer i of a stack of
 S takes teacher layer i * T // S (DistilBERT keeps every other layer), and a narrower tensor takes the
@@ -24,6 +25,7 @@ from transformers import AutoTokenizer
 from model.configuration import TrimodalConfig
 from model.losses import kd_loss
 from model.modeling import TrimodalForConditionalGeneration
+from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
 from stages.common.loader import read_index
 from stages.common.params import DistillParams, load_params
@@ -77,7 +79,8 @@ def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> tup
 
 
 def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temperature: float) -> StepFn:
-    """The KD objectives for `train`: ce (caption), vqa (answer) and cls, each soft (teacher) + hard (labels)."""
+    """The KD objectives for `train`: ce (caption), vqa (answer) and cls, each soft (teacher) + hard (labels),
+    plus the student's own contrastive losses."""
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = model_inputs(batch)
@@ -85,9 +88,11 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
         decoder_input_ids = model.shift_right(caption)
         with torch.no_grad():
             taught = teacher(**inputs, decoder_input_ids=decoder_input_ids)
-        out = model(**inputs, decoder_input_ids=decoder_input_ids)
+        encoded = model.encoder(**inputs)
+        out = model(encoder_outputs=encoded, decoder_input_ids=decoder_input_ids)
         losses = {"ce": kd_loss(out.logits, taught.logits, caption, alpha, temperature),
-                  "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature)}
+                  "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature),
+                  **contrastive_losses(model, encoded)}
         answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
         if (answer != -100).any():
             text_ids, text_mask = with_question(batch, model.config.pad_token_id)

@@ -3,6 +3,7 @@
     ce   captioning: decoder cross-entropy on the caption, conditioned on the record's inputs
     vqa  question answering as generation: the question joins the text input, the decoder produces the answer
     cls  classification cross-entropy on pooled R (the record's label)
+    itc / atc / vac  the contrastive objectives of pretraining, kept so the embedding spaces stay aligned
 After training, the val split is scored (VQA exact match, classification accuracy, caption exact match)
 against majority baselines (the most frequent answer, label or caption) -> metrics/finetune.json.
 """
@@ -19,6 +20,7 @@ from transformers import AutoTokenizer
 
 from model.losses import cross_entropy
 from model.modeling import TrimodalForConditionalGeneration
+from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
 from stages.common.loader import make_loader, read_index
 from stages.common.params import load_params
@@ -53,9 +55,11 @@ def with_question(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
 def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
     inputs = model_inputs(batch)
     caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
-    out = model(**inputs, decoder_input_ids=model.shift_right(caption))
+    encoded = model.encoder(**inputs)
+    out = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
     losses = {"ce": cross_entropy(out.logits, caption),
-              "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None])}
+              "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None]),
+              **contrastive_losses(model, encoded)}
     answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
     if (answer != -100).any():
         text_ids, text_mask = with_question(batch, model.config.pad_token_id)
