@@ -200,10 +200,11 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step, consumed = step + 1, index + 1
-        if size > 1:  # log the global-batch loss: the mean over processes
-            reduced = torch.tensor([totals[k] for k in sorted(totals)])
-            torch.distributed.all_reduce(reduced)
-            totals = {k: v / size for k, v in zip(sorted(totals), reduced.tolist(), strict=True)}
+        if size > 1:  # log the global-batch loss: per objective, the mean over the processes that had it
+            names = sorted(model.config.loss_weights)  # the same list on every rank, whatever its batch held
+            packed = torch.tensor([[totals.get(k, 0.0), float(k in totals)] for k in names])
+            torch.distributed.all_reduce(packed)
+            totals = {k: v / n for k, (v, n) in zip(names, packed.tolist(), strict=True) if n}
         elapsed = time.perf_counter() - start
         mfu = 6 * n_params * positions / elapsed / (peak * size)  # 6 N D: forward + backward FLOPs per position
         total = sum(model.config.loss_weights[k] * v for k, v in totals.items())
