@@ -55,6 +55,17 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert (project / "metrics/eval/plots/scores.csv").read_text().startswith("variant,metric,value")
 
 
+def test_quantize_prunes_before_quantizing(project, tmp_path):
+    if not (project / "models/student").exists():
+        run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
+    run_stage("quantize", project, "quantize.prune_amount=0.5")
+    pruned = json.loads((project / "metrics/quantize.json").read_text())
+    linear = sum(m.weight.numel() for m in TrimodalForConditionalGeneration.from_pretrained(
+        project / "models/student").modules() if type(m) is torch.nn.Linear)
+    assert pruned["pruned_weights"] >= 0.5 * linear - 100  # L1 pruning of each Linear (tied weights counted once)
+    assert pruned["round_trip_max_difference"] == 0.0
+
+
 def test_quantize_rejects_a_bad_prune_amount(project, tmp_path):
     proc = run_stage("quantize", project, "quantize.prune_amount=1.5", check=False)
     assert proc.returncode != 0 and "prune_amount" in proc.stderr
