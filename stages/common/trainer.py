@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from dvclive import Live
+from scmrepo.exceptions import SCMError
 from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -136,8 +137,14 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, name:
     (relative to the repository root, as dvc.yaml declares them). Returns this process's rank: rank 0 alone
     goes on to evaluate and save."""
     rank, _ = world()
-    with Live(f"metrics/{name}", resume=True, save_dvc_exp=False, dvcyaml=None) if rank == 0 else nullcontext() as live:
-        train(model, step_fn, params, seed, Path("checkpoints") / name, live, desc=name, fingerprint=fingerprint)
+    try:
+        live = Live(f"metrics/{name}", resume=True, save_dvc_exp=False, dvcyaml=None) if rank == 0 else nullcontext()
+    except SCMError as e:  # dvclive reads the git HEAD, which a `git init` without a commit lacks
+        raise RuntimeError(f"{name}: dvclive needs the project's git repository to have a commit "
+                           f"(git add -A && git commit -m init): {e}") from e
+    with live:
+        train(model, step_fn, params, seed, Path("checkpoints") / name, live if rank == 0 else None, desc=name,
+              fingerprint=fingerprint)
     return rank
 
 
