@@ -91,6 +91,15 @@ def run_logs(env: dict, project: Path, output: str) -> str:
     return cli(env, project, "flow-run", "logs", run_id, check=False).stdout
 
 
+def test_deploy_registers_the_nightly_schedule_and_concurrency_limit(prefect):
+    env, project = prefect
+    inspected = cli(env, project, "deployment", "inspect", "train/full").stdout
+    assert "'cron': '0 2 * * *'" in inspected, inspected[-3000:]
+    limit = inspected[inspected.index("'global_concurrency_limit'"):]
+    assert "'limit': 1," in limit[:600], limit[:600]  # Prefect keeps a deployment's limit as a global one
+    assert "'work_pool_name': 'local'" in inspected
+
+
 def test_gate_failure_fails_the_run_before_any_training(prefect):
     env, project = prefect
     bad = project / "data/sources/bad"
@@ -119,6 +128,18 @@ def test_deployment_run_completes_and_publishes_artifacts(prefect):
     assert "trimodal evaluation report" in report and "student-int8" in report, report[-3000:]
     table = cli(env, project, "artifact", "inspect", "trimodal-eval").stdout
     assert "vqa_accuracy" in table and "teacher" in table, table[-3000:]
+
+
+def test_ingest_flow_commits_the_lock_and_pushes(prefect):
+    env, project = prefect
+    sources = ["data/sources/demo/records.jsonl", "data/sources/demo/corpus.jsonl"]
+    proc = cli(env, project, "deployment", "run", "ingest/ingest", "--params",
+               json.dumps({"sources": sources, "force": True}), "--watch", "--watch-timeout", "900", check=False)
+    assert proc.returncode == 0 and "Completed" in proc.stdout, run_logs(env, project, proc.stdout)[-6000:]
+    log = subprocess.run(["git", "log", "-1", "--name-only", "--format=%s"], cwd=project, capture_output=True,
+                         text=True, check=True).stdout
+    assert log.startswith("ingest: data/sources/demo/records.jsonl") and "dvc.lock" in log, log
+    assert any((project / "dvc-storage").rglob("*")), "dvc push sent nothing to the default remote"
 
 
 def digest_tree(root: Path, folders: list[str]) -> dict[str, str]:
