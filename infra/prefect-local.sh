@@ -13,7 +13,20 @@ mkdir -p "$PREFECT_HOME"
 prefect server start --host 127.0.0.1 --port "$PORT" > "$PREFECT_HOME/server.log" 2>&1 &
 SERVER=$!
 WORKER=""
-trap 'kill $WORKER $SERVER 2>/dev/null || true; wait 2>/dev/null || true' EXIT INT TERM
+halt() {  # SIGTERM; Prefect's CLI treats the first one as a graceful request, so repeat it, then SIGKILL
+  local pid=$1
+  for attempt in 1 2; do
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+stop() {  # the worker first: it reports its shutdown to the server
+  if [ -n "$WORKER" ]; then halt "$WORKER"; fi
+  halt "$SERVER"
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
 python - "$PREFECT_API_URL/health" <<'PY'
 import sys, time, urllib.request
 for _ in range(240):

@@ -63,13 +63,22 @@ def prefect(tmp_path_factory):
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         yield env, project
     finally:
-        for proc in (worker, server):
+        for proc in (worker, server):  # the worker first: it reports its shutdown to the server
             if proc is not None:
-                proc.terminate()  # SIGTERM: a worker ignores SIGINT
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM twice (Prefect's CLI takes the first as a graceful request, the second as final), then SIGKILL."""
+    for _ in range(2):
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait()
 
 
 def cli(env: dict, cwd: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
