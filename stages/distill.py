@@ -9,7 +9,8 @@ The student also keeps the contrastive objectives (itc / atc / vac), which retri
 With `distill.init_from_teacher` the student starts from the teacher's weights: student layer i of a stack of
 S takes teacher layer i * T // S (DistilBERT keeps every other layer), and a narrower tensor takes the
 teacher's leading slice (Minitron-style width pruning); only what matches neither way starts random.
-Then the val split is scored like the teacher's -> metrics/distill.json (with the teacher's scores beside).
+Then the val split is scored like the teacher's -> metrics/distill.json, beside the teacher's scores from
+metrics/finetune.json.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ TEACHER = Path("models/teacher")
 OUT_DIR = Path("models/student")
 CHECKPOINTS = Path("checkpoints/distill")
 METRICS = Path("metrics/distill.json")
+TEACHER_METRICS = Path("metrics/finetune.json")
 LAYER = re.compile(r"^(.*\.(?:blocks|joint))\.(\d+)\.(.*)$")  # the numbered stacks of model/
 
 
@@ -135,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                fingerprint(params.distill, params.seed, read_index(params.distill.shards), file_digest(TEACHER)))
     if rank != 0:  # under torchrun, rank 0 alone evaluates and saves
         return
+    # the teacher's val scores were measured by finetune on the same split: read, not recomputed
     metrics = {"student": evaluate(student, tokenizer, params.distill.shards),
-               "teacher": evaluate(teacher, tokenizer, params.distill.shards), **sizes}
+               "teacher": json.loads(TEACHER_METRICS.read_text()), **sizes}
     write_json(METRICS, metrics)
     save(student, tokenizer, OUT_DIR)
     clear_checkpoints(CHECKPOINTS)
