@@ -53,18 +53,19 @@ def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> tuple[int, int]:
-    """Copy (or slice) the teacher's tensors into the student; returns (tensors taken, tensors in student)."""
-    source = teacher.state_dict()
+def stack_depths(names) -> dict[str, int]:
+    """Numbered stack (e.g. encoder.text.blocks) -> how many layers it has, from parameter names."""
     depth: dict[str, int] = {}
-    for name in source:
+    for name in names:
         if match := LAYER.match(name):
             depth[match[1]] = max(depth.get(match[1], 0), int(match[2]) + 1)
-    target = student.state_dict()
-    student_depth: dict[str, int] = {}
-    for name in target:
-        if match := LAYER.match(name):
-            student_depth[match[1]] = max(student_depth.get(match[1], 0), int(match[2]) + 1)
+    return depth
+
+
+def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> tuple[int, int]:
+    """Copy (or slice) the teacher's tensors into the student; returns (tensors taken, tensors in student)."""
+    source, target = teacher.state_dict(), student.state_dict()
+    depth, student_depth = stack_depths(source), stack_depths(target)
     taken = 0
     with torch.no_grad():
         for name, tensor in target.items():

@@ -142,9 +142,8 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, name:
     except SCMError as e:  # dvclive reads the git HEAD, which a `git init` without a commit lacks
         raise RuntimeError(f"{name}: dvclive needs the project's git repository to have a commit "
                            f"(git add -A && git commit -m init): {e}") from e
-    with live:
-        train(model, step_fn, params, seed, Path("checkpoints") / name, live if rank == 0 else None, desc=name,
-              fingerprint=fingerprint)
+    with live as logger:  # None on ranks > 0 (nullcontext)
+        train(model, step_fn, params, seed, Path("checkpoints") / name, logger, desc=name, fingerprint=fingerprint)
     return rank
 
 
