@@ -28,9 +28,10 @@ from model.losses import kd_loss
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
+from stages.common.distributed import launch, setup
 from stages.common.loader import read_index
 from stages.common.params import DistillParams, load_params
-from stages.common.trainer import StepFn, clear_checkpoints, fit, launch, model_inputs
+from stages.common.trainer import StepFn, clear_checkpoints, fit, model_inputs
 from stages.finetune import decoder_labels, evaluate, with_question
 from stages.pretrain import file_digest, fingerprint, save
 
@@ -126,17 +127,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if launch(params.trainer.devices, "stages.distill", argv):
         return
     tokenizer = AutoTokenizer.from_pretrained(TEACHER)
-    teacher = TrimodalForConditionalGeneration.from_pretrained(TEACHER).eval().requires_grad_(False)
-    if torch.cuda.is_available():
-        teacher.to(torch.device("cuda", torch.cuda.current_device()))
+    # on this rank's device, beside the student (setup binds the rank's GPU)
+    teacher = TrimodalForConditionalGeneration.from_pretrained(TEACHER).eval().requires_grad_(False).to(setup().device)
     student = build_student(teacher, params.distill, params.seed)
     sizes = {"teacher_parameters": parameter_count(teacher), "student_parameters": parameter_count(student)}
     print(f"distill: student {sizes['student_parameters']:,} parameters, teacher {sizes['teacher_parameters']:,} "
           f"({sizes['student_parameters'] / sizes['teacher_parameters']:.2f}x)")
     step = distill_step(teacher, params.distill.alpha, params.distill.temperature)
-    rank = fit(student, step, params.distill, params.seed, "distill",
-               fingerprint(params.distill, params.seed, read_index(params.distill.shards), file_digest(TEACHER)))
-    if rank != 0:  # under torchrun, rank 0 alone evaluates and saves
+    student = fit(student, step, params.distill, params.trainer, params.seed, "distill",
+                  fingerprint(params.distill, params.seed, read_index(params.distill.shards), file_digest(TEACHER)))
+    if student is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     # the teacher's val scores were measured by finetune on the same split: read, not recomputed
     metrics = {"student": evaluate(student, tokenizer, params.distill.shards),

@@ -22,9 +22,10 @@ from model.losses import cross_entropy
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
+from stages.common.distributed import launch
 from stages.common.loader import make_loader, read_index
 from stages.common.params import load_params
-from stages.common.trainer import clear_checkpoints, fit, launch, model_inputs
+from stages.common.trainer import clear_checkpoints, fit, model_inputs, to_device
 from stages.pretrain import file_digest, fingerprint, save
 
 PRETRAINED = Path("models/pretrain")
@@ -74,8 +75,9 @@ def evaluate(model, tokenizer, shards: str, split: str = "val", batch_size: int 
     hits: Counter = Counter()
     counts: Counter = Counter()
     answers, labels, captions = Counter(), Counter(), Counter()
+    device = next(model.parameters()).device
     for batch in make_loader(shards, split, batch_size):
-        inputs = model_inputs(batch)
+        inputs = model_inputs(to_device(batch, device))
         metas = batch["meta"]
         encoded = model.encoder(**inputs)  # one encoder pass serves classification and captioning
         pred_cls = model(encoder_outputs=encoded).class_logits.argmax(-1)
@@ -111,9 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     tokenizer = AutoTokenizer.from_pretrained(PRETRAINED)
     model = TrimodalForConditionalGeneration.from_pretrained(PRETRAINED)
-    rank = fit(model, finetune_step, params.finetune, params.seed, "finetune",
-               fingerprint(params.finetune, params.seed, read_index(params.finetune.shards), file_digest(PRETRAINED)))
-    if rank != 0:  # under torchrun, rank 0 alone evaluates and saves
+    model = fit(model, finetune_step, params.finetune, params.trainer, params.seed, "finetune",
+                fingerprint(params.finetune, params.seed, read_index(params.finetune.shards), file_digest(PRETRAINED)))
+    if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     metrics = evaluate(model, tokenizer, params.finetune.shards)
     write_json(METRICS, metrics)

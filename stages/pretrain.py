@@ -18,9 +18,10 @@ from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import pretraining_losses
 from stages.common.atomic import atomic_dir
+from stages.common.distributed import launch
 from stages.common.loader import read_index
 from stages.common.params import Params, load_params
-from stages.common.trainer import clear_checkpoints, fit, launch, model_inputs
+from stages.common.trainer import clear_checkpoints, fit, model_inputs
 
 TOKENIZER_DIR = Path("artifacts/tokenizer")
 OUT_DIR = Path("models/pretrain")
@@ -66,9 +67,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     model = build_model(params, params.pretrain.shards, tokenizer)
-    rank = fit(model, pretrain_step, params.pretrain, params.seed, "pretrain",
-               fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)))
-    if rank != 0:  # under torchrun, rank 0 alone saves
+    model = fit(model, pretrain_step, params.pretrain, params.trainer, params.seed, "pretrain",
+                fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)))
+    if model is None:  # under torchrun, rank 0 alone saves
         return
     save(model, tokenizer, OUT_DIR)
     clear_checkpoints(CHECKPOINTS)

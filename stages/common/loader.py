@@ -11,16 +11,18 @@ Each batch is a dict (any subset of modalities per sample; absent ones are zero/
     label           int64 [B] (-100 = no label, the ignore_index of cross-entropy)
     meta            list[dict]: the sample's json (id, caption, question, answer, label, label_index, modalities)
 
-Pipeline (webdataset pieces): SimpleShardList (shard order shuffled from (seed, epoch)) -> [split_by_node]
--> split_by_worker -> tar samples with a per-shard count check -> buffer shuffle (seeded per rank and worker)
--> decode (npy/json only, allow_pickle=False: shards are data, never code) -> batched(collate).
+Pipeline (webdataset pieces): this rank's shards (order shuffled from (seed, epoch)) -> split_by_worker -> tar
+samples with a per-shard count check -> buffer shuffle (seeded per rank and worker) -> decode (npy/json only,
+allow_pickle=False: shards are data, never code) -> batched(collate).
 
 Checks, because bytes damaged mid-shard can otherwise end a shard early without an error: every shard's sample
 count against index.json (ShardError naming the shard), and every sample's members against the modalities
 and fields its json declares (a tar cut at a member boundary drops members, not samples).
 
-Distributed: by default every process reads the whole split (the trainer's contract: each rank takes its rows
-of the same global batch). split_by_node=True gives each rank a disjoint share of the shards instead.
+Distributed (rank, world): each rank streams a disjoint share of the split's shards, so loader work per rank
+shrinks as ranks are added. Shares are balanced by sample count (largest shard to the least-loaded rank) and
+re-drawn every epoch; with drop_last every rank's epoch is cut to the same number of batches (the smallest
+share's), so all ranks take the same number of steps per epoch and move to the next epoch together.
 
 s3://bucket/prefix roots are read through s3fs; the endpoint comes from TRIMODAL_S3_ENDPOINT_URL or
 AWS_ENDPOINT_URL (moto in tests), credentials from the standard AWS environment. The s3fs filesystem is created
@@ -31,6 +33,7 @@ forkserver workers.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -44,7 +47,6 @@ import numpy as np
 import torch
 import webdataset as wds
 from webdataset.gopen import gopen_schemes
-from webdataset.utils import pytorch_worker_info
 
 TOKEN_FIELDS = ("text", "caption", "question", "answer")
 MODALITY_MEMBERS = {"image": "image", "audio": "mel", "text": "text"}  # modality -> member (without .npy)
@@ -109,10 +111,10 @@ def _unchecked_samples(urls: Iterable[dict]) -> Iterator[dict]:
     yield from wds.tarfile_to_samples(handler=wds.reraise_exception)(urls)
 
 
-def _seeded_shuffle(samples: Iterable[dict], bufsize: int, seed: int, epoch: int) -> Iterator[dict]:
+def _seeded_shuffle(samples: Iterable[dict], bufsize: int, seed: int, epoch: int, rank: int) -> Iterator[dict]:
     """Buffer shuffle seeded by (seed, epoch, rank, worker): reproducible, and distinct across workers."""
-    rank, _, worker, _ = pytorch_worker_info()
-    rng = random.Random(f"{seed}:{epoch}:{rank}:{worker}")
+    info = torch.utils.data.get_worker_info()
+    rng = random.Random(f"{seed}:{epoch}:{rank}:{info.id if info else 0}")
     yield from wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(samples)
 
 
@@ -174,11 +176,43 @@ def collate(samples: list[dict], pad_id: int, image_size: int | None = None, n_m
     return batch
 
 
+def rank_share(shards: list[dict], rank: int, world: int, seed: int, epoch: int,
+               shuffle: bool) -> tuple[list[dict], int]:
+    """One epoch's disjoint share of `shards` (index.json entries) for `rank` of `world`, and the smallest share's
+    sample count. Largest shard first to the least-loaded rank keeps shares within one shard of each other."""
+    order = list(shards)
+    if shuffle:
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+    loads, shares = [0] * world, [[] for _ in range(world)]
+    for shard in sorted(order, key=lambda s: -s["count"]):  # stable: equal counts keep the shuffled order
+        least = loads.index(min(loads))
+        shares[least].append(shard)
+        loads[least] += shard["count"]
+    mine = shares[rank]
+    if shuffle:
+        random.Random(f"{seed}:{epoch}:{rank}").shuffle(mine)
+    return mine, min(loads)
+
+
+class EpochLoader:
+    """A DataLoader cut to `batches` batches per pass: every rank takes the same number of steps per epoch."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, batches: int):
+        self.loader, self.batches = loader, batches
+
+    def __iter__(self) -> Iterator[dict]:
+        return itertools.islice(iter(self.loader), self.batches)
+
+    def __len__(self) -> int:
+        return self.batches
+
+
 def make_loader(root: str, split: str, batch_size: int, shuffle: int = 0, num_workers: int = 0, seed: int = 0,
-                epoch: int = 0, verify_counts: bool = True, drop_last: bool = False,
-                split_by_node: bool = False) -> torch.utils.data.DataLoader:
+                epoch: int = 0, verify_counts: bool = True, drop_last: bool = False, rank: int = 0,
+                world: int = 1) -> torch.utils.data.DataLoader | EpochLoader:
     """A DataLoader over one split's shards (local folder or s3://bucket/prefix); batch layout in the module
-    docstring. shuffle: buffer size (0 = shard and sample order as written); (seed, epoch) fix the order."""
+    docstring. shuffle: buffer size (0 = shard and sample order as written); (seed, epoch) fix the order.
+    rank/world: this process's disjoint share of the shards (module docstring); batch_size is per rank."""
     register_s3_scheme()
     root = root.rstrip("/")
     index = read_index(root)
@@ -187,24 +221,25 @@ def make_loader(root: str, split: str, batch_size: int, shuffle: int = 0, num_wo
     shards = index["splits"][split]["shards"]
     if not shards:
         raise ValueError(f"split {split!r} in {root} has no shards (0 records)")
-    rank, world, _, _ = pytorch_worker_info()
-    if split_by_node and world > len(shards):
-        raise ValueError(f"split_by_node: {world} processes but only {len(shards)} {split} shards in {root}; "
-                         f"rank {rank} would get none (lower shard.samples_per_shard or use split_by_node=False)")
-    expected = {f"{root}/{s['name']}": s["count"] for s in shards}
-    stages = [wds.SimpleShardList(list(expected), seed=f"{seed}:{epoch}" if shuffle else None)]
-    if split_by_node:
-        stages.append(wds.split_by_node)
-    stages.append(wds.split_by_worker)
+    if world > len(shards):
+        raise ValueError(f"{world} processes but only {len(shards)} {split} shards in {root}: rank {rank} would get "
+                         f"none; lower shard.samples_per_shard (and `dvc repro shard`) or use fewer devices")
+    mine, smallest = rank_share(shards, rank, world, seed, epoch, bool(shuffle))
+    if world > 1 and drop_last and smallest < batch_size:
+        raise ValueError(f"the smallest rank's share of the {split} split holds {smallest} samples, fewer than one "
+                         f"batch of {batch_size}: lower the batch size or shard.samples_per_shard")
+    expected = {f"{root}/{s['name']}": s["count"] for s in mine}
+    stages = [wds.SimpleShardList(list(expected)), wds.split_by_worker]
     stages.append(partial(_checked_samples, expected=expected) if verify_counts else _unchecked_samples)
     if shuffle:
-        stages.append(partial(_seeded_shuffle, bufsize=shuffle, seed=seed, epoch=epoch))
+        stages.append(partial(_seeded_shuffle, bufsize=shuffle, seed=seed, epoch=epoch, rank=rank))
     collate_fn = partial(collate, pad_id=index["pad_token_id"], image_size=index["image_size"],
                          n_mels=index["n_mels"])
     stages += [wds.map(decode), wds.batched(batch_size, partial=not drop_last, collation_fn=collate_fn)]
-    workers = min(num_workers, len(shards))  # an idle worker per missing shard would add nothing
+    workers = min(num_workers, len(mine))  # an idle worker per missing shard would add nothing
     # An own generator: starting an iterator draws a worker base seed, which from the global RNG would shift
     # dropout after a resume (the resumed run starts its iterator mid-epoch, the straight run did not).
-    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{epoch}".encode()))
-    return torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers,
-                                       generator=generator)
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{epoch}:{rank}".encode()))
+    loader = torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers,
+                                         generator=generator)
+    return EpochLoader(loader, smallest // batch_size) if world > 1 and drop_last else loader

@@ -66,7 +66,7 @@ class ShardParams:
 
 @dataclass
 class TrainStageParams:
-    """Settings of a training stage (pretrain, finetune), used by stages.common.trainer."""
+    """Settings of a training stage (pretrain, finetune, distill), used by stages.common.trainer."""
 
     shards: str = "data/shards"  # local folder or s3://bucket/prefix written by the shard stage
     steps: int = 200
@@ -115,6 +115,7 @@ class EvaluateParams:
 @dataclass
 class TrainerParams:
     devices: int = 1  # > 1: the training stages re-launch themselves under torchrun (gloo on CPU, nccl on GPU)
+    strategy: str = "ddp"  # with devices > 1: ddp (replicated) or fsdp (FSDP2, sharded; stages/common/distributed.py)
 
 
 @dataclass

@@ -1,14 +1,21 @@
-"""The training loop shared by `pretrain` and `finetune`: AdamW, warmup + cosine, clipping, accumulation,
-atomic checkpoints with automatic resume, a progress bar with samples/s and an MFU estimate, dvclive metrics.
+"""The training loop shared by `pretrain`, `finetune` and `distill`: AdamW, warmup + cosine, clipping,
+accumulation, atomic checkpoints with automatic resume, a progress bar with samples/s and MFU, dvclive metrics;
+one process, or torchrun processes with DDP or FSDP (`trainer.strategy`, stages/common/distributed.py).
 
-Resume is exact on CPU: a checkpoint holds model, optimizer, scheduler, the torch/Python/NumPy RNGs and the
-data position (epoch, batches consumed); the loader's order is a pure function of (seed, epoch) and the
-masking generator is re-seeded from (seed, rank, step, micro-batch), so it needs no saved state. A run
-killed at any point and rerun ends with the same weights, bit for bit, as one never interrupted.
+Resume is exact: a checkpoint holds model, optimizer, scheduler, and per rank the torch/Python/NumPy RNGs and the
+data position (epoch, batches consumed); the loader's order is a pure function of (seed, epoch, rank) and the
+masking generator is re-seeded from (seed, rank, step, micro-batch), so it needs no saved state. A run killed at
+any point and rerun with the same number of processes ends with the same weights, bit for bit, as one never
+interrupted.
+
+Each rank streams its own share of the shards (stages/common/loader.py) with batch_size / processes samples per
+step, so the global batch stays `batch_size`. Nothing in a step waits on the device: losses and FLOPs
+accumulate as tensors and counters, and are read (and reduced across ranks) only every `log_every` steps.
+MFU = FLOPs the model really did (model/flops.py counts them from the shapes of every matmul, convolution and
+attention) / time / the device's peak (stages/common/mfu.py: bf16 datasheet peak on CUDA, measured fp32 on CPU).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +29,12 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from stages.common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from model.flops import FlopCounter
+from stages.common.checkpoint import full_weights, latest_checkpoint, load_checkpoint, save_checkpoint
+from stages.common.distributed import World, all_mean, barrier, setup, touch_all, wrap
 from stages.common.loader import make_loader
+from stages.common.mfu import mfu, peak_flops
+from stages.common.params import TrainerParams
 from stages.common.params import TrainStageParams as TrainParams
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
@@ -52,56 +63,21 @@ def freeze_encoders(model: nn.Module) -> None:
         encoder.requires_grad_(False)
 
 
-def data_stream(params: TrainParams, seed: int, epoch: int, skip: int) -> Iterator[tuple[int, int, dict]]:
-    """Endless (epoch, batch index in epoch, global batch), starting at `skip` batches into `epoch`."""
+def data_stream(params: TrainParams, seed: int, position: dict, world: World) -> Iterator[tuple[dict, dict]]:
+    """Endless (position after the batch, this rank's batch), starting `consumed` batches into `epoch`."""
+    epoch, skip = position["epoch"], position["consumed"]
     while True:
-        loader = make_loader(params.shards, "train", params.batch_size, shuffle=params.shuffle,
-                             num_workers=params.num_workers, seed=seed, epoch=epoch, drop_last=True)
+        loader = make_loader(params.shards, "train", params.batch_size // world.size, shuffle=params.shuffle,
+                             num_workers=params.num_workers, seed=seed, epoch=epoch, drop_last=True,
+                             rank=world.rank, world=world.size)
         for index, batch in enumerate(loader):
             if index >= skip:
-                yield epoch, index, batch
+                yield {"epoch": epoch, "consumed": index + 1}, batch
         epoch, skip = epoch + 1, 0
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size); initialises the gloo/nccl process group when launched by torchrun."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (torch.distributed.get_rank(), size) if size > 1 else (0, 1)
-
-
-def shard_of(batch: dict, rank: int, size: int) -> dict:
-    """This process's rows of a global batch: every process reads the same stream, so the global batch (and
-    its loss) is the one a single process would see."""
-    if size == 1:
-        return batch
-    return {k: v[rank::size] for k, v in batch.items()}
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def launch(devices: int, module: str, argv: list[str]) -> bool:
-    """Re-run this stage under torchrun with `devices` processes; False when already inside one (or devices=1)."""
-    if devices <= 1 or "LOCAL_RANK" in os.environ:
-        return False
-    from torch.distributed.run import main as torchrun
-
-    torchrun(["--standalone", f"--nproc_per_node={devices}", "-m", module, *argv])
-    return True
-
-
-def measured_peak_flops(size: int = 512, repeats: int = 5) -> float:
-    """fp32 matmul FLOP/s of this device, the MFU denominator."""
-    g = torch.Generator().manual_seed(0)  # never touch the global RNG: resume must replay it exactly
-    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def prepare_checkpoints(checkpoints: Path, fingerprint: str) -> None:
@@ -122,111 +98,129 @@ def clear_checkpoints(checkpoints: Path) -> None:
 
 
 class Objectives(nn.Module):
-    """step_fn as a module, so DistributedDataParallel can wrap the whole objective computation."""
+    """step_fn as a module, so DDP / FSDP wrap the whole objective computation. With `touch`, every parameter gets
+    a (zero) gradient on every rank, which FSDP's reduce-scatter needs (stages/common/distributed.py)."""
 
-    def __init__(self, model: nn.Module, step_fn: StepFn):
+    def __init__(self, model: nn.Module, step_fn: StepFn, touch: bool = False):
         super().__init__()
-        self.model, self.step_fn = model, step_fn
+        self.model, self.step_fn, self.touch = model, step_fn, touch
 
     def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return self.step_fn(self.model, batch, generator)
+        losses = self.step_fn(self.model, batch, generator)
+        return touch_all(losses, self.model) if self.touch else losses
 
 
-def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, name: str, fingerprint: str) -> int:
+def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: TrainerParams, seed: int, name: str,
+        fingerprint: str) -> nn.Module | None:
     """A training stage's loop: dvclive metrics in metrics/<name>/ and resumable checkpoints in checkpoints/<name>/
-    (relative to the repository root, as dvc.yaml declares them). Returns this process's rank: rank 0 alone
-    goes on to evaluate and save."""
-    rank, _ = world()
+    (relative to the repository root, as dvc.yaml declares them). Returns the trained model on rank 0 (which alone
+    goes on to evaluate and save) and None on the other ranks."""
+    world = setup()
     try:
-        live = Live(f"metrics/{name}", resume=True, save_dvc_exp=False, dvcyaml=None) if rank == 0 else nullcontext()
+        live = Live(f"metrics/{name}", resume=True, save_dvc_exp=False, dvcyaml=None) if world.main else nullcontext()
     except SCMError as e:  # dvclive reads the git HEAD, which a `git init` without a commit lacks
         raise RuntimeError(f"{name}: dvclive needs the project's git repository to have a commit "
                            f"(git add -A && git commit -m init): {e}") from e
     with live as logger:  # None on ranks > 0 (nullcontext)
-        train(model, step_fn, params, seed, Path("checkpoints") / name, logger, desc=name, fingerprint=fingerprint)
-    return rank
+        return train(model, step_fn, params, seed, Path("checkpoints") / name, logger, desc=name,
+                     fingerprint=fingerprint, strategy=trainer.strategy, world=world)
+
+
+def weighted_loss(model: nn.Module, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(model.config.loss_weights[k] * v for k, v in losses.items())
+
+
+def whole_model(model: nn.Module, objectives: nn.Module, world: World) -> nn.Module | None:
+    """Collective under FSDP: the trained weights gathered into an ordinary (unsharded) model on rank 0."""
+    weights = full_weights(objectives)
+    if not world.main:
+        return None
+    whole = type(model)(model.config)
+    whole.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+    return whole.to(world.device)
 
 
 def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, checkpoints: Path,
-          live=None, desc: str = "train", fingerprint: str = "") -> nn.Module:
-    """Train to params.steps, resuming from the latest checkpoint in `checkpoints` made with `fingerprint`.
-
-    Under torchrun (trainer.devices > 1) every process reads the same global batches and trains on its rows,
-    with DistributedDataParallel averaging gradients; rank 0 alone writes checkpoints, metrics and progress.
-    """
-    rank, size = world()
-    if params.batch_size % size:
-        raise ValueError(f"batch_size {params.batch_size} is not divisible by {size} processes")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
-        torch.device("cpu")
-    model.to(device)
-    if rank == 0:
-        prepare_checkpoints(checkpoints, fingerprint)
+          live=None, desc: str = "train", fingerprint: str = "", strategy: str = "ddp",
+          world: World | None = None) -> nn.Module | None:
+    """Train to params.steps, resuming from the latest checkpoint in `checkpoints` made with `fingerprint` and the
+    same number of processes and strategy. Returns the model on rank 0, None on the others."""
+    world = world or setup()
+    if params.batch_size % world.size:
+        raise ValueError(f"batch_size {params.batch_size} is not divisible by {world.size} processes")
+    sharded = strategy == "fsdp" and world.size > 1
+    model.to(world.device)
+    if world.main:
+        prepare_checkpoints(checkpoints, f"{fingerprint}:{world.size}:{strategy if world.size > 1 else 'single'}")
+    barrier(world)
     if params.freeze_encoders:
         freeze_encoders(model)
-    optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr)
+    objectives = wrap(Objectives(model, step_fn, touch=sharded), strategy, world)
+    optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr)  # after wrap: shards
     scheduler = get_cosine_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)
     generator = torch.Generator()  # re-seeded per micro-batch below: resume-exact on any number of processes
-    step, epoch, consumed = 0, 0, 0
-    if size > 1:
-        torch.distributed.barrier()
+    step, position = 0, {"epoch": 0, "consumed": 0}
     resume = latest_checkpoint(checkpoints)
     if resume is not None:
-        state = load_checkpoint(resume, model, optimizer, scheduler)
-        step, epoch, consumed = state["step"], state["extra"]["epoch"], state["extra"]["consumed"]
-        if rank == 0:
+        state = load_checkpoint(resume, objectives if sharded else model, optimizer, scheduler, world)
+        step, position = state["step"], state["position"]
+        if world.main:
             print(f"{desc}: resuming from {resume} (step {step})")
     model.train()
-    objectives = Objectives(model, step_fn)
-    if size > 1:
-        objectives = torch.nn.parallel.DistributedDataParallel(objectives, find_unused_parameters=True)
     # bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls are ~400x slower (shared/KNOWN-ISSUES.md)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    stream = data_stream(params, seed, epoch, consumed)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    peak = measured_peak_flops()
-    progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=rank != 0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
+    stream = data_stream(params, seed, position, world)
+    peak, _ = peak_flops(world.device)
+    names = sorted(model.config.loss_weights)
+    progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=not world.main)
+    counter, totals, window = FlopCounter(), {}, (time.perf_counter(), step)
     while step < params.steps:
-        start, samples, positions, totals = time.perf_counter(), 0, 0, {}
         for micro in range(params.accumulation):
-            epoch, index, batch = next(stream)
-            generator.manual_seed(hash((seed, rank, step, micro)) & 0x7FFF_FFFF_FFFF)
-            batch = to_device(shard_of(batch, rank, size), device)
-            with autocast:
-                losses = objectives(batch, generator)
-            loss = sum(model.config.loss_weights[k] * v for k, v in losses.items()) / params.accumulation
-            loss.backward()
+            position, batch = next(stream)
+            generator.manual_seed(hash((seed, world.rank, step, micro)) & 0x7FFF_FFFF_FFFF)
+            batch = to_device(batch, world.device)
+            with counter:
+                with autocast:
+                    losses = objectives(batch, generator)
+                (weighted_loss(model, losses) / params.accumulation).backward()
             for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + v.item() / params.accumulation
-            samples += len(batch["ids"]) * size
-            positions += size * (int(batch["image_present"].sum()) * model.config.num_patches + int(
-                batch["text_mask"].sum()) + int(batch["mel_lengths"].sum()) // 4)
+                totals[k] = totals.get(k, 0.0) + v.detach() / params.accumulation
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step, consumed = step + 1, index + 1
-        if size > 1:  # log the global-batch loss: per objective, the mean over the processes that had it
-            names = sorted(model.config.loss_weights)  # the same list on every rank, whatever its batch held
-            packed = torch.tensor([[totals.get(k, 0.0), float(k in totals)] for k in names])
-            torch.distributed.all_reduce(packed)
-            totals = {k: v / n for k, (v, n) in zip(names, packed.tolist(), strict=True) if n}
-        elapsed = time.perf_counter() - start
-        mfu = 6 * n_params * positions / elapsed / (peak * size)  # 6 N D: forward + backward FLOPs per position
-        total = sum(model.config.loss_weights[k] * v for k, v in totals.items())
-        progress.set_postfix(loss=f"{total:.3f}", samples_s=f"{samples / elapsed:.1f}", mfu=f"{mfu:.1%}")
+        step += 1
         progress.update()
-        if rank == 0 and live is not None and (step % params.log_every == 0 or step == params.steps):
-            live.step = step
-            live.log_metric(f"{desc}/loss", total)
-            for k, v in totals.items():
-                live.log_metric(f"{desc}/{k}", v)
-            live.log_metric(f"{desc}/lr", scheduler.get_last_lr()[0])
-            live.log_metric(f"{desc}/samples_per_s", samples / elapsed)
-            live.log_metric(f"{desc}/mfu", mfu)
-            live.make_summary()
-        if rank == 0 and (step % params.checkpoint_every == 0 or step == params.steps):
-            save_checkpoint(checkpoints, step, model, optimizer, scheduler, {"epoch": epoch, "consumed": consumed})
+        if step % params.log_every == 0 or step == params.steps:
+            log(live, desc, step, window, totals, counter.reset(), names, params, scheduler, peak, world, progress,
+                model)
+            totals, window = {}, (time.perf_counter(), step)
+        if step % params.checkpoint_every == 0 or step == params.steps:
+            save_checkpoint(checkpoints, step, objectives if sharded else model, optimizer, scheduler, position,
+                            world, sharded=sharded)
     progress.close()
-    model.eval()
-    return model
+    if sharded:
+        model = whole_model(model, objectives, world)
+    if model is not None:
+        model.eval()
+    return model if world.main else None
+
+
+def log(live, desc: str, step: int, window: tuple[float, int], totals: dict, flops: int, names: list[str],
+        params: TrainParams, scheduler, peak: float, world: World, progress, model: nn.Module) -> None:
+    """Every log_every steps: the window's mean losses over steps and ranks, samples/s and MFU (one host sync)."""
+    start, first = window
+    steps = step - first
+    means = all_mean({**{k: v / steps for k, v in totals.items()},
+                      "flops": torch.tensor(float(flops), device=world.device)}, [*names, "flops"], world)
+    elapsed = time.perf_counter() - start
+    achieved = means.pop("flops") * world.size  # every rank has it: mean x ranks = sum
+    rates = {"samples_per_s": steps * params.batch_size / elapsed, "mfu": mfu(achieved, elapsed, peak, world.size)}
+    total = sum(model.config.loss_weights[k] * v for k, v in means.items())
+    progress.set_postfix(loss=f"{total:.3f}", samples_s=f"{rates['samples_per_s']:.1f}", mfu=f"{rates['mfu']:.1%}")
+    if live is None:
+        return
+    live.step = step
+    for k, v in {"loss": total, **means, "lr": scheduler.get_last_lr()[0], **rates}.items():
+        live.log_metric(f"{desc}/{k}", v)
+    live.make_summary()

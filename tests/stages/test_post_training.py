@@ -83,3 +83,14 @@ def test_student_takes_the_teachers_leading_layers_and_slices():
     assert torch.equal(s["decoder.blocks.1.ffn.fc2.bias"], t["decoder.blocks.1.ffn.fc2.bias"][:48])
     with pytest.raises(ValueError, match="no_such_setting"):
         student_config(teacher.config, {"no_such_setting": 1})
+
+
+def test_distill_under_fsdp_on_two_processes_saves_one_whole_student(project, tmp_path):
+    root = make_project(tmp_path / "fsdp")
+    for folder in ("data/shards", "models/teacher"):
+        shutil.copytree(project / folder, root / folder)
+    shutil.copy(project / "metrics/finetune.json", (root / "metrics").mkdir() or root / "metrics/finetune.json")
+    run_stage("distill", root, *[f"distill.{s}" for s in SHORT], "trainer.devices=2", "trainer.strategy=fsdp")
+    student = TrimodalForConditionalGeneration.from_pretrained(root / "models/student")  # a plain, unsharded model
+    assert sum(p.numel() for p in student.parameters()) == json.loads(
+        (root / "metrics/distill.json").read_text())["student_parameters"]

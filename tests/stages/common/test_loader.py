@@ -7,7 +7,7 @@ import pytest
 import s3fs
 import torch
 
-from stages.common.loader import ShardError, collate, make_loader, read_index
+from stages.common.loader import ShardError, collate, make_loader, rank_share, read_index
 from stages.shard import run
 from tests.shard_fixtures import build_validated, shard_params
 
@@ -142,16 +142,41 @@ def test_collate_pads_and_masks_any_mix_of_modalities():
     assert empty["image"].shape == (1, 3, 8, 8) and empty["mel"].shape == (1, 6, 0)
 
 
-def test_every_rank_reads_the_whole_split_unless_split_by_node(shards, monkeypatch):
+def test_ranks_read_disjoint_balanced_shares_that_cover_the_split(shards):
     root, _ = shards
     everything = ids_of(make_loader(str(root), "train", 4))
-    per_rank = []
-    for rank in ("0", "1"):
-        monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        assert ids_of(make_loader(str(root), "train", 4)) == everything  # the trainer's same-global-batch contract
-        per_rank.append(ids_of(make_loader(str(root), "train", 4, split_by_node=True)))
-    assert not set(per_rank[0]) & set(per_rank[1]) and sorted(per_rank[0] + per_rank[1]) == sorted(everything)
+    for epoch in (0, 1):
+        shares = [ids_of(make_loader(str(root), "train", 2, shuffle=8, epoch=epoch, rank=r, world=2))
+                  for r in (0, 1)]
+        assert not set(shares[0]) & set(shares[1])
+        assert sorted(shares[0] + shares[1]) == sorted(everything)  # without drop_last: every sample, once
+
+
+def test_rank_share_balances_by_sample_count_and_redraws_each_epoch():
+    shards = [{"name": f"s{i}", "count": c} for i, c in enumerate([10, 10, 10, 3, 3, 3, 1])]
+    for epoch in range(4):
+        shares = [rank_share(shards, r, 2, seed=0, epoch=epoch, shuffle=True) for r in (0, 1)]
+        loads = [sum(s["count"] for s in share) for share, _ in shares]
+        assert sum(loads) == 40 and max(loads) - min(loads) <= 10  # within one shard
+        assert shares[0][1] == shares[1][1] == min(loads)
+        names = [s["name"] for share, _ in shares for s in share]
+        assert sorted(names) == sorted(s["name"] for s in shards)
+    draws = {tuple(s["name"] for s in rank_share(shards, 0, 2, 0, e, True)[0]) for e in range(6)}
+    assert len(draws) > 1  # shares are re-drawn per epoch
+
+
+def test_with_drop_last_every_rank_takes_the_same_number_of_batches(shards):
+    root, _ = shards
+    counts = [len(list(make_loader(str(root), "train", 2, shuffle=8, rank=r, world=2, drop_last=True)))
+              for r in (0, 1)]
+    assert counts[0] == counts[1] > 0
+
+
+def test_more_ranks_than_shards_is_a_clear_error(shards):
+    root, _ = shards
+    n = len(read_index(str(root))["splits"]["train"]["shards"])
+    with pytest.raises(ValueError, match="samples_per_shard"):
+        make_loader(str(root), "train", 2, rank=0, world=n + 1)
 
 
 def test_pipeline_pickles_for_spawned_workers(shards):

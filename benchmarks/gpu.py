@@ -1,0 +1,118 @@
+"""Training throughput, MFU and peak memory of a preset under DDP and FSDP, one process per GPU (run by gpu.sh).
+
+Usage (under torchrun, one process per device): python benchmarks/gpu.py --workdir DIR [--preset small]
+    [--steps 60] [--batch-per-device 32] [--strategies ddp fsdp] [--out benchmarks/results/gpu.json]
+Rank 0 builds synthetic shards (all modality subsets) at the preset's image size and Mel bins in --workdir; then
+every strategy trains a fresh model of the preset with stages.common.trainer.train (bf16 autocast on CUDA) for
+--steps steps. samples/s and MFU are the trainer's own figures (model/flops.py over stages/common/mfu.py's peak),
+averaged over the logged windows after the first (warm-up: allocator, kernels, loader start).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from stages.common.distributed import barrier, setup  # noqa: E402
+from stages.common.mfu import peak_flops  # noqa: E402
+from stages.common.params import Params  # noqa: E402
+from stages.common.trainer import train  # noqa: E402
+from stages.pretrain import build_model, pretrain_step  # noqa: E402
+from stages.shard import run as shard  # noqa: E402
+from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
+
+
+class Recorder:
+    """Stands in for dvclive.Live: keeps what the trainer logs."""
+
+    def __init__(self):
+        self.step, self.rows = 0, []
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.rows.append((self.step, name.split("/")[-1], value))
+
+    def make_summary(self) -> None:
+        pass
+
+    def series(self, name: str) -> list[float]:
+        return [v for _, n, v in self.rows if n == name]
+
+
+def build_shards(workdir: Path, preset: dict, records: int, world: int) -> Path:
+    build_validated(workdir, n=records)
+    per_shard = max(8, records // (4 * world))  # several shards per rank
+    shard(workdir / "validated", workdir / "tokenizer", workdir / "shards",
+          shard_params(image_size=preset["image_size"], n_mels=preset["n_mels"], samples_per_shard=per_shard))
+    return workdir / "shards"
+
+
+def run(strategy: str, preset: dict, shards: Path, args, world) -> dict:
+    from transformers import AutoTokenizer
+
+    params = Params()
+    params.model = dict(preset)
+    params.pretrain.shards, params.pretrain.steps = str(shards), args.steps
+    params.pretrain.batch_size = args.batch_per_device * world.size
+    params.pretrain.checkpoint_every = args.steps  # one checkpoint, after the last timed window
+    params.pretrain.log_every = max(1, args.steps // 6)
+    params.pretrain.num_workers = args.workers
+    model = build_model(params, str(shards), AutoTokenizer.from_pretrained(shards.parent / "tokenizer"))
+    if world.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(world.device)
+    live = Recorder() if world.main else None
+    train(model, pretrain_step, params.pretrain, 0, Path(args.workdir) / f"ckpt-{strategy}", live, desc=strategy,
+          strategy=strategy, world=world)
+    peak_mem = torch.tensor(float(torch.cuda.max_memory_allocated(world.device)) if world.device.type == "cuda"
+                            else 0.0, device=world.device)
+    if world.size > 1:
+        torch.distributed.all_reduce(peak_mem, op=torch.distributed.ReduceOp.MAX)
+    if not world.main:
+        return {}
+    timed = slice(1, None) if len(live.series("mfu")) > 1 else slice(None)
+    return {"samples_per_s": round(statistics.mean(live.series("samples_per_s")[timed]), 2),
+            "mfu": round(statistics.mean(live.series("mfu")[timed]), 4),
+            "peak_memory_gib_max_rank": round(peak_mem.item() / 2**30, 3),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "final_loss": round(live.series("loss")[-1], 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-per-device", type=int, default=32)
+    parser.add_argument("--records", type=int, default=2048)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--strategies", nargs="+", default=["ddp", "fsdp"])
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/gpu.json"))
+    args = parser.parse_args()
+    world = setup()
+    preset = yaml.safe_load((REPO / "conf/model" / f"{args.preset}.yaml").read_text())
+    shards = Path(args.workdir) / "shards"
+    if world.main:
+        build_shards(Path(args.workdir), preset, args.records, world.size)
+    barrier(world)
+    results = {s: run(s, preset, shards, args, world) for s in args.strategies}
+    if world.main:
+        peak, source = peak_flops(world.device)
+        device = torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else "cpu"
+        out = {"preset": args.preset, "devices": world.size, "device": device, "peak_flops_per_device": peak,
+               "peak_source": source, "steps": args.steps, "batch_per_device": args.batch_per_device,
+               "dtype": "bf16 autocast" if world.device.type == "cuda" else "fp32", "torch": torch.__version__,
+               **results}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
