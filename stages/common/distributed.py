@@ -83,10 +83,10 @@ def wrap(module: nn.Module, strategy: str, world: World) -> nn.Module:
     return fully_shard(module, mesh=init_device_mesh(world.device.type, (world.size,)))
 
 
-def all_mean(values: dict[str, torch.Tensor], names: list[str], world: World) -> dict[str, float]:
-    """Per name, the mean over the ranks that have it (a rank's batch may lack an objective); one host sync."""
-    packed = torch.stack([torch.stack([values[k].float(), torch.ones((), device=world.device)]) if k in values
-                          else torch.zeros(2, device=world.device) for k in names])
+def all_sum(values: dict[str, torch.Tensor], names: list[str], world: World) -> dict[str, float]:
+    """Per name, the sum over ranks (0 where a rank lacks it: its batches may lack an objective); one host sync."""
+    zero = torch.zeros((), device=world.device)
+    packed = torch.stack([values[k].float() if k in values else zero for k in names])
     if world.size > 1:
         dist.all_reduce(packed)
-    return {k: s / n for k, (s, n) in zip(names, packed.tolist(), strict=True) if n}
+    return dict(zip(names, packed.tolist(), strict=True))

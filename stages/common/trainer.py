@@ -31,7 +31,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from model.flops import FlopCounter
 from stages.common.checkpoint import full_weights, latest_checkpoint, load_checkpoint, save_checkpoint
-from stages.common.distributed import World, all_mean, barrier, setup, touch_all, wrap
+from stages.common.distributed import World, all_sum, barrier, setup, touch_all, wrap
 from stages.common.loader import make_loader
 from stages.common.mfu import mfu, peak_flops
 from stages.common.params import TrainerParams
@@ -170,10 +170,8 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
     # bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls are ~400x slower (shared/KNOWN-ISSUES.md)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
     stream = data_stream(params, seed, position, world)
-    peak, _ = peak_flops(world.device)
-    names = sorted(model.config.loss_weights)
     progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=not world.main)
-    counter, totals, window = FlopCounter(), {}, (time.perf_counter(), step)
+    counter, meter = FlopCounter(), Meter(sorted(model.config.loss_weights), world, peak_flops(world.device)[0])
     while step < params.steps:
         for micro in range(params.accumulation):
             position, batch = next(stream)
@@ -183,8 +181,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
                 with autocast:
                     losses = objectives(batch, generator)
                 (weighted_loss(model, losses) / params.accumulation).backward()
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + v.detach() / params.accumulation
+            meter.add(losses, len(batch["ids"]))
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -192,9 +189,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         step += 1
         progress.update()
         if step % params.log_every == 0 or step == params.steps:
-            log(live, desc, step, window, totals, counter.reset(), names, params, scheduler, peak, world, progress,
-                model)
-            totals, window = {}, (time.perf_counter(), step)
+            log(live, desc, step, meter.read(counter.reset()), model, scheduler, progress)
         if step % params.checkpoint_every == 0 or step == params.steps:
             save_checkpoint(checkpoints, step, objectives if sharded else model, optimizer, scheduler, position,
                             world, sharded=sharded)
@@ -206,21 +201,44 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
     return model if world.main else None
 
 
-def log(live, desc: str, step: int, window: tuple[float, int], totals: dict, flops: int, names: list[str],
-        params: TrainParams, scheduler, peak: float, world: World, progress, model: nn.Module) -> None:
-    """Every log_every steps: the window's mean losses over steps and ranks, samples/s and MFU (one host sync)."""
-    start, first = window
-    steps = step - first
-    means = all_mean({**{k: v / steps for k, v in totals.items()},
-                      "flops": torch.tensor(float(flops), device=world.device)}, [*names, "flops"], world)
-    elapsed = time.perf_counter() - start
-    achieved = means.pop("flops") * world.size  # every rank has it: mean x ranks = sum
-    rates = {"samples_per_s": steps * params.batch_size / elapsed, "mfu": mfu(achieved, elapsed, peak, world.size)}
-    total = sum(model.config.loss_weights[k] * v for k, v in means.items())
-    progress.set_postfix(loss=f"{total:.3f}", samples_s=f"{rates['samples_per_s']:.1f}", mfu=f"{rates['mfu']:.1%}")
+class Meter:
+    """Losses, samples and FLOPs since the last read, kept as device tensors and plain counters: a step never waits
+    on the device. read() reduces them over the ranks with one collective (one host sync)."""
+
+    def __init__(self, names: list[str], world: World, peak: float):
+        self.names, self.world, self.peak = names, world, peak
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.samples, self.start = 0, time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor], samples: int) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach()
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.samples += samples
+
+    def read(self, flops: int) -> dict[str, float]:
+        """Mean of each objective over the micro-batches (all ranks) that had it; samples/s and MFU of the window."""
+        device = self.world.device
+        local = {**self.sums, **{f"n_{k}": torch.tensor(float(n), device=device) for k, n in self.counts.items()},
+                 "samples": torch.tensor(float(self.samples), device=device),
+                 "flops": torch.tensor(float(flops), device=device)}
+        totals = all_sum(local, [*self.names, *(f"n_{k}" for k in self.names), "samples", "flops"], self.world)
+        elapsed = time.perf_counter() - self.start
+        means = {k: totals[k] / totals[f"n_{k}"] for k in self.names if totals[f"n_{k}"]}
+        self.sums, self.counts, self.samples, self.start = {}, {}, 0, time.perf_counter()
+        return {**means, "samples_per_s": totals["samples"] / elapsed,
+                "mfu": mfu(totals["flops"], elapsed, self.peak, self.world.size)}
+
+
+def log(live, desc: str, step: int, read: dict[str, float], model: nn.Module, scheduler, progress) -> None:
+    """The progress bar's postfix and, on rank 0, the dvclive metrics of one window."""
+    losses = {k: v for k, v in read.items() if k in model.config.loss_weights}
+    total = sum(model.config.loss_weights[k] * v for k, v in losses.items())
+    progress.set_postfix(loss=f"{total:.3f}", samples_s=f"{read['samples_per_s']:.1f}", mfu=f"{read['mfu']:.1%}")
     if live is None:
         return
     live.step = step
-    for k, v in {"loss": total, **means, "lr": scheduler.get_last_lr()[0], **rates}.items():
+    for k, v in {"loss": total, **read, "lr": scheduler.get_last_lr()[0]}.items():
         live.log_metric(f"{desc}/{k}", v)
     live.make_summary()
