@@ -1,6 +1,7 @@
-"""What the flows need from DVC and Hydra: the stage order (DVC's own graph of dvc.yaml, never restated),
-running one stage (`dvc repro -s`, waiting while another DVC process holds the repository lock), params
-overrides (Hydra composition of conf/, as `dvc exp run -S` does) and pushing to the remote."""
+"""What the flows need from DVC and Hydra: the stage order and each stage's pool (DVC's own graph of dvc.yaml and
+its `meta`, never restated), what a stage reads that other stages write, whether it would run, running it
+(`dvc repro -s`, waiting while another DVC process holds the repository lock), the DVC remote, params overrides
+(Hydra composition of conf/, as `dvc exp run -S` does) and the output hashes dvc.lock records."""
 from __future__ import annotations
 
 import os
@@ -8,17 +9,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import networkx as nx
 import yaml
+from dvc.config_schema import RelPath
+from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
+from dvc.stage import PipelineStage
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from stages.common.atomic import atomic_open
 
 LOCKED = "Unable to acquire lock"
+DEFAULT_POOL = "cpu"  # a stage without `meta: {pool: ...}` in dvc.yaml
+RUN_REMOTE = "trimodal"  # the name a run's DVC remote gets in a clone's .dvc/config.local
+REMOTE_ENV = "TRIMODAL_DVC_REMOTE"  # a worker's default for the run's DVC remote
 
 
 class StageFailed(RuntimeError):
@@ -26,10 +33,114 @@ class StageFailed(RuntimeError):
 
 
 def stage_order(root: str | Path) -> list[str]:
-    """dvc.yaml's stages, every stage after the stages it depends on."""
+    """dvc.yaml's stage names (not DVC's addressing, which is relative to the current directory), every stage after
+    the stages it depends on."""
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))]
+        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
+
+
+def stage_pools(root: str | Path) -> dict[str, str]:
+    """Each stage's work pool, from its `meta: {pool: ...}` in dvc.yaml (DVC itself ignores meta)."""
+    with Repo(str(root)) as repo:
+        return {stage.name: (stage.meta or {}).get("pool", DEFAULT_POOL) for stage in repo.index.stages}
+
+
+def _rel(repo: Repo, path: str) -> PurePosixPath:
+    return PurePosixPath(os.path.relpath(path, repo.root_dir))
+
+
+def _find(repo: Repo, name: str) -> PipelineStage:
+    stages = {stage.name: stage for stage in repo.index.stages}
+    if name not in stages:
+        raise KeyError(f"no stage {name!r} in dvc.yaml (stages: {', '.join(stages)})")
+    return stages[name]
+
+
+def _produced(repo: Repo, stage: PipelineStage) -> list[tuple[PurePosixPath, PurePosixPath]]:
+    """(dep, out) for each of the stage's deps and each out of another stage that DVC caches, where one lies inside
+    the other or they are equal: data/sources holds data/sources/demo; data/validated/manifest.jsonl lies in
+    data/validated."""
+    outs = [_rel(repo, out.fs_path) for other in repo.index.stages if other is not stage
+            for out in other.outs if out.use_cache]
+    deps = [_rel(repo, dep.fs_path) for dep in stage.deps if not isinstance(dep, ParamsDependency)]
+    return [(dep, out) for dep in deps for out in outs if dep.is_relative_to(out) or out.is_relative_to(dep)]
+
+
+def _target(dep: PurePosixPath, out: PurePosixPath) -> PurePosixPath:
+    """What to pull: the dep when it lies inside the out (DVC 3 pulls a file of a folder out alone), else the out."""
+    return dep if dep.is_relative_to(out) else out
+
+
+def pull_targets(root: str | Path, name: str) -> list[str]:
+    """Exactly what `name` reads that other stages produce: the paths to `dvc pull` before running it."""
+    with Repo(str(root)) as repo:
+        return sorted({str(_target(dep, out)) for dep, out in _produced(repo, _find(repo, name))})
+
+
+def needs_run(root: str | Path, name: str) -> bool:
+    """Would `dvc repro` run this stage? DVC's own verdict with missing data allowed (outs not checked out in a fresh
+    clone do not count, as with `--allow-missing`), judged against dvc.lock where deps are not pulled yet: a missing
+    dep that is exactly another stage's out is changed when the hashes dvc.lock records for the two differ. A
+    missing dep that is part of an out, or holds one, cannot be judged without its data: then the answer is yes
+    (pull, ask again)."""
+    root = Path(root)
+    with Repo(str(root)) as repo:
+        stage = _find(repo, name)
+        if any(dep != out and not (root / _target(dep, out)).exists() for dep, out in _produced(repo, stage)):
+            return True
+        upstream = [other for other in repo.index.stages if other is not stage]
+        with repo.lock:  # DVC's stage checks take its read/write locks, which need the repository lock
+            return stage.changed(allow_missing=True, upstream=upstream)
+
+
+def uncached_outs(root: str | Path, name: str) -> list[str]:
+    """The stage's `cache: false` outs (metrics, plots, reports): they travel through git, not the DVC remote."""
+    with Repo(str(root)) as repo:
+        return [str(_rel(repo, out.fs_path)) for out in _find(repo, name).outs if not out.use_cache]
+
+
+def remote_url(root: str | Path) -> str:
+    """The URL of the repository's default DVC remote (config.local included); a folder is made absolute, and
+    typed RelPath when the config gives it relative to .dvc/."""
+    with Repo(str(root)) as repo:
+        name = repo.config["core"].get("remote")
+        if not name:
+            raise ValueError(f"{root} has no default DVC remote: pass dvc_remote (s3://bucket/prefix or a folder)")
+        return repo.config["remote"][name]["url"]
+
+
+def use_remote(root: str | Path, url: str | None) -> str:
+    """Make `url` the clone's default DVC remote (in .dvc/config.local), or keep the committed default; either must
+    be reachable from every machine, so a path relative to the clone (the committed `../dvc-storage`) is refused.
+    An S3 endpoint other than AWS comes from AWS_ENDPOINT_URL, which dvc-s3 (botocore) reads itself."""
+    if url is None:
+        committed = remote_url(root)
+        if isinstance(committed, RelPath):
+            raise ValueError("the committed default DVC remote is a folder inside each clone, which other machines "
+                             "cannot see: pass dvc_remote (s3://bucket/prefix, or an absolute folder every worker "
+                             f"mounts) or set {REMOTE_ENV}")
+        return str(committed)
+    if "://" not in url and not Path(url).is_absolute():
+        raise ValueError(f"dvc_remote {url!r} is relative: give a URL (s3://bucket/prefix) or an absolute folder")
+    with Repo(str(root)) as repo, repo.config.edit("local") as local:
+        local["remote"][RUN_REMOTE] = {"url": url}
+        local["core"]["remote"] = RUN_REMOTE
+    return url
+
+
+def use_cache(root: str | Path, cache_dir: Path) -> None:
+    """Point the clone at a DVC cache outside it (`dvc cache dir --local`), shared by the clones on one worker."""
+    with Repo(str(root)) as repo, repo.config.edit("local") as local:
+        local["cache"]["dir"] = str(cache_dir)
+
+
+def lock_outs(root: str | Path) -> list[dict]:
+    """Every output dvc.lock records: stage, path, md5, size, nfiles (the run's lineage)."""
+    lock = yaml.safe_load((Path(root) / "dvc.lock").read_text()) or {}
+    return [{"stage": stage, "out": out["path"], "md5": out.get("md5"), "size": out.get("size"),
+             "nfiles": out.get("nfiles")}
+            for stage, entry in lock.get("stages", {}).items() for out in entry.get("outs", [])]
 
 
 def dvc(root: str | Path, *args: str, lock_timeout: float = 3600, poll: float = 2.0) -> str:

@@ -1,59 +1,102 @@
-"""Flow `train`: every dvc.yaml stage as one Prefect task, in DVC's order; DVC skips what is unchanged.
+"""Flow `train`: the whole DAG, each dvc.yaml stage a sub-run on the work pool its `meta.pool` names (cpu by default).
 
-    python -m flows.train                                  # one run, here, against the configured server
     prefect deployment run train/full -p overrides='["pretrain.steps=3"]'
-Parameters: Hydra overrides applied to params.yaml first, force_ingest (re-fetch the sources), push (dvc push
-afterwards). The evaluation table and reports/report.md are published as Prefect artifacts.
+A run executes a committed revision (`revision`, default the head of `repo_url`'s default branch), never a worker's
+working tree. It clones it, commits params.yaml composed from conf/ with `overrides` on a new branch
+trimodal/run-<flow run id> and pushes it, then runs every stage in DVC's order as a sub-run of `stage/<pool>`
+(flows/stage.py), one after another. Each stage commits its dvc.lock to that branch, so the branch is the run's
+record. The first failing stage fails the run and nothing after it runs. Artifacts: trimodal-lineage (the final
+revision and the md5 of every output), trimodal-eval and trimodal-report (read from the final revision).
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 
-from flows.dvc_stages import apply_overrides, dvc, run_stage, stage_order
+from flows import workspace
+from flows.dvc_stages import REMOTE_ENV, StageFailed, apply_overrides, lock_outs, stage_order, stage_pools, use_remote
 
-RETRIES = {"ingest": 2}  # sources are remote: a flaky fetch is worth another try
-
-
-@task(task_run_name="{stage}")
-def dvc_stage(root: str, stage: str, force: bool = False) -> str:
-    output = run_stage(root, stage, force=force)
-    print(output.strip().splitlines()[-1] if output.strip() else f"{stage}: done")
-    return output
+POLL_S = 2  # seconds between looks at a running stage: stages take seconds to hours, the API call is cheap
 
 
 @task
-def publish(root: str) -> None:
-    root_path = Path(root)
+def start_run(root: Path, repo_url: str, revision: str, overrides: list[str], dvc_remote: str | None) -> dict:
+    """Clone the revision, commit the params of this run on its own branch and push it; fail before any stage
+    runs when the DVC remote is one other machines cannot reach."""
+    base = workspace.clone(repo_url, root, revision)
+    use_remote(root, dvc_remote)
+    if overrides:
+        apply_overrides(root, overrides)
+    run_id = flow_run.get_id()
+    workspace.commit(root, ["params.yaml"], f"params of run {run_id}: {' '.join(overrides)}")
+    branch = f"trimodal/run-{run_id}"
+    workspace.push(root, branch, force=True)  # the branch is this run's own: a retry of the run starts it again
+    print(f"run branch {branch} from {base} of {repo_url}")
+    return {"repo_url": repo_url, "branch": branch, "base": base, "params_revision": workspace.head(root)}
+
+
+def dispatch(stage: str, pool: str, parameters: dict) -> None:
+    """One stage as a sub-run of `stage/<pool>`, waited for; anything but Completed fails the parent."""
+    child = run_deployment(f"stage/{pool}", parameters=parameters, flow_run_name=stage, poll_interval=POLL_S)
+    state = child.state
+    if state is None or not state.is_completed():
+        raise StageFailed(f"stage {stage!r} on pool {pool!r} ended {state.name if state else 'without a state'} "
+                          f"(flow run {child.id}): {state.message if state else ''}")
+    print(f"{stage}: {state.name} on pool {pool} (flow run {child.id})")
+
+
+@task
+def publish_record(root: Path, run: dict) -> dict:
+    """The run's record from the head of its branch: the revision, every output's md5, the scores and the report."""
+    revision = workspace.fetch(root, run["branch"])
+    pools = stage_pools(root)
+    lineage = [{"stage": out["stage"], "pool": pools.get(out["stage"]), **out} for out in lock_outs(root)]
+    create_table_artifact(key="trimodal-lineage", table=lineage,
+                          description=f"revision {revision} (branch {run['branch']} of {run['repo_url']}; "
+                                      f"params at {run['params_revision']}): dvc.lock's md5 of every output")
+    publish_scores(root)
+    print(f"run record: {run['branch']} at {revision}")
+    return {**run, "revision": revision, "lineage": lineage}
+
+
+def publish_scores(root: Path) -> None:
     rows = []
-    for path in sorted((root_path / "metrics/eval").glob("*.json")):
+    for path in sorted((root / "metrics/eval").glob("*.json")):
         scores = json.loads(path.read_text())
         rows.append({"variant": path.stem, **{k: round(v, 4) if isinstance(v, float) else v
                                              for k, v in scores.items()}})
     if rows:
         create_table_artifact(key="trimodal-eval", table=rows, description="metrics/eval/*.json")
-    report = root_path / "reports/report.md"
+    report = root / "reports/report.md"
     if report.exists():
-        create_markdown_artifact(key="trimodal-report", markdown=report.read_text(), description=str(report))
+        create_markdown_artifact(key="trimodal-report", markdown=report.read_text(), description="reports/report.md")
 
 
 @flow(name="train", log_prints=True)
-def train(overrides: list[str] | None = None, force_ingest: bool = False, push: bool = False,
-          root: str = ".") -> list[str]:
-    """Run the DAG stage by stage; the first failing stage fails the flow and nothing after it runs."""
-    if overrides:
-        apply_overrides(root, overrides)
-    stages = stage_order(root)
-    for stage in stages:
-        dvc_stage.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=10)(
-            root, stage, force=force_ingest and stage == "ingest")
-    publish(root)
-    if push:
-        print(dvc(root, "push"))
-    return stages
+def train(overrides: list[str] | None = None, force_ingest: bool = False, repo_url: str | None = None,
+          revision: str = "HEAD", dvc_remote: str | None = None, keep_workdirs: bool = False) -> dict:
+    """`repo_url`: the git remote (default $TRIMODAL_GIT_REMOTE, else the deployment's repository: its origin, or
+    its path). `dvc_remote`: a URL or absolute folder every worker reaches (default $TRIMODAL_DVC_REMOTE, else the
+    committed default remote). `force_ingest` re-fetches the sources; `keep_workdirs` keeps the clones."""
+    repo_url = repo_url or workspace.default_repo_url()
+    dvc_remote = dvc_remote or os.environ.get(REMOTE_ENV) or None
+    root = workspace.new_workdir("train", flow_run.get_id())
+    run = start_run(root, repo_url, revision, overrides or [], dvc_remote)
+    pools = stage_pools(root)
+    for stage in stage_order(root):
+        dispatch(stage, pools[stage], {"stage": stage, "repo_url": repo_url, "branch": run["branch"],
+                                       "dvc_remote": dvc_remote, "force": force_ingest and stage == "ingest",
+                                       "keep_workdir": keep_workdirs})
+    record = publish_record(root, run)
+    if not keep_workdirs:
+        workspace.remove_workdir(root)
+    return record
 
 
 if __name__ == "__main__":
