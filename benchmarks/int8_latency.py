@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from model.configuration import TrimodalConfig  # noqa: E402
 from model.modeling import TrimodalForConditionalGeneration  # noqa: E402
 from model.quantization import WEIGHTS, export_int8, load_int8, quantize_model  # noqa: E402
+from stages.common.latency import inference, interleaved_ms  # noqa: E402
 from stages.common.params import EvaluateParams, load_params  # noqa: E402
-from stages.evaluate import latency_ms  # noqa: E402
 
 
 def config_for(preset: str) -> TrimodalConfig:
@@ -82,7 +82,9 @@ def main() -> None:
                "size_ratio": round(sizes["int8_bytes"] / sizes["fp32_bytes"], 4)}
         for size in (1, 32):
             inputs = batch(config, size)
-            a, b = latency_ms(reference, inputs, p), latency_ms(int8, inputs, p)  # side by side
+            timed = interleaved_ms({"fp32": inference(reference, inputs, p.max_new_tokens),
+                                    "int8": inference(int8, inputs, p.max_new_tokens)}, p.latency_repeats)
+            a, b = timed["fp32"], timed["int8"]
             row[f"fp32_ms_batch{size}"], row[f"int8_ms_batch{size}"] = round(a, 2), round(b, 2)
             row[f"latency_ratio_batch{size}"] = round(b / a, 3)
         results["presets"][preset] = row

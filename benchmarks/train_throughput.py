@@ -27,11 +27,11 @@ import torch  # noqa: E402
 from dvclive import Live  # noqa: E402
 
 from model.flops import FlopCounter  # noqa: E402
-from model.objectives import pretraining_losses  # noqa: E402
+from model.objectives import pretraining_losses, total_loss  # noqa: E402
 from stages.common.distributed import setup  # noqa: E402
 from stages.common.mfu import peak_flops  # noqa: E402
 from stages.common.params import Params  # noqa: E402
-from stages.common.trainer import data_stream, model_inputs, train, weighted_loss  # noqa: E402
+from stages.common.trainer import data_stream, model_inputs, train  # noqa: E402
 from stages.pretrain import build_model, pretrain_step  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
 from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
             start = time.perf_counter()
             for b in batches:
                 with counter:
-                    weighted_loss(model, pretraining_losses(model, model_inputs(b), g)).backward()
+                    total_loss(model, pretraining_losses(model, model_inputs(b), g)).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.pretrain.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -92,7 +92,7 @@ def main() -> None:
 
         # one untimed step warms the process (allocator, kernels) for both; then each is timed from a cold model
         model = build_model(params, params.pretrain.shards, tokenizer)
-        weighted_loss(model, pretraining_losses(model, model_inputs(batches[0]), torch.Generator())).backward()
+        total_loss(model, pretraining_losses(model, model_inputs(batches[0]), torch.Generator())).backward()
         # rounds alternate bare and trainer so that a noisy neighbour or a clock change hits both alike;
         # the ratio reported is the median of the per-round ratios
         rounds = []

@@ -66,11 +66,15 @@ def publish_record(root: Path, run: dict) -> dict:
 
 
 def publish_scores(root: Path) -> None:
+    """trimodal-eval: one table row per (variant or baseline, overall / modality subset) of metrics/eval/*.json."""
     rows = []
     for path in sorted((root / "metrics/eval").glob("*.json")):
         scores = json.loads(path.read_text())
-        rows.append({"variant": path.stem, **{k: round(v, 4) if isinstance(v, float) else v
-                                             for k, v in scores.items()}})
+        scored = scores.items() if path.stem == "baselines" else [(path.stem, scores)]
+        for variant, result in scored:
+            for row, values in result.get("rows", {}).items():
+                rows.append({"variant": variant, "row": row,
+                             **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}})
     if rows:
         create_table_artifact(key="trimodal-eval", table=rows, description="metrics/eval/*.json")
     report = root / "reports/report.md"

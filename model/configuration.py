@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 DEFAULT_LOSS_WEIGHTS = {"mlm": 1.0, "mim": 1.0, "mam": 1.0, "itc": 1.0, "atc": 1.0, "vac": 1.0, "ce": 1.0, "vqa": 1.0,
                         "cls": 1.0}
 
@@ -27,6 +28,9 @@ class TrimodalConfig(PreTrainedConfig):
     image_size: int = 64
     patch_size: int = 8
     num_channels: int = 3
+    # our ViT normalises pixels in [0, 1] per channel, (x - mean) / std (ImageNet statistics by default)
+    image_mean: list | None = None
+    image_std: list | None = None
     vision_dim: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
@@ -74,6 +78,12 @@ class TrimodalConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(self.loss_weights or {})}
+        self.image_mean = list(self.image_mean or IMAGENET_MEAN)
+        self.image_std = list(self.image_std or IMAGENET_STD)
+        if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
+            raise ValueError(f"image_mean / image_std need {self.num_channels} values (num_channels)")
+        if min(self.image_std) <= 0:
+            raise ValueError(f"image_std must be positive, got {self.image_std}")
         super().__post_init__(**kwargs)
 
     @property

@@ -22,15 +22,18 @@ class GenerativeDecoder(nn.Module):
         self.max_positions, self.vocab_size = c.max_decoder_positions, c.vocab_size
 
     def forward(self, input_ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if input_ids.shape[1] > self.max_positions:
-            raise ValueError(f"decoder input of {input_ids.shape[1]} tokens > max_decoder_positions "
+                attention_mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """input_ids: the whole prefix, or with `cache` (an EncoderDecoderCache) only the tokens after the cached
+        ones; positions continue from the cache's length."""
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + input_ids.shape[1] > self.max_positions:
+            raise ValueError(f"decoder input of {past + input_ids.shape[1]} tokens > max_decoder_positions "
                              f"{self.max_positions}")
         if input_ids.shape[1] == 0:  # nothing to decode (a batch without targets): empty logits, not a crash
             return memory.new_zeros(input_ids.shape[0], 0, self.vocab_size)
-        x = self.embed(input_ids) + self.pos(torch.arange(input_ids.shape[1], device=input_ids.device))
-        for block in self.blocks:
-            x = block(x, memory, memory_mask, self_mask=attention_mask)
+        x = self.embed(input_ids) + self.pos(torch.arange(past, past + input_ids.shape[1], device=input_ids.device))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, memory, memory_mask, self_mask=attention_mask, cache=cache, layer=layer)
         return self.lm_head(self.norm(x))
 
 

@@ -38,11 +38,25 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
-        context = x if context is None else context
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(context)), self._split(self.v_proj(context))
+                causal: bool = False, cache=None, layer: int = 0) -> torch.Tensor:
+        """cache: a transformers EncoderDecoderCache during cached generation. Self-attention appends this step's
+        K, V to the layer's past and attends to all of it; cross-attention projects the memory once per generation
+        and reuses it (the memory does not change while decoding)."""
+        q = self._split(self.q_proj(x))
+        if cache is not None and context is not None:
+            cross = cache.cross_attention_cache
+            if cache.is_updated.get(layer):
+                k, v = cross.layers[layer].keys, cross.layers[layer].values
+            else:
+                k, v = cross.update(self._split(self.k_proj(context)), self._split(self.v_proj(context)), layer)
+                cache.is_updated[layer] = True
+        else:
+            source = x if context is None else context
+            k, v = self._split(self.k_proj(source)), self._split(self.v_proj(source))
+            if cache is not None:
+                k, v = cache.self_attention_cache.update(k, v, layer)
         mask = attention_mask(key_mask)
-        if causal:
+        if causal:  # query i (absolute position lk - lq + i) sees keys 0..lk - lq + i
             lq, lk = q.shape[-2], k.shape[-2]
             tri = torch.ones(lq, lk, dtype=torch.bool, device=x.device).tril(lk - lq)
             mask = tri if mask is None else mask & tri
@@ -89,9 +103,9 @@ class DecoderBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
-                self_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop(self.self_attn(self.ln1(x), key_mask=self_mask, causal=True))
-        x = x + self.drop(self.cross_attn(self.ln2(x), memory, key_mask=memory_mask))
+                self_mask: torch.Tensor | None = None, cache=None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop(self.self_attn(self.ln1(x), key_mask=self_mask, causal=True, cache=cache, layer=layer))
+        x = x + self.drop(self.cross_attn(self.ln2(x), memory, key_mask=memory_mask, cache=cache, layer=layer))
         return x + self.drop(self.ffn(self.ln3(x)))
 
 

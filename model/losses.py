@@ -66,16 +66,24 @@ def mam_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
     return per_frame.sum() / mask.sum().clamp(min=1)
 
 
-def weighted_sum(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    """L = sum_k lambda_k L_k over the losses present; every loss needs a weight, weight 0 terms are left out."""
+def weighted_sum(losses: dict, weights: dict[str, float]):
+    """L = sum_k lambda_k L_k: the one place objectives are combined (training, logging, the model's `loss`).
+
+    Terms with lambda_k = 0 are left out rather than multiplied by 0, so a switched-off objective that is NaN or
+    inf on some batch cannot poison the total (0 * NaN = NaN). Works on tensors (the training loss, on the graph)
+    and on floats (the logged means). Every loss needs a weight (a missing one is a KeyError naming it) and at
+    least one weight must be non-zero.
+    """
     if not losses:
         raise ValueError("weighted_sum needs at least one loss")
     missing = sorted(set(losses) - set(weights))
     if missing:
         raise KeyError(f"no loss weight for {missing}; add them to loss_weights (known: {sorted(weights)})")
     terms = [weights[k] * loss for k, loss in losses.items() if weights[k] != 0]
+    if not all(torch.is_tensor(loss) for loss in losses.values()):
+        return float(sum(terms))
     if not terms:
-        return next(iter(losses.values())) * 0.0
+        raise ValueError(f"every loss in {sorted(losses)} has weight 0 in loss_weights: nothing to train")
     return torch.stack(terms).sum()
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import ModelOutput
 
 from model.configuration import TrimodalConfig
@@ -46,7 +47,7 @@ class TrimodalOutput(ModelOutput):
     class_logits: torch.Tensor | None = None  # [B, num_classes]
     encoder_last_hidden_state: torch.Tensor | None = None
     encoder_attention_mask: torch.Tensor | None = None
-    past_key_values: tuple | None = None  # no KV cache: generation re-runs the (small) decoder each step
+    past_key_values: EncoderDecoderCache | None = None  # the decoder's KV cache during generation
 
 
 class TrimodalPreTrainedModel(PreTrainedModel):
@@ -163,7 +164,8 @@ class TrimodalForConditionalGeneration(TrimodalPreTrainedModel, GenerationMixin)
 
     def forward(self, pixel_values=None, image_present=None, input_features=None, mel_lengths=None, text_ids=None,
                 text_mask=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None,
-                class_labels=None, encoder_outputs=None, return_dict=True, **kwargs) -> TrimodalOutput:
+                class_labels=None, encoder_outputs=None, past_key_values=None, return_dict=True,
+                **kwargs) -> TrimodalOutput:
         """labels: decoder targets [B, T] (-100 = ignore); decoder_input_ids default to labels shifted right."""
         if encoder_outputs is None:
             encoder_outputs = self.encoder(pixel_values, image_present, input_features, mel_lengths, text_ids,
@@ -173,7 +175,7 @@ class TrimodalForConditionalGeneration(TrimodalPreTrainedModel, GenerationMixin)
             decoder_input_ids = self.shift_right(labels)
         logits = None
         if decoder_input_ids is not None:
-            logits = self.decoder(decoder_input_ids, memory, memory_mask, decoder_attention_mask)
+            logits = self.decoder(decoder_input_ids, memory, memory_mask, decoder_attention_mask, past_key_values)
         class_logits = self.classifier(memory, memory_mask)
         losses = {}
         if labels is not None:
@@ -182,7 +184,7 @@ class TrimodalForConditionalGeneration(TrimodalPreTrainedModel, GenerationMixin)
             losses["cls"] = cross_entropy(class_logits[:, None], class_labels[:, None])
         loss = weighted_sum(losses, self.config.loss_weights) if losses else None
         return TrimodalOutput(loss=loss, logits=logits, class_logits=class_logits, encoder_last_hidden_state=memory,
-                              encoder_attention_mask=memory_mask)
+                              encoder_attention_mask=memory_mask, past_key_values=past_key_values)
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         start = torch.full_like(labels[:, :1], self.config.decoder_start_token_id)
@@ -192,16 +194,21 @@ class TrimodalForConditionalGeneration(TrimodalPreTrainedModel, GenerationMixin)
     @torch.no_grad()
     def generate(self, pixel_values=None, image_present=None, input_features=None, mel_lengths=None, text_ids=None,
                  text_mask=None, encoder_outputs=None, **kwargs):
-        """generate() conditioned on any subset of modalities: the encoder runs once, the decoder searches."""
+        """generate() conditioned on any subset of modalities: the encoder runs once, the decoder searches with a
+        KV cache (use_cache=False decodes the whole prefix every step: same tokens, slower)."""
         if encoder_outputs is None:
             encoder_outputs = self.encoder(pixel_values, image_present, input_features, mel_lengths, text_ids,
                                            text_mask)
-        kwargs.setdefault("use_cache", False)
+        if kwargs.get("use_cache", True) and kwargs.get("past_key_values") is None:
+            kwargs["past_key_values"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
         return super().generate(encoder_outputs=encoder_outputs, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, encoder_outputs=None, **kwargs):
-        # no KV cache: always the whole prefix, plus R from the encoder run
-        return {"decoder_input_ids": input_ids, "encoder_outputs": encoder_outputs}
+    def prepare_inputs_for_generation(self, input_ids, encoder_outputs=None, past_key_values=None, **kwargs):
+        # with a cache, only the tokens it has not seen (the last one after the first step)
+        if past_key_values is not None:
+            input_ids = input_ids[:, past_key_values.get_seq_length():]
+        return {"decoder_input_ids": input_ids, "encoder_outputs": encoder_outputs,
+                "past_key_values": past_key_values}
 
 
 AutoConfig.register(TrimodalConfig.model_type, TrimodalConfig, exist_ok=True)

@@ -18,12 +18,15 @@ def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 class VisionEncoder(nn.Module):
-    """H_vis = blocks(x_p W_proj + b_proj + P_pos), then LayerNorm and a projection to d_model."""
+    """H_vis = blocks(x_p W_proj + b_proj + P_pos), then LayerNorm and a projection to d_model; x_p are patches of
+    the per-channel normalised image (x - mean) / std (config.image_mean / image_std): without it, a light
+    background puts every patch far off zero and the first projection has to learn the offset."""
 
     def __init__(self, config: TrimodalConfig):
         super().__init__()
         c = config
         self.patch_size = c.patch_size
+        self.mean, self.std = c.image_mean, c.image_std  # plain floats: nothing to save, nothing left on meta
         self.patch_proj = nn.Linear(c.patch_size * c.patch_size * c.num_channels, c.vision_dim)
         self.pos = nn.Parameter(torch.zeros(1, c.num_patches, c.vision_dim))
         self.mask_embedding = nn.Parameter(torch.zeros(c.vision_dim))  # replaces masked patches (MIM)
@@ -34,7 +37,9 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
         """pixel_values [B, C, H, W] in [0, 1]; patch_mask [B, N] bool marks patches hidden for MIM."""
-        x = self.patch_proj(patchify(pixel_values, self.patch_size))
+        mean = torch.tensor(self.mean, dtype=pixel_values.dtype, device=pixel_values.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=pixel_values.dtype, device=pixel_values.device)[:, None, None]
+        x = self.patch_proj(patchify((pixel_values - mean) / std, self.patch_size))
         if patch_mask is not None:
             x = torch.where(patch_mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
         x = x + self.pos

@@ -5,6 +5,10 @@ non-empty subset of {image, audio, text} is enough to answer the record's questi
   image  the shape drawn in its colour on a light grey background (jittered position and size)
   audio  colour -> tone pitch, shape -> number of tone pulses (circle 1, square 2, triangle 3)
   text   a templated sentence naming colour and shape
+Fusion records (`demo.n_fusion`, group "fusion") need two modalities for one answer: a pair of inputs showing
+the same shape, the second in the first's colour or (half the time) another one, and the question whether the
+colours match ("does the tone match the color of the shape?" -> yes / no). A model that ignores either input
+can only guess (50%). They carry no caption or label: those would be ambiguous when the two inputs disagree.
 
 Outputs (byte-identical for identical params; nothing depends on the clock):
   data/sources/demo/records.jsonl   multimodal records with caption / question / answer / label targets
@@ -42,6 +46,10 @@ QUESTIONS = (("what color is the shape?", "color"), ("what color is the {s}?", "
 CORPUS_TEMPLATES = ("the {c} {s} is next to a {c2} {s2}", "a {c} {s} and a {c2} {s2}", "the {s} is {c}",
                     "there are {n} {c} {s}s", "a {c} {s} sits above a {c2} {s2}", "{c} is the color of the {s}")
 NUMBERS = ("two", "three", "four", "five")
+FUSION_PAIRS = (("image", "audio"), ("image", "text"), ("audio", "text"))
+FUSION_QUESTIONS = {("image", "audio"): "does the tone match the color of the shape?",
+                    ("image", "text"): "does the sentence match the color of the shape?",
+                    ("audio", "text"): "does the sentence match the color of the tone?"}
 
 
 def rng_for(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -106,6 +114,30 @@ def make_record(index: int, subset: Sequence[str], params: DemoParams, seed: int
     return record
 
 
+def make_fusion_record(index: int, params: DemoParams, seed: int, out_dir: Path) -> dict:
+    """Fusion record `index`: FUSION_PAIRS[index % 3], the first input in the record's colour, the second in the
+    same colour (answer "yes") or another one ("no"), both showing the same shape."""
+    rng = rng_for(seed, 3, index)
+    pair = FUSION_PAIRS[index % len(FUSION_PAIRS)]
+    shape, color = SHAPES[rng.integers(len(SHAPES))], list(COLORS)[rng.integers(len(COLORS))]
+    same = bool(rng.random() < 0.5)
+    others = [c for c in COLORS if c != color]
+    second = color if same else others[rng.integers(len(others))]
+    colors = dict(zip(pair, (color, second), strict=True))
+    record = {"id": f"demo-fusion-{index:06d}", "question": FUSION_QUESTIONS[pair], "answer": "yes" if same else "no",
+              "group": "fusion"}
+    if "image" in colors:
+        record["image_url"] = f"images/fusion-{index:06d}.png"
+        draw_shape(shape, colors["image"], params.image_size, rng).save(out_dir / record["image_url"], format="PNG")
+    if "audio" in colors:
+        record["audio_url"] = f"audio/fusion-{index:06d}.wav"
+        audio = synthesize_audio(shape, colors["audio"], params.sample_rate, params.audio_seconds, rng)
+        sf.write(out_dir / record["audio_url"], audio, params.sample_rate, subtype="PCM_16", format="WAV")
+    if "text" in colors:
+        record["text"] = TEXT_TEMPLATES[rng.integers(len(TEXT_TEMPLATES))].format(c=colors["text"], s=shape)
+    return record
+
+
 def make_corpus_line(index: int, seed: int) -> dict:
     rng = rng_for(seed, 1, index)
     c, c2 = (list(COLORS)[i] for i in rng.integers(len(COLORS), size=2))
@@ -130,11 +162,13 @@ def generate(params: Params, out_dir: str | Path = OUT_DIR) -> Counter:
         (tmp / "audio").mkdir()
         records = [make_record(i, subset, demo, params.seed, tmp)
                    for i, subset in enumerate(tqdm(subsets, desc="demo", unit="record"))]
+        records += [make_fusion_record(i, demo, params.seed, tmp)
+                    for i in tqdm(range(demo.n_fusion), desc="demo fusion", unit="record")]
         write_jsonl(tmp / "records.jsonl", records)
         write_jsonl(tmp / "corpus.jsonl", (make_corpus_line(i, params.seed) for i in range(demo.n_corpus)))
     counts = Counter("+".join(subset) for subset in subsets)
     print(f"demo: {demo.n_records} records ({', '.join(f'{k} {counts[k]}' for k in map('+'.join, SUBSETS))}), "
-          f"{demo.n_corpus} corpus lines -> {out_dir}")
+          f"{demo.n_fusion} fusion records, {demo.n_corpus} corpus lines -> {out_dir}")
     return counts
 
 

@@ -28,12 +28,14 @@ from model.losses import kd_loss
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
+from stages.common.batches import decoder_labels, model_inputs, with_question
+from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch, setup
 from stages.common.loader import read_index
+from stages.common.models import file_digest, save
 from stages.common.params import DistillParams, load_params
-from stages.common.trainer import StepFn, clear_checkpoints, fit, model_inputs
-from stages.finetune import decoder_labels, evaluate, with_question
-from stages.pretrain import file_digest, fingerprint, save
+from stages.common.predict import val_scores
+from stages.common.trainer import StepFn, clear_checkpoints, fit
 
 TEACHER = Path("models/teacher")
 OUT_DIR = Path("models/student")
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if student is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     # the teacher's val scores were measured by finetune on the same split: read, not recomputed
-    metrics = {"student": evaluate(student, tokenizer, params.distill.shards),
+    metrics = {"student": val_scores(student, tokenizer, params.distill.shards),
                "teacher": json.loads(TEACHER_METRICS.read_text()), **sizes}
     write_json(METRICS, metrics)
     save(student, tokenizer, OUT_DIR)

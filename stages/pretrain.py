@@ -5,8 +5,6 @@ Checkpoints go to checkpoints/pretrain/ (kept across runs: a rerun resumes); met
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +15,13 @@ from transformers import AutoTokenizer
 from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import pretraining_losses
-from stages.common.atomic import atomic_dir
+from stages.common.batches import model_inputs
+from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch
 from stages.common.loader import read_index
+from stages.common.models import save
 from stages.common.params import Params, load_params
-from stages.common.trainer import clear_checkpoints, fit, model_inputs
+from stages.common.trainer import clear_checkpoints, fit
 
 TOKENIZER_DIR = Path("artifacts/tokenizer")
 OUT_DIR = Path("models/pretrain")
@@ -42,22 +42,6 @@ def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditiona
 
 def pretrain_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
     return pretraining_losses(model, model_inputs(batch), generator)
-
-
-def fingerprint(*parts: object) -> str:
-    """What a checkpoint must match to be resumed: the stage's params, the model config and the data."""
-    return hashlib.sha256(json.dumps([repr(p) for p in parts], sort_keys=True).encode()).hexdigest()
-
-
-def file_digest(model_dir: Path) -> str:
-    """sha256 of a saved model's weights: ties a later stage's checkpoints to the model it started from."""
-    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
-
-
-def save(model, tokenizer, out_dir: Path) -> None:
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,10 +22,9 @@ from transformers import AutoTokenizer
 from model.modeling import TrimodalForConditionalGeneration
 from model.quantization import WEIGHTS, export_int8, load_int8, quantize_model
 from stages.common.atomic import atomic_dir, write_json
+from stages.common.batches import decoder_labels, model_inputs, with_question
 from stages.common.loader import make_loader
 from stages.common.params import load_params
-from stages.common.trainer import model_inputs
-from stages.finetune import decoder_labels, with_question
 
 STUDENT = Path("models/student")
 OUT_DIR = Path("models/student-int8")

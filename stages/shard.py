@@ -1,7 +1,7 @@
 """Stage `shard`: validated records -> WebDataset shards data/shards/{train,val,test}-NNNNNN.tar + index.json.
 
 Per sample (key = the record's dot-free key; members only for what the record has):
-  json         {"id", "modalities", "caption", "question", "answer", "label", "label_index"}
+  json         {"id", "modalities", "caption", "question", "answer", "label", "label_index", "group"}
   image.npy    uint8 [S, S, 3]                   (stages.common.features.image_to_array)
   mel.npy      float32 [n_mels, frames] log-Mel  (stages.common.features.log_mel)
   text.npy, caption.npy, question.npy, answer.npy   int32 token ids, <s> ... </s>, <= max_text_tokens
@@ -58,7 +58,7 @@ class Featurizer:
 
     def sample(self, record: dict, media: TarMembers) -> dict[str, bytes | str]:
         modalities = [m for m in ("image", "audio", "text") if record.get(m)]
-        meta = {name: record.get(name) for name in ("id", "caption", "question", "answer", "label")}
+        meta = {name: record.get(name) for name in ("id", "caption", "question", "answer", "label", "group")}
         meta.update(modalities=modalities, label_index=self.label_index.get(record.get("label"), -1))
         sample: dict[str, bytes | str] = {"__key__": record["key"], "json": json.dumps(meta, sort_keys=True).encode()}
         if record.get("image"):

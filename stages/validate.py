@@ -100,7 +100,7 @@ def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], par
         check_fields(entry, first_seen, params)
         fields = entry["fields"]
         key = record_key(fields["id"])
-        record = {name: fields.get(name) for name in ("id", "text", "caption", "question", "answer", "label")}
+        record = {name: fields.get(name) for name in ("id", "text", "caption", "question", "answer", "label", "group")}
         record.update(key=key, source=entry["source"], row=entry["line"], image=None, audio=None, converted=[])
         if fields.get("image_url"):
             image = decode_image(_payload(entry, "image", media), min_side=params.min_side,

@@ -14,6 +14,7 @@ checkpoint folder's file system (one node; torchrun --standalone).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -26,6 +27,11 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from stages.common.distributed import World, barrier
 
 SHARDED_OPTIONS = {"flatten_optimizer_state_dict": True}
+
+
+def fingerprint(*parts: object) -> str:
+    """What a checkpoint must match to be resumed: the stage's params, the model config and the data."""
+    return hashlib.sha256(json.dumps([repr(p) for p in parts], sort_keys=True).encode()).hexdigest()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

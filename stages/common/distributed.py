@@ -61,10 +61,9 @@ def launch(devices: int, module: str, argv: list[str]) -> bool:
     return True
 
 
-def touch_all(losses: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
-    """Add 0 x every parameter to the first loss, so each rank produces a gradient for every parameter."""
-    first = next(iter(losses))
-    return {**losses, first: losses[first] + 0.0 * sum(p.sum() for p in module.parameters() if p.requires_grad)}
+def touch_all(loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """loss + 0 x every parameter, so each rank produces a gradient for every parameter."""
+    return loss + 0.0 * sum(p.sum() for p in module.parameters() if p.requires_grad)
 
 
 def wrap(module: nn.Module, strategy: str, world: World) -> nn.Module:

@@ -90,6 +90,20 @@ def read_index(root: str) -> dict:
         return json.load(f)
 
 
+def read_meta(root: str, split: str) -> list[dict]:
+    """The json of every sample of a split, without decoding media (tar members other than json are skipped)."""
+    index = read_index(root.rstrip("/"))
+    if split not in index["splits"]:
+        raise ValueError(f"unknown split {split!r}; index.json has {sorted(index['splits'])}")
+    options = s3_storage_options() if root.startswith("s3://") else {}
+    metas = []
+    for shard in index["splits"][split]["shards"]:
+        with fsspec.open(f"{root.rstrip('/')}/{shard['name']}", "rb", **options) as f, \
+                tarfile.open(fileobj=f, mode="r|") as tar:
+            metas += [json.load(tar.extractfile(m)) for m in tar if m.isfile() and m.name.endswith(".json")]
+    return metas
+
+
 def _checked_samples(urls: Iterable[dict], expected: dict[str, int]) -> Iterator[dict]:
     """Shard URLs -> samples, raising ShardError when a shard is unreadable or its sample count is off."""
     register_s3_scheme()

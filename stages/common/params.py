@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 @dataclass
 class DemoParams:
     n_records: int = 480
+    n_fusion: int = 240  # records whose answer needs two modalities (group "fusion")
     n_corpus: int = 240
     image_size: int = 64
     sample_rate: int = 16000
@@ -81,6 +82,8 @@ class TrainStageParams:
     num_workers: int = 0
     shuffle: int = 256
     log_every: int = 10
+    modality_dropout: float = 0.0  # a multi-input sample keeps a random proper subset of its inputs this often
+    modality_dropout_keep_groups: list[str] = field(default_factory=lambda: ["fusion"])  # never dropped
 
 
 @dataclass
@@ -110,6 +113,8 @@ class EvaluateParams:
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     latency_repeats: int = 10
     threads: int = 0  # torch intra-op threads for the latency measurement; 0 = torch's default
+    extra_bleu_order: int = 2  # an extra, labelled BLEU column with n-grams up to this order (0 = none)
+    question_type_words: int = 3  # the question-type prior baseline keys questions by their first words
 
 
 @dataclass

@@ -6,7 +6,8 @@ import hashlib
 INPUT_FIELDS = ("image_url", "audio_url", "text")
 TARGET_FIELDS = ("caption", "question", "answer", "label")
 TEXT_FIELDS = ("text", "caption", "question", "answer", "label")
-ALL_FIELDS = ("id", *INPUT_FIELDS, *TARGET_FIELDS)
+META_FIELDS = ("group",)  # optional: an evaluation row of its own (e.g. "fusion"), carried to the shards
+ALL_FIELDS = ("id", *INPUT_FIELDS, *TARGET_FIELDS, *META_FIELDS)
 
 SPLITS = ("train", "val", "test")
 

@@ -30,6 +30,8 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from model.flops import FlopCounter
+from model.losses import weighted_sum
+from stages.common.batches import drop_modalities, to_device
 from stages.common.checkpoint import full_weights, latest_checkpoint, load_checkpoint, save_checkpoint
 from stages.common.distributed import World, all_sum, barrier, setup, touch_all, wrap
 from stages.common.loader import make_loader
@@ -38,13 +40,6 @@ from stages.common.params import TrainerParams
 from stages.common.params import TrainStageParams as TrainParams
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
-
-
-def model_inputs(batch: dict) -> dict:
-    """Loader batch (stages.common.loader) -> the model's encoder arguments."""
-    return {"pixel_values": batch["image"], "image_present": batch["image_present"],
-            "input_features": batch["mel"], "mel_lengths": batch["mel_lengths"],
-            "text_ids": batch["text_ids"], "text_mask": batch["text_mask"]}
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -76,10 +71,6 @@ def data_stream(params: TrainParams, seed: int, position: dict, world: World) ->
         epoch, skip = epoch + 1, 0
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def prepare_checkpoints(checkpoints: Path, fingerprint: str) -> None:
     """Keep checkpoints only if they come from this exact configuration (a crashed run of the same job)."""
     marker = checkpoints / "fingerprint"
@@ -105,9 +96,11 @@ class Objectives(nn.Module):
         super().__init__()
         self.model, self.step_fn, self.touch = model, step_fn, touch
 
-    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the weighted total to backpropagate, each objective's loss for the log)."""
         losses = self.step_fn(self.model, batch, generator)
-        return touch_all(losses, self.model) if self.touch else losses
+        total = weighted_sum(losses, self.model.config.loss_weights)
+        return (touch_all(total, self.model) if self.touch else total), losses
 
 
 def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: TrainerParams, seed: int, name: str,
@@ -124,10 +117,6 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
     with live as logger:  # None on ranks > 0 (nullcontext)
         return train(model, step_fn, params, seed, Path("checkpoints") / name, logger, desc=name,
                      fingerprint=fingerprint, strategy=trainer.strategy, world=world)
-
-
-def weighted_loss(model: nn.Module, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-    return sum(model.config.loss_weights[k] * v for k, v in losses.items())
 
 
 def whole_model(model: nn.Module, objectives: nn.Module, world: World) -> nn.Module | None:
@@ -176,11 +165,12 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         for micro in range(params.accumulation):
             position, batch = next(stream)
             generator.manual_seed(hash((seed, world.rank, step, micro)) & 0x7FFF_FFFF_FFFF)
+            batch = drop_modalities(batch, params.modality_dropout, generator, params.modality_dropout_keep_groups)
             batch = to_device(batch, world.device)
             with counter:
                 with autocast:
-                    losses = objectives(batch, generator)
-                (weighted_loss(model, losses) / params.accumulation).backward()
+                    total, losses = objectives(batch, generator)
+                (total / params.accumulation).backward()
             meter.add(losses, len(batch["ids"]))
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
@@ -234,7 +224,7 @@ class Meter:
 def log(live, desc: str, step: int, read: dict[str, float], model: nn.Module, scheduler, progress) -> None:
     """The progress bar's postfix and, on rank 0, the dvclive metrics of one window."""
     losses = {k: v for k, v in read.items() if k in model.config.loss_weights}
-    total = sum(model.config.loss_weights[k] * v for k, v in losses.items())
+    total = weighted_sum(losses, model.config.loss_weights) if losses else float("nan")
     progress.set_postfix(loss=f"{total:.3f}", samples_s=f"{read['samples_per_s']:.1f}", mfu=f"{read['mfu']:.1%}")
     if live is None:
         return

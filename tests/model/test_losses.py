@@ -127,6 +127,17 @@ def test_weighted_sum():
     assert weighted_sum(losses, {"ce": 1.0, "itc": 0.5, "mim": 0.0, "unused": 9.0}).item() == pytest.approx(3.5)
     with pytest.raises(KeyError, match="itc"):
         weighted_sum(losses, {"ce": 1.0, "mim": 1.0})
+    with pytest.raises(ValueError, match="weight 0"):
+        weighted_sum({"mim": torch.tensor(1.0)}, {"mim": 0.0})
+
+
+def test_a_switched_off_nan_loss_leaves_the_gradient_finite():
+    w = torch.tensor(1.0, requires_grad=True)
+    losses = {"ce": 2 * w, "mim": w * torch.tensor(float("nan"))}
+    weighted_sum(losses, {"ce": 1.0, "mim": 0.0}).backward()
+    assert w.grad.item() == 2.0
+    # the logged means (floats) go through the same function
+    assert weighted_sum({"ce": 2.0, "mim": float("nan")}, {"ce": 0.5, "mim": 0.0}) == 1.0
 
 
 def test_kd_alpha_zero_is_hard_cross_entropy():

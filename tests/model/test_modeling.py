@@ -133,6 +133,29 @@ def test_generate_greedy_equals_manual_loop(tiny_model):
     assert torch.equal(generated, seq)
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_cached_and_uncached_generation_give_the_same_tokens(tiny_model, beams):
+    inputs = make_inputs(SUBSETS)
+    kwargs = {"max_new_tokens": 10, "min_new_tokens": 10, "do_sample": False, "num_beams": beams}
+    cached = tiny_model.generate(**inputs, **kwargs)
+    uncached = tiny_model.generate(**inputs, **kwargs, use_cache=False)
+    assert cached.shape == (7, 11) and torch.equal(cached, uncached)
+
+
+def test_cached_decoder_logits_match_the_full_prefix(tiny_model):
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    enc = tiny_model.encoder(**make_inputs(SUBSETS))
+    seq = torch.randint(5, 40, (7, 5))
+    with torch.no_grad():
+        full = tiny_model(encoder_outputs=enc, decoder_input_ids=seq).logits
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        steps = [tiny_model(encoder_outputs=enc, decoder_input_ids=seq[:, t:t + 1], past_key_values=cache).logits
+                 for t in range(5)]
+    assert cache.get_seq_length() == 5
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
 def test_generate_beam_and_sampling_run_on_one_modality(tiny_model):
     inputs = make_inputs([("audio",)] * 2)
     beams = tiny_model.generate(input_features=inputs["input_features"], mel_lengths=inputs["mel_lengths"],
@@ -152,3 +175,18 @@ def test_full_preset_sizes_on_meta_device():
     assert 100e6 < counts["audio"] < 130e6
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
     assert parameter_counts("tiny")["total"] < 2e6
+
+
+def test_our_vit_normalises_pixels_with_the_config_statistics():
+    from model.vision import VisionEncoder
+
+    torch.manual_seed(0)
+    normalised = VisionEncoder(tiny_config(image_mean=[0.2, 0.4, 0.6], image_std=[0.5, 0.25, 0.1])).eval()
+    plain = VisionEncoder(tiny_config(image_mean=[0.0] * 3, image_std=[1.0] * 3)).eval()
+    plain.load_state_dict(normalised.state_dict())
+    pixels = torch.rand(2, 3, 32, 32)
+    expected = (pixels - torch.tensor([0.2, 0.4, 0.6])[:, None, None]) / torch.tensor([0.5, 0.25, 0.1])[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(normalised(pixels), plain(expected))
+    with pytest.raises(ValueError, match="positive"):
+        tiny_config(image_std=[1.0, 0.0, 1.0])

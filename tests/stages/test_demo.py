@@ -13,7 +13,7 @@ from stages.common.atomic import read_jsonl
 from stages.common.params import DemoParams, Params
 from tests.stage_runner import make_project, run_stage
 
-PARAMS = Params(seed=3, demo=DemoParams(n_records=70, n_corpus=10, image_size=64, sample_rate=16000,
+PARAMS = Params(seed=3, demo=DemoParams(n_records=70, n_fusion=12, n_corpus=10, image_size=64, sample_rate=16000,
                                         audio_seconds=1.0))
 
 
@@ -26,7 +26,12 @@ def out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def records(out):
-    return read_jsonl(out / "records.jsonl")
+    return [r for r in read_jsonl(out / "records.jsonl") if r.get("group") != "fusion"]
+
+
+@pytest.fixture(scope="module")
+def fusion(out):
+    return [r for r in read_jsonl(out / "records.jsonl") if r.get("group") == "fusion"]
 
 
 def tree_bytes(root):
@@ -89,10 +94,33 @@ def test_audio_pitch_and_pulses_carry_colour_and_shape(out, records):
         assert np.count_nonzero(np.diff(loud.astype(int)) == 1) + loud[0] == demo.PULSES[shape]
 
 
+def test_fusion_records_need_both_inputs(out, fusion):
+    assert len(fusion) == 12 and all(r["id"].startswith("demo-fusion-") for r in fusion)
+    assert Counter(tuple(m for m in demo.MODALITIES if f"{m}_url" in r or m in r) for r in fusion) == {
+        pair: 4 for pair in demo.FUSION_PAIRS}
+    assert {r["answer"] for r in fusion} == {"yes", "no"}
+    for r in fusion:
+        assert r["question"] == demo.FUSION_QUESTIONS[tuple(m for m in demo.MODALITIES if f"{m}_url" in r or m in r)]
+        assert "caption" not in r and "label" not in r  # ambiguous when the inputs disagree
+        colours = []
+        if "image_url" in r:
+            pixels = np.asarray(Image.open(out / r["image_url"])).reshape(-1, 3).astype(int)
+            values, counts = np.unique(pixels[(pixels != pixels[0]).any(axis=1)], axis=0, return_counts=True)
+            dominant = values[counts.argmax()]
+            colours.append(min(demo.COLORS, key=lambda c: np.sum((np.array(demo.COLORS[c]) - dominant) ** 2)))
+        if "audio_url" in r:
+            audio, rate = sf.read(out / r["audio_url"])
+            peak = np.fft.rfftfreq(len(audio), 1 / rate)[np.abs(np.fft.rfft(audio)).argmax()]
+            colours.append(min(demo.PITCH_HZ, key=lambda c: abs(demo.PITCH_HZ[c] - peak)))
+        if "text" in r:
+            colours.append(next(c for c in demo.COLORS if c in r["text"]))
+        assert len(colours) == 2 and r["answer"] == ("yes" if colours[0] == colours[1] else "no"), r
+
+
 def test_module_run_writes_the_demo_dir(tmp_path):
     root = make_project(tmp_path / "project")
-    proc = run_stage("demo", root, "demo.n_records=14", "demo.n_corpus=3")
+    proc = run_stage("demo", root, "demo.n_records=14", "demo.n_fusion=3", "demo.n_corpus=3")
     out = root / "data/sources/demo"
-    assert len(read_jsonl(out / "records.jsonl")) == 14 and len(read_jsonl(out / "corpus.jsonl")) == 3
-    assert "demo: 14 records" in proc.stdout
+    assert len(read_jsonl(out / "records.jsonl")) == 17 and len(read_jsonl(out / "corpus.jsonl")) == 3
+    assert "demo: 14 records" in proc.stdout and "3 fusion records" in proc.stdout
     assert not [p for p in out.parent.iterdir() if p.name != "demo"]  # no temp dirs left behind

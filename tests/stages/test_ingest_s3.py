@@ -8,7 +8,7 @@ from tests.stage_runner import make_project, run_stage
 
 def test_s3_source_is_ingested_like_a_local_one(s3_server, tmp_path):
     local = make_project(tmp_path / "local")
-    run_stage("demo", local, "demo.n_records=14", "demo.n_corpus=2")
+    run_stage("demo", local, "demo.n_records=14", "demo.n_fusion=3", "demo.n_corpus=2")
     fs = s3fs.S3FileSystem()
     fs.mkdir("scrape")
     fs.put(str(local / "data/sources/demo") + "/", "scrape/demo/", recursive=True)
@@ -17,7 +17,7 @@ def test_s3_source_is_ingested_like_a_local_one(s3_server, tmp_path):
     remote = make_project(tmp_path / "remote")
     run_stage("ingest", remote, "data.sources=[s3://scrape/demo/records.jsonl]")
     rows = [json.loads(line) for line in open(remote / "data/raw/manifest.jsonl")]
-    assert len(rows) == 14
+    assert len(rows) == 14 + 3
     assert all(r["image_error"] is None and r["audio_error"] is None for r in rows), rows
     assert sum(r["image"] is not None for r in rows) > 0 and sum(r["audio"] is not None for r in rows) > 0
     # same payload bytes as the local ingest of the same files

@@ -7,6 +7,9 @@ import torch
 
 from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
+from stages.common.baselines import majority
+from stages.common.loader import read_meta
+from stages.common.scoring import SUBSETS, subset_name
 from stages.distill import init_from_teacher, student_config
 from stages.shard import run as shard
 from tests.shard_fixtures import build_validated, shard_params
@@ -33,7 +36,7 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
     distilled = json.loads((project / "metrics/distill.json").read_text())
     assert distilled["student_parameters"] <= 0.5 * distilled["teacher_parameters"]
-    assert {"cls_accuracy", "vqa_accuracy"} <= set(distilled["student"])
+    assert {"cls_accuracy", "vqa_accuracy"} <= set(distilled["student"]["overall"])
     assert not list((project / "checkpoints/distill").glob("step-*"))
 
     run_stage("quantize", project)
@@ -43,15 +46,33 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert not list((project / "models/student-int8").glob("*.bin"))  # safetensors only, nothing pickled
 
     run_stage("evaluate", project, "evaluate.latency_repeats=2", "evaluate.split=val")
-    for variant in ("teacher", "student", "student-int8", "chance"):
+    for variant in ("teacher", "student", "student-int8", "baselines"):
         assert (project / f"metrics/eval/{variant}.json").exists()
     scores = json.loads((project / "metrics/eval/student-int8.json").read_text())
-    for key in ("vqa_accuracy", "cls_accuracy", "cls_macro_f1", "bleu", "rouge_l", "cider", "perplexity",
-                "latency_ms_batch1", "latency_ms_batch32", "image_noise_cls_accuracy", "size_bytes"):
+    rows = scores["rows"]
+    for key in ("vqa_accuracy", "cls_accuracy", "cls_macro_f1", "bleu4", "bleu2", "rouge_l", "cider", "perplexity",
+                "image_noise_cls_accuracy", "n", "few"):
+        assert key in rows["overall"], key
+    for key in ("latency_ms_batch1", "latency_ms_batch32", "size_bytes", "parameters"):
         assert key in scores, key
-    assert 0.0 <= scores["cls_accuracy"] <= 1.0 and scores["perplexity"] >= 1.0
+    # the subsets partition the records: counts add up and the overall accuracy is their n-weighted mean
+    val = [m for m in read_meta(str(project / "data/shards"), "val")]
+    subsets = {k: v for k, v in rows.items() if k in SUBSETS}
+    assert rows["overall"]["n"] == len(val) == sum(v["n"] for v in subsets.values())
+    assert all(v["few"] == (v["n"] < 20) for v in rows.values())
+    labelled = {k: sum(1 for m in val if subset_name(m["modalities"]) == k and m.get("label_index", -1) >= 0)
+                for k in subsets}
+    assert rows["overall"]["cls_accuracy"] == pytest.approx(
+        sum(subsets[k]["cls_accuracy"] * labelled[k] for k in subsets if labelled[k]) / sum(labelled.values()))
+    # the majority baseline is the train split's most frequent label, scored on the val records
+    baselines = json.loads((project / "metrics/eval/baselines.json").read_text())
+    top = majority(m.get("label_index", -1) for m in read_meta(str(project / "data/shards"), "train"))
+    hits = [m["label_index"] == top for m in val if m.get("label_index", -1) >= 0]
+    assert baselines["majority"]["rows"]["overall"]["cls_accuracy"] == pytest.approx(sum(hits) / len(hits))
+    assert baselines["majority"]["train_records"] == len(read_meta(str(project / "data/shards"), "train"))
     report = (project / "reports/report.md").read_text()
-    assert "| metric | teacher | student | student-int8 | chance |" in report and "## Targets" in report
+    assert "| metric | teacher | student | student-int8 | majority | question prior | random ranking |" in report
+    assert "## Per modality subset" in report and "## Targets" in report and "nrefs:1" in report
     assert (project / "metrics/eval/plots/scores.csv").read_text().startswith("variant,metric,value")
 
 

@@ -40,7 +40,7 @@ def main(touch: bool, out: str) -> None:
     fully_shard(model)
     loss = model(inputs[rank], use_a=rank == 0)
     if touch:
-        loss = touch_all({"loss": loss}, model)["loss"]
+        loss = touch_all(loss, model)
     loss.backward()
     for p in model.parameters():  # a parameter this rank left without gradient counts as zero
         if p.grad is None:

@@ -1,0 +1,47 @@
+"""Inference latency of several model variants, measured side by side: interleaved in one process.
+
+One inference = the encoder, the classifier and a greedy caption of exactly `max_new_tokens` tokens, so every
+variant does the same work. Timing variant after variant lets drift (CPU frequency, a noisy neighbour, caches)
+favour whichever ran last; here every round times each variant once, in an order that rotates from round to
+round, and a variant's latency is its median over rounds.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from stages.common.batches import model_inputs
+
+
+def inference(model, batch: dict, max_new_tokens: int) -> Callable[[], None]:
+    inputs = model_inputs(batch)
+
+    @torch.no_grad()
+    def run() -> None:
+        encoded = model.encoder(**inputs)
+        model(encoder_outputs=encoded)
+        model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                       do_sample=False, num_beams=1)
+
+    return run
+
+
+def interleaved_ms(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each callable over `repeats` rounds; round r starts at variant r mod n."""
+    names = list(runs)
+    for name in names:  # warm-up: first-call allocations and kernel selection are not latency
+        runs[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def first_rows(batch: dict, n: int) -> dict:
+    return {k: v[:n] for k, v in batch.items()}

@@ -1,0 +1,55 @@
+import torch
+
+from stages.common.batches import decoder_labels, drop_modalities, present_modalities, with_question
+
+
+def batch_of(subsets, group=None):
+    n = len(subsets)
+    has = {m: torch.tensor([float(m in s) for s in subsets]) for m in ("image", "audio")}
+    return {"ids": [f"r{i}" for i in range(n)],
+            "meta": [{"id": f"r{i}", "modalities": list(s), "group": group} for i, s in enumerate(subsets)],
+            "image": has["image"][:, None, None, None].expand(n, 3, 4, 4).clone(),
+            "image_present": torch.tensor(["image" in s for s in subsets]),
+            "mel": has["audio"][:, None, None].expand(n, 2, 5).clone(),
+            "mel_lengths": torch.tensor([5 if "audio" in s else 0 for s in subsets]),
+            "text_ids": torch.full((n, 3), 7), "text_mask": torch.tensor([[("text" in s)] * 3 for s in subsets])}
+
+
+def test_decoder_labels_and_question_join():
+    ids = torch.tensor([[1, 10, 11, 2, 0]])
+    assert decoder_labels(ids, ids.ne(0)).tolist() == [[10, 11, 2, -100]]
+    batch = {"text_ids": torch.tensor([[1, 5, 2, 0], [0, 0, 0, 0]]),
+             "text_mask": torch.tensor([[True, True, True, False], [False] * 4]),
+             "question_ids": torch.tensor([[1, 8, 2], [1, 9, 2]]), "question_mask": torch.ones(2, 3, dtype=torch.bool)}
+    joined, mask = with_question(batch, pad_id=0)
+    assert joined.tolist() == [[1, 5, 2, 8, 2], [1, 9, 2, 0, 0]]  # the question's <s> dropped after text
+    assert mask.tolist() == [[True] * 5, [True, True, True, False, False]]
+
+
+def test_modality_dropout_keeps_a_non_empty_proper_subset():
+    subsets = [("image", "audio", "text")] * 200 + [("image",)] * 20
+    out = drop_modalities(batch_of(subsets), 1.0, torch.Generator().manual_seed(0))
+    present = {m: v.tolist() for m, v in present_modalities(out).items()}
+    kept = [tuple(m for m in ("image", "audio", "text") if present[m][i]) for i in range(220)]
+    assert all(1 <= len(k) <= 2 for k in kept[:200])  # every one dropped something, none dropped everything
+    assert len(set(kept[:200])) == 6  # all 2^3 - 2 proper subsets occur
+    assert kept[200:] == [("image",)] * 20  # a single input is never dropped
+    assert [m["modalities"] for m in out["meta"]] == [list(k) for k in kept]
+    for i, k in enumerate(kept):  # dropped inputs are zeroed / masked, kept ones untouched
+        assert out["image"][i].sum() == (48 if "image" in k else 0)
+        assert out["mel"][i].sum() == (10 if "audio" in k else 0)
+    # the input batch is not modified
+    assert present_modalities(batch_of(subsets))["audio"].sum() == 200
+
+
+def test_modality_dropout_rate_groups_and_determinism():
+    subsets = [("image", "text")] * 400
+    a = drop_modalities(batch_of(subsets), 0.25, torch.Generator().manual_seed(1))
+    b = drop_modalities(batch_of(subsets), 0.25, torch.Generator().manual_seed(1))
+    dropped = sum(len(m["modalities"]) < 2 for m in a["meta"])
+    assert 60 < dropped < 140  # ~100 of 400
+    assert [m["modalities"] for m in a["meta"]] == [m["modalities"] for m in b["meta"]]
+    fusion = drop_modalities(batch_of(subsets, group="fusion"), 1.0, torch.Generator(), keep_groups=["fusion"])
+    assert all(len(m["modalities"]) == 2 for m in fusion["meta"])
+    untouched = batch_of(subsets)
+    assert drop_modalities(untouched, 0.0, torch.Generator()) is untouched
