@@ -28,6 +28,7 @@ class TrimodalConfig(PreTrainedConfig):
     image_size: int = 64
     patch_size: int = 8
     num_channels: int = 3
+    vision_stem: str = "patch"  # "patch": linear patch projection (ViT); "conv": stride-2 conv stack (model/vision.py)
     # our ViT normalises pixels in [0, 1] per channel, (x - mean) / std (ImageNet statistics by default)
     image_mean: list | None = None
     image_std: list | None = None

@@ -75,6 +75,9 @@ class TrimodalPreTrainedModel(PreTrainedModel):
             module.reset_gate()
         if isinstance(module, VisionEncoder):
             nn.init.normal_(module.pos, std=std)
+            for conv in module.stem or ():  # PyTorch's default (Kaiming) init: at std 0.02 a conv stack starts dead
+                if isinstance(conv, nn.Conv2d):
+                    conv.reset_parameters()
         if isinstance(module, TrimodalForConditionalGeneration):
             nn.init.constant_(module.logit_scale, torch.log(torch.tensor(1 / 0.07)).item())
 

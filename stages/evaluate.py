@@ -138,6 +138,8 @@ MAIN_ROWS = ["vqa_accuracy", "cls_accuracy", "cls_macro_f1", "caption_exact", "b
 RETRIEVAL_ROWS = [f"{pair}_r@{k}" for pair in ("image_text", "audio_text", "image_audio") for k in (1, 5, 10)]
 NOISE_ROWS = [f"{kind}_{k}" for kind in ("image_noise", "audio_noise") for k in NOISE_KEYS]
 SUBSET_TABLES = ["vqa_accuracy", "cls_accuracy", "caption_exact", "bleu4", "cider"]
+COUNT_OF = {"vqa_accuracy": "n_vqa", "cls_accuracy": "n_cls", "caption_exact": "n_caption", "bleu4": "n_caption",
+            "cider": "n_caption"}  # the records a metric is computed over
 FORMATS = {"perplexity": "{:.2f}", "cider": "{:.3f}", "parameters": "{:,}", "size_bytes": "{:,}"}
 
 
@@ -213,7 +215,8 @@ def report(results: dict, p: EvaluateParams) -> str:
                      + " |" * (len(columns) - len(names)) + " |")
     lines += ["", "## Per modality subset", "",
               f"Rows: the modalities a test record carries, and record groups (`group:fusion`: the answer needs two "
-              f"modalities). n = test records in the row; *few* = fewer than {MIN_RECORDS}, read as anecdotes.", ""]
+              f"modalities). n = test records of the row that carry the metric's target; *few* = fewer than "
+              f"{MIN_RECORDS}, read as anecdotes.", ""]
     for key in SUBSET_TABLES:
         row_names = [r for r in results[names[0]]["rows"] if key in results[names[0]]["rows"][r]]
         if not row_names:
@@ -221,7 +224,7 @@ def report(results: dict, p: EvaluateParams) -> str:
         lines += [f"### {key}", "", "| row | n | " + " | ".join(columns[:-1]) + " |",
                   "| --- | ---: |" + " ---: |" * (len(columns) - 1)]
         for row in row_names:
-            n = results[names[0]]["rows"][row]["n"]
+            n = results[names[0]]["rows"][row][COUNT_OF[key]]
             few = " *few*" if n < MIN_RECORDS else ""
             lines.append(f"| {row} | {n}{few} | " + " | ".join(cell(row, key)[:-1]) + " |")
         lines.append("")

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 @dataclass
 class DemoParams:
-    n_records: int = 480
+    n_records: int = 1680  # ~24 test records per modality subset (10% test split)
     n_fusion: int = 240  # records whose answer needs two modalities (group "fusion")
     n_corpus: int = 240
     image_size: int = 64

@@ -77,9 +77,13 @@ def macro_f1(targets: Sequence[int], preds: Sequence[int]) -> float:
 
 
 def task_scores(records: Sequence[dict], extra_bleu_order: int = 0) -> dict:
-    """Every task metric over `records` (only those that carry the metric's target count for it)."""
+    """Every task metric over `records`; each counts only the records carrying its target, and n_caption /
+    n_vqa / n_cls say how many those are (n: all records, targetless ones such as a text corpus included)."""
     scores: dict = {}
     captioned = [r for r in records if r.get("caption")]
+    answered = [r for r in records if r.get("answer")]
+    labelled = [r for r in records if r.get("label", -1) >= 0]
+    scores["n_caption"], scores["n_vqa"], scores["n_cls"] = len(captioned), len(answered), len(labelled)
     if captioned:
         hyps, refs = [r["caption_pred"] for r in captioned], [r["caption"] for r in captioned]
         scores["caption_exact"] = statistics.fmean(h == r for h, r in zip(hyps, refs, strict=True))
@@ -94,10 +98,8 @@ def task_scores(records: Sequence[dict], extra_bleu_order: int = 0) -> dict:
         tokens = sum(r.get("tokens", 0) for r in captioned)
         if tokens:
             scores["perplexity"] = math.exp(sum(r["nll"] for r in captioned) / tokens)
-    answered = [r for r in records if r.get("answer")]
     if answered:
         scores["vqa_accuracy"] = statistics.fmean(r["answer_pred"] == r["answer"] for r in answered)
-    labelled = [r for r in records if r.get("label", -1) >= 0]
     if labelled:
         targets, preds = [r["label"] for r in labelled], [r["label_pred"] for r in labelled]
         scores["cls_accuracy"] = statistics.fmean(t == p for t, p in zip(targets, preds, strict=True))
@@ -120,10 +122,12 @@ def groups(records: Sequence[dict]) -> dict[str, list[dict]]:
 
 
 def by_subset(records: Sequence[dict], score: Callable[[Sequence[dict]], dict] = task_scores) -> dict[str, dict]:
-    """score() of every row of `groups`, each with n and `few` (n < MIN_RECORDS)."""
+    """score() of every row of `groups`, each with n (records), n_scored (records with any target) and `few`
+    (n_scored < MIN_RECORDS)."""
     out = {}
     for name, members in groups(records).items():
-        out[name] = {**score(members), "n": len(members), "few": len(members) < MIN_RECORDS}
+        scored = sum(1 for r in members if r.get("caption") or r.get("answer") or r.get("label", -1) >= 0)
+        out[name] = {**score(members), "n": len(members), "n_scored": scored, "few": scored < MIN_RECORDS}
     return out
 
 

@@ -190,3 +190,23 @@ def test_our_vit_normalises_pixels_with_the_config_statistics():
         torch.testing.assert_close(normalised(pixels), plain(expected))
     with pytest.raises(ValueError, match="positive"):
         tiny_config(image_std=[1.0, 0.0, 1.0])
+
+
+def test_conv_stem_gives_one_token_per_patch_and_hides_masked_patches():
+    from model.vision import VisionEncoder, conv_stem
+
+    torch.manual_seed(0)
+    encoder = VisionEncoder(tiny_config(vision_stem="conv")).eval()
+    assert [m.stride for m in encoder.stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 3  # patch 8 = 2^3
+    pixels = torch.rand(1, 3, 32, 32)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, 5] = True  # patch (row 1, column 1): pixels 8..15 x 8..15
+    changed = pixels.clone()
+    changed[:, :, 8:16, 8:16] = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert encoder(pixels).shape == (1, 16, 64)
+        # what lies under a masked patch cannot reach any token
+        torch.testing.assert_close(encoder(pixels, mask), encoder(changed, mask))
+        assert not torch.allclose(encoder(pixels), encoder(changed))
+    with pytest.raises(ValueError, match="power-of-two"):
+        conv_stem(3, 64, 6)

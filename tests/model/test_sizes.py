@@ -54,4 +54,4 @@ def test_without_memory_the_parameter_table_is_unchanged(capsys):
     main(["tiny"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == ["| component | tiny |", "| --- | ---: |"]
-    assert lines[-1].startswith("| total | 1.05 M |")
+    assert lines[-1].startswith("| total | 1.06 M |")

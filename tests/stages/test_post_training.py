@@ -59,7 +59,7 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     val = [m for m in read_meta(str(project / "data/shards"), "val")]
     subsets = {k: v for k, v in rows.items() if k in SUBSETS}
     assert rows["overall"]["n"] == len(val) == sum(v["n"] for v in subsets.values())
-    assert all(v["few"] == (v["n"] < 20) for v in rows.values())
+    assert all(v["few"] == (v["n_scored"] < 20) for v in rows.values())
     labelled = {k: sum(1 for m in val if subset_name(m["modalities"]) == k and m.get("label_index", -1) >= 0)
                 for k in subsets}
     assert rows["overall"]["cls_accuracy"] == pytest.approx(

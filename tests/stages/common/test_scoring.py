@@ -55,7 +55,7 @@ def test_task_scores_by_hand():
                rec(2, answer="blue", pred_answer="blue"),  # no caption, no label
                rec(3, label=2, pred_label=2)]
     s = task_scores(records, extra_bleu_order=2)
-    assert s["n"] == 4
+    assert s["n"] == 4 and (s["n_caption"], s["n_vqa"], s["n_cls"]) == (2, 3, 3)
     assert s["caption_exact"] == 0.5
     assert s["vqa_accuracy"] == pytest.approx(2 / 3)
     assert s["cls_accuracy"] == pytest.approx(2 / 3)
@@ -80,9 +80,11 @@ def test_cider_idf_comes_from_the_whole_split():
 def test_by_subset_rows_counts_and_few_flag():
     records = [rec(i, subset="image", label=0, pred_label=i % 2) for i in range(4)]
     records += [rec(10 + i, subset="audio+text", label=1, pred_label=1, group="fusion") for i in range(25)]
+    records += [rec(40 + i, subset="image") for i in range(30)]  # no target (a corpus line): not scored
     rows = by_subset(records)
     assert list(rows) == ["overall", "image", "audio+text", "group:fusion"]
-    assert rows["overall"]["n"] == 29 and rows["image"]["n"] == 4 and rows["audio+text"]["n"] == 25
+    assert rows["overall"]["n"] == 59 and rows["image"]["n"] == 34 and rows["audio+text"]["n"] == 25
+    assert rows["image"]["n_scored"] == rows["image"]["n_cls"] == 4
     assert rows["image"]["few"] and not rows["audio+text"]["few"]
     assert rows["image"]["cls_accuracy"] == 0.5 and rows["audio+text"]["cls_accuracy"] == 1.0
     assert rows["overall"]["cls_accuracy"] == pytest.approx(27 / 29)
