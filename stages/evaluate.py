@@ -161,7 +161,7 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
     t, s, q = results["teacher"], results["student"], results["student-int8"]
     rows = [("student parameters <= 0.5x teacher", f"{s['parameters'] / t['parameters']:.3f}x",
              s["parameters"] <= 0.5 * t["parameters"])]
-    for key in ("vqa_accuracy", "cls_accuracy"):
+    for key in ("vqa_accuracy", "cls_accuracy", "caption_exact"):
         scored = [row for row in t["rows"] if key in t["rows"][row]]
         worst = min(scored, key=lambda row: s["rows"][row][key] - 0.97 * t["rows"][row][key])
         student, teacher = s["rows"][worst][key], t["rows"][worst][key]
