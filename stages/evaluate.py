@@ -34,7 +34,16 @@ from stages.common.latency import first_rows, inference, interleaved_ms
 from stages.common.loader import make_loader, read_index, read_meta
 from stages.common.params import EvaluateParams, load_params
 from stages.common.predict import fill_cider, predict, record_of
-from stages.common.scoring import MIN_RECORDS, bleu_signature, by_subset, groups, retrieval_scores, task_scores
+from stages.common.scoring import (
+    MIN_RECORDS,
+    PAIRS,
+    TOP_K,
+    answer_scores,
+    bleu_signature,
+    by_subset,
+    retrieval_by_row,
+    task_scores,
+)
 
 VARIANTS = {"teacher": Path("models/teacher"), "student": Path("models/student"),
             "student-int8": Path("models/student-int8")}
@@ -62,37 +71,32 @@ def parameter_count(path: Path) -> int:
 
 
 def score_variant(model, tokenizer, shards: str, p: EvaluateParams, seed: int) -> dict:
-    """{"rows": {row: task + retrieval + noise scores}} of one model on the split."""
+    """One model on the split: {"rows": {row: task + retrieval + noise scores}, "records": its clean predicted
+    records, "random_ranking": {row: random-ranking recall@k over the same retrieval galleries}}."""
     clean = predict(model, tokenizer, shards, p.split, p.batch_size, p.max_new_tokens, seed=seed)
-    records = clean["records"]
-    rows = by_subset(records, lambda rs: task_scores(rs, p.extra_bleu_order))
-    positions = {id(r): i for i, r in enumerate(records)}
-    for name, members in groups(records).items():
-        rows[name].update(retrieval_scores(records, clean["embeddings"], clean["present"],
-                                           [positions[id(r)] for r in members])[0])
+    rows = by_subset(clean["records"], lambda rs: task_scores(rs, p.extra_bleu_order))
+    retrieval, random_ranking = retrieval_by_row(clean["records"], clean["embeddings"], clean["present"])
+    for name, scores in retrieval.items():
+        rows[name].update(scores)
     for kind, noise in (("image_noise", (p.image_noise_std, 0.0)), ("audio_noise", (0.0, p.audio_noise_std))):
-        noisy = predict(model, tokenizer, shards, p.split, p.batch_size, p.max_new_tokens, *noise, seed=seed)
-        for name, scores in by_subset(noisy["records"]).items():
+        noisy = predict(model, tokenizer, shards, p.split, p.batch_size, p.max_new_tokens, *noise, seed=seed,
+                        captions=False)
+        for name, scores in by_subset(noisy["records"], answer_scores).items():
             rows[name].update({f"{kind}_{k}": scores[k] for k in NOISE_KEYS if k in scores})
-    return {"rows": rows, "_clean": clean}
+    return {"rows": rows, "records": clean["records"], "random_ranking": random_ranking}
 
 
-def score_baselines(shards: str, p: EvaluateParams, test: dict) -> dict:
-    """The baselines' rows, from train-split targets applied to the test records of a variant's prediction."""
+def score_baselines(shards: str, p: EvaluateParams, scored: dict) -> dict:
+    """The baselines' rows: train-split targets applied to the test records of a variant's `score_variant`."""
     train = [record_of(meta) for meta in read_meta(shards, "train")]
-    records = test["records"]
     out = {}
-    for name, predicted in (("majority", majority_baseline(train, records)),
-                            ("question_prior", question_prior_baseline(train, records, p.question_type_words))):
+    for name, predicted in (("majority", majority_baseline(train, scored["records"])),
+                            ("question_prior", question_prior_baseline(train, scored["records"],
+                                                                       p.question_type_words))):
         fill_cider(predicted)
         out[name] = {"rows": by_subset(predicted, lambda rs: task_scores(rs, p.extra_bleu_order)),
                      "train_records": len(train)}
-    positions = {id(r): i for i, r in enumerate(records)}
-    random_rows = {}
-    for name, members in groups(records).items():
-        random_rows[name] = retrieval_scores(records, test["embeddings"], test["present"],
-                                             [positions[id(r)] for r in members])[1]
-    out["random_ranking"] = {"rows": random_rows}
+    out["random_ranking"] = {"rows": scored["random_ranking"]}
     return out
 
 
@@ -120,22 +124,22 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
         if not path.exists():
             raise FileNotFoundError(f"evaluate: {path} not found (run the stage that writes it first)")
     models = {name: load_variant(path) for name, path in variants.items()}
-    results, clean = {}, None
+    results, first = {}, None
     for name, path in variants.items():
         scored = score_variant(models[name], AutoTokenizer.from_pretrained(path), shards, p, seed)
-        clean = scored["_clean"] if clean is None else clean
+        first = first or scored  # the test targets, and so the baselines, are the same for every variant
         results[name] = {"rows": scored["rows"], "parameters": parameter_count(path), "size_bytes": weights_bytes(path)}
         print(f"evaluate: {name}: " + json.dumps({k: round(v, 4) for k, v in scored["rows"]["overall"].items()
                                                   if isinstance(v, float)}))
     for name, timed in latencies(models, shards, p).items():
         results[name].update(timed)
-    results["baselines"] = score_baselines(shards, p, clean)
+    results["baselines"] = score_baselines(shards, p, first)
     return results
 
 
 MAIN_ROWS = ["vqa_accuracy", "cls_accuracy", "cls_macro_f1", "caption_exact", "bleu4", "rouge_l", "cider",
              "perplexity"]
-RETRIEVAL_ROWS = [f"{pair}_r@{k}" for pair in ("image_text", "audio_text", "image_audio") for k in (1, 5, 10)]
+RETRIEVAL_ROWS = [f"{pair}_r@{k}" for pair in PAIRS for k in TOP_K]
 NOISE_ROWS = [f"{kind}_{k}" for kind in ("image_noise", "audio_noise") for k in NOISE_KEYS]
 SUBSET_TABLES = ["vqa_accuracy", "cls_accuracy", "caption_exact", "bleu4", "cider"]
 COUNT_OF = {"vqa_accuracy": "n_vqa", "cls_accuracy": "n_cls", "caption_exact": "n_caption", "bleu4": "n_caption",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from stages.common.records import MODALITIES
+
 
 def model_inputs(batch: dict) -> dict:
     """Loader batch (stages.common.loader) -> the model's encoder arguments."""
@@ -37,8 +39,6 @@ def with_question(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
     lengths = torch.tensor([len(r) for r in rows], device=device)
     return ids, ids.ne(pad_id) & (torch.arange(width, device=device)[None] < lengths[:, None])
 
-
-MODALITIES = ("image", "audio", "text")
 
 
 def present_modalities(batch: dict) -> dict[str, torch.Tensor]:

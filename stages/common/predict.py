@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from stages.common.batches import decoder_labels, model_inputs, to_device, with_question
 from stages.common.loader import make_loader
-from stages.common.scoring import MODALITIES, by_subset, cider_per_record, subset_name
+from stages.common.records import MODALITIES
+from stages.common.scoring import by_subset, cider_per_record, subset_name
 
 ANSWER_TOKENS = 6  # answers are a word or two
 
@@ -40,9 +41,10 @@ def _decode(tokenizer, ids: torch.Tensor) -> list[str]:
 
 @torch.no_grad()
 def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_tokens: int = 12,
-            image_std: float = 0.0, audio_std: float = 0.0, seed: int = 0) -> dict:
+            image_std: float = 0.0, audio_std: float = 0.0, seed: int = 0, captions: bool = True) -> dict:
     """{"records": [...], "embeddings": {modality: [N, D] unit vectors}, "present": {modality: [N] bool}};
-    every record's CIDEr is filled in against the references of the whole split."""
+    every record's CIDEr is filled in against the references of the whole split. captions=False skips the
+    greedy captions (and CIDEr) when only answers and classes are scored: `caption_pred` is then absent."""
     device = next(model.parameters()).device
     out = {"records": [], "embeddings": {m: [] for m in MODALITIES}, "present": {m: [] for m in MODALITIES}}
     generator = torch.Generator().manual_seed(seed)
@@ -54,8 +56,8 @@ def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_
         forced = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
         nll = F.cross_entropy(forced.logits.float().transpose(1, 2), caption, ignore_index=-100,
                               reduction="none").sum(1)
-        captions = _decode(tokenizer, model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens,
-                                                     do_sample=False, num_beams=1))
+        generated = _decode(tokenizer, model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens,
+                                                      do_sample=False, num_beams=1)) if captions else None
         text_ids, text_mask = with_question(batch, model.config.pad_token_id)
         answers = _decode(tokenizer, model.generate(**{**inputs, "text_ids": text_ids, "text_mask": text_mask},
                                                     max_new_tokens=ANSWER_TOKENS, do_sample=False, num_beams=1))
@@ -70,12 +72,15 @@ def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_
                 out["embeddings"][modality].append(torch.zeros(size, model.config.projection_dim))
                 out["present"][modality].append(torch.zeros(size, dtype=torch.bool))
         for i, meta in enumerate(batch["meta"]):
-            out["records"].append({**record_of(meta), "caption_pred": captions[i], "answer_pred": answers[i],
-                                   "label_pred": classes[i], "nll": float(nll[i]),
-                                   "tokens": int(caption[i].ne(-100).sum())})
+            record = {**record_of(meta), "answer_pred": answers[i], "label_pred": classes[i], "nll": float(nll[i]),
+                      "tokens": int(caption[i].ne(-100).sum())}
+            if generated is not None:
+                record["caption_pred"] = generated[i]
+            out["records"].append(record)
     for key in ("embeddings", "present"):
         out[key] = {m: torch.cat(v) if v else torch.zeros(0) for m, v in out[key].items()}
-    fill_cider(out["records"])
+    if captions:
+        fill_cider(out["records"])
     return out
 
 

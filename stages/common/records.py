@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
+MODALITIES = ("image", "audio", "text")  # the inputs a record may carry, in the order every report lists them
 INPUT_FIELDS = ("image_url", "audio_url", "text")
 TARGET_FIELDS = ("caption", "question", "answer", "label")
 TEXT_FIELDS = ("text", "caption", "question", "answer", "label")

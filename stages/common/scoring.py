@@ -28,7 +28,8 @@ from pycocoevalcap.cider.cider import Cider
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
-MODALITIES = ("image", "audio", "text")
+from stages.common.records import MODALITIES
+
 # the 7 non-empty subsets, singles first, in MODALITIES order within each size
 SUBSETS = tuple("+".join(m for j, m in enumerate(MODALITIES) if mask >> j & 1)
                 for mask in sorted(range(1, 2 ** len(MODALITIES)), key=lambda m: (bin(m).count("1"), m)))
@@ -81,9 +82,7 @@ def task_scores(records: Sequence[dict], extra_bleu_order: int = 0) -> dict:
     n_vqa / n_cls say how many those are (n: all records, targetless ones such as a text corpus included)."""
     scores: dict = {}
     captioned = [r for r in records if r.get("caption")]
-    answered = [r for r in records if r.get("answer")]
-    labelled = [r for r in records if r.get("label", -1) >= 0]
-    scores["n_caption"], scores["n_vqa"], scores["n_cls"] = len(captioned), len(answered), len(labelled)
+    scores["n_caption"] = len(captioned)
     if captioned:
         hyps, refs = [r["caption_pred"] for r in captioned], [r["caption"] for r in captioned]
         scores["caption_exact"] = statistics.fmean(h == r for h, r in zip(hyps, refs, strict=True))
@@ -98,6 +97,15 @@ def task_scores(records: Sequence[dict], extra_bleu_order: int = 0) -> dict:
         tokens = sum(r.get("tokens", 0) for r in captioned)
         if tokens:
             scores["perplexity"] = math.exp(sum(r["nll"] for r in captioned) / tokens)
+    return {**scores, **answer_scores(records)}
+
+
+def answer_scores(records: Sequence[dict]) -> dict:
+    """The VQA and classification part of `task_scores` (what the robustness runs need: no captions)."""
+    scores: dict = {}
+    answered = [r for r in records if r.get("answer")]
+    labelled = [r for r in records if r.get("label", -1) >= 0]
+    scores["n_vqa"], scores["n_cls"] = len(answered), len(labelled)
     if answered:
         scores["vqa_accuracy"] = statistics.fmean(r["answer_pred"] == r["answer"] for r in answered)
     if labelled:
@@ -177,4 +185,14 @@ def retrieval_scores(records: Sequence[dict], embeddings: dict[str, torch.Tensor
         for k in TOP_K:
             scores[f"{name}_r@{k}"] = recall_at_k(sims, relevant, k)
             chance[f"{name}_r@{k}"] = random_recall_at_k(relevant, k)
+    return scores, chance
+
+
+def retrieval_by_row(records: Sequence[dict], embeddings: dict[str, torch.Tensor],
+                     present: dict[str, torch.Tensor]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """`retrieval_scores` for every row of `groups`: (model recall@k per row, random-ranking recall@k per row)."""
+    positions = {id(r): i for i, r in enumerate(records)}
+    scores, chance = {}, {}
+    for name, members in groups(records).items():
+        scores[name], chance[name] = retrieval_scores(records, embeddings, present, [positions[id(r)] for r in members])
     return scores, chance
