@@ -26,18 +26,26 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / labels.ne(IGNORE_INDEX).sum().clamp(min=1)
 
 
-def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
+                     positives: torch.Tensor | None = None) -> torch.Tensor:
     """L_ITC of seed 2.3: 1/2 (L_i2t + L_t2i), symmetric InfoNCE over N pairs (a_i, b_i), divided by N.
 
     s_ij = exp(logit_scale) * cos(a_i, b_j): sim = cosine similarity, logit_scale = log(1/tau) is learnable and
     exp(logit_scale) is clamped at 100 (CLIP). a, b [N, D]. With N < 2 there are no negatives: returns 0.0.
+    positives [N, N] bool (diagonal True) marks pairs that describe the same thing (e.g. identical captions):
+    the target of row i is then uniform over its positives instead of one-hot on i, so duplicates in a batch
+    are not pushed apart (with few distinct contents per batch, one-hot targets make the encoders learn
+    nuisance detail to tell duplicates apart, and the supervised heads that share them stall).
     """
     if a.shape[0] < 2:
         return (a.sum() + b.sum() + logit_scale.sum()) * 0.0
     scale = logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
     s = scale * F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T  # [N, N], s[i, j]
-    target = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.T, target))
+    if positives is None:
+        target = torch.arange(a.shape[0], device=a.device)
+        return 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.T, target))
+    t = positives.to(s.dtype)
+    return 0.5 * (F.cross_entropy(s, t / t.sum(1, keepdim=True)) + F.cross_entropy(s.T, t.T / t.T.sum(1, keepdim=True)))
 
 
 def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

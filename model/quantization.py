@@ -8,6 +8,8 @@ Scheme (torch.ao eager mode, x86 backend):
     nn.Embedding,  weights per output row / channel, symmetric int8, stored as int8 and dequantized when
     nn.Conv1d/2d   loaded (weight-only: these save disk, not time).
     the rest       (norms, biases, positions, logit scales) stays fp32.
+Linears named in `keep_fp32` (the fragile ones a sensitivity sweep finds, `layer_sensitivity`) stay float and
+are stored as float; so does the embedding tied to a kept LM head (weight-only int8 then).
 
 File: model.int8.safetensors (layout in `export_int8`): int8 weights, their scales, the calibrated activation
 scales and zero points, and every other tensor as is. No pickle anywhere: `load_int8` rebuilds the modules
@@ -15,7 +17,7 @@ from these numbers.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
 
 WEIGHTS = "model.int8.safetensors"
+SENSITIVITY = "sensitivity.json"  # written beside WEIGHTS by stages/quantize.py: which Linears stayed float, why
 ENGINE = "x86"
 WEIGHT_ONLY = (nn.Embedding, nn.Conv1d, nn.Conv2d)  # and every other >= 2-D parameter (position tables)
 TIED = TrimodalForConditionalGeneration._tied_weights_keys  # Linear weight -> the embedding it shares
@@ -88,14 +91,17 @@ def calibration_pass(model: TrimodalForConditionalGeneration, kwargs: dict) -> N
         heads[modality](encoded.last_hidden_state[:, segment])
 
 
-def quantize_model(model: TrimodalForConditionalGeneration, batches: Iterable[dict]) -> nn.Module:
-    """Static INT8 of every Linear, activation ranges observed on `batches` (the model's forward kwargs)."""
+def quantize_model(model: TrimodalForConditionalGeneration, batches: Iterable[dict],
+                   keep_fp32: Collection[str] = ()) -> nn.Module:
+    """Static INT8 of every Linear but those named in keep_fp32, activation ranges observed on `batches` (the
+    model's forward kwargs)."""
     _set_engine()
-    model = model.eval()
-    with torch.no_grad():  # weight-only tensors: round them now, so calibration sees what is stored
-        for param in _weight_only(model).values():
-            param.copy_(_dequantize(*_per_channel(param)))
-    names = _linears(model)
+    model = model.eval()  # weight-only tensors are rounded first, so calibration sees what is stored
+    unknown = set(keep_fp32) - set(_linears(model))
+    if unknown:
+        raise ValueError(f"keep_fp32 names no Linear of the model: {sorted(unknown)}")
+    names = [name for name in _linears(model) if name not in keep_fp32]
+    round_weight_only(model, names)
     qconfig = get_default_qconfig(ENGINE)  # per-channel symmetric weights, histogram-calibrated activations
     for name in names:
         wrapper = QuantWrapper(model.get_submodule(name))
@@ -113,21 +119,59 @@ def quantize_model(model: TrimodalForConditionalGeneration, batches: Iterable[di
     for name in names:
         _replace(model, name, Int8Linear.from_converted(model.get_submodule(name)))
     with torch.no_grad():  # a tied embedding reads the integers its Linear stores
-        for embedding, linear in _tied(model.config).items():
+        for embedding, linear in _tied(model.config, names).items():
             model.get_submodule(embedding).weight.copy_(model.get_submodule(linear).weight_q.dequantize())
     return model
 
 
-def _tied(config: TrimodalConfig) -> dict[str, str]:
-    """embedding module -> the Linear module sharing its weight (the LM head), when the config ties them."""
+def int8_linears(model: nn.Module) -> dict[str, Int8Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+
+
+def swap_in(model: nn.Module, modules: dict[str, nn.Module]) -> nn.Module:
+    """Put each module at its dotted name in `model`, in place (e.g. INT8 Linears into a float model)."""
+    for name, module in modules.items():
+        _replace(model, name, module)
+    return model
+
+
+def round_weight_only(model: nn.Module, int8: Collection[str] = ()) -> nn.Module:
+    """Round the weight-only tensors (embeddings, convs, position tables) to their stored int8 values, in place,
+    as quantize_model does: a float model that differs from the INT8 one only in its Linears."""
+    with torch.no_grad():
+        for param in _weight_only(model, int8).values():
+            param.copy_(_dequantize(*_per_channel(param)))
+    return model
+
+
+def layer_sensitivity(fp32: nn.Module, quantized: nn.Module, score: Callable[[nn.Module], float]) -> dict[str, float]:
+    """The one-at-a-time sweep: per INT8 Linear of `quantized`, score(fp32 model with only that Linear in INT8)
+    (e.g. a divergence from the float outputs: larger = more fragile). `fp32` should have its weight-only
+    tensors rounded (round_weight_only) so the sweep isolates the Linears; it is restored after each layer."""
+    out = {}
+    for name, module in int8_linears(quantized).items():
+        original = fp32.get_submodule(name)
+        _replace(fp32, name, module)
+        try:
+            out[name] = score(fp32)
+        finally:
+            _replace(fp32, name, original)
+    return out
+
+
+def _tied(config: TrimodalConfig, int8: Collection[str]) -> dict[str, str]:
+    """embedding module -> the INT8 Linear (among the names in `int8`) sharing its weight (the LM head), when
+    the config ties them. A tied Linear kept in float leaves its embedding an ordinary weight-only tensor."""
     if not config.tie_word_embeddings:
         return {}
-    return {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in TIED.items()}
+    pairs = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in TIED.items()}
+    return {embedding: linear for embedding, linear in pairs.items() if linear in int8}
 
 
-def _weight_only(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parameters stored as int8 but computed in fp32: embedding and conv weights, other >= 2-D parameters."""
-    tied = _tied(model.config)
+def _weight_only(model: nn.Module, int8: Collection[str]) -> dict[str, nn.Parameter]:
+    """Parameters stored as int8 but computed in fp32: embedding and conv weights, other >= 2-D parameters
+    (`int8`: the Linears that are, or will be, INT8)."""
+    tied = _tied(model.config, int8)
     found = {}
     for name, module in model.named_modules():
         if type(module) is nn.Linear or isinstance(module, QuantWrapper | Int8Linear) or name in tied:
@@ -161,12 +205,12 @@ def export_int8(model: nn.Module, config: TrimodalConfig, out_dir: Path) -> dict
 
     Per Linear: `<name>.int8` and `<name>.qparams` = [per-channel weight scales..., input scale, input zero
     point, output scale, output zero point] (weight zero points are 0: symmetric); per weight-only parameter
-    `<name>.int8` and `<name>.scales`. An embedding tied to a Linear (the LM head's) is not stored: it is
-    rebuilt from that Linear's integers and scales.
+    `<name>.int8` and `<name>.scales`; a Linear kept in float, its plain weight and bias. An embedding tied to
+    an INT8 Linear (the LM head's) is not stored: it is rebuilt from that Linear's integers and scales.
     """
     tensors: dict[str, torch.Tensor] = {}
     linears, weight_only = set(), set()
-    tied = _tied(config)
+    tied = _tied(config, int8_linears(model))
     for name, module in model.named_modules():
         if isinstance(module, Int8Linear):
             weight, bias = module.weight_q, module.bias_f
@@ -177,7 +221,7 @@ def export_int8(model: nn.Module, config: TrimodalConfig, out_dir: Path) -> dict
             if bias is not None:
                 tensors[f"{name}.bias"] = bias.detach().contiguous()
             linears.add(name)
-    for name, param in _weight_only(model).items():
+    for name, param in _weight_only(model, linears).items():
         tensors[f"{name}.int8"], tensors[f"{name}.scales"] = _per_channel(param)
         weight_only.add(name)
     weight_only |= {f"{embedding}.weight" for embedding in tied}
@@ -211,7 +255,7 @@ def load_int8(model_dir: str | Path) -> nn.Module:
     weight_only = {k.removesuffix(".scales") for k in tensors if k.endswith(".scales")}
     plain = {key: _dequantize(tensors[f"{key}.int8"], tensors[f"{key}.scales"]) for key in weight_only}
     plain.update({k: v for k, v in tensors.items() if not k.endswith((".int8", ".qparams", ".scales"))})
-    for embedding, linear in _tied(config).items():
+    for embedding, linear in _tied(config, linears).items():
         plain[f"{embedding}.weight"] = _dequantize(tensors[f"{linear}.int8"], tensors[f"{linear}.qparams"][:-4])
     expected = {k for k in model.state_dict() if k.rsplit(".", 1)[0] not in linears}
     if expected - set(plain):

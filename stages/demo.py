@@ -4,6 +4,9 @@ Every record is one coloured shape. Each input modality carries the whole conten
 non-empty subset of {image, audio, text} is enough to answer the record's question:
   image  the shape drawn in its colour on a light grey background (jittered position and size)
   audio  colour -> tone pitch, shape -> number of tone pulses (circle 1, square 2, triangle 3)
+The default has 3 shapes and 4 colours; `demo.n_shapes` / `demo.n_colors` (up to 8 each) and `demo.noise` make
+the harder, fine-grained variant of conf/demo/hard.yaml (orange next to red, pitches 0.43 octave apart, up to 8
+tone pulses, noisy pixels and audio).
   text   a templated sentence naming colour and shape
 Fusion records (`demo.n_fusion`, group "fusion") need two modalities for one answer: a pair of inputs showing
 the same shape, the second in the first's colour or (half the time) another one, and the question whether the
@@ -31,10 +34,25 @@ from stages.common.atomic import atomic_dir, write_jsonl
 from stages.common.params import DemoParams, Params, load_params
 
 OUT_DIR = Path("data/sources/demo")
-SHAPES = ("circle", "square", "triangle")
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
-PITCH_HZ = {"red": 300.0, "green": 600.0, "blue": 1200.0, "yellow": 2400.0}  # octaves apart: unmistakable
-PULSES = {"circle": 1, "square": 2, "triangle": 3}
+# demo.n_shapes / demo.n_colors take the first n of these; the defaults (3, 4) are the easy demo, 8 and 8 the
+# fine-grained one (conf/demo/hard.yaml: similar hues such as orange/red, close pitches, more tone pulses)
+ALL_SHAPES = ("circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross")
+ALL_COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
+              "orange": (240, 130, 30), "purple": (140, 60, 190), "cyan": (40, 180, 200), "pink": (230, 120, 170)}
+
+
+def palette(n_shapes: int, n_colors: int) -> tuple[tuple[str, ...], dict, dict, dict]:
+    """(shapes, colour -> RGB, colour -> tone pitch, shape -> tone pulses) of a demo with that many of each.
+    Pitches span 300-2400 Hz evenly on a log scale (4 colours: octaves apart, unmistakable)."""
+    if not 1 <= n_shapes <= len(ALL_SHAPES) or not 1 <= n_colors <= len(ALL_COLORS):
+        raise ValueError(f"demo.n_shapes must be in 1..{len(ALL_SHAPES)} and demo.n_colors in 1..{len(ALL_COLORS)}, "
+                         f"got {n_shapes} and {n_colors}")
+    shapes, colors = ALL_SHAPES[:n_shapes], dict(list(ALL_COLORS.items())[:n_colors])
+    pitch = {c: 300.0 * 2 ** (3 * i / max(1, n_colors - 1)) for i, c in enumerate(colors)}
+    return shapes, colors, pitch, {s: i + 1 for i, s in enumerate(shapes)}
+
+
+SHAPES, COLORS, PITCH_HZ, PULSES = palette(3, 4)  # the default demo
 MODALITIES = ("image", "audio", "text")
 SUBSETS = tuple(  # all 7 non-empty subsets of MODALITIES
     tuple(m for j, m in enumerate(MODALITIES) if mask >> j & 1) for mask in range(1, 2 ** len(MODALITIES))
@@ -57,38 +75,62 @@ def rng_for(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
 
 
-def draw_shape(shape: str, color: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """`shape` filled with `color`, 40-70% of the side, at a random position on a light grey background."""
+def regular_polygon(cx: float, cy: float, radius: float, corners: int, start: float = -np.pi / 2) -> list:
+    angles = start + 2 * np.pi * np.arange(corners) / corners
+    return [(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in angles]
+
+
+def draw_shape(shape: str, rgb: tuple[int, int, int], size: int, rng: np.random.Generator, noise: float = 0.0
+               ) -> Image.Image:
+    """`shape` filled with colour `rgb`, 40-70% of the side, at a random position on a light grey background;
+    noise > 0 adds Gaussian pixel noise of std noise * 128."""
     grey = int(rng.integers(200, 236))
     image = Image.new("RGB", (size, size), (grey, grey, grey))
     side = int(rng.integers(int(0.4 * size), int(0.7 * size) + 1))
     margin = max(1, size // 16)  # never touches the border: the corners always show the background
     x0, y0 = (int(v) for v in rng.integers(margin, size - side - margin + 1, size=2))
     x1, y1 = x0 + side - 1, y0 + side - 1
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (side - 1) / 2
     draw = ImageDraw.Draw(image)
     if shape == "circle":
-        draw.ellipse((x0, y0, x1, y1), fill=COLORS[color])
+        draw.ellipse((x0, y0, x1, y1), fill=rgb)
     elif shape == "square":
-        draw.rectangle((x0, y0, x1, y1), fill=COLORS[color])
-    else:
-        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=COLORS[color])
+        draw.rectangle((x0, y0, x1, y1), fill=rgb)
+    elif shape == "triangle":
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=rgb)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=rgb)
+    elif shape in ("pentagon", "hexagon"):
+        draw.polygon(regular_polygon(cx, cy, r, 5 if shape == "pentagon" else 6), fill=rgb)
+    elif shape == "star":
+        outer, inner = regular_polygon(cx, cy, r, 5), regular_polygon(cx, cy, 0.4 * r, 5, -np.pi / 2 + np.pi / 5)
+        draw.polygon([p for pair in zip(outer, inner, strict=True) for p in pair], fill=rgb)
+    else:  # cross: two bars a third of the side wide
+        w = side / 3
+        draw.rectangle((x0, cy - w / 2, x1, cy + w / 2), fill=rgb)
+        draw.rectangle((cx - w / 2, y0, cx + w / 2, y1), fill=rgb)
+    if noise > 0:
+        pixels = np.asarray(image, dtype=np.float64) + rng.normal(0.0, noise * 128, (size, size, 3))
+        image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
     return image
 
 
-def synthesize_audio(shape: str, color: str, sample_rate: int, seconds: float,
-                     rng: np.random.Generator) -> np.ndarray:
-    """PULSES[shape] tone bursts at PITCH_HZ[color], jittered in amplitude and onset, plus a little noise."""
+def synthesize_audio(pulses: int, pitch_hz: float, sample_rate: int, seconds: float, rng: np.random.Generator,
+                     max_pulses: int = 3, noise: float = 0.0) -> np.ndarray:
+    """`pulses` tone bursts at pitch_hz, jittered in amplitude and onset, plus a little noise (std 0.01 + 0.3 *
+    noise). Bursts and gaps shrink so that max_pulses of them fit in 80% of the clip."""
     n = round(sample_rate * seconds)
-    pulse, gap = round(0.18 * n), round(0.08 * n)
+    k = max(3, max_pulses)
+    pulse, gap = round(0.54 / k * n), round(0.24 / k * n)
     fade = max(1, min(pulse // 4, round(0.01 * sample_rate)))  # raised-cosine edges: no clicks smearing the spectrum
     envelope = np.ones(pulse)
     envelope[:fade] = envelope[-fade:][::-1] = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
-    tone = np.sin(2 * np.pi * PITCH_HZ[color] * np.arange(pulse) / sample_rate) * envelope
-    span = PULSES[shape] * pulse + (PULSES[shape] - 1) * gap
+    tone = np.sin(2 * np.pi * pitch_hz * np.arange(pulse) / sample_rate) * envelope
+    span = pulses * pulse + (pulses - 1) * gap
     start = int(rng.integers(round(0.02 * n), n - span - round(0.02 * n) + 1))
-    audio = rng.normal(0.0, 0.01, n)
-    for k in range(PULSES[shape]):
-        at = start + k * (pulse + gap)
+    audio = rng.normal(0.0, 0.01 + 0.3 * noise, n)
+    for j in range(pulses):
+        at = start + j * (pulse + gap)
         audio[at:at + pulse] += rng.uniform(0.3, 0.6) * tone
     return np.clip(audio, -1.0, 1.0)
 
@@ -96,12 +138,14 @@ def synthesize_audio(shape: str, color: str, sample_rate: int, seconds: float,
 def make_record(index: int, subset: Sequence[str], params: DemoParams, seed: int, out_dir: Path) -> dict:
     """Draw record `index`'s content, write its media under out_dir, return its table row."""
     rng = rng_for(seed, 0, index)
-    shape, color = SHAPES[rng.integers(len(SHAPES))], list(COLORS)[rng.integers(len(COLORS))]
+    shapes, colors, pitch, pulses = palette(params.n_shapes, params.n_colors)
+    shape, color = shapes[rng.integers(len(shapes))], list(colors)[rng.integers(len(colors))]
     question, asks = QUESTIONS[rng.integers(len(QUESTIONS))]
     record = {"id": f"demo-{index:06d}", "caption": f"a {color} {shape}", "question": question.format(s=shape),
               "answer": color if asks == "color" else shape, "label": shape}
-    image = draw_shape(shape, color, params.image_size, rng)
-    audio = synthesize_audio(shape, color, params.sample_rate, params.audio_seconds, rng)
+    image = draw_shape(shape, colors[color], params.image_size, rng, params.noise)
+    audio = synthesize_audio(pulses[shape], pitch[color], params.sample_rate, params.audio_seconds, rng,
+                             len(shapes), params.noise)
     text = TEXT_TEMPLATES[rng.integers(len(TEXT_TEMPLATES))].format(c=color, s=shape)
     if "image" in subset:  # media are drawn for every record so the RNG stream does not depend on the subset
         record["image_url"] = f"images/{index:06d}.png"
@@ -119,29 +163,33 @@ def make_fusion_record(index: int, params: DemoParams, seed: int, out_dir: Path)
     same colour (answer "yes") or another one ("no"), both showing the same shape."""
     rng = rng_for(seed, 3, index)
     pair = FUSION_PAIRS[index % len(FUSION_PAIRS)]
-    shape, color = SHAPES[rng.integers(len(SHAPES))], list(COLORS)[rng.integers(len(COLORS))]
-    same = bool(rng.random() < 0.5)
-    others = [c for c in COLORS if c != color]
+    shapes, palette_rgb, pitch, pulses = palette(params.n_shapes, params.n_colors)
+    shape, color = shapes[rng.integers(len(shapes))], list(palette_rgb)[rng.integers(len(palette_rgb))]
+    same = bool(rng.random() < 0.5) or len(palette_rgb) == 1
+    others = [c for c in palette_rgb if c != color]
     second = color if same else others[rng.integers(len(others))]
     colors = dict(zip(pair, (color, second), strict=True))
     record = {"id": f"demo-fusion-{index:06d}", "question": FUSION_QUESTIONS[pair], "answer": "yes" if same else "no",
               "group": "fusion"}
     if "image" in colors:
         record["image_url"] = f"images/fusion-{index:06d}.png"
-        draw_shape(shape, colors["image"], params.image_size, rng).save(out_dir / record["image_url"], format="PNG")
+        draw_shape(shape, palette_rgb[colors["image"]], params.image_size, rng, params.noise).save(
+            out_dir / record["image_url"], format="PNG")
     if "audio" in colors:
         record["audio_url"] = f"audio/fusion-{index:06d}.wav"
-        audio = synthesize_audio(shape, colors["audio"], params.sample_rate, params.audio_seconds, rng)
+        audio = synthesize_audio(pulses[shape], pitch[colors["audio"]], params.sample_rate, params.audio_seconds, rng,
+                                 len(shapes), params.noise)
         sf.write(out_dir / record["audio_url"], audio, params.sample_rate, subtype="PCM_16", format="WAV")
     if "text" in colors:
         record["text"] = TEXT_TEMPLATES[rng.integers(len(TEXT_TEMPLATES))].format(c=colors["text"], s=shape)
     return record
 
 
-def make_corpus_line(index: int, seed: int) -> dict:
+def make_corpus_line(index: int, seed: int, params: DemoParams) -> dict:
     rng = rng_for(seed, 1, index)
-    c, c2 = (list(COLORS)[i] for i in rng.integers(len(COLORS), size=2))
-    s, s2 = (SHAPES[i] for i in rng.integers(len(SHAPES), size=2))
+    shapes, colors, _, _ = palette(params.n_shapes, params.n_colors)
+    c, c2 = (list(colors)[i] for i in rng.integers(len(colors), size=2))
+    s, s2 = (shapes[i] for i in rng.integers(len(shapes), size=2))
     template = CORPUS_TEMPLATES[rng.integers(len(CORPUS_TEMPLATES))]
     text = template.format(c=c, s=s, c2=c2, s2=s2, n=NUMBERS[rng.integers(len(NUMBERS))])
     return {"id": f"corpus-{index:06d}", "text": text}
@@ -165,7 +213,7 @@ def generate(params: Params, out_dir: str | Path = OUT_DIR) -> Counter:
         records += [make_fusion_record(i, demo, params.seed, tmp)
                     for i in tqdm(range(demo.n_fusion), desc="demo fusion", unit="record")]
         write_jsonl(tmp / "records.jsonl", records)
-        write_jsonl(tmp / "corpus.jsonl", (make_corpus_line(i, params.seed) for i in range(demo.n_corpus)))
+        write_jsonl(tmp / "corpus.jsonl", (make_corpus_line(i, params.seed, demo) for i in range(demo.n_corpus)))
     counts = Counter("+".join(subset) for subset in subsets)
     print(f"demo: {demo.n_records} records ({', '.join(f'{k} {counts[k]}' for k in map('+'.join, SUBSETS))}), "
           f"{demo.n_fusion} fusion records, {demo.n_corpus} corpus lines -> {out_dir}")

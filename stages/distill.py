@@ -28,7 +28,7 @@ from model.losses import kd_loss
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
-from stages.common.batches import decoder_labels, model_inputs, with_question
+from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch, setup
 from stages.common.loader import read_index
@@ -98,7 +98,7 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
         out = model(encoder_outputs=encoded, decoder_input_ids=decoder_input_ids)
         losses = {"ce": kd_loss(out.logits, taught.logits, caption, alpha, temperature),
                   "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature),
-                  **contrastive_losses(model, encoded)}
+                  **contrastive_losses(model, encoded, same_caption(batch))}
         answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
         if (answer != -100).any():
             text_ids, text_mask = with_question(batch, model.config.pad_token_id)

@@ -26,8 +26,8 @@ import torch
 from transformers import AutoTokenizer
 
 from model.modeling import TrimodalForConditionalGeneration
+from model.quantization import SENSITIVITY, load_int8
 from model.quantization import WEIGHTS as INT8_WEIGHTS
-from model.quantization import load_int8
 from stages.common.atomic import atomic_open, write_json
 from stages.common.baselines import majority_baseline, question_prior_baseline
 from stages.common.latency import first_rows, inference, interleaved_ms
@@ -129,6 +129,8 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
         scored = score_variant(models[name], AutoTokenizer.from_pretrained(path), shards, p, seed)
         first = first or scored  # the test targets, and so the baselines, are the same for every variant
         results[name] = {"rows": scored["rows"], "parameters": parameter_count(path), "size_bytes": weights_bytes(path)}
+        if (path / SENSITIVITY).exists():  # the quantize stage's sensitivity sweep, shown in the report
+            results[name]["quantization"] = json.loads((path / SENSITIVITY).read_text())
         print(f"evaluate: {name}: " + json.dumps({k: round(v, 4) for k, v in scored["rows"]["overall"].items()
                                                   if isinstance(v, float)}))
     for name, timed in latencies(models, shards, p).items():
@@ -187,6 +189,28 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
     return rows
 
 
+def sweep_section(results: dict, top: int = 10) -> list[str]:
+    """The quantize stage's per-Linear sensitivity sweep (models/<int8>/sensitivity.json), most fragile first."""
+    lines = []
+    for name in _variants(results):
+        sweep = results[name].get("quantization")
+        if not sweep:
+            continue
+        acc = sweep["val_accuracy"]
+        lines += [f"## INT8 sensitivity sweep ({name})", "",
+                  f"Each Linear alone in INT8, KL divergence of the output distributions from the float model's on "
+                  f"the calibration (val) batches. Val accuracy (teacher-forced exact match and classes): float "
+                  f"{acc['fp32']:.3f}, all Linears INT8 {acc['int8_all']:.3f}, shipped {acc['int8']:.3f} with "
+                  f"{len(sweep['kept_fp32'])} Linear(s) kept in float"
+                  + (f" ({', '.join(f'`{k}`' for k in sweep['kept_fp32'])})" if sweep["kept_fp32"] else "")
+                  + f". Top {top} of {len(sweep['sensitivity'])}:", "", "| Linear | KL | kept float |",
+                  "| --- | ---: | :---: |"]
+        lines += [f"| `{r['linear']}` | {r['kl']:.2e} | {'yes' if r['fp32'] else ''} |"
+                  for r in sweep["sensitivity"][:top]]
+        lines.append("")
+    return lines
+
+
 def report(results: dict, p: EvaluateParams) -> str:
     names, base = _variants(results), results["baselines"]
     columns = [*names, "majority", "question prior", "random ranking"]
@@ -232,6 +256,7 @@ def report(results: dict, p: EvaluateParams) -> str:
             few = " *few*" if n < MIN_RECORDS else ""
             lines.append(f"| {row} | {n}{few} | " + " | ".join(cell(row, key)[:-1]) + " |")
         lines.append("")
+    lines += sweep_section(results)
     lines += ["## Targets", "", "| target | measured | met |", "| --- | ---: | :---: |"]
     lines += [f"| {what} | {value} | {'yes' if met else '**no**'} |" for what, value, met in targets(results)]
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from model.losses import cross_entropy
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
-from stages.common.batches import decoder_labels, model_inputs, with_question
+from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch
 from stages.common.loader import read_index
@@ -43,7 +43,7 @@ def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, t
     out = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
     losses = {"ce": cross_entropy(out.logits, caption),
               "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None]),
-              **contrastive_losses(model, encoded)}
+              **contrastive_losses(model, encoded, same_caption(batch))}
     answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
     if (answer != -100).any():
         text_ids, text_mask = with_question(batch, model.config.pad_token_id)

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import pretraining_losses
-from stages.common.batches import model_inputs
+from stages.common.batches import model_inputs, same_caption
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch
 from stages.common.loader import read_index
@@ -41,7 +41,7 @@ def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditiona
 
 
 def pretrain_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return pretraining_losses(model, model_inputs(batch), generator)
+    return pretraining_losses(model, model_inputs(batch), generator, positives=same_caption(batch))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

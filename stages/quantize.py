@@ -3,11 +3,19 @@
 Activation ranges are calibrated on `quantize.calibration_batches` val batches, each seen twice: as the
 captioning pass (record inputs, caption decoder inputs) and as the VQA pass (question joined to the text),
 so every Linear, the decoder's included, sees the inputs it will meet. Optional L1 magnitude pruning of the
-Linear weights (torch.nn.utils.prune) runs first. The written model is loaded back and must reproduce the
-in-memory quantized model's outputs before the stage succeeds -> metrics/quantize.json (sizes, round trip).
+Linear weights (torch.nn.utils.prune) runs first.
+
+Sensitivity sweep: each Linear alone in INT8 (the rest float), scored by the KL divergence of its output
+distributions (decoder tokens and classes) from the float model's on the calibration batches. Then, most
+fragile first, Linears go back to float while the all-INT8 model's val accuracy (teacher-forced exact match of
+captions / answers, and classes) is more than `quantize.max_val_drop` below the float model's, at most
+`quantize.max_fp32_linears` of them. The written model is loaded back and must reproduce the in-memory
+quantized model's outputs before the stage succeeds -> metrics/quantize.json (sizes, round trip, the sweep,
+the Linears kept in float, val accuracy float / all-INT8 / shipped).
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,12 +23,23 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 from transformers import AutoTokenizer
 
 from model.modeling import TrimodalForConditionalGeneration
-from model.quantization import WEIGHTS, export_int8, load_int8, quantize_model
+from model.quantization import (
+    SENSITIVITY,
+    WEIGHTS,
+    export_int8,
+    int8_linears,
+    layer_sensitivity,
+    load_int8,
+    quantize_model,
+    round_weight_only,
+    swap_in,
+)
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.batches import decoder_labels, model_inputs, with_question
 from stages.common.loader import make_loader
@@ -32,17 +51,84 @@ METRICS = Path("metrics/quantize.json")
 
 
 def calibration_inputs(model, shards: str, batch_size: int, batches: int) -> Iterator[dict]:
-    """Forward kwargs for calibration: per val batch, the captioning pass and the VQA pass."""
+    """Forward kwargs for calibration: per val batch, the captioning pass (with the caption as `labels` and the
+    class as `class_labels`) and the VQA pass (the answer as `labels`)."""
     for batch in islice(make_loader(shards, "val", batch_size), batches):
         inputs = model_inputs(batch)
         caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
-        if caption.ne(-100).any():
-            yield {**inputs, "decoder_input_ids": model.shift_right(caption)}
+        if caption.ne(-100).any() or batch["label"].ge(0).any():
+            yield {**inputs, "decoder_input_ids": model.shift_right(caption), "labels": caption,
+                   "class_labels": batch["label"]}
         answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
         if not answer.ne(-100).any():
             continue
         text_ids, text_mask = with_question(batch, model.config.pad_token_id)
-        yield {**inputs, "text_ids": text_ids, "text_mask": text_mask, "decoder_input_ids": model.shift_right(answer)}
+        yield {**inputs, "text_ids": text_ids, "text_mask": text_mask, "decoder_input_ids": model.shift_right(answer),
+               "labels": answer}
+
+
+def forward(model: nn.Module, kwargs: dict):
+    return model(**{k: v for k, v in kwargs.items() if k not in ("labels", "class_labels")})
+
+
+@torch.no_grad()
+def reference(model: nn.Module, batches: Sequence[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The float model's log-probabilities per batch: (decoder tokens at target positions, classes)."""
+    out = []
+    for kwargs in batches:
+        o = forward(model, kwargs)
+        out.append((F.log_softmax(o.logits[kwargs["labels"].ne(-100)], -1), F.log_softmax(o.class_logits, -1)))
+    return out
+
+
+@torch.no_grad()
+def divergence(model: nn.Module, batches: Sequence[dict], ref: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean KL(float || model) over the target tokens and the class distributions of `batches`."""
+    total, count = 0.0, 0
+    for kwargs, (tokens, classes) in zip(batches, ref, strict=True):
+        o = forward(model, kwargs)
+        for r, logits in ((tokens, o.logits[kwargs["labels"].ne(-100)]), (classes, o.class_logits)):
+            total += float(F.kl_div(F.log_softmax(logits, -1), r, log_target=True, reduction="sum"))
+            count += len(r)
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def val_accuracy(model: nn.Module, batches: Sequence[dict]) -> float:
+    """Teacher-forced exact match of every target sequence (captions, answers) and class accuracy, pooled."""
+    hits, count = 0, 0
+    for kwargs in batches:
+        o, labels = forward(model, kwargs), kwargs["labels"]
+        has = labels.ne(-100).any(1)
+        hits += int(((o.logits.argmax(-1) == labels) | labels.eq(-100)).all(1)[has].sum())
+        count += int(has.sum())
+        if "class_labels" in kwargs:
+            known = kwargs["class_labels"].ge(0)
+            hits += int((o.class_logits.argmax(-1) == kwargs["class_labels"])[known].sum())
+            count += int(known.sum())
+    return hits / max(1, count)
+
+
+def keep_fragile(fp32: nn.Module, quantized: nn.Module, sensitivity: dict[str, float], batches: Sequence[dict],
+                 max_drop: float, max_layers: int) -> tuple[list[str], dict[str, float]]:
+    """Most sensitive first, Linears return to float until the val accuracy is within max_drop of the float
+    model's (or max_layers are back). Returns the kept names and the accuracies (float, all-INT8, shipped)."""
+    base = val_accuracy(fp32, batches)
+    int8 = int8_linears(quantized)
+    originals = {name: fp32.get_submodule(name) for name in int8}
+    keep: list[str] = []
+    accuracy = {"fp32": base}
+    for name in [None, *sorted(sensitivity, key=sensitivity.get, reverse=True)[:max_layers]]:
+        if name is not None:
+            keep.append(name)
+        swap_in(fp32, {n: m for n, m in int8.items() if n not in keep})
+        current = val_accuracy(fp32, batches)
+        swap_in(fp32, originals)
+        accuracy.setdefault("int8_all", current)
+        accuracy["int8"] = current
+        if base - current <= max_drop:
+            break
+    return keep, accuracy
 
 
 def prune_linears(model: nn.Module, amount: float) -> int:
@@ -70,12 +156,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(STUDENT)
     model = TrimodalForConditionalGeneration.from_pretrained(STUDENT).eval()
     zeroed = prune_linears(model, q.prune_amount) if q.prune_amount > 0 else 0
-    probe = next(calibration_inputs(model, params.distill.shards, q.batch_size, 1))
-    quantized = quantize_model(model, calibration_inputs(model, params.distill.shards, q.batch_size,
-                                                         q.calibration_batches))
+    batches = list(calibration_inputs(model, params.distill.shards, q.batch_size, q.calibration_batches))
+    fp32 = round_weight_only(copy.deepcopy(model))  # differs from the INT8 model in its Linears only
+    quantized = quantize_model(copy.deepcopy(model), batches)
+    ref = reference(fp32, batches)
+    sensitivity = layer_sensitivity(fp32, quantized, lambda m: divergence(m, batches, ref))
+    keep, accuracy = keep_fragile(fp32, quantized, sensitivity, batches, q.max_val_drop, q.max_fp32_linears)
+    if keep:
+        quantized = quantize_model(model, batches, keep_fp32=keep)
+    ranked = [{"linear": name, "kl": max(0.0, kl), "fp32": name in keep}  # float noise can dip a hair below 0
+              for name, kl in sorted(sensitivity.items(), key=lambda kv: kv[1], reverse=True)]
+    probe = {k: v for k, v in batches[0].items() if k not in ("labels", "class_labels")}
     with atomic_dir(OUT_DIR) as tmp:
         summary = export_int8(quantized, model.config, tmp)
         tokenizer.save_pretrained(tmp)
+        write_json(tmp / SENSITIVITY, {"kept_fp32": keep, "val_accuracy": accuracy, "sensitivity": ranked})
         difference = max_difference(quantized, load_int8(tmp), probe)
         if difference > 1e-4:
             raise RuntimeError(f"quantize: the INT8 model read back from {WEIGHTS} differs from the one written "
@@ -83,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     fp32_bytes = (STUDENT / "model.safetensors").stat().st_size
     int8_bytes = (OUT_DIR / WEIGHTS).stat().st_size
     metrics = {**summary, "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "size_ratio": int8_bytes / fp32_bytes,
-               "pruned_weights": zeroed, "round_trip_max_difference": difference}
+               "pruned_weights": zeroed, "round_trip_max_difference": difference, "kept_fp32": keep,
+               "val_accuracy": accuracy, "sensitivity": ranked}
     write_json(METRICS, metrics)
     print("quantize: " + json.dumps(metrics))
 

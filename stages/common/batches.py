@@ -40,6 +40,13 @@ def with_question(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
     return ids, ids.ne(pad_id) & (torch.arange(width, device=device)[None] < lengths[:, None])
 
 
+def same_caption(batch: dict) -> torch.Tensor:
+    """[B, B] bool: samples i, j whose captions are the same token sequence (every sample with itself; a sample
+    without a caption only with itself): the positives of the contrastive objectives."""
+    ids = batch["caption_ids"].masked_fill(~batch["caption_mask"], -1)
+    same = (ids[:, None] == ids[None]).all(-1) & batch["caption_mask"].any(1)[:, None]
+    return same | torch.eye(len(ids), dtype=torch.bool, device=ids.device)
+
 
 def present_modalities(batch: dict) -> dict[str, torch.Tensor]:
     """modality -> [B] bool: which samples of the batch carry it."""

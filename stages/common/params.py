@@ -20,6 +20,9 @@ class DemoParams:
     image_size: int = 64
     sample_rate: int = 16000
     audio_seconds: float = 1.0
+    n_shapes: int = 3  # classes (stages/demo.py ALL_SHAPES); conf/demo/hard.yaml: 8
+    n_colors: int = 4  # conf/demo/hard.yaml: 8, with similar hues and pitches
+    noise: float = 0.0  # pixel noise std / 128 and extra audio noise std / 0.3
 
 
 @dataclass
@@ -101,6 +104,8 @@ class QuantizeParams:
     calibration_batches: int = 8  # val batches whose activations fix the input scales and zero points
     batch_size: int = 32
     prune_amount: float = 0.0  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
+    max_val_drop: float = 0.005  # fragile Linears go back to float until val accuracy is within this of float
+    max_fp32_linears: int = 8  # ... or this many are back
 
 
 @dataclass

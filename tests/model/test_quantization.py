@@ -59,3 +59,45 @@ def test_load_int8_names_missing_tensors(tmp_path):
         assert dropped in str(e)
     else:
         raise AssertionError("a file missing a tensor loaded silently")
+
+
+def test_keep_fp32_linears_stay_float_and_round_trip(tmp_path):
+    from model.quantization import Int8Linear
+    keep = ["decoder.lm_head", "classifier.out"]  # the LM head is tied to the decoder embedding
+    quantized = quantize_model(tiny(), [inputs(seed=s) for s in range(2)], keep_fp32=keep)
+    assert all(type(quantized.get_submodule(k)) is torch.nn.Linear for k in keep)
+    assert isinstance(quantized.get_submodule("decoder.blocks.0.ffn.fc1"), Int8Linear)
+    summary = export_int8(quantized, quantized.config, tmp_path)
+    assert summary["linear_int8"] == sum(type(m) is torch.nn.Linear for m in tiny().modules()) - len(keep)
+    loaded = load_int8(tmp_path)
+    assert all(type(loaded.get_submodule(k)) is torch.nn.Linear for k in keep)
+    with torch.no_grad():
+        a, b = quantized(**inputs(seed=9)), loaded(**inputs(seed=9))
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.class_logits, b.class_logits)
+    try:
+        quantize_model(tiny(), [inputs()], keep_fp32=["no.such.linear"])
+    except ValueError as e:
+        assert "no.such.linear" in str(e)
+    else:
+        raise AssertionError("an unknown keep_fp32 name must be refused")
+
+
+def test_layer_sensitivity_scores_each_linear_alone_and_restores_the_model():
+    from model.quantization import int8_linears, layer_sensitivity, round_weight_only
+    fp32 = round_weight_only(tiny())
+    quantized = quantize_model(tiny(), [inputs(seed=s) for s in range(2)])
+    x = inputs(seed=9)
+    with torch.no_grad():
+        before = fp32(**x).logits
+
+    def score(model):  # how far this mix moves the logits, and which Linears are INT8 in it
+        seen.append(sum(isinstance(m, type(next(iter(int8_linears(quantized).values())))) for m in model.modules()))
+        with torch.no_grad():
+            return float((model(**x).logits - before).abs().max())
+
+    seen = []
+    sensitivity = layer_sensitivity(fp32, quantized, score)
+    assert set(sensitivity) == set(int8_linears(quantized)) and set(seen) == {1}  # exactly one INT8 at a time
+    assert sensitivity["decoder.lm_head"] > 0 and sensitivity["mlm_head"] == 0  # a head off the logits' path
+    with torch.no_grad():
+        assert torch.equal(fp32(**x).logits, before)  # restored

@@ -124,3 +124,39 @@ def test_module_run_writes_the_demo_dir(tmp_path):
     assert len(read_jsonl(out / "records.jsonl")) == 17 and len(read_jsonl(out / "corpus.jsonl")) == 3
     assert "demo: 14 records" in proc.stdout and "3 fusion records" in proc.stdout
     assert not [p for p in out.parent.iterdir() if p.name != "demo"]  # no temp dirs left behind
+
+
+def test_the_fine_grained_variant_carries_every_shape_and_colour_in_every_modality(tmp_path):
+    params = Params(seed=1, demo=DemoParams(n_records=160, n_fusion=0, n_corpus=4, n_shapes=8, n_colors=8))
+    demo.generate(params, tmp_path / "hard")
+    shapes, colors, pitch, pulses = demo.palette(8, 8)
+    records = read_jsonl(tmp_path / "hard/records.jsonl")
+    assert {r["label"] for r in records} == set(shapes) and {r["caption"].split()[1] for r in records} == set(colors)
+    for r in records:
+        color, shape = r["caption"].split()[1:]
+        if "image_url" in r:
+            pixels = np.asarray(Image.open(tmp_path / "hard" / r["image_url"])).reshape(-1, 3).astype(int)
+            values, counts = np.unique(pixels[(pixels != pixels[0]).any(axis=1)], axis=0, return_counts=True)
+            dominant = values[counts.argmax()]
+            assert min(colors, key=lambda c: np.sum((np.array(colors[c]) - dominant) ** 2)) == color
+        if "audio_url" in r:
+            audio, rate = sf.read(tmp_path / "hard" / r["audio_url"])
+            peak = np.fft.rfftfreq(len(audio), 1 / rate)[np.abs(np.fft.rfft(audio)).argmax()]
+            assert min(pitch, key=lambda c: abs(pitch[c] - peak)) == color
+            loud = np.abs(audio).reshape(-1, 160).max(axis=1) > 0.15
+            assert np.count_nonzero(np.diff(loud.astype(int)) == 1) + loud[0] == pulses[shape], r["id"]
+    with pytest.raises(ValueError, match="n_shapes"):
+        demo.palette(9, 4)
+
+
+def test_noise_perturbs_the_media_but_not_the_targets(tmp_path):
+    clean = Params(seed=2, demo=DemoParams(n_records=14, n_fusion=0, n_corpus=2))
+    noisy = Params(seed=2, demo=DemoParams(n_records=14, n_fusion=0, n_corpus=2, noise=0.1))
+    demo.generate(clean, tmp_path / "clean")
+    demo.generate(noisy, tmp_path / "noisy")
+    a, b = read_jsonl(tmp_path / "clean/records.jsonl"), read_jsonl(tmp_path / "noisy/records.jsonl")
+    assert [r["caption"] for r in a] == [r["caption"] for r in b]
+    r = next(r for r in a if "image_url" in r)
+    x = np.asarray(Image.open(tmp_path / "clean" / r["image_url"])).astype(float)
+    y = np.asarray(Image.open(tmp_path / "noisy" / r["image_url"])).astype(float)
+    assert 8 < np.std(y - x) < 16  # std 12.8 before clipping

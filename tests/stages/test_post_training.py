@@ -7,6 +7,7 @@ import torch
 
 from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
+from model.quantization import load_int8
 from stages.common.baselines import majority
 from stages.common.loader import read_meta
 from stages.common.scoring import SUBSETS, subset_name
@@ -44,6 +45,26 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert quantized["round_trip_max_difference"] == 0.0
     assert quantized["int8_bytes"] < 0.4 * quantized["fp32_bytes"]
     assert not list((project / "models/student-int8").glob("*.bin"))  # safetensors only, nothing pickled
+    # the sweep covers every INT8 Linear and every one kept in float, most fragile first
+    sweep = quantized["sensitivity"]
+    assert len(sweep) == quantized["linear_int8"] + len(quantized["kept_fp32"])
+    assert [r["kl"] for r in sweep] == sorted((r["kl"] for r in sweep), reverse=True)
+    assert {r["linear"] for r in sweep if r["fp32"]} == set(quantized["kept_fp32"])
+    acc = quantized["val_accuracy"]
+    assert acc["fp32"] - acc["int8"] <= 0.005 or len(quantized["kept_fp32"]) == 8  # the keep rule's two exits
+
+
+def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
+    if not (project / "models/student").exists():
+        run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
+    run_stage("quantize", project, "quantize.max_val_drop=-1", "quantize.max_fp32_linears=3")  # never close enough
+    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    fragile = [r["linear"] for r in quantized["sensitivity"][:3]]
+    assert quantized["kept_fp32"] == fragile
+    model = load_int8(project / "models/student-int8")
+    assert all(type(model.get_submodule(name)) is torch.nn.Linear for name in fragile)
+    sweep = json.loads((project / "models/student-int8/sensitivity.json").read_text())
+    assert sweep["kept_fp32"] == fragile
 
     run_stage("evaluate", project, "evaluate.latency_repeats=2", "evaluate.split=val")
     for variant in ("teacher", "student", "student-int8", "baselines"):
