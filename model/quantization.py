@@ -8,8 +8,9 @@ Scheme (torch.ao eager mode, x86 backend):
     nn.Embedding,  weights per output row / channel, symmetric int8, stored as int8 and dequantized when
     nn.Conv1d/2d   loaded (weight-only: these save disk, not time).
     the rest       (norms, biases, positions, logit scales) stays fp32.
-Linears named in `keep_fp32` (the fragile ones a sensitivity sweep finds, `layer_sensitivity`) stay float and
-are stored as float; so does the embedding tied to a kept LM head (weight-only int8 then).
+Linears named in `keep_fp32` (the fragile ones a sensitivity sweep finds, `layer_sensitivity`) compute in float
+and are stored weight-only, like embeddings (int8 weights, no activation quantization: activation ranges are
+where INT8 breaks, e.g. a Linear fed by a wide-ranged convolution); so is the embedding tied to a kept LM head.
 
 File: model.int8.safetensors (layout in `export_int8`): int8 weights, their scales, the calibrated activation
 scales and zero points, and every other tensor as is. No pickle anywhere: `load_int8` rebuilds the modules
@@ -135,9 +136,11 @@ def swap_in(model: nn.Module, modules: dict[str, nn.Module]) -> nn.Module:
     return model
 
 
-def round_weight_only(model: nn.Module, int8: Collection[str] = ()) -> nn.Module:
-    """Round the weight-only tensors (embeddings, convs, position tables) to their stored int8 values, in place,
-    as quantize_model does: a float model that differs from the INT8 one only in its Linears."""
+def round_weight_only(model: nn.Module, int8: Collection[str] | None = None) -> nn.Module:
+    """Round the weight-only tensors (embeddings, convs, position tables, and the weights of Linears not named
+    in `int8`) to their stored int8 values, in place, as quantize_model does. int8=None (every Linear INT8) gives
+    a float model that differs from the all-INT8 one only in its Linears: the sensitivity sweep's reference."""
+    int8 = _linears(model) if int8 is None else int8
     with torch.no_grad():
         for param in _weight_only(model, int8).values():
             param.copy_(_dequantize(*_per_channel(param)))
@@ -169,13 +172,14 @@ def _tied(config: TrimodalConfig, int8: Collection[str]) -> dict[str, str]:
 
 
 def _weight_only(model: nn.Module, int8: Collection[str]) -> dict[str, nn.Parameter]:
-    """Parameters stored as int8 but computed in fp32: embedding and conv weights, other >= 2-D parameters
-    (`int8`: the Linears that are, or will be, INT8)."""
+    """Parameters stored as int8 but computed in fp32: embedding and conv weights, the weights of Linears kept in
+    float (those not named in `int8`, the Linears that are or will be INT8), other >= 2-D parameters."""
     tied = _tied(model.config, int8)
     found = {}
     for name, module in model.named_modules():
-        if type(module) is nn.Linear or isinstance(module, QuantWrapper | Int8Linear) or name in tied:
-            continue  # Linears run in int8; a tied embedding is rebuilt from its Linear
+        quantized = (type(module) is nn.Linear and name in int8) or isinstance(module, QuantWrapper | Int8Linear)
+        if quantized or name in tied:
+            continue  # these Linears run in int8; a tied embedding is rebuilt from its Linear
         for key, param in module.named_parameters(recurse=False):
             if (type(module) in WEIGHT_ONLY and key == "weight") or param.ndim >= 2:
                 found[f"{name}.{key}" if name else key] = param
@@ -205,8 +209,8 @@ def export_int8(model: nn.Module, config: TrimodalConfig, out_dir: Path) -> dict
 
     Per Linear: `<name>.int8` and `<name>.qparams` = [per-channel weight scales..., input scale, input zero
     point, output scale, output zero point] (weight zero points are 0: symmetric); per weight-only parameter
-    `<name>.int8` and `<name>.scales`; a Linear kept in float, its plain weight and bias. An embedding tied to
-    an INT8 Linear (the LM head's) is not stored: it is rebuilt from that Linear's integers and scales.
+    `<name>.int8` and `<name>.scales` (a Linear kept in float is one of these, with its plain bias). An embedding
+    tied to an INT8 Linear (the LM head's) is not stored: it is rebuilt from that Linear's integers and scales.
     """
     tensors: dict[str, torch.Tensor] = {}
     linears, weight_only = set(), set()
