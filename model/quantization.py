@@ -18,6 +18,7 @@ from these numbers.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
@@ -134,6 +135,14 @@ def swap_in(model: nn.Module, modules: dict[str, nn.Module]) -> nn.Module:
     for name, module in modules.items():
         _replace(model, name, module)
     return model
+
+
+def weight_only_linear(linear: nn.Linear) -> nn.Linear:
+    """A copy of `linear` with its weight rounded to int8 per channel: what a Linear kept in float computes."""
+    out = copy.deepcopy(linear)
+    with torch.no_grad():
+        out.weight.copy_(_dequantize(*_per_channel(out.weight)))
+    return out
 
 
 def round_weight_only(model: nn.Module, int8: Collection[str] | None = None) -> nn.Module:

@@ -40,6 +40,7 @@ from model.quantization import (
     quantize_model,
     round_weight_only,
     swap_in,
+    weight_only_linear,
 )
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.batches import decoder_labels, model_inputs, with_question
@@ -112,8 +113,9 @@ def val_accuracy(model: nn.Module, batches: Sequence[dict]) -> float:
 
 def keep_fragile(fp32: nn.Module, quantized: nn.Module, sensitivity: dict[str, float], batches: Sequence[dict],
                  max_drop: float, max_layers: int) -> tuple[list[str], dict[str, float]]:
-    """Most sensitive first, Linears return to float until the val accuracy is within max_drop of the float
-    model's (or max_layers are back). Returns the kept names and the accuracies (float, all-INT8, shipped)."""
+    """Most sensitive first, Linears return to float (weight-only int8, as shipped) until the val accuracy is
+    within max_drop of the float model's, or max_layers are back. Returns the kept names and the accuracies
+    (float, all-INT8, with the kept ones)."""
     base = val_accuracy(fp32, batches)
     int8 = int8_linears(quantized)
     originals = {name: fp32.get_submodule(name) for name in int8}
@@ -122,7 +124,7 @@ def keep_fragile(fp32: nn.Module, quantized: nn.Module, sensitivity: dict[str, f
     for name in [None, *sorted(sensitivity, key=sensitivity.get, reverse=True)[:max_layers]]:
         if name is not None:
             keep.append(name)
-        swap_in(fp32, {n: m for n, m in int8.items() if n not in keep})
+        swap_in(fp32, {n: weight_only_linear(originals[n]) if n in keep else m for n, m in int8.items()})
         current = val_accuracy(fp32, batches)
         swap_in(fp32, originals)
         accuracy.setdefault("int8_all", current)

@@ -104,7 +104,7 @@ class QuantizeParams:
     calibration_batches: int = 8  # val batches whose activations fix the input scales and zero points
     batch_size: int = 32
     prune_amount: float = 0.0  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
-    max_val_drop: float = 0.005  # fragile Linears go back to float until val accuracy is within this of float
+    max_val_drop: float = 0.0  # fragile Linears go back to float until val accuracy is within this of float
     max_fp32_linears: int = 8  # ... or this many are back
 
 

@@ -51,7 +51,7 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert [r["kl"] for r in sweep] == sorted((r["kl"] for r in sweep), reverse=True)
     assert {r["linear"] for r in sweep if r["fp32"]} == set(quantized["kept_fp32"])
     acc = quantized["val_accuracy"]
-    assert acc["fp32"] - acc["int8"] <= 0.005 or len(quantized["kept_fp32"]) == 8  # the keep rule's two exits
+    assert acc["fp32"] - acc["int8"] <= 0.0 or len(quantized["kept_fp32"]) == 8  # the keep rule's two exits
 
 
 def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
