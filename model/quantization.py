@@ -10,7 +10,7 @@ Scheme (torch.ao eager mode, x86 backend):
     the rest       (norms, biases, positions, logit scales) stays fp32.
 Linears named in `keep_fp32` (the fragile ones a sensitivity sweep finds, `layer_sensitivity`) compute in float
 and are stored weight-only, like embeddings (int8 weights, no activation quantization: activation ranges are
-where INT8 breaks, e.g. a Linear fed by a wide-ranged convolution); so is the embedding tied to a kept LM head.
+where INT8 breaks, e.g. a Linear fed by a wide-ranged convolution). A tied embedding is never stored twice.
 
 File: model.int8.safetensors (layout in `export_int8`): int8 weights, their scales, the calibrated activation
 scales and zero points, and every other tensor as is. No pickle anywhere: `load_int8` rebuilds the modules
@@ -121,7 +121,7 @@ def quantize_model(model: TrimodalForConditionalGeneration, batches: Iterable[di
     for name in names:
         _replace(model, name, Int8Linear.from_converted(model.get_submodule(name)))
     with torch.no_grad():  # a tied embedding reads the integers its Linear stores
-        for embedding, linear in _tied(model.config, names).items():
+        for embedding, linear in ((e, lin) for e, lin in _tied(model.config).items() if lin in names):
             model.get_submodule(embedding).weight.copy_(model.get_submodule(linear).weight_q.dequantize())
     return model
 
@@ -171,19 +171,18 @@ def layer_sensitivity(fp32: nn.Module, quantized: nn.Module, score: Callable[[nn
     return out
 
 
-def _tied(config: TrimodalConfig, int8: Collection[str]) -> dict[str, str]:
-    """embedding module -> the INT8 Linear (among the names in `int8`) sharing its weight (the LM head), when
-    the config ties them. A tied Linear kept in float leaves its embedding an ordinary weight-only tensor."""
+def _tied(config: TrimodalConfig) -> dict[str, str]:
+    """embedding module -> the Linear module sharing its weight (the LM head), when the config ties them. The
+    embedding is never stored: it is rebuilt from its Linear's integers, INT8 or weight-only (kept in float)."""
     if not config.tie_word_embeddings:
         return {}
-    pairs = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in TIED.items()}
-    return {embedding: linear for embedding, linear in pairs.items() if linear in int8}
+    return {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in TIED.items()}
 
 
 def _weight_only(model: nn.Module, int8: Collection[str]) -> dict[str, nn.Parameter]:
     """Parameters stored as int8 but computed in fp32: embedding and conv weights, the weights of Linears kept in
     float (those not named in `int8`, the Linears that are or will be INT8), other >= 2-D parameters."""
-    tied = _tied(model.config, int8)
+    tied = _tied(model.config)
     found = {}
     for name, module in model.named_modules():
         quantized = (type(module) is nn.Linear and name in int8) or isinstance(module, QuantWrapper | Int8Linear)
@@ -219,11 +218,11 @@ def export_int8(model: nn.Module, config: TrimodalConfig, out_dir: Path) -> dict
     Per Linear: `<name>.int8` and `<name>.qparams` = [per-channel weight scales..., input scale, input zero
     point, output scale, output zero point] (weight zero points are 0: symmetric); per weight-only parameter
     `<name>.int8` and `<name>.scales` (a Linear kept in float is one of these, with its plain bias). An embedding
-    tied to an INT8 Linear (the LM head's) is not stored: it is rebuilt from that Linear's integers and scales.
+    tied to a Linear (the LM head's) is not stored: it is rebuilt from that Linear's integers and scales.
     """
     tensors: dict[str, torch.Tensor] = {}
     linears, weight_only = set(), set()
-    tied = _tied(config, int8_linears(model))
+    tied = _tied(config)
     for name, module in model.named_modules():
         if isinstance(module, Int8Linear):
             weight, bias = module.weight_q, module.bias_f
@@ -268,8 +267,11 @@ def load_int8(model_dir: str | Path) -> nn.Module:
     weight_only = {k.removesuffix(".scales") for k in tensors if k.endswith(".scales")}
     plain = {key: _dequantize(tensors[f"{key}.int8"], tensors[f"{key}.scales"]) for key in weight_only}
     plain.update({k: v for k, v in tensors.items() if not k.endswith((".int8", ".qparams", ".scales"))})
-    for embedding, linear in _tied(config, linears).items():
-        plain[f"{embedding}.weight"] = _dequantize(tensors[f"{linear}.int8"], tensors[f"{linear}.qparams"][:-4])
+    for embedding, linear in _tied(config).items():
+        if linear in linears:
+            plain[f"{embedding}.weight"] = _dequantize(tensors[f"{linear}.int8"], tensors[f"{linear}.qparams"][:-4])
+        elif f"{linear}.weight" in plain:  # kept in float: weight-only
+            plain[f"{embedding}.weight"] = plain[f"{linear}.weight"]
     expected = {k for k in model.state_dict() if k.rsplit(".", 1)[0] not in linears}
     if expected - set(plain):
         missing = sorted(expected - set(plain))
