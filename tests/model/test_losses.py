@@ -178,3 +178,12 @@ def test_kd_decoder_logits_skip_ignored_positions():
     full.backward()
     ignored = kd_loss(student, teacher, torch.full((2, 2), -100), alpha=0.5, temperature=2.0)
     assert ignored.item() == 0.0
+
+
+def test_contrastive_positives_spread_the_target_over_duplicates():
+    a = b = torch.eye(2)
+    scale = torch.zeros(())  # exp(0) = 1: s = a @ b.T = I
+    assert torch.allclose(contrastive_loss(a, b, scale, torch.eye(2, dtype=torch.bool)), contrastive_loss(a, b, scale))
+    # both pairs positives of each other: row target (1/2, 1/2) against softmax([1, 0]) -> log(1 + e) - 1/2
+    both = contrastive_loss(a, b, scale, torch.ones(2, 2, dtype=torch.bool))
+    assert both.item() == pytest.approx(math.log(1 + math.e) - 0.5, abs=1e-6)

@@ -1,5 +1,6 @@
 import torch
 
+from model.configuration import DEFAULT_LOSS_WEIGHTS
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import mel_targets, pretraining_losses, supervised_losses, total_loss
 from tests.model.conftest import SUBSETS, make_inputs, tiny_config
@@ -39,7 +40,9 @@ def test_loss_weights_scale_the_total():
     torch.manual_seed(0)
     model = TrimodalForConditionalGeneration(tiny_config(loss_weights={"mim": 0.0, "itc": 2.0}))
     losses = all_objectives(model)
-    expected = sum(v * (0.0 if k == "mim" else 2.0 if k == "itc" else 1.0) for k, v in losses.items())
+    weights = {**DEFAULT_LOSS_WEIGHTS, "mim": 0.0, "itc": 2.0}  # unnamed objectives keep their defaults
+    assert weights["atc"] == weights["vac"] == 0.1 and weights["ce"] == 1.0  # contrastive 0.1 (docs/model.md)
+    expected = sum(v * weights[k] for k, v in losses.items())
     torch.testing.assert_close(total_loss(model, losses), expected)
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from stages.common.batches import decoder_labels, drop_modalities, present_modalities, with_question
+from stages.common.batches import decoder_labels, drop_modalities, present_modalities, same_caption, with_question
 
 
 def batch_of(subsets, group=None):
@@ -53,3 +53,12 @@ def test_modality_dropout_rate_groups_and_determinism():
     assert all(len(m["modalities"]) == 2 for m in fusion["meta"])
     untouched = batch_of(subsets)
     assert drop_modalities(untouched, 0.0, torch.Generator()) is untouched
+
+
+def test_same_caption_marks_identical_captions_and_only_them():
+    ids = torch.tensor([[1, 5, 2, 0], [1, 5, 2, 0], [1, 6, 2, 0], [1, 5, 2, 0], [0, 0, 0, 0]])
+    mask = ids.ne(0)
+    mask[3, 2:] = False  # same tokens up to a shorter caption: "<s> 5" is not "<s> 5 </s>"
+    same = same_caption({"caption_ids": ids, "caption_mask": mask})
+    expected = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]])
+    assert torch.equal(same, expected.bool())  # a sample without a caption matches only itself
