@@ -107,7 +107,13 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
         fingerprint: str) -> nn.Module | None:
     """A training stage's loop: dvclive metrics in metrics/<name>/ and resumable checkpoints in checkpoints/<name>/
     (relative to the repository root, as dvc.yaml declares them). Returns the trained model on rank 0 (which alone
-    goes on to evaluate and save) and None on the other ranks."""
+    goes on to evaluate and save) and None on the other ranks. The stage's `loss_weights` overrides go into the
+    model's config first (and so into the saved model's config.json)."""
+    unknown = set(params.loss_weights) - set(model.config.loss_weights)
+    if unknown:
+        raise ValueError(f"{name}.loss_weights names no objective: {sorted(unknown)} "
+                         f"(known: {sorted(model.config.loss_weights)})")
+    model.config.loss_weights.update({k: float(v) for k, v in params.loss_weights.items()})
     world = setup()
     try:
         live = Live(f"metrics/{name}", resume=True, save_dvc_exp=False, dvcyaml=None) if world.main else nullcontext()

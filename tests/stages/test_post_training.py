@@ -33,6 +33,15 @@ def project(tmp_path_factory):
     return root
 
 
+def test_each_training_stage_sets_its_own_loss_weights(project):
+    pretrained = json.loads((project / "models/pretrain/config.json").read_text())["loss_weights"]
+    teacher = json.loads((project / "models/teacher/config.json").read_text())["loss_weights"]
+    assert pretrained["itc"] == pretrained["vac"] == 1.0 and teacher["itc"] == teacher["vac"] == 0.1  # params.yaml
+    proc = run_stage("finetune", project, *[f"finetune.{s}" for s in SHORT], "finetune.loss_weights.bogus=1.0",
+                     check=False)
+    assert proc.returncode != 0 and "bogus" in proc.stderr
+
+
 def test_distill_quantize_evaluate_write_their_artifacts(project):
     run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
     distilled = json.loads((project / "metrics/distill.json").read_text())
