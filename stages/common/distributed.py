@@ -46,6 +46,13 @@ def setup() -> World:
     return World(dist.get_rank() if size > 1 else 0, size, device)
 
 
+def teardown(world: World) -> None:
+    """Destroy the process group on every rank once training is done (PyTorch's distributed docs: left to the
+    interpreter's exit, gloo's threads can abort a rank, "terminate called without an active exception")."""
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()

@@ -33,7 +33,7 @@ from model.flops import FlopCounter
 from model.losses import weighted_sum
 from stages.common.batches import drop_modalities, to_device
 from stages.common.checkpoint import full_weights, latest_checkpoint, load_checkpoint, save_checkpoint
-from stages.common.distributed import World, all_sum, barrier, setup, touch_all, wrap
+from stages.common.distributed import World, all_sum, barrier, setup, teardown, touch_all, wrap
 from stages.common.loader import make_loader
 from stages.common.mfu import mfu, peak_flops
 from stages.common.params import TrainerParams
@@ -120,9 +120,12 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
     except SCMError as e:  # dvclive reads the git HEAD, which a `git init` without a commit lacks
         raise RuntimeError(f"{name}: dvclive needs the project's git repository to have a commit "
                            f"(git add -A && git commit -m init): {e}") from e
-    with live as logger:  # None on ranks > 0 (nullcontext)
-        return train(model, step_fn, params, seed, Path("checkpoints") / name, logger, desc=name,
-                     fingerprint=fingerprint, strategy=trainer.strategy, world=world)
+    try:
+        with live as logger:  # None on ranks > 0 (nullcontext)
+            return train(model, step_fn, params, seed, Path("checkpoints") / name, logger, desc=name,
+                         fingerprint=fingerprint, strategy=trainer.strategy, world=world)
+    finally:  # rank 0 evaluates and saves alone afterwards: no collective follows
+        teardown(world)
 
 
 def whole_model(model: nn.Module, objectives: nn.Module, world: World) -> nn.Module | None:
