@@ -36,7 +36,9 @@ def project(tmp_path_factory):
 def test_each_training_stage_sets_its_own_loss_weights(project):
     pretrained = json.loads((project / "models/pretrain/config.json").read_text())["loss_weights"]
     teacher = json.loads((project / "models/teacher/config.json").read_text())["loss_weights"]
-    assert pretrained["itc"] == pretrained["vac"] == 1.0 and teacher["itc"] == teacher["vac"] == 0.1  # params.yaml
+    assert pretrained["itc"] == pretrained["vac"] == 0.1 and teacher["itc"] == teacher["vac"] == 0.1  # params.yaml
+    run_stage("pretrain", project, *MODEL, *[f"pretrain.{s}" for s in SHORT], "pretrain.loss_weights.itc=1.0")
+    assert json.loads((project / "models/pretrain/config.json").read_text())["loss_weights"]["itc"] == 1.0
     proc = run_stage("finetune", project, *[f"finetune.{s}" for s in SHORT], "finetune.loss_weights.bogus=1.0",
                      check=False)
     assert proc.returncode != 0 and "bogus" in proc.stderr
