@@ -163,11 +163,10 @@ def layer_sensitivity(fp32: nn.Module, quantized: nn.Module, score: Callable[[nn
     out = {}
     for name, module in int8_linears(quantized).items():
         original = fp32.get_submodule(name)
-        _replace(fp32, name, module)
         try:
-            out[name] = score(fp32)
+            out[name] = score(swap_in(fp32, {name: module}))
         finally:
-            _replace(fp32, name, original)
+            swap_in(fp32, {name: original})
     return out
 
 
