@@ -11,6 +11,8 @@ batch and the decoder's sequence dimension dynamic. Backends (fp32 always runs: 
     fp32              the eager model (model.modeling)
     fp32_compiled     torch.export -> torch.compile (inductor, freezing): what pt2e_inductor gets without int8
     torch_ao          model.quantization.quantize_model: the project's static int8 Linears (torch.ao eager, x86)
+    torch_ao_swept    torch_ao after the quantize stage's speed sweep (stages/quantize.py) on this benchmark's
+                      inference at each batch size: Linears slower in INT8 compute in float. What the stage ships
     pt2e_inductor     torch.export -> torchao prepare_pt2e / convert_pt2e with X86InductorQuantizer (static,
                       per-channel int8 weights, histogram-calibrated uint8 activations, Linear and Conv2d) ->
                       torch.compile with freezing, which lowers the q/dq patterns to oneDNN int8 kernels
@@ -49,14 +51,17 @@ from model.fusion import Stream  # noqa: E402
 from model.modeling import TrimodalForConditionalGeneration  # noqa: E402
 from model.quantization import Int8Linear, quantize_model  # noqa: E402
 from stages.common.latency import interleaved_ms  # noqa: E402
+from stages.quantize import slower_in_int8, speed_sweep  # noqa: E402
 
 NEW_TOKENS = 12
 BATCH_SIZES = (1, 32)
 TIMING_SEED, HELD_OUT_SEED = 100, 1000  # calibration() draws seeds 0..3
 ENCODER_INPUTS = ("pixel_values", "image_present", "input_features", "mel_lengths", "text_ids", "text_mask")
 DECODER_INPUTS = ("decoder_input_ids", "memory", "memory_mask")
-BACKENDS = ("fp32", "fp32_compiled", "torch_ao", "pt2e_inductor", "onnxruntime_fp32", "onnxruntime_int8")
-FP32_OF = {"torch_ao": "fp32", "pt2e_inductor": "fp32_compiled", "onnxruntime_int8": "onnxruntime_fp32",
+BACKENDS = ("fp32", "fp32_compiled", "torch_ao", "torch_ao_swept", "pt2e_inductor", "onnxruntime_fp32",
+            "onnxruntime_int8")
+FP32_OF = {"torch_ao": "fp32", "torch_ao_swept": "fp32", "pt2e_inductor": "fp32_compiled",
+           "onnxruntime_int8": "onnxruntime_fp32",
            "onnxruntime_int8_dynamic": "onnxruntime_fp32"}  # INT8 backend -> the FP32 run it should beat
 TARGETS = {"small": {1: 0.8, 32: 0.6}, "student": {1: 1.0, 32: 1.0}}  # INT8 ms / fp32 (eager) ms, at most
 AGREEMENT_NOTE = ("random-init weights: agreement only shows that each pipeline is numerically sane; greedy tokens "
@@ -185,6 +190,17 @@ def build_fp32_compiled(model, cal, tmp) -> tuple[Pipeline, dict]:
 def build_torch_ao(model, cal, tmp) -> tuple[Pipeline, dict]:
     q = quantize_model(copy.deepcopy(model), cal)  # quantize_model rewrites the model in place
     return (Encode(q), Decode(q)), {"int8_linears": sum(isinstance(m, Int8Linear) for m in q.modules())}
+
+
+def build_torch_ao_swept(model, cal, tmp) -> tuple[Pipeline, dict]:
+    q = quantize_model(copy.deepcopy(model), cal)
+    start_id = model.config.decoder_start_token_id
+    work = {f"batch{size}": inference((Encode(q), Decode(q)), encoder_args(batch(model.config, size, TIMING_SEED)),
+                                      start_id) for size in BATCH_SIZES}
+    slow = slower_in_int8(speed_sweep(model, q, work, repeats=10))
+    shipped = quantize_model(copy.deepcopy(model), cal, keep_fp32=slow)
+    return (Encode(shipped), Decode(shipped)), {
+        "int8_linears": sum(isinstance(m, Int8Linear) for m in shipped.modules()), "slower_in_int8": len(slow)}
 
 
 def build_pt2e_inductor(model, cal, tmp) -> tuple[Pipeline, dict]:

@@ -207,7 +207,27 @@ def sweep_section(results: dict, top: int = 10) -> list[str]:
                   "| --- | ---: | :---: |"]
         lines += [f"| `{r['linear']}` | {r['kl']:.2e} | {'yes' if r['fp32'] else ''} |"
                   for r in sweep["sensitivity"][:top]]
-        lines.append("")
+        lines += ["", *speed_lines(sweep), ""]
+    return lines
+
+
+def speed_lines(sweep: dict) -> list[str]:
+    """The quantize stage's speed sweep, summed: per workload, the time of the called Linears all INT8, all float,
+    and as shipped."""
+    timed = sweep.get("speed") or []
+    work = [k.removeprefix("calls_") for k in (timed[0] if timed else {}) if k.startswith("calls_")]
+    if not work:
+        return ["No speed sweep (`quantize.speed_batch_sizes` is empty): every Linear not kept for accuracy is INT8."]
+    called = [r for r in timed if any(r[f"calls_{w}"] for w in work)]
+    lines = [f"Speed sweep: each INT8 Linear's calls in one inference replayed in INT8 and in float, interleaved. "
+             f"{len(sweep.get('kept_fp32_slow', []))} Linear(s) were slower in INT8 and compute in float from their "
+             f"int8 weights; {sum(not r['fp32'] for r in called)} of the {len(called)} Linears the inference calls "
+             "compute in INT8. Their calls, summed:", "", "| workload | all INT8 ms | all float ms | shipped ms |",
+             "| --- | ---: | ---: | ---: |"]
+    for w in work:
+        int8, flt = (sum(r[f"{kind}_ms_{w}"] for r in called) for kind in ("int8", "float"))
+        shipped = sum(r[f"float_ms_{w}"] if r["fp32"] else r[f"int8_ms_{w}"] for r in called)
+        lines.append(f"| {w} | {int8:.2f} | {flt:.2f} | {shipped:.2f} |")
     return lines
 
 

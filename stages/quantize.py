@@ -13,13 +13,20 @@ captions / answers, and classes) is more than `quantize.max_val_drop` below the 
 quantized model's outputs before the stage succeeds -> metrics/quantize.json (sizes, round trip, the sweep,
 the Linears kept in float, val accuracy float / all-INT8 / shipped). A kept Linear computes in float from int8
 weights (weight-only, as embeddings), so the file stays small.
+
+Speed sweep: INT8 pays only where the GEMM outweighs quantizing the input and dequantizing the output; at narrow
+widths or a few rows per call (a decode step at batch 1) the int8 Linear is several times slower than the float
+one. So each INT8 Linear's calls in one inference (stages/common/latency.py's workload: encoder, classifier and a
+greedy caption of `quantize.speed_new_tokens` tokens, hooked to record the shapes it sees) are replayed in INT8
+and in float, interleaved, at each of `quantize.speed_batch_sizes`; a Linear slower in INT8 at any of them goes
+back to float. The shipped artifact is then, per Linear, the faster of the two.
 """
 from __future__ import annotations
 
 import copy
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -44,8 +51,9 @@ from model.quantization import (
 )
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.batches import decoder_labels, model_inputs, with_question
+from stages.common.latency import first_rows, inference, interleaved_ms
 from stages.common.loader import make_loader
-from stages.common.params import load_params
+from stages.common.params import QuantizeParams, load_params
 
 STUDENT = Path("models/student")
 OUT_DIR = Path("models/student-int8")
@@ -134,6 +142,67 @@ def keep_fragile(fp32: nn.Module, quantized: nn.Module, sensitivity: dict[str, f
     return keep, accuracy
 
 
+def linear_calls(model: nn.Module, workload: Callable[[], None]) -> dict[str, list[torch.Size]]:
+    """The input shapes each INT8 Linear of `model` is called with while `workload` (which runs `model`) runs."""
+    shapes: dict[str, list[torch.Size]] = {name: [] for name in int8_linears(model)}
+    handles = [module.register_forward_pre_hook(lambda _, args, name=name: shapes[name].append(args[0].shape))
+               for name, module in int8_linears(model).items()]
+    try:
+        workload()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def replay(module: nn.Module, inputs: list[torch.Tensor]):
+    @torch.no_grad()
+    def run() -> None:
+        for x in inputs:
+            module(x)
+
+    return run
+
+
+def speed_sweep(fp32: nn.Module, quantized: nn.Module, workloads: dict[str, Callable[[], None]],
+                repeats: int) -> dict[str, dict[str, float]]:
+    """Per INT8 Linear of `quantized` and workload w (a callable running `quantized`, e.g. one inference at a
+    batch size): "calls_<w>" (its calls in w), "int8_ms_<w>" and "float_ms_<w>" (the time of those calls on
+    inputs of the recorded shapes, INT8 and its float twin in `fp32`, interleaved)."""
+    if not workloads:
+        return {}
+    calls = {w: linear_calls(quantized, workload) for w, workload in workloads.items()}
+    generator = torch.Generator().manual_seed(0)
+    out: dict[str, dict[str, float]] = {}
+    for name, module in int8_linears(quantized).items():
+        out[name] = {}
+        for w, shapes in calls.items():
+            inputs = [torch.randn(shape, generator=generator) for shape in shapes[name]]
+            ms = interleaved_ms({"int8": replay(module, inputs), "float": replay(fp32.get_submodule(name), inputs)},
+                                repeats) if inputs else {"int8": 0.0, "float": 0.0}
+            out[name] |= {f"calls_{w}": len(inputs), f"int8_ms_{w}": ms["int8"], f"float_ms_{w}": ms["float"]}
+    return out
+
+
+def slower_in_int8(speed: dict[str, dict[str, float]]) -> list[str]:
+    """The Linears whose INT8 calls took longer than their float twin's in some workload, most time lost first
+    (a Linear the inference never calls, e.g. a pre-training head, is not timed and stays INT8)."""
+    def lost(row: dict[str, float]) -> float:
+        called = [k.removeprefix("calls_") for k in row if k.startswith("calls_") and row[k]]
+        return max((row[f"int8_ms_{w}"] - row[f"float_ms_{w}"] for w in called), default=0.0)
+
+    return sorted((name for name, row in speed.items() if lost(row) > 0), key=lambda name: -lost(speed[name]))
+
+
+def workloads(model: nn.Module, shards: str, q: QuantizeParams) -> dict[str, Callable[[], None]]:
+    """One inference of `model` on the first val records, per speed-sweep batch size ("batch<n>")."""
+    if not q.speed_batch_sizes:
+        return {}
+    batch = next(iter(make_loader(shards, "val", max(q.speed_batch_sizes))))
+    return {f"batch{size}": inference(model, first_rows(batch, size), q.speed_new_tokens)
+            for size in q.speed_batch_sizes}
+
+
 def prune_linears(model: nn.Module, amount: float) -> int:
     """Zero the smallest-|w| `amount` of every Linear weight (made permanent); returns the weights zeroed."""
     zeroed = 0
@@ -156,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     q = params.quantize
     if not 0.0 <= q.prune_amount < 1.0:
         raise ValueError(f"quantize.prune_amount must be in [0, 1), got {q.prune_amount}")
+    if any(size < 1 for size in q.speed_batch_sizes):
+        raise ValueError(f"quantize.speed_batch_sizes must be positive, got {q.speed_batch_sizes}")
     tokenizer = AutoTokenizer.from_pretrained(STUDENT)
     model = TrimodalForConditionalGeneration.from_pretrained(STUDENT).eval()
     zeroed = prune_linears(model, q.prune_amount) if q.prune_amount > 0 else 0
@@ -164,17 +235,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     quantized = quantize_model(copy.deepcopy(model), batches)
     ref = reference(fp32, batches)
     sensitivity = layer_sensitivity(fp32, quantized, lambda m: divergence(m, batches, ref))
-    keep, accuracy = keep_fragile(fp32, quantized, sensitivity, batches, q.max_val_drop, q.max_fp32_linears)
+    fragile, accuracy = keep_fragile(fp32, quantized, sensitivity, batches, q.max_val_drop, q.max_fp32_linears)
+    speed = speed_sweep(fp32, quantized, workloads(quantized, params.distill.shards, q), q.speed_repeats)
+    slow = [name for name in slower_in_int8(speed) if name not in fragile]
+    keep = fragile + slow
     if keep:
         quantized = quantize_model(model, batches, keep_fp32=keep)
         accuracy["int8"] = val_accuracy(quantized, batches)  # as shipped: the kept Linears' weights are int8 too
     ranked = [{"linear": name, "kl": max(0.0, kl), "fp32": name in keep}  # float noise can dip a hair below 0
               for name, kl in sorted(sensitivity.items(), key=lambda kv: kv[1], reverse=True)]
+    timed = [{"linear": name, **{k: round(v, 5) for k, v in row.items()}, "fp32": name in keep}
+             for name, row in speed.items()]
+    kept = {"kept_fp32": keep, "kept_fp32_fragile": fragile, "kept_fp32_slow": slow}
     probe = {k: v for k, v in batches[0].items() if k not in ("labels", "class_labels")}
     with atomic_dir(OUT_DIR) as tmp:
         summary = export_int8(quantized, model.config, tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / SENSITIVITY, {"kept_fp32": keep, "val_accuracy": accuracy, "sensitivity": ranked})
+        write_json(tmp / SENSITIVITY, {**kept, "val_accuracy": accuracy, "sensitivity": ranked, "speed": timed})
         difference = max_difference(quantized, load_int8(tmp), probe)
         if difference > 1e-4:
             raise RuntimeError(f"quantize: the INT8 model read back from {WEIGHTS} differs from the one written "
@@ -182,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     fp32_bytes = (STUDENT / "model.safetensors").stat().st_size
     int8_bytes = (OUT_DIR / WEIGHTS).stat().st_size
     metrics = {**summary, "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "size_ratio": int8_bytes / fp32_bytes,
-               "pruned_weights": zeroed, "round_trip_max_difference": difference, "kept_fp32": keep,
-               "val_accuracy": accuracy, "sensitivity": ranked}
+               "pruned_weights": zeroed, "round_trip_max_difference": difference, **kept,
+               "val_accuracy": accuracy, "sensitivity": ranked, "speed": timed}
     write_json(METRICS, metrics)
     print("quantize: " + json.dumps(metrics))
 

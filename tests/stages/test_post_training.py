@@ -51,7 +51,7 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert {"cls_accuracy", "vqa_accuracy"} <= set(distilled["student"]["overall"])
     assert not list((project / "checkpoints/distill").glob("step-*"))
 
-    run_stage("quantize", project)
+    run_stage("quantize", project, "quantize.speed_batch_sizes=[]")  # every Linear INT8 but the fragile ones
     quantized = json.loads((project / "metrics/quantize.json").read_text())
     assert quantized["round_trip_max_difference"] == 0.0
     assert quantized["int8_bytes"] < 0.4 * quantized["fp32_bytes"]
@@ -63,12 +63,32 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert {r["linear"] for r in sweep if r["fp32"]} == set(quantized["kept_fp32"])
     acc = quantized["val_accuracy"]
     assert acc["fp32"] - acc["int8"] <= 0.0 or len(quantized["kept_fp32"]) == 8  # the keep rule's two exits
+    assert quantized["speed"] == [] and quantized["kept_fp32_slow"] == []
+
+
+def test_quantize_computes_in_float_the_linears_slower_in_int8(project):
+    if not (project / "models/student").exists():
+        run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
+    run_stage("quantize", project, "quantize.speed_repeats=5")
+    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    assert quantized["kept_fp32"] == quantized["kept_fp32_fragile"] + quantized["kept_fp32_slow"]
+    model = load_int8(project / "models/student-int8")
+    for row in quantized["speed"]:
+        called = [w for w in ("batch1", "batch32") if row[f"calls_{w}"]]
+        lost = any(row[f"int8_ms_{w}"] > row[f"float_ms_{w}"] for w in called)
+        assert (row["linear"] in quantized["kept_fp32_slow"]) == (lost and row["linear"] not in
+                                                                  quantized["kept_fp32_fragile"]), row
+        assert (type(model.get_submodule(row["linear"])) is torch.nn.Linear) == row["fp32"]
+    assert quantized["linear_int8"] == sum(not r["fp32"] for r in quantized["speed"])
+    head = next(r for r in quantized["speed"] if r["linear"] == "decoder.lm_head")
+    assert head["calls_batch1"] >= 12 and head["calls_batch32"] == head["calls_batch1"]  # one per greedy token
 
 
 def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
     if not (project / "models/student").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
-    run_stage("quantize", project, "quantize.max_val_drop=-1", "quantize.max_fp32_linears=3")  # never close enough
+    run_stage("quantize", project, "quantize.max_val_drop=-1", "quantize.max_fp32_linears=3",  # never close enough
+              "quantize.speed_batch_sizes=[]")
     quantized = json.loads((project / "metrics/quantize.json").read_text())
     fragile = [r["linear"] for r in quantized["sensitivity"][:3]]
     assert quantized["kept_fp32"] == fragile
