@@ -228,6 +228,15 @@ def speed_lines(sweep: dict) -> list[str]:
         int8, flt = (sum(r[f"{kind}_ms_{w}"] for r in called) for kind in ("int8", "float"))
         shipped = sum(r[f"float_ms_{w}"] if r["fp32"] else r[f"int8_ms_{w}"] for r in called)
         lines.append(f"| {w} | {int8:.2f} | {flt:.2f} | {shipped:.2f} |")
+    candidates, fp32 = sweep.get("candidates", {}), sweep.get("fp32_latency", {})
+    if candidates and fp32:
+        lines += ["", f"Whole model, interleaved (median ms of one inference); shipped: `{sweep['chosen']}`, the "
+                  "lower geometric mean over the batch sizes (`int8`: every Linear not kept for accuracy in INT8; "
+                  "`swept`: the Linears slower in INT8 in float too):", "",
+                  "| model | Linears in float | " + " | ".join(work) + " |", "| --- | ---: |" + " ---: |" * len(work),
+                  "| fp32 | all | " + " | ".join(f"{fp32[f'ms_{w}']:.2f}" for w in work) + " |"]
+        lines += [f"| {name} | {c['kept_fp32']} | " + " | ".join(f"{c[f'ms_{w}']:.2f}" for w in work) + " |"
+                  for name, c in candidates.items()]
     return lines
 
 

@@ -72,13 +72,22 @@ def test_quantize_computes_in_float_the_linears_slower_in_int8(project):
     run_stage("quantize", project, "quantize.speed_repeats=5")
     quantized = json.loads((project / "metrics/quantize.json").read_text())
     assert quantized["kept_fp32"] == quantized["kept_fp32_fragile"] + quantized["kept_fp32_slow"]
+    # the candidate with the lowest geometric mean latency over batch sizes 1 and 32 ships
+    candidates = quantized["candidates"]
+    assert set(quantized["fp32_latency"]) == {"ms_batch1", "ms_batch32"}
+    latency = {c: candidates[c]["ms_batch1"] * candidates[c]["ms_batch32"] for c in candidates}
+    assert quantized["chosen"] == min(latency, key=latency.get)
+    swept = quantized["chosen"] == "swept"
     model = load_int8(project / "models/student-int8")
     for row in quantized["speed"]:
         called = [w for w in ("batch1", "batch32") if row[f"calls_{w}"]]
         lost = any(row[f"int8_ms_{w}"] > row[f"float_ms_{w}"] for w in called)
-        assert (row["linear"] in quantized["kept_fp32_slow"]) == (lost and row["linear"] not in
-                                                                  quantized["kept_fp32_fragile"]), row
+        slow = lost and row["linear"] not in quantized["kept_fp32_fragile"]
+        assert (row["linear"] in quantized["kept_fp32_slow"]) == (slow and swept), row
         assert (type(model.get_submodule(row["linear"])) is torch.nn.Linear) == row["fp32"]
+    assert ("swept" in candidates) == any(r["linear"] not in quantized["kept_fp32_fragile"] and any(
+        r[f"int8_ms_{w}"] > r[f"float_ms_{w}"] for w in ("batch1", "batch32") if r[f"calls_{w}"])
+        for r in quantized["speed"])
     assert quantized["linear_int8"] == sum(not r["fp32"] for r in quantized["speed"])
     head = next(r for r in quantized["speed"] if r["linear"] == "decoder.lm_head")
     assert head["calls_batch1"] >= 12 and head["calls_batch32"] == head["calls_batch1"]  # one per greedy token
