@@ -197,12 +197,15 @@ def sweep_section(results: dict, top: int = 10) -> list[str]:
         if not sweep:
             continue
         acc = sweep["val_accuracy"]
+        fragile = sweep.get("kept_fp32_fragile", sweep["kept_fp32"])
+        slow = sweep.get("kept_fp32_slow", [])
         lines += [f"## INT8 sensitivity sweep ({name})", "",
                   f"Each Linear alone in INT8, KL divergence of the output distributions from the float model's on "
                   f"the calibration (val) batches. Val accuracy (teacher-forced exact match and classes): float "
                   f"{acc['fp32']:.3f}, all Linears INT8 {acc['int8_all']:.3f}, shipped {acc['int8']:.3f} with "
-                  f"{len(sweep['kept_fp32'])} Linear(s) kept in float"
-                  + (f" ({', '.join(f'`{k}`' for k in sweep['kept_fp32'])})" if sweep["kept_fp32"] else "")
+                  f"{len(fragile)} fragile Linear(s) kept in float"
+                  + (f" ({', '.join(f'`{k}`' for k in fragile)})" if fragile else "")
+                  + (f" and {len(slow)} more for speed (below)" if slow else "")
                   + f". Top {top} of {len(sweep['sensitivity'])}:", "", "| Linear | KL | kept float |",
                   "| --- | ---: | :---: |"]
         lines += [f"| `{r['linear']}` | {r['kl']:.2e} | {'yes' if r['fp32'] else ''} |"
