@@ -39,7 +39,9 @@ class ConvSubsampling(nn.Module):
         """mel [B, n_mels, T] -> ([B, T/4, dim], lengths after subsampling)."""
         x = mel.unsqueeze(1).transpose(2, 3)  # [B, 1, T, F]
         x = x * frame_mask(lengths, x.shape[2])[:, None, :, None]
-        x = torch.relu(self.conv1(x))
+        # channels-last: oneDNN's NCHW kernel for a 1-channel input is ~12x slower on CPU (7.7 vs 0.6 ms for
+        # [32, 1, 101, 64] -> 48 channels, 2 cores); cuDNN prefers NHWC too. Same numbers either way.
+        x = torch.relu(self.conv1(x.contiguous(memory_format=torch.channels_last)))
         half = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
         x = x * frame_mask(half, x.shape[2])[:, None, :, None]
         x = torch.relu(self.conv2(x))  # [B, C, T/4, F/4]

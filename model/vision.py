@@ -69,6 +69,7 @@ class VisionEncoder(nn.Module):
                 grid = patch_mask.reshape(b, 1, h // self.patch_size, w // self.patch_size)
                 hidden = grid.repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
                 pixels = pixels.masked_fill(hidden, 0.0)
+            pixels = pixels.contiguous(memory_format=torch.channels_last)  # faster on CPU: audio.ConvSubsampling
             x = self.stem(pixels).flatten(2).transpose(1, 2)
         if patch_mask is not None:
             x = torch.where(patch_mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
