@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 @dataclass
 class DemoParams:
     n_records: int = 1680  # ~24 test records per modality subset (10% test split)
-    n_fusion: int = 720  # records whose answer needs two modalities (group "fusion")
+    n_fusion: int = 240  # records whose answer needs two modalities (group "fusion")
     n_corpus: int = 240
     image_size: int = 64
     sample_rate: int = 16000
