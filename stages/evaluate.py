@@ -49,6 +49,8 @@ VARIANTS = {"teacher": Path("models/teacher"), "student": Path("models/student")
             "student-int8": Path("models/student-int8")}
 BASELINES = ("majority", "question_prior")
 METRICS_DIR = Path("metrics/eval")
+QUANTIZE_METRICS = Path("metrics/quantize.json")  # the quantize stage's speed measurements, for the report
+MEASURED = ("speed", "slower_in_int8", "latency")
 REPORT = Path("reports/report.md")
 NOISE_KEYS = ("vqa_accuracy", "cls_accuracy")
 
@@ -129,8 +131,10 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
         scored = score_variant(models[name], AutoTokenizer.from_pretrained(path), shards, p, seed)
         first = first or scored  # the test targets, and so the baselines, are the same for every variant
         results[name] = {"rows": scored["rows"], "parameters": parameter_count(path), "size_bytes": weights_bytes(path)}
-        if (path / SENSITIVITY).exists():  # the quantize stage's sensitivity sweep, shown in the report
-            results[name]["quantization"] = json.loads((path / SENSITIVITY).read_text())
+        if (path / SENSITIVITY).exists():  # the quantize stage's sweeps and speed measurements, in the report
+            measured = json.loads(QUANTIZE_METRICS.read_text()) if QUANTIZE_METRICS.exists() else {}
+            results[name]["quantization"] = {**json.loads((path / SENSITIVITY).read_text()),
+                                             **{k: measured[k] for k in MEASURED if k in measured}}
         print(f"evaluate: {name}: " + json.dumps({k: round(v, 4) for k, v in scored["rows"]["overall"].items()
                                                   if isinstance(v, float)}))
     for name, timed in latencies(models, shards, p).items():
@@ -198,14 +202,14 @@ def sweep_section(results: dict, top: int = 10) -> list[str]:
             continue
         acc = sweep["val_accuracy"]
         fragile = sweep.get("kept_fp32_fragile", sweep["kept_fp32"])
-        slow = sweep.get("kept_fp32_slow", [])
+        narrow = sweep.get("kept_fp32_narrow", [])
         lines += [f"## INT8 sensitivity sweep ({name})", "",
                   f"Each Linear alone in INT8, KL divergence of the output distributions from the float model's on "
                   f"the calibration (val) batches. Val accuracy (teacher-forced exact match and classes): float "
                   f"{acc['fp32']:.3f}, all Linears INT8 {acc['int8_all']:.3f}, shipped {acc['int8']:.3f} with "
                   f"{len(fragile)} fragile Linear(s) kept in float"
                   + (f" ({', '.join(f'`{k}`' for k in fragile)})" if fragile else "")
-                  + (f" and {len(slow)} more for speed (below)" if slow else "")
+                  + (f" and {len(narrow)} narrow ones (below)" if narrow else "")
                   + f". Top {top} of {len(sweep['sensitivity'])}:", "", "| Linear | KL | kept float |",
                   "| --- | ---: | :---: |"]
         lines += [f"| `{r['linear']}` | {r['kl']:.2e} | {'yes' if r['fp32'] else ''} |"
@@ -215,31 +219,33 @@ def sweep_section(results: dict, top: int = 10) -> list[str]:
 
 
 def speed_lines(sweep: dict) -> list[str]:
-    """The quantize stage's speed sweep, summed: per workload, the time of the called Linears all INT8, all float,
-    and as shipped."""
+    """The width rule's outcome and what the quantize stage measured (metrics/quantize.json): the called Linears'
+    replayed time per workload (all INT8, all float, as shipped) and whole-model latency."""
     timed = sweep.get("speed") or []
     work = [k.removeprefix("calls_") for k in (timed[0] if timed else {}) if k.startswith("calls_")]
+    narrow = sweep.get("kept_fp32_narrow", [])
+    lines = [f"Width rule: Linears with fewer than {sweep.get('int8_min_features', 0)} inputs compute in float from "
+             f"their int8 weights ({len(narrow)} Linear(s); INT8 is slower than float at such widths on CPU)."]
     if not work:
-        return ["No speed sweep (`quantize.speed_batch_sizes` is empty): every Linear not kept for accuracy is INT8."]
+        return lines + ["Speed not measured (`quantize.speed_batch_sizes` is empty)."]
     called = [r for r in timed if any(r[f"calls_{w}"] for w in work)]
-    lines = [f"Speed sweep: each INT8 Linear's calls in one inference replayed in INT8 and in float, interleaved. "
-             f"{len(sweep.get('kept_fp32_slow', []))} Linear(s) were slower in INT8 and compute in float from their "
-             f"int8 weights; {sum(not r['fp32'] for r in called)} of the {len(called)} Linears the inference calls "
-             "compute in INT8. Their calls, summed:", "", "| workload | all INT8 ms | all float ms | shipped ms |",
-             "| --- | ---: | ---: | ---: |"]
+    doubtful = [n for n in sweep.get("slower_in_int8", []) if n not in sweep.get("kept_fp32", [])]
+    lines += ["", f"Measured, not deciding: each Linear's calls in one inference replayed in INT8 and in float, "
+              f"interleaved. {sum(not r['fp32'] for r in called)} of the {len(called)} Linears the inference calls "
+              f"compute in INT8; {len(doubtful)} of those were slower in INT8 in the replay"
+              + (f" ({', '.join(f'`{n}`' for n in doubtful[:5])}{', ...' if len(doubtful) > 5 else ''})"
+                 if doubtful else "") + ". Their calls, summed:", "",
+              "| workload | all INT8 ms | all float ms | shipped ms |", "| --- | ---: | ---: | ---: |"]
     for w in work:
         int8, flt = (sum(r[f"{kind}_ms_{w}"] for r in called) for kind in ("int8", "float"))
         shipped = sum(r[f"float_ms_{w}"] if r["fp32"] else r[f"int8_ms_{w}"] for r in called)
         lines.append(f"| {w} | {int8:.2f} | {flt:.2f} | {shipped:.2f} |")
-    candidates, fp32 = sweep.get("candidates", {}), sweep.get("fp32_latency", {})
-    if candidates and fp32:
-        lines += ["", f"Whole model, interleaved (median ms of one inference); shipped: `{sweep['chosen']}`, the "
-                  "lower geometric mean over the batch sizes (`int8`: every Linear not kept for accuracy in INT8; "
-                  "`swept`: the Linears slower in INT8 in float too):", "",
-                  "| model | Linears in float | " + " | ".join(work) + " |", "| --- | ---: |" + " ---: |" * len(work),
-                  "| fp32 | all | " + " | ".join(f"{fp32[f'ms_{w}']:.2f}" for w in work) + " |"]
-        lines += [f"| {name} | {c['kept_fp32']} | " + " | ".join(f"{c[f'ms_{w}']:.2f}" for w in work) + " |"
-                  for name, c in candidates.items()]
+    latency = sweep.get("latency", {})
+    if latency:
+        lines += ["", "Whole model, interleaved, median ms of one inference:", "",
+                  "| model | " + " | ".join(work) + " |", "| --- |" + " ---: |" * len(work)]
+        lines += [f"| {name} | " + " | ".join(f"{ms[f'ms_{w}']:.2f}" for w in work) + " |"
+                  for name, ms in latency.items()]
     return lines
 
 

@@ -14,21 +14,22 @@ quantized model's outputs before the stage succeeds -> metrics/quantize.json (si
 the Linears kept in float, val accuracy float / all-INT8 / shipped). A kept Linear computes in float from int8
 weights (weight-only, as embeddings), so the file stays small.
 
-Speed sweep: INT8 pays only where the GEMM outweighs quantizing the input and dequantizing the output; at narrow
-widths or a few rows per call (a decode step at batch 1) the int8 Linear is several times slower than the float
-one. So each INT8 Linear's calls in one inference (stages/common/latency.py's workload: encoder, classifier and a
-greedy caption of `quantize.speed_new_tokens` tokens, hooked to record the shapes it sees) are replayed in INT8
-and in float, interleaved, at each of `quantize.speed_batch_sizes`; the Linears slower in INT8 at any of them
-make a second candidate ("swept") beside the all-INT8 one ("int8"; both keep the fragile Linears in float). The
-replay sees each Linear with its weights hot in cache, which flatters float for wide layers, so the two
-candidates and the float model are then timed whole, interleaved, and the one with the lower geometric mean
-latency over the batch sizes ships.
+Width rule: INT8 pays only where the GEMM outweighs quantizing the input and dequantizing the output. On the
+2-core x86 machine a 48-wide int8 Linear is ~5x slower than the float one at 1 row and ~2.7x at 32 rows, a
+256-wide one is faster from ~32 rows (benchmarks/README.md). So Linears with fewer than
+`quantize.int8_min_features` inputs compute in float from their int8 weights. The rule is fixed, not timed, so
+the artifact is the same on every run and machine.
+
+Speed, measured and reported (metrics/quantize.json only, never deciding): each INT8 Linear's calls in one
+inference (stages/common/latency.py's workload at each of `quantize.speed_batch_sizes`, shapes recorded by a
+hook) replayed in INT8 and in float, interleaved, and the Linears found slower in INT8 (`slower_in_int8`: where
+the rule may be wrong for this CPU); then the float model, the all-INT8 model and the shipped one timed whole,
+interleaved (`latency`).
 """
 from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
@@ -211,24 +212,15 @@ def workloads(model: nn.Module, batches: dict[str, dict], new_tokens: int) -> di
     return {w: inference(model, batch, new_tokens) for w, batch in batches.items()}
 
 
-def geometric_mean(values: Sequence[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def time_candidates(models: dict[str, nn.Module], batches: dict[str, dict], new_tokens: int,
+def whole_model_latency(models: dict[str, nn.Module], batches: dict[str, dict], new_tokens: int,
                     repeats: int) -> dict[str, dict[str, float]]:
-    """Whole-model latency: name -> {"ms_<workload>": median ms}, every model interleaved per workload."""
+    """Whole-model latency: name -> {"ms_<workload>": median ms}, the models interleaved per workload."""
     out: dict[str, dict[str, float]] = {name: {} for name in models}
     for w, batch in batches.items():
         runs = {name: inference(model, batch, new_tokens) for name, model in models.items()}
         for name, ms in interleaved_ms(runs, repeats).items():
             out[name][f"ms_{w}"] = round(ms, 3)
     return out
-
-
-def fastest(timing: dict[str, dict[str, float]]) -> str:
-    """The candidate with the lowest geometric mean latency over the workloads (each batch size counts alike)."""
-    return min(timing, key=lambda name: geometric_mean(list(timing[name].values())))
 
 
 def prune_linears(model: nn.Module, amount: float) -> int:
@@ -264,32 +256,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     ref = reference(fp32, batches)
     sensitivity = layer_sensitivity(fp32, quantized, lambda m: divergence(m, batches, ref))
     fragile, accuracy = keep_fragile(fp32, quantized, sensitivity, batches, q.max_val_drop, q.max_fp32_linears)
+    narrow = [name for name in int8_linears(quantized)
+              if name not in fragile and fp32.get_submodule(name).in_features < q.int8_min_features]
+    keep = fragile + narrow
+    shipped = quantize_model(copy.deepcopy(model), batches, keep_fp32=keep) if keep else quantized
+    if keep:
+        accuracy["int8"] = val_accuracy(shipped, batches)  # as shipped: the kept Linears' weights are int8 too
+    # speed: measured and reported, never deciding (timings differ run to run; the artifact must not)
     timing_at = timing_batches(params.distill.shards, q.speed_batch_sizes)
     speed = speed_sweep(fp32, quantized, workloads(quantized, timing_at, q.speed_new_tokens), q.speed_repeats)
-    # two candidates, timed whole (the per-Linear replay misses cache effects: int8 weights are 4x smaller)
-    candidates = {"int8": fragile}
-    slow = [name for name in slower_in_int8(speed) if name not in fragile]
-    if slow:
-        candidates["swept"] = fragile + slow
-    built = {name: quantize_model(copy.deepcopy(model), batches, keep_fp32=keep) if keep else quantized
-             for name, keep in candidates.items()}
-    timing = time_candidates({"fp32": model, **built}, timing_at, q.speed_new_tokens, q.speed_repeats)
-    chosen = fastest({name: timing[name] for name in built}) if timing_at else "int8"
-    keep, quantized = candidates[chosen], built[chosen]
-    if keep:
-        accuracy["int8"] = val_accuracy(quantized, batches)  # as shipped: the kept Linears' weights are int8 too
+    latency = whole_model_latency({"fp32": model, "int8_all": quantized, "shipped": shipped}, timing_at,
+                              q.speed_new_tokens, q.speed_repeats) if timing_at else {}
+    quantized = shipped
     ranked = [{"linear": name, "kl": max(0.0, kl), "fp32": name in keep}  # float noise can dip a hair below 0
               for name, kl in sorted(sensitivity.items(), key=lambda kv: kv[1], reverse=True)]
     timed = [{"linear": name, **{k: round(v, 5) for k, v in row.items()}, "fp32": name in keep}
              for name, row in speed.items()]
-    kept = {"kept_fp32": keep, "kept_fp32_fragile": fragile, "kept_fp32_slow": keep[len(fragile):],
-            "candidates": {name: {**timing.get(name, {}), "kept_fp32": len(k)} for name, k in candidates.items()},
-            "fp32_latency": timing.get("fp32", {}), "chosen": chosen}
+    kept = {"kept_fp32": keep, "kept_fp32_fragile": fragile, "kept_fp32_narrow": narrow,
+            "int8_min_features": q.int8_min_features}
+    measured = {"speed": timed, "slower_in_int8": slower_in_int8(speed), "latency": latency}
     probe = {k: v for k, v in batches[0].items() if k not in ("labels", "class_labels")}
     with atomic_dir(OUT_DIR) as tmp:
         summary = export_int8(quantized, model.config, tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / SENSITIVITY, {**kept, "val_accuracy": accuracy, "sensitivity": ranked, "speed": timed})
+        write_json(tmp / SENSITIVITY, {**kept, "val_accuracy": accuracy, "sensitivity": ranked})
         difference = max_difference(quantized, load_int8(tmp), probe)
         if difference > 1e-4:
             raise RuntimeError(f"quantize: the INT8 model read back from {WEIGHTS} differs from the one written "
@@ -298,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     int8_bytes = (OUT_DIR / WEIGHTS).stat().st_size
     metrics = {**summary, "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "size_ratio": int8_bytes / fp32_bytes,
                "pruned_weights": zeroed, "round_trip_max_difference": difference, **kept,
-               "val_accuracy": accuracy, "sensitivity": ranked, "speed": timed}
+               "val_accuracy": accuracy, "sensitivity": ranked, **measured}
     write_json(METRICS, metrics)
     print("quantize: " + json.dumps(metrics))
 

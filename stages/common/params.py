@@ -107,8 +107,9 @@ class QuantizeParams:
     prune_amount: float = 0.0  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
     max_val_drop: float = 0.0  # fragile Linears go back to float until val accuracy is within this of float
     max_fp32_linears: int = 8  # ... or this many are back
-    # speed sweep: an INT8 Linear whose calls in one inference (evaluate's workload) take longer than its float
-    # twin's at any of these batch sizes goes back to float; [] = no sweep
+    int8_min_features: int = 128  # narrower Linears compute in float from int8 weights (INT8 is slower there)
+    # speed measurement (reported, never deciding): per-Linear replay and whole-model latency at these batch
+    # sizes; [] = none
     speed_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     speed_new_tokens: int = 12  # greedy tokens per inference (evaluate.max_new_tokens)
     speed_repeats: int = 20  # interleaved timing rounds per Linear and batch size

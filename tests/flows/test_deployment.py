@@ -42,7 +42,7 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@127.0.0.1"]
 # Outputs whose bytes hold wall-clock readings, so no two runs agree on them: samples/s and MFU (dvclive), latency
 # (evaluate, report), Data Docs run times (GX), and the PEAK chunk soundfile writes into float WAVs (validate's
 # media tars: stages/common/media.py, shared/KNOWN-ISSUES.md). Everything else must match to the byte.
-WALL_CLOCK = {"data/validated", "reports/validate", "reports/report.md",
+WALL_CLOCK = {"data/validated", "reports/validate", "reports/report.md", "metrics/quantize.json",
               *(f"metrics/{stage}/{out}" for stage in GPU_STAGES for out in ("metrics.json", "plots/metrics")),
               *(f"metrics/eval/{variant}.json" for variant in ("teacher", "student", "student-int8"))}
 # safetensors 0.8 writes a header's __metadata__ in a per-process random order (a Rust HashMap), and

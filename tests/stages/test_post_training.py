@@ -4,10 +4,11 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
-from model.quantization import load_int8
+from model.quantization import WEIGHTS, load_int8
 from stages.common.baselines import majority
 from stages.common.loader import read_meta
 from stages.common.scoring import SUBSETS, subset_name
@@ -51,7 +52,8 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert {"cls_accuracy", "vqa_accuracy"} <= set(distilled["student"]["overall"])
     assert not list((project / "checkpoints/distill").glob("step-*"))
 
-    run_stage("quantize", project, "quantize.speed_batch_sizes=[]")  # every Linear INT8 but the fragile ones
+    run_stage("quantize", project, "quantize.speed_batch_sizes=[]",  # every Linear INT8 but the fragile ones
+              "quantize.int8_min_features=0")
     quantized = json.loads((project / "metrics/quantize.json").read_text())
     assert quantized["round_trip_max_difference"] == 0.0
     assert quantized["int8_bytes"] < 0.4 * quantized["fp32_bytes"]
@@ -63,41 +65,44 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert {r["linear"] for r in sweep if r["fp32"]} == set(quantized["kept_fp32"])
     acc = quantized["val_accuracy"]
     assert acc["fp32"] - acc["int8"] <= 0.0 or len(quantized["kept_fp32"]) == 8  # the keep rule's two exits
-    assert quantized["speed"] == [] and quantized["kept_fp32_slow"] == []
+    assert quantized["speed"] == [] and quantized["latency"] == {} and quantized["kept_fp32_narrow"] == []
 
 
-def test_quantize_computes_in_float_the_linears_slower_in_int8(project):
+def test_quantize_computes_narrow_linears_in_float_measures_speed_and_is_deterministic(project):
     if not (project / "models/student").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
-    run_stage("quantize", project, "quantize.speed_repeats=5")
+    run_stage("quantize", project, "quantize.speed_repeats=3", "quantize.int8_min_features=49")
     quantized = json.loads((project / "metrics/quantize.json").read_text())
-    assert quantized["kept_fp32"] == quantized["kept_fp32_fragile"] + quantized["kept_fp32_slow"]
-    # the candidate with the lowest geometric mean latency over batch sizes 1 and 32 ships
-    candidates = quantized["candidates"]
-    assert set(quantized["fp32_latency"]) == {"ms_batch1", "ms_batch32"}
-    latency = {c: candidates[c]["ms_batch1"] * candidates[c]["ms_batch32"] for c in candidates}
-    assert quantized["chosen"] == min(latency, key=latency.get)
-    swept = quantized["chosen"] == "swept"
+    student = TrimodalForConditionalGeneration.from_pretrained(project / "models/student")
+    fragile = quantized["kept_fp32_fragile"]
+    narrow = [n for n, m in student.named_modules() if type(m) is torch.nn.Linear and m.in_features < 49
+              and n not in fragile]
+    assert narrow and quantized["kept_fp32_narrow"] == narrow and quantized["kept_fp32"] == fragile + narrow
     model = load_int8(project / "models/student-int8")
+    assert quantized["linear_int8"] == sum(not r["fp32"] for r in quantized["speed"]) > 0  # the wide ones
     for row in quantized["speed"]:
-        called = [w for w in ("batch1", "batch32") if row[f"calls_{w}"]]
-        lost = any(row[f"int8_ms_{w}"] > row[f"float_ms_{w}"] for w in called)
-        slow = lost and row["linear"] not in quantized["kept_fp32_fragile"]
-        assert (row["linear"] in quantized["kept_fp32_slow"]) == (slow and swept), row
         assert (type(model.get_submodule(row["linear"])) is torch.nn.Linear) == row["fp32"]
-    assert ("swept" in candidates) == any(r["linear"] not in quantized["kept_fp32_fragile"] and any(
-        r[f"int8_ms_{w}"] > r[f"float_ms_{w}"] for w in ("batch1", "batch32") if r[f"calls_{w}"])
-        for r in quantized["speed"])
-    assert quantized["linear_int8"] == sum(not r["fp32"] for r in quantized["speed"])
     head = next(r for r in quantized["speed"] if r["linear"] == "decoder.lm_head")
     assert head["calls_batch1"] >= 12 and head["calls_batch32"] == head["calls_batch1"]  # one per greedy token
+    slower = [r["linear"] for r in quantized["speed"] if any(
+        r[f"int8_ms_{w}"] > r[f"float_ms_{w}"] for w in ("batch1", "batch32") if r[f"calls_{w}"])]
+    assert sorted(quantized["slower_in_int8"]) == sorted(slower)
+    assert set(quantized["latency"]) == {"fp32", "int8_all", "shipped"}
+    assert all(ms["ms_batch1"] > 0 and ms["ms_batch32"] > 0 for ms in quantized["latency"].values())
+    # timings differ from run to run, the artifact does not
+    first = {p.name: p.read_bytes() for p in (project / "models/student-int8").glob("*.json")}
+    weights = load_file(project / "models/student-int8" / WEIGHTS)
+    run_stage("quantize", project, "quantize.speed_repeats=3", "quantize.int8_min_features=49")
+    assert {p.name: p.read_bytes() for p in (project / "models/student-int8").glob("*.json")} == first
+    again = load_file(project / "models/student-int8" / WEIGHTS)
+    assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
 
 
 def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
     if not (project / "models/student").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
     run_stage("quantize", project, "quantize.max_val_drop=-1", "quantize.max_fp32_linears=3",  # never close enough
-              "quantize.speed_batch_sizes=[]")
+              "quantize.speed_batch_sizes=[]", "quantize.int8_min_features=0")
     quantized = json.loads((project / "metrics/quantize.json").read_text())
     fragile = [r["linear"] for r in quantized["sensitivity"][:3]]
     assert quantized["kept_fp32"] == fragile
