@@ -265,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # speed: measured and reported, never deciding (timings differ run to run; the artifact must not)
     timing_at = timing_batches(params.distill.shards, q.speed_batch_sizes)
     speed = speed_sweep(fp32, quantized, workloads(quantized, timing_at, q.speed_new_tokens), q.speed_repeats)
-    latency = whole_model_latency({"fp32": model, "int8_all": quantized, "shipped": shipped}, timing_at,
-                              q.speed_new_tokens, q.speed_repeats) if timing_at else {}
+    models = {"fp32": model, "int8_all": quantized, "shipped": shipped}
+    latency = whole_model_latency(models, timing_at, q.speed_new_tokens, q.speed_repeats) if timing_at else {}
     quantized = shipped
     ranked = [{"linear": name, "kl": max(0.0, kl), "fp32": name in keep}  # float noise can dip a hair below 0
               for name, kl in sorted(sensitivity.items(), key=lambda kv: kv[1], reverse=True)]
