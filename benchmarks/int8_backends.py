@@ -12,7 +12,8 @@ batch and the decoder's sequence dimension dynamic. Backends (fp32 always runs: 
     fp32_compiled     torch.export -> torch.compile (inductor, freezing): what pt2e_inductor gets without int8
     torch_ao          model.quantization.quantize_model: the project's static int8 Linears (torch.ao eager, x86)
     torch_ao_swept    torch_ao after the quantize stage's speed sweep (stages/quantize.py) on this benchmark's
-                      inference at each batch size: Linears slower in INT8 compute in float. What the stage measures
+                      inference at each batch size: Linears slower in INT8 compute in float (the stage reports
+                      that sweep; its width rule decides)
     pt2e_inductor     torch.export -> torchao prepare_pt2e / convert_pt2e with X86InductorQuantizer (static,
                       per-channel int8 weights, histogram-calibrated uint8 activations, Linear and Conv2d) ->
                       torch.compile with freezing, which lowers the q/dq patterns to oneDNN int8 kernels

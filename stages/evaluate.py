@@ -30,8 +30,8 @@ from model.quantization import SENSITIVITY, load_int8
 from model.quantization import WEIGHTS as INT8_WEIGHTS
 from stages.common.atomic import atomic_open, write_json
 from stages.common.baselines import majority_baseline, question_prior_baseline
-from stages.common.latency import first_rows, inference, interleaved_ms
-from stages.common.loader import make_loader, read_index, read_meta
+from stages.common.latency import latency_ms, timing_batches
+from stages.common.loader import read_index, read_meta
 from stages.common.params import EvaluateParams, load_params
 from stages.common.predict import fill_cider, predict, record_of
 from stages.common.scoring import (
@@ -104,14 +104,9 @@ def score_baselines(shards: str, p: EvaluateParams, scored: dict) -> dict:
 
 def latencies(models: dict, shards: str, p: EvaluateParams) -> dict[str, dict[str, float]]:
     """variant -> {latency_ms_batch<n>: median ms}, all variants interleaved at each batch size."""
-    timing_batch = next(iter(make_loader(shards, p.split, max(p.latency_batch_sizes))))
-    out: dict[str, dict[str, float]] = {name: {} for name in models}
-    for size in p.latency_batch_sizes:
-        batch = first_rows(timing_batch, size)
-        runs = {name: inference(model, batch, p.max_new_tokens) for name, model in models.items()}
-        for name, ms in interleaved_ms(runs, p.latency_repeats).items():
-            out[name][f"latency_ms_batch{size}"] = ms
-    return out
+    timed = latency_ms(models, timing_batches(shards, p.split, p.latency_batch_sizes), p.max_new_tokens,
+                       p.latency_repeats)
+    return {name: {f"latency_ms_{label}": ms for label, ms in row.items()} for name, row in timed.items()}
 
 
 def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[str, Path] = VARIANTS) -> dict:

@@ -56,7 +56,7 @@ from model.quantization import (
 )
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.batches import decoder_labels, model_inputs, with_question
-from stages.common.latency import first_rows, inference, interleaved_ms
+from stages.common.latency import inference, interleaved_ms, latency_ms, timing_batches
 from stages.common.loader import make_loader
 from stages.common.params import load_params
 
@@ -199,28 +199,9 @@ def slower_in_int8(speed: dict[str, dict[str, float]]) -> list[str]:
     return sorted((name for name, row in speed.items() if lost(row) > 0), key=lambda name: -lost(speed[name]))
 
 
-def timing_batches(shards: str, sizes: Sequence[int]) -> dict[str, dict]:
-    """"batch<n>" -> the first n val records, per speed-sweep batch size."""
-    if not sizes:
-        return {}
-    batch = next(iter(make_loader(shards, "val", max(sizes))))
-    return {f"batch{size}": first_rows(batch, size) for size in sizes}
-
-
 def workloads(model: nn.Module, batches: dict[str, dict], new_tokens: int) -> dict[str, Callable[[], None]]:
     """One inference of `model` per timing batch."""
     return {w: inference(model, batch, new_tokens) for w, batch in batches.items()}
-
-
-def whole_model_latency(models: dict[str, nn.Module], batches: dict[str, dict], new_tokens: int,
-                    repeats: int) -> dict[str, dict[str, float]]:
-    """Whole-model latency: name -> {"ms_<workload>": median ms}, the models interleaved per workload."""
-    out: dict[str, dict[str, float]] = {name: {} for name in models}
-    for w, batch in batches.items():
-        runs = {name: inference(model, batch, new_tokens) for name, model in models.items()}
-        for name, ms in interleaved_ms(runs, repeats).items():
-            out[name][f"ms_{w}"] = round(ms, 3)
-    return out
 
 
 def prune_linears(model: nn.Module, amount: float) -> int:
@@ -263,11 +244,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if keep:
         accuracy["int8"] = val_accuracy(shipped, batches)  # as shipped: the kept Linears' weights are int8 too
     # speed: measured and reported, never deciding (timings differ run to run; the artifact must not)
-    timing_at = timing_batches(params.distill.shards, q.speed_batch_sizes)
+    timing_at = timing_batches(params.distill.shards, "val", q.speed_batch_sizes)
     speed = speed_sweep(fp32, quantized, workloads(quantized, timing_at, q.speed_new_tokens), q.speed_repeats)
-    models = {"fp32": model, "int8_all": quantized, "shipped": shipped}
-    latency = whole_model_latency(models, timing_at, q.speed_new_tokens, q.speed_repeats) if timing_at else {}
-    quantized = shipped
+    timed_models = latency_ms({"fp32": model, "int8_all": quantized, "shipped": shipped}, timing_at,
+                              q.speed_new_tokens, q.speed_repeats) if timing_at else {}
+    latency = {name: {f"ms_{w}": round(ms, 3) for w, ms in row.items()} for name, row in timed_models.items()}
     ranked = [{"linear": name, "kl": max(0.0, kl), "fp32": name in keep}  # float noise can dip a hair below 0
               for name, kl in sorted(sensitivity.items(), key=lambda kv: kv[1], reverse=True)]
     timed = [{"linear": name, **{k: round(v, 5) for k, v in row.items()}, "fp32": name in keep}
@@ -277,10 +258,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     measured = {"speed": timed, "slower_in_int8": slower_in_int8(speed), "latency": latency}
     probe = {k: v for k, v in batches[0].items() if k not in ("labels", "class_labels")}
     with atomic_dir(OUT_DIR) as tmp:
-        summary = export_int8(quantized, model.config, tmp)
+        summary = export_int8(shipped, model.config, tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / SENSITIVITY, {**kept, "val_accuracy": accuracy, "sensitivity": ranked})
-        difference = max_difference(quantized, load_int8(tmp), probe)
+        difference = max_difference(shipped, load_int8(tmp), probe)
         if difference > 1e-4:
             raise RuntimeError(f"quantize: the INT8 model read back from {WEIGHTS} differs from the one written "
                                f"(max |logit difference| {difference:.3g})")

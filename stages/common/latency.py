@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from stages.common.batches import model_inputs
+from stages.common.loader import make_loader
 
 
 def inference(model, batch: dict, max_new_tokens: int) -> Callable[[], None]:
@@ -45,3 +46,22 @@ def interleaved_ms(runs: dict[str, Callable[[], None]], repeats: int) -> dict[st
 
 def first_rows(batch: dict, n: int) -> dict:
     return {k: v[:n] for k, v in batch.items()}
+
+
+def timing_batches(shards: str, split: str, sizes: Sequence[int]) -> dict[str, dict]:
+    """"batch<n>" -> the first n records of `split`, per batch size (one loader read for all of them)."""
+    if not sizes:
+        return {}
+    batch = next(iter(make_loader(shards, split, max(sizes))))
+    return {f"batch{size}": first_rows(batch, size) for size in sizes}
+
+
+def latency_ms(models: dict, batches: dict[str, dict], max_new_tokens: int,
+               repeats: int) -> dict[str, dict[str, float]]:
+    """model name -> {batch label: median ms of one inference}, the models interleaved per batch."""
+    out: dict[str, dict[str, float]] = {name: {} for name in models}
+    for label, batch in batches.items():
+        runs = {name: inference(model, batch, max_new_tokens) for name, model in models.items()}
+        for name, ms in interleaved_ms(runs, repeats).items():
+            out[name][label] = ms
+    return out
