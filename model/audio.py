@@ -88,7 +88,7 @@ class AudioEncoder(nn.Module):
     def __init__(self, config: TrimodalConfig):
         super().__init__()
         c = config
-        self.subsample = ConvSubsampling(c.n_mels, c.audio_dim, channels=c.audio_dim)
+        self.subsample = ConvSubsampling(c.n_mels, c.audio_dim, channels=c.audio_subsample_channels or c.audio_dim)
         self.pos = nn.Embedding(c.max_audio_frames, c.audio_dim)
         self.mask_embedding = nn.Parameter(torch.zeros(c.audio_dim))  # replaces masked frames (MAM)
         self.blocks = nn.ModuleList(ConformerBlock(c.audio_dim, c.audio_heads, c.audio_ffn, c.conv_kernel_size,

@@ -51,6 +51,7 @@ class TrimodalConfig(PreTrainedConfig):
     audio_heads: int = 4
     audio_ffn: int = 128
     conv_kernel_size: int = 15
+    audio_subsample_channels: int | None = None  # channels of the x4 conv subsampling; None = audio_dim
     max_audio_frames: int = 512  # after subsampling
     # fusion, reasoning core, decoders
     fusion_heads: int = 4

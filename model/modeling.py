@@ -119,8 +119,13 @@ class TrimodalEncoder(nn.Module):
 
     def forward(self, pixel_values=None, image_present=None, input_features=None, mel_lengths=None, text_ids=None,
                 text_mask=None, patch_mask=None, frame_mask=None, return_dict=True, **kwargs) -> TrimodalEncoderOutput:
-        streams = self.streams(pixel_values, image_present, input_features, mel_lengths, text_ids, text_mask,
-                               patch_mask, frame_mask)
+        return self.fuse(self.streams(pixel_values, image_present, input_features, mel_lengths, text_ids, text_mask,
+                                      patch_mask, frame_mask))
+
+    def fuse(self, streams: dict[str, Stream]) -> TrimodalEncoderOutput:
+        """Unimodal streams -> fusion -> reasoning core -> R. Training steps that ask two things of the same
+        media (a caption, then an answer to a question added to the text) encode image and audio once and
+        fuse twice, with the text stream swapped (`streams(text_ids=...)`)."""
         h_multi, mask, segments = self.fusion(streams)
         empty = ~mask.any(dim=-1)
         if empty.any():

@@ -28,7 +28,7 @@ from model.losses import kd_loss
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
-from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question
+from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question_streams
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch, setup
 from stages.common.loader import read_index
@@ -93,20 +93,22 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
         caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
         decoder_input_ids = model.shift_right(caption)
         with torch.no_grad():
-            taught = teacher(**inputs, decoder_input_ids=decoder_input_ids)
-        encoded = model.encoder(**inputs)
+            teacher_streams = teacher.encoder.streams(**inputs)
+            taught = teacher(encoder_outputs=teacher.encoder.fuse(teacher_streams), decoder_input_ids=decoder_input_ids)
+        streams = model.encoder.streams(**inputs)
+        encoded = model.encoder.fuse(streams)
         out = model(encoder_outputs=encoded, decoder_input_ids=decoder_input_ids)
         losses = {"ce": kd_loss(out.logits, taught.logits, caption, alpha, temperature),
                   "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature),
                   **contrastive_losses(model, encoded, same_caption(batch))}
         answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
         if (answer != -100).any():
-            text_ids, text_mask = with_question(batch, model.config.pad_token_id)
-            question = {**inputs, "text_ids": text_ids, "text_mask": text_mask}
             decoder_input_ids = model.shift_right(answer)
             with torch.no_grad():
-                taught = teacher(**question, decoder_input_ids=decoder_input_ids)
-            out = model(**question, decoder_input_ids=decoder_input_ids)
+                asked = teacher.encoder.fuse(with_question_streams(teacher.encoder, teacher_streams, batch))
+                taught = teacher(encoder_outputs=asked, decoder_input_ids=decoder_input_ids)
+            asked = model.encoder.fuse(with_question_streams(model.encoder, streams, batch))
+            out = model(encoder_outputs=asked, decoder_input_ids=decoder_input_ids)
             losses["vqa"] = kd_loss(out.logits, taught.logits, answer, alpha, temperature)
         return losses
 

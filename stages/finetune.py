@@ -21,7 +21,7 @@ from model.losses import cross_entropy
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
-from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question
+from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question_streams
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch
 from stages.common.loader import read_index
@@ -37,17 +37,16 @@ METRICS = Path("metrics/finetune.json")
 
 
 def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    inputs = model_inputs(batch)
+    streams = model.encoder.streams(**model_inputs(batch))
     caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
-    encoded = model.encoder(**inputs)
+    encoded = model.encoder.fuse(streams)
     out = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
     losses = {"ce": cross_entropy(out.logits, caption),
               "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None]),
               **contrastive_losses(model, encoded, same_caption(batch))}
     answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
     if (answer != -100).any():
-        text_ids, text_mask = with_question(batch, model.config.pad_token_id)
-        vqa = model(**{**inputs, "text_ids": text_ids, "text_mask": text_mask},
+        vqa = model(encoder_outputs=model.encoder.fuse(with_question_streams(model.encoder, streams, batch)),
                     decoder_input_ids=model.shift_right(answer))
         losses["vqa"] = cross_entropy(vqa.logits, answer)
     return losses

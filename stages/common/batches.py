@@ -40,6 +40,16 @@ def with_question(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
     return ids, ids.ne(pad_id) & (torch.arange(width, device=device)[None] < lengths[:, None])
 
 
+def with_question_streams(encoder, streams: dict, batch: dict) -> dict:
+    """The unimodal streams of a batch (encoder.streams) with the text stream replaced by text + question
+    (with_question): the VQA pass reuses the image and audio encodings of the caption pass instead of running
+    those encoders again on the same media."""
+    text_ids, text_mask = with_question(batch, encoder.config.pad_token_id)
+    if not text_mask.any():  # neither text nor a question anywhere in the batch: nothing to swap
+        return streams
+    return {**streams, **encoder.streams(text_ids=text_ids, text_mask=text_mask)}
+
+
 def same_caption(batch: dict) -> torch.Tensor:
     """[B, B] bool: samples i, j whose captions are the same token sequence (every sample with itself; a sample
     without a caption only with itself): the positives of the contrastive objectives."""

@@ -162,10 +162,16 @@ def test_student_takes_the_teachers_leading_layers_and_slices():
     torch.manual_seed(0)
     teacher = TrimodalForConditionalGeneration(TrimodalConfig(vocab_size=40, image_size=16, patch_size=8, n_mels=20))
     student = TrimodalForConditionalGeneration(student_config(teacher.config, {
-        "d_model": 48, "vision_dim": 48, "audio_dim": 48, "text_layers": 1, "text_dim": 48, "text_ffn": 96}))
+        "d_model": 48, "vision_dim": 48, "audio_dim": 48, "audio_subsample_channels": 16, "text_layers": 1,
+        "text_dim": 48, "text_ffn": 96}))
     taken, total = init_from_teacher(student, teacher)
     assert taken == total  # every student tensor fits inside a teacher tensor
     t, s = teacher.state_dict(), student.state_dict()
+    assert s["encoder.audio.subsample.conv2.weight"].shape == (16, 16, 3, 3)
+    # the projection's input is (channel, frequency) flattened channel-major: its leading 16 * 5 columns are the
+    # teacher's columns for channels 0..15, every frequency
+    freq = 5  # 20 mels after two stride-2 convolutions
+    assert torch.equal(s["encoder.audio.subsample.proj.weight"], t["encoder.audio.subsample.proj.weight"][:48, :16 * freq])
     assert torch.equal(s["encoder.text.blocks.0.ffn.fc1.weight"], t["encoder.text.blocks.0.ffn.fc1.weight"][:96, :48])
     assert torch.equal(s["decoder.blocks.1.ffn.fc2.bias"], t["decoder.blocks.1.ffn.fc2.bias"][:48])
     with pytest.raises(ValueError, match="no_such_setting"):

@@ -1,6 +1,9 @@
 import torch
 
-from stages.common.batches import decoder_labels, drop_modalities, present_modalities, same_caption, with_question
+from model.configuration import TrimodalConfig
+from model.modeling import TrimodalForConditionalGeneration
+from stages.common.batches import (decoder_labels, drop_modalities, model_inputs, present_modalities, same_caption,
+                                   with_question, with_question_streams)
 
 
 def batch_of(subsets, group=None):
@@ -62,3 +65,27 @@ def test_same_caption_marks_identical_captions_and_only_them():
     same = same_caption({"caption_ids": ids, "caption_mask": mask})
     expected = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]])
     assert torch.equal(same, expected.bool())  # a sample without a caption matches only itself
+
+
+def test_the_question_pass_reuses_image_and_audio_encodings_and_matches_encoding_from_scratch():
+    torch.manual_seed(0)
+    model = TrimodalForConditionalGeneration(TrimodalConfig.from_preset(
+        "tiny", vocab_size=40, image_size=32, n_mels=16)).eval()
+    subsets = [("image",), ("audio", "text"), ("image", "audio", "text"), ("text",)]
+    batch = batch_of(subsets)
+    batch["image"] = torch.rand(4, 3, 32, 32) * batch["image"][:, :1, :1, :1]
+    batch["mel"] = torch.randn(4, 16, 20) * (batch["mel_lengths"] > 0)[:, None, None]
+    batch["mel_lengths"] = batch["mel_lengths"] * 4
+    batch["question_ids"] = torch.tensor([[1, 8, 9, 2]] * 4)
+    batch["question_mask"] = torch.ones(4, 4, dtype=torch.bool)
+    calls = []
+    model.encoder.vision.register_forward_hook(lambda *a: calls.append("image"))
+    model.encoder.audio.register_forward_hook(lambda *a: calls.append("audio"))
+    with torch.no_grad():
+        streams = model.encoder.streams(**model_inputs(batch))
+        shared = model.encoder.fuse(with_question_streams(model.encoder, streams, batch))
+        assert calls == ["image", "audio"]  # the question pass ran only the text encoder
+        text_ids, text_mask = with_question(batch, model.config.pad_token_id)
+        scratch = model.encoder(**{**model_inputs(batch), "text_ids": text_ids, "text_mask": text_mask})
+    assert torch.equal(shared.attention_mask, scratch.attention_mask)
+    torch.testing.assert_close(shared.last_hidden_state, scratch.last_hidden_state, rtol=0, atol=1e-6)
