@@ -48,10 +48,11 @@ def mel_targets(mel: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 def pretraining_losses(model, inputs: dict, generator: torch.Generator, masking: MaskingConfig | None = None,
-                       positives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                       positives: torch.Tensor | None = None, pairable: torch.Tensor | None = None
+                       ) -> dict[str, torch.Tensor]:
     """inputs: the model's encoder arguments (pixel_values, image_present, input_features, mel_lengths,
-    text_ids, text_mask; any subset); positives: see contrastive_losses. Returns the objectives that this batch's
-    modalities allow."""
+    text_ids, text_mask; any subset); positives, pairable: see contrastive_losses. Returns the objectives that
+    this batch's modalities allow."""
     m, c = masking or MaskingConfig(), model.config
     enc_inputs = dict(inputs)
     targets = {}
@@ -82,18 +83,24 @@ def pretraining_losses(model, inputs: dict, generator: torch.Generator, masking:
     if "audio" in seg:
         target = mel_targets(inputs["input_features"], r[:, seg["audio"]].shape[1])
         losses["mam"] = mam_loss(model.mam_head(r[:, seg["audio"]]), target, targets["mam"])
-    losses.update(contrastive_losses(model, enc, positives))
+    losses.update(contrastive_losses(model, enc, positives, pairable))
     return losses
 
 
-def contrastive_losses(model, enc, positives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def contrastive_losses(model, enc, positives: torch.Tensor | None = None,
+                       pairable: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """itc / atc / vac on an encoder output: over the samples holding both modalities, each pair with its own
     learnable temperature. Fine-tuning and distillation keep them so the embedding spaces stay aligned.
-    positives [B, B] bool: samples that describe the same thing (losses.contrastive_loss); None = only i~i."""
+    positives [B, B] bool: samples that describe the same thing (losses.contrastive_loss); None = only i~i.
+    pairable [B] bool: samples whose inputs are views of one content; the others (e.g. a fusion record's red
+    circle beside a blue tone) take no part, since as a positive pair they would teach the encoders that
+    different contents match. None = all."""
     losses = {}
     for name, (a, b, scale) in PAIRS.items():
         if a in enc.unimodal and b in enc.unimodal:
             both = enc.unimodal_masks[a].any(-1) & enc.unimodal_masks[b].any(-1)
+            if pairable is not None:
+                both = both & pairable
             if both.sum() >= 2:
                 pos = positives[both][:, both] if positives is not None else None
                 losses[name] = contrastive_loss(model.global_embedding(enc, a)[both],

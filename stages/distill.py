@@ -100,7 +100,7 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
         out = model(encoder_outputs=encoded, decoder_input_ids=decoder_input_ids)
         losses = {"ce": kd_loss(out.logits, taught.logits, caption, alpha, temperature),
                   "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature),
-                  **contrastive_losses(model, encoded, same_caption(batch))}
+                  **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable"))}
         answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
         if (answer != -100).any():
             decoder_input_ids = model.shift_right(answer)

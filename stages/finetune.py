@@ -43,7 +43,7 @@ def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, t
     out = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
     losses = {"ce": cross_entropy(out.logits, caption),
               "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None]),
-              **contrastive_losses(model, encoded, same_caption(batch))}
+              **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable"))}
     answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
     if (answer != -100).any():
         vqa = model(encoder_outputs=model.encoder.fuse(with_question_streams(model.encoder, streams, batch)),

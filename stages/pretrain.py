@@ -41,7 +41,8 @@ def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditiona
 
 
 def pretrain_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return pretraining_losses(model, model_inputs(batch), generator, positives=same_caption(batch))
+    return pretraining_losses(model, model_inputs(batch), generator, positives=same_caption(batch),
+                              pairable=batch.get("pairable"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -50,6 +50,14 @@ def with_question_streams(encoder, streams: dict, batch: dict) -> dict:
     return {**streams, **encoder.streams(text_ids=text_ids, text_mask=text_mask)}
 
 
+def pairable(batch: dict, skip_groups=()) -> torch.Tensor:
+    """[B] bool: samples whose inputs are views of one content, so the contrastive objectives may pair them; a
+    sample of a group in `skip_groups` (e.g. "fusion": two inputs that may disagree, and the answer says whether
+    they do) is not."""
+    return torch.tensor([meta.get("group") not in skip_groups for meta in batch["meta"]], dtype=torch.bool,
+                        device=batch["caption_ids"].device)
+
+
 def same_caption(batch: dict) -> torch.Tensor:
     """[B, B] bool: samples i, j whose captions are the same token sequence (every sample with itself; a sample
     without a caption only with itself): the positives of the contrastive objectives."""

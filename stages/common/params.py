@@ -87,6 +87,8 @@ class TrainStageParams:
     log_every: int = 10
     modality_dropout: float = 0.0  # a multi-input sample keeps a random proper subset of its inputs this often
     modality_dropout_keep_groups: list[str] = field(default_factory=lambda: ["fusion"])  # never dropped
+    # records whose inputs are not views of one content: never a contrastive pair (model.objectives)
+    contrastive_skip_groups: list[str] = field(default_factory=lambda: ["fusion"])
     loss_weights: dict = field(default_factory=dict)  # this stage's lambda overrides of model.config.loss_weights
 
 

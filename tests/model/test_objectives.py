@@ -2,7 +2,7 @@ import torch
 
 from model.configuration import DEFAULT_LOSS_WEIGHTS
 from model.modeling import TrimodalForConditionalGeneration
-from model.objectives import mel_targets, pretraining_losses, supervised_losses, total_loss
+from model.objectives import contrastive_losses, mel_targets, pretraining_losses, supervised_losses, total_loss
 from tests.model.conftest import SUBSETS, make_inputs, tiny_config
 
 
@@ -61,3 +61,19 @@ def test_mel_targets_group_the_frames_behind_each_subsampled_frame():
     assert t.shape == (2, 3, 12)
     assert t[0, 1].tolist() == [mel[0, f, 4 + k].item() for k in range(4) for f in range(3)]
     assert t[1, 2].tolist()[3:] == [0.0] * 9  # frames past the end are zero padding
+
+
+def test_unpairable_samples_take_no_part_in_the_contrastive_objectives():
+    torch.manual_seed(0)
+    model = TrimodalForConditionalGeneration(tiny_config()).eval()
+    full = ("image", "text", "audio")
+    inputs = make_inputs([full] * 6)
+    pairable = torch.tensor([True, False, True, True, False, True])  # e.g. two fusion records
+    with torch.no_grad():
+        masked = contrastive_losses(model, model.encoder(**inputs), pairable=pairable)
+        kept = contrastive_losses(model, model.encoder(**{k: v[pairable] for k, v in inputs.items()}))
+        everyone = contrastive_losses(model, model.encoder(**inputs))
+    assert set(masked) == {"itc", "atc", "vac"}
+    for name in masked:  # the same as if the unpairable samples were not in the batch at all
+        torch.testing.assert_close(masked[name], kept[name], rtol=1e-5, atol=1e-6)
+        assert not torch.isclose(masked[name], everyone[name])

@@ -2,8 +2,8 @@ import torch
 
 from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
-from stages.common.batches import (decoder_labels, drop_modalities, model_inputs, present_modalities, same_caption,
-                                   with_question, with_question_streams)
+from stages.common.batches import (decoder_labels, drop_modalities, model_inputs, pairable, present_modalities,
+                                   same_caption, with_question, with_question_streams)
 
 
 def batch_of(subsets, group=None):
@@ -89,3 +89,9 @@ def test_the_question_pass_reuses_image_and_audio_encodings_and_matches_encoding
         scratch = model.encoder(**{**model_inputs(batch), "text_ids": text_ids, "text_mask": text_mask})
     assert torch.equal(shared.attention_mask, scratch.attention_mask)
     torch.testing.assert_close(shared.last_hidden_state, scratch.last_hidden_state, rtol=0, atol=1e-6)
+
+
+def test_samples_of_a_skipped_group_are_not_pairable():
+    batch = {"meta": [{"group": "fusion"}, {}, {"group": "other"}], "caption_ids": torch.zeros(3, 2)}
+    assert pairable(batch, ["fusion"]).tolist() == [False, True, True]
+    assert pairable(batch, []).tolist() == [True, True, True]
