@@ -199,16 +199,18 @@ def _channels(t: torch.Tensor) -> int:
 
 
 def _per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per channel: S = max|w| / 127, Z = 0, q in [-127, 127]. Idempotent: re-quantizing the
-    dequantized weights gives the same integers and scales."""
+    """Symmetric int8 per channel: S = max|w| / 127, Z = 0, q in [-127, 127]. S is stored in bfloat16 and q is
+    computed with that stored S, so |w - S q| <= S / 2 still holds (bf16's 0.2% rounding of S moves max|w| / S by
+    at most 0.25, never past 127.5); half the bytes of fp32 scales, which were 6% of the default student's file.
+    Idempotent: re-quantizing the dequantized weights gives the same integers and scales."""
     w = weight.detach().float()
     rows = w.reshape(_channels(w), -1)
-    scale = (rows.abs().amax(1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    return torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(w.shape), scale
+    scale = (rows.abs().amax(1) / 127).clamp(min=torch.finfo(torch.float32).tiny).to(torch.bfloat16)
+    return torch.round(rows / scale.float()[:, None]).clamp(-127, 127).to(torch.int8).reshape(w.shape), scale
 
 
 def _dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (q.float().reshape(len(scale), -1) * scale[:, None]).reshape(q.shape)  # r' = S (q - Z), Z = 0
+    return (q.float().reshape(len(scale), -1) * scale.float()[:, None]).reshape(q.shape)  # r' = S (q - Z), Z = 0
 
 
 def export_int8(model: nn.Module, config: TrimodalConfig, out_dir: Path) -> dict:

@@ -23,9 +23,10 @@ def tiny():
 def test_per_channel_is_symmetric_affine_and_idempotent():
     w = torch.randn(6, 5) * torch.arange(1, 7)[:, None]
     q, scale = _per_channel(w)
-    assert q.dtype == torch.int8 and q.abs().max() <= 127 and scale.shape == (6,)
-    assert torch.equal(q, torch.round(w / scale[:, None]).to(torch.int8))  # Z = 0
-    assert (w - _dequantize(q, scale)).abs().max() <= scale.max() / 2 + 1e-6
+    assert q.dtype == torch.int8 and q.abs().max() <= 127 and scale.shape == (6,) and scale.dtype == torch.bfloat16
+    assert torch.equal(q, torch.round(w / scale.float()[:, None]).to(torch.int8))  # Z = 0, with the stored scale
+    assert q.abs().amax(1).eq(127).all()  # every row's largest weight still maps to +-127
+    assert ((w - _dequantize(q, scale)).abs() <= scale.float()[:, None] / 2 + 1e-6).all()
     again_q, again_scale = _per_channel(_dequantize(q, scale))
     assert torch.equal(again_q, q) and torch.allclose(again_scale, scale)
 
