@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stages.common.batches import decoder_labels, model_inputs, to_device, with_question
+from stages.common.batches import decoder_labels, model_inputs, to_device, with_question_streams
 from stages.common.loader import make_loader
 from stages.common.records import MODALITIES
 from stages.common.scoring import by_subset, cider_per_record, subset_name
@@ -50,17 +50,17 @@ def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_
     generator = torch.Generator().manual_seed(seed)
     for batch in make_loader(shards, split, batch_size):
         batch = to_device(add_noise(batch, image_std, audio_std, generator), device)
-        inputs = model_inputs(batch)
-        encoded = model.encoder(**inputs)
+        streams = model.encoder.streams(**model_inputs(batch))
+        encoded = model.encoder.fuse(streams)
         caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
         forced = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
         nll = F.cross_entropy(forced.logits.float().transpose(1, 2), caption, ignore_index=-100,
                               reduction="none").sum(1)
         generated = _decode(tokenizer, model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens,
                                                       do_sample=False, num_beams=1)) if captions else None
-        text_ids, text_mask = with_question(batch, model.config.pad_token_id)
-        answers = _decode(tokenizer, model.generate(**{**inputs, "text_ids": text_ids, "text_mask": text_mask},
-                                                    max_new_tokens=ANSWER_TOKENS, do_sample=False, num_beams=1))
+        asked = model.encoder.fuse(with_question_streams(model.encoder, streams, batch))  # media encoded once
+        answers = _decode(tokenizer, model.generate(encoder_outputs=asked, max_new_tokens=ANSWER_TOKENS,
+                                                    do_sample=False, num_beams=1))
         classes = forced.class_logits.argmax(-1).tolist()
         size = len(batch["ids"])
         for modality in MODALITIES:

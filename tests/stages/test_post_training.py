@@ -171,7 +171,8 @@ def test_student_takes_the_teachers_leading_layers_and_slices():
     # the projection's input is (channel, frequency) flattened channel-major: its leading 16 * 5 columns are the
     # teacher's columns for channels 0..15, every frequency
     freq = 5  # 20 mels after two stride-2 convolutions
-    assert torch.equal(s["encoder.audio.subsample.proj.weight"], t["encoder.audio.subsample.proj.weight"][:48, :16 * freq])
+    proj = "encoder.audio.subsample.proj.weight"
+    assert torch.equal(s[proj], t[proj][:48, :16 * freq])
     assert torch.equal(s["encoder.text.blocks.0.ffn.fc1.weight"], t["encoder.text.blocks.0.ffn.fc1.weight"][:96, :48])
     assert torch.equal(s["decoder.blocks.1.ffn.fc2.bias"], t["decoder.blocks.1.ffn.fc2.bias"][:48])
     with pytest.raises(ValueError, match="no_such_setting"):

@@ -2,8 +2,16 @@ import torch
 
 from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
-from stages.common.batches import (decoder_labels, drop_modalities, model_inputs, pairable, present_modalities,
-                                   same_caption, with_question, with_question_streams)
+from stages.common.batches import (
+    decoder_labels,
+    drop_modalities,
+    model_inputs,
+    pairable,
+    present_modalities,
+    same_caption,
+    with_question,
+    with_question_streams,
+)
 
 
 def batch_of(subsets, group=None):
