@@ -17,8 +17,8 @@ weights (weight-only, as embeddings), so the file stays small.
 Width rule: INT8 pays only where the GEMM outweighs quantizing the input and dequantizing the output. On the
 2-core x86 machine a 48-wide int8 Linear is ~5x slower than the float one at 1 row and ~2.7x at 32 rows, a
 256-wide one is faster from ~32 rows (benchmarks/README.md). So Linears with fewer than
-`quantize.int8_min_features` inputs compute in float from their int8 weights. The rule is fixed, not timed, so
-the artifact is the same on every run and machine.
+`quantize.int8_min_features` inputs or outputs (narrow_linears) compute in float from their int8 weights. The rule
+is fixed, not timed, so the artifact is the same on every run and machine.
 
 Speed, measured and reported (metrics/quantize.json only, never deciding): each INT8 Linear's calls in one
 inference (stages/common/latency.py's workload at each of `quantize.speed_batch_sizes`, shapes recorded by a
@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -189,6 +189,14 @@ def speed_sweep(fp32: nn.Module, quantized: nn.Module, workloads: dict[str, Call
     return out
 
 
+def narrow_linears(model: nn.Module, names: Iterable[str], min_features: int) -> list[str]:
+    """The Linears of `names` with fewer than `min_features` inputs or outputs. Dynamic INT8 quantizes each input
+    row (cost ~ inputs) and dequantizes each output row (~ outputs) around a GEMM of ~ inputs x outputs, so the
+    overhead per GEMM operation is ~ 1/outputs + 1/inputs: a narrow side on either end makes INT8 lose."""
+    return [name for name in names
+            if min(model.get_submodule(name).in_features, model.get_submodule(name).out_features) < min_features]
+
+
 def slower_in_int8(speed: dict[str, dict[str, float]]) -> list[str]:
     """The Linears whose INT8 calls took longer than their float twin's in some workload, most time lost first
     (a Linear the inference never calls, e.g. a pre-training head, is not timed and stays INT8)."""
@@ -237,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ref = reference(fp32, batches)
     sensitivity = layer_sensitivity(fp32, quantized, lambda m: divergence(m, batches, ref))
     fragile, accuracy = keep_fragile(fp32, quantized, sensitivity, batches, q.max_val_drop, q.max_fp32_linears)
-    narrow = [name for name in int8_linears(quantized)
-              if name not in fragile and fp32.get_submodule(name).in_features < q.int8_min_features]
+    narrow = [name for name in narrow_linears(fp32, int8_linears(quantized), q.int8_min_features)
+              if name not in fragile]
     keep = fragile + narrow
     shipped = quantize_model(copy.deepcopy(model), batches, keep_fp32=keep) if keep else quantized
     if keep:

@@ -3,7 +3,9 @@
 One inference = the encoder, the classifier and a greedy caption of exactly `max_new_tokens` tokens, so every
 variant does the same work. Timing variant after variant lets drift (CPU frequency, a noisy neighbour, caches)
 favour whichever ran last; here every round times each variant once, in an order that rotates from round to
-round, and a variant's latency is its median over rounds.
+round, and a variant's latency is its median over rounds. Two variants are compared by the ratio of their times
+within each round (paired_ratio): they ran back to back, so drift between rounds cancels, and the spread of the
+per-round ratios says how far apart they really are.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ def inference(model, batch: dict, max_new_tokens: int) -> Callable[[], None]:
     return run
 
 
-def interleaved_ms(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each callable over `repeats` rounds; round r starts at variant r mod n."""
+def interleaved_rounds(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Milliseconds of each callable in each of `repeats` rounds; round r starts at variant r mod n."""
     names = list(runs)
     for name in names:  # warm-up: first-call allocations and kernel selection are not latency
         runs[name]()
@@ -41,7 +43,21 @@ def interleaved_ms(runs: dict[str, Callable[[], None]], repeats: int) -> dict[st
             start = time.perf_counter()
             runs[name]()
             times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_ms(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each callable over `repeats` interleaved rounds."""
+    return {name: statistics.median(t) for name, t in interleaved_rounds(runs, repeats).items()}
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+    """Quartiles ("q1", "median", "q3") of the per-round ratios numerator[r] / denominator[r]."""
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    if not ratios:
+        raise ValueError("paired_ratio: no rounds")
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {"q1": q1, "median": median, "q3": q3}
 
 
 def first_rows(batch: dict, n: int) -> dict:
@@ -56,12 +72,19 @@ def timing_batches(shards: str, split: str, sizes: Sequence[int]) -> dict[str, d
     return {f"batch{size}": first_rows(batch, size) for size in sizes}
 
 
+def latency_rounds(models: dict, batches: dict[str, dict], max_new_tokens: int,
+                   repeats: int) -> dict[str, dict[str, list[float]]]:
+    """model name -> {batch label: ms of one inference in each round}, the models interleaved per batch."""
+    out: dict[str, dict[str, list[float]]] = {name: {} for name in models}
+    for label, batch in batches.items():
+        runs = {name: inference(model, batch, max_new_tokens) for name, model in models.items()}
+        for name, ms in interleaved_rounds(runs, repeats).items():
+            out[name][label] = ms
+    return out
+
+
 def latency_ms(models: dict, batches: dict[str, dict], max_new_tokens: int,
                repeats: int) -> dict[str, dict[str, float]]:
     """model name -> {batch label: median ms of one inference}, the models interleaved per batch."""
-    out: dict[str, dict[str, float]] = {name: {} for name in models}
-    for label, batch in batches.items():
-        runs = {name: inference(model, batch, max_new_tokens) for name, model in models.items()}
-        for name, ms in interleaved_ms(runs, repeats).items():
-            out[name][label] = ms
-    return out
+    rounds = latency_rounds(models, batches, max_new_tokens, repeats)
+    return {name: {label: statistics.median(ms) for label, ms in row.items()} for name, row in rounds.items()}

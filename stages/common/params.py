@@ -109,7 +109,7 @@ class QuantizeParams:
     prune_amount: float = 0.0  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
     max_val_drop: float = 0.0  # fragile Linears go back to float until val accuracy is within this of float
     max_fp32_linears: int = 8  # ... or this many are back
-    int8_min_features: int = 128  # narrower Linears compute in float from int8 weights (INT8 is slower there)
+    int8_min_features: int = 128  # Linears with fewer inputs or outputs compute in float from int8 weights
     # speed measurement (reported, never deciding): per-Linear replay and whole-model latency at these batch
     # sizes; [] = none
     speed_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
@@ -125,7 +125,7 @@ class EvaluateParams:
     image_noise_std: float = 0.2  # robustness: Gaussian noise on pixels in [0, 1]
     audio_noise_std: float = 1.0  # robustness: Gaussian noise on log-Mel features
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    latency_repeats: int = 10
+    latency_repeats: int = 20  # interleaved rounds: the per-round ratios need enough for quartiles
     threads: int = 0  # torch intra-op threads for the latency measurement; 0 = torch's default
     extra_bleu_order: int = 2  # an extra, labelled BLEU column with n-grams up to this order (0 = none)
     question_type_words: int = 3  # the question-type prior baseline keys questions by their first words

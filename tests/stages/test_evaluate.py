@@ -1,5 +1,5 @@
-"""The report's INT8 speed section, from a hand-made quantize record."""
-from stages.evaluate import speed_lines
+"""The report's INT8 speed section and its targets, from hand-made records."""
+from stages.evaluate import speed_lines, targets
 
 
 def test_speed_lines_sum_the_called_linears_and_show_whole_model_latency():
@@ -13,7 +13,7 @@ def test_speed_lines_sum_the_called_linears_and_show_whole_model_latency():
         "latency": {"fp32": {"ms_batch1": 8.0}, "int8_all": {"ms_batch1": 9.0}, "shipped": {"ms_batch1": 7.5}},
     }
     text = "\n".join(speed_lines(sweep))
-    assert "fewer than 64 inputs" in text and "(1 Linear(s);" in text
+    assert "fewer than 64 inputs or outputs" in text and "(1 Linear(s);" in text
     assert "1 of the 2 Linears the inference calls compute in INT8; 1 of those were slower" in text and "`a`" in text
     assert "| batch1 | 4.00 | 2.50 | 1.50 |" in text  # all INT8 1 + 3, all float 2 + 0.5, shipped 1 + 0.5
     assert "| fp32 | 8.00 |" in text and "| shipped | 7.50 |" in text
@@ -21,3 +21,26 @@ def test_speed_lines_sum_the_called_linears_and_show_whole_model_latency():
 
 def test_speed_lines_say_when_speed_was_not_measured():
     assert "not measured" in speed_lines({"speed": []})[-1]
+
+
+def _variant(acc: float, parameters: int, size: int, **latency) -> dict:
+    return {"rows": {"overall": {"vqa_accuracy": acc, "cls_accuracy": acc, "caption_exact": acc}},
+            "parameters": parameters, "size_bytes": size, **latency}
+
+
+def test_latency_targets_read_the_paired_ratios():
+    results = {
+        "teacher": _variant(1.0, 100, 400, latency_ms_batch32=20.0),
+        "student": _variant(0.98, 40, 160, latency_ms_batch32=10.0,
+                            latency_ratio_batch32={"q1": 0.45, "median": 0.5, "q3": 0.55}),
+        "student-int8": _variant(0.98, 40, 44, latency_ms_batch1=5.2, latency_ms_batch32=10.1,
+                                 latency_ratio_batch1={"q1": 0.97, "median": 1.02, "q3": 1.06},
+                                 latency_ratio_batch32={"q1": 1.03, "median": 1.05, "q3": 1.08}),
+    }
+    rows = {what.split(" (")[0] + (" b32" if "batch32" in what else ""): (value, met)
+            for what, value, met in targets(results)}
+    assert rows["student >= 1.8x faster than teacher b32"] == ("2.00x", True)
+    assert rows["INT8 latency not above FP32 student"] == ("1.02x [0.97-1.06]", True)  # within the noise
+    assert rows["INT8 latency not above FP32 student b32"] == ("1.05x [1.03-1.08]", False)  # slower in > 3/4 rounds
+    assert rows["INT8 file <= 30% of FP32"] == ("27.5%", True)
+    assert rows["student vqa_accuracy >= 97% of teacher on every row"] == ("98.0% (overall)", True)
