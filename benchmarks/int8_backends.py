@@ -11,6 +11,8 @@ batch and the decoder's sequence dimension dynamic. Backends (fp32 always runs: 
     fp32              the eager model (model.modeling)
     fp32_compiled     torch.export -> torch.compile (inductor, freezing): what pt2e_inductor gets without int8
     torch_ao          model.quantization.quantize_model: the project's static int8 Linears (torch.ao eager, x86)
+    torch_ao_shipped  torch_ao with the quantize stage's width rule (stages/quantize.narrow_linears, 128): Linears
+                      with fewer than 128 inputs or outputs compute in float. What the stage ships
     torch_ao_swept    torch_ao after the quantize stage's speed sweep (stages/quantize.py) on this benchmark's
                       inference at each batch size: Linears slower in INT8 compute in float (the stage reports
                       that sweep; its width rule decides)
@@ -52,16 +54,17 @@ from model.fusion import Stream  # noqa: E402
 from model.modeling import TrimodalForConditionalGeneration  # noqa: E402
 from model.quantization import Int8Linear, quantize_model  # noqa: E402
 from stages.common.latency import interleaved_ms  # noqa: E402
-from stages.quantize import slower_in_int8, speed_sweep  # noqa: E402
+from stages.quantize import narrow_linears, slower_in_int8, speed_sweep  # noqa: E402
 
 NEW_TOKENS = 12
 BATCH_SIZES = (1, 32)
 TIMING_SEED, HELD_OUT_SEED = 100, 1000  # calibration() draws seeds 0..3
 ENCODER_INPUTS = ("pixel_values", "image_present", "input_features", "mel_lengths", "text_ids", "text_mask")
 DECODER_INPUTS = ("decoder_input_ids", "memory", "memory_mask")
-BACKENDS = ("fp32", "fp32_compiled", "torch_ao", "torch_ao_swept", "pt2e_inductor", "onnxruntime_fp32",
-            "onnxruntime_int8")
-FP32_OF = {"torch_ao": "fp32", "torch_ao_swept": "fp32", "pt2e_inductor": "fp32_compiled",
+BACKENDS = ("fp32", "fp32_compiled", "torch_ao", "torch_ao_shipped", "torch_ao_swept", "pt2e_inductor",
+            "onnxruntime_fp32", "onnxruntime_int8")
+SHIPPED_MIN_FEATURES = 128  # quantize.int8_min_features' default
+FP32_OF = {"torch_ao": "fp32", "torch_ao_shipped": "fp32", "torch_ao_swept": "fp32", "pt2e_inductor": "fp32_compiled",
            "onnxruntime_int8": "onnxruntime_fp32",
            "onnxruntime_int8_dynamic": "onnxruntime_fp32"}  # INT8 backend -> the FP32 run it should beat
 TARGETS = {"small": {1: 0.8, 32: 0.6}, "student": {1: 1.0, 32: 1.0}}  # INT8 ms / fp32 (eager) ms, at most
@@ -191,6 +194,14 @@ def build_fp32_compiled(model, cal, tmp) -> tuple[Pipeline, dict]:
 def build_torch_ao(model, cal, tmp) -> tuple[Pipeline, dict]:
     q = quantize_model(copy.deepcopy(model), cal)  # quantize_model rewrites the model in place
     return (Encode(q), Decode(q)), {"int8_linears": sum(isinstance(m, Int8Linear) for m in q.modules())}
+
+
+def build_torch_ao_shipped(model, cal, tmp) -> tuple[Pipeline, dict]:
+    q = quantize_model(copy.deepcopy(model), cal)
+    narrow = narrow_linears(model, [n for n, m in q.named_modules() if isinstance(m, Int8Linear)], SHIPPED_MIN_FEATURES)
+    shipped = quantize_model(copy.deepcopy(model), cal, keep_fp32=narrow) if narrow else q
+    return (Encode(shipped), Decode(shipped)), {
+        "int8_linears": sum(isinstance(m, Int8Linear) for m in shipped.modules()), "narrow_in_float": len(narrow)}
 
 
 def build_torch_ao_swept(model, cal, tmp) -> tuple[Pipeline, dict]:
