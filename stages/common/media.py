@@ -5,13 +5,16 @@ Reasons read "<category>: <detail>"; metrics group rejections by the category be
 from __future__ import annotations
 
 import io
+import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 import soxr
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy.io import wavfile
 
 
 class Rejected(Exception):
@@ -50,22 +53,43 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
 
 
+def _detail(e: Exception) -> str:
+    """An exception's message without object addresses ("<_io.BytesIO object at 0x7f..>"): a reason must read
+    the same on every run."""
+    return re.sub(r"<([\w.]+) object at 0x[0-9a-fA-F]+>", r"<\1>", str(e))
+
+
 def _decode_failure(e: Exception) -> Rejected:
     kind = "image truncated" if "truncat" in str(e).lower() else "image undecodable"
-    return Rejected(f"{kind}: {type(e).__name__}: {e}")
+    return Rejected(f"{kind}: {type(e).__name__}: {_detail(e)}")
+
+
+@contextmanager
+def _pillow_limit(max_pixels: int):
+    """Pillow's own bomb limit set to ours while a header is read, so that `max_pixels` decides in both
+    directions (Pillow's default, 89.5 M pixels, would reject larger images with its own number in the reason).
+    Pillow reads it from a module global; the validate stage decodes in one thread."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def decode_image(data: bytes, *, min_side: int, max_pixels: int) -> DecodedImage:
     if not data:
         raise Rejected("image empty: zero-length payload")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with warnings.catch_warnings(), _pillow_limit(max_pixels):
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # above max_pixels: rejected just below
         try:
             img = Image.open(io.BytesIO(data))  # parses the header only
         except UnidentifiedImageError:
             raise Rejected("image undecodable: not a recognised image format") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise Rejected(f"decompression bomb: {e}") from None
+        except Image.DecompressionBombError as e:  # Pillow's check: over twice its limit, i.e. 2 x max_pixels
+            size = re.search(r"\((\d+) pixels\)", str(e))
+            pixels = size.group(1) if size else f"more than {2 * max_pixels}"
+            raise Rejected(f"decompression bomb: {pixels} pixels > limit {max_pixels}") from None
         except Exception as e:  # noqa: BLE001 - malformed headers raise anything from struct to ValueError
             raise _decode_failure(e) from None
         width, height = img.size
@@ -90,8 +114,10 @@ def decode_audio(data: bytes, *, sample_rate: int, max_seconds: float) -> Decode
         raise Rejected("audio empty: zero-length payload")
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:  # libsndfile's own words, without the "Error opening <object>" around them
+        raise Rejected(f"audio undecodable: {e.error_string}") from None
     except Exception as e:  # noqa: BLE001 - libsndfile reports every format problem as an error string
-        raise Rejected(f"audio undecodable: {e}") from None
+        raise Rejected(f"audio undecodable: {_detail(e)}") from None
     if samples.shape[0] == 0:
         raise Rejected("audio empty: zero samples")
     if not np.isfinite(samples).all():
@@ -110,5 +136,6 @@ def decode_audio(data: bytes, *, sample_rate: int, max_seconds: float) -> Decode
     if mono.shape[0] == 0:
         raise Rejected("audio empty: zero samples after resampling")
     buf = io.BytesIO()
-    sf.write(buf, mono, sample_rate, format="WAV", subtype="FLOAT")
+    # scipy writes a plain IEEE-float WAV; libsndfile (soundfile) adds a PEAK chunk holding the wall-clock time
+    wavfile.write(buf, sample_rate, np.ascontiguousarray(mono, dtype=np.float32))
     return DecodedAudio(buf.getvalue(), mono.shape[0] / sample_rate, converted)

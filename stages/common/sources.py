@@ -30,7 +30,7 @@ class SourceError(RuntimeError):
 class SourceRow:
     row_key: str  # "<source index>-<row number>": unique per input row, safe as a file name
     source: str
-    line: int  # 1-based data row (jsonl: line number; csv: row after the header; parquet: row index + 1)
+    line: int  # 1-based line of the file where the row starts (blank lines counted; parquet: row index + 1)
     fields: dict[str, str | None] | None
     table_error: str | None = None
 
@@ -68,50 +68,55 @@ def _fields(obj: dict) -> dict[str, str | None]:
     return {name: _clean(obj.get(name)) for name in ALL_FIELDS}
 
 
-def _jsonl_rows(data: bytes) -> list[tuple[dict | None, str | None]]:
-    rows = []
-    for raw in data.split(b"\n"):
+Parsed = list[tuple[int, dict | None, str | None]]  # (line in the file, the row or None, why it is malformed)
+
+
+def _jsonl_rows(data: bytes) -> Parsed:
+    rows: Parsed = []
+    for line, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            rows.append((None, f"malformed table line: not UTF-8 ({e.reason})"))
+            rows.append((line, None, f"malformed table line: not UTF-8 ({e.reason})"))
             continue
         except json.JSONDecodeError as e:
-            rows.append((None, f"malformed table line: invalid JSON ({e.msg} at column {e.colno})"))
+            rows.append((line, None, f"malformed table line: invalid JSON ({e.msg} at column {e.colno})"))
             continue
         if not isinstance(obj, dict):
-            rows.append((None, f"malformed table line: expected a JSON object, got {type(obj).__name__}"))
+            rows.append((line, None, f"malformed table line: expected a JSON object, got {type(obj).__name__}"))
         else:
-            rows.append((obj, None))
+            rows.append((line, obj, None))
     return rows
 
 
-def _csv_rows(data: bytes, delimiter: str) -> list[tuple[dict | None, str | None]]:
+def _csv_rows(data: bytes, delimiter: str) -> Parsed:
     text = data.decode("utf-8-sig", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
         return []
-    rows = []
+    rows: Parsed = []
+    end = reader.line_num
     for cells in reader:
+        line, end = end + 1, reader.line_num  # a quoted cell may span lines: the row starts after the last one
         if not cells or all(not c.strip() for c in cells):
             continue
         if len(cells) != len(header):
-            rows.append((None, f"malformed table line: expected {len(header)} columns, got {len(cells)}"))
+            rows.append((line, None, f"malformed table line: expected {len(header)} columns, got {len(cells)}"))
         elif any("\ufffd" in c for c in cells):
-            rows.append((None, "malformed table line: not UTF-8"))
+            rows.append((line, None, "malformed table line: not UTF-8"))
         else:
-            rows.append((dict(zip(header, cells, strict=True)), None))
+            rows.append((line, dict(zip(header, cells, strict=True)), None))
     return rows
 
 
-def _parquet_rows(data: bytes) -> list[tuple[dict | None, str | None]]:
+def _parquet_rows(data: bytes) -> Parsed:
     import pyarrow.parquet as pq
 
-    return [(row, None) for row in pq.read_table(io.BytesIO(data)).to_pylist()]
+    return [(n, row, None) for n, row in enumerate(pq.read_table(io.BytesIO(data)).to_pylist(), start=1)]
 
 
 def read_bytes(url: str, timeout_s: float | None = None) -> bytes:
@@ -151,9 +156,9 @@ def read_table(source: str, index: int) -> list[SourceRow]:
         SourceRow(
             row_key=f"{index:03d}-{n:08d}",
             source=source,
-            line=n,
+            line=line,
             fields=_fields(obj) if obj is not None else None,
             table_error=error,
         )
-        for n, (obj, error) in enumerate(parsed, start=1)
+        for n, (line, obj, error) in enumerate(parsed, start=1)
     ]

@@ -16,8 +16,8 @@ def write_tables(d):
 def test_jsonl_rows_keep_line_numbers_and_mark_malformed(tmp_path):
     write_tables(tmp_path)
     rows = read_table(str(tmp_path / "t.jsonl"), 2)
-    assert [r.line for r in rows] == [1, 2, 3]
-    assert rows[0].row_key == "002-00000001"
+    assert [r.line for r in rows] == [1, 3, 4]  # the file's lines: the blank line 2 still counts
+    assert [r.row_key for r in rows] == ["002-00000001", "002-00000002", "002-00000003"]
     assert rows[0].fields["label"] == "3" and rows[0].fields["image_url"] is None
     assert rows[1].fields["id"] == "b" and "extra" not in rows[1].fields
     assert rows[2].fields is None and rows[2].table_error.startswith("malformed table line: invalid JSON")
@@ -28,6 +28,13 @@ def test_csv_empty_cells_are_absent_and_ragged_rows_malformed(tmp_path):
     rows = read_table(str(tmp_path / "t.csv"), 0)
     assert rows[0].fields["caption"] is None and rows[1].fields["text"] is None
     assert rows[2].table_error == "malformed table line: expected 3 columns, got 4"
+
+
+def test_csv_lines_are_where_each_row_starts_in_the_file(tmp_path):
+    (tmp_path / "t.csv").write_text('id,text\na,one\n\nb,"two\nlines"\nc,three,extra\nd,four\n')
+    rows = read_table(str(tmp_path / "t.csv"), 0)
+    assert [r.line for r in rows] == [2, 4, 6, 7]  # header on line 1, a blank line 3, b's cell spans lines 4-5
+    assert rows[1].fields["text"] == "two\nlines" and rows[2].table_error.startswith("malformed table line")
 
 
 def test_parquet_nan_is_absent_and_whole_floats_are_ints(tmp_path):
