@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,13 +30,38 @@ def clone_worktree(dest: Path) -> Path:
     return dest
 
 
-def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(cwd), "GX_ANALYTICS_ENABLED": "false",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+def dvc_env(cwd: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(cwd), "GX_ANALYTICS_ENABLED": "false",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env(cwd), capture_output=True,
+                          text=True, timeout=900)
+    assert not check or proc.returncode == 0, \
+        f"dvc {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
     return proc
+
+
+def stage_pids(root: Path, module: str) -> list[int]:
+    """Processes running `python -m <module>` in `root` (what dvc started for a stage)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and module.encode() in (proc / "cmdline").read_bytes().split(b"\0") \
+                    and (proc / "cwd").resolve() == root.resolve():
+                pids.append(int(proc.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+def untracked(root: Path) -> list[str]:
+    """What `git status` would list as new, besides DVC's lock and the metrics meant for committing."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    return [line[3:] for line in out if line.startswith("??")
+            and not line[3:].startswith(("dvc.lock", "metrics/"))]
 
 
 def set_params(root: Path, **sections) -> None:
@@ -49,6 +76,9 @@ def project(tmp_path_factory):
     root = clone_worktree(tmp_path_factory.mktemp("clone"))
     set_params(root, demo={"n_records": 56, "n_fusion": 12, "n_corpus": 14}, tokenizer={"vocab_size": 300},
                shard={"samples_per_shard": 16})
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)  # a clone: everything committed, then `git status`
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "clone"], cwd=root,
+                   check=True)
     first = dvc(root, "repro", "shard")
     return root, first
 
@@ -70,6 +100,50 @@ def test_second_repro_is_a_noop(project):
     again = dvc(root, "repro", "shard")
     assert "Running stage" not in again.stdout
     assert "up to date" in again.stdout.lower()
+
+
+def assert_recovers_from_validate(root: Path) -> str:
+    """`dvc repro` redoes validate (runs it, or restores its outputs from DVC's run cache) and nothing upstream."""
+    rerun = dvc(root, "repro", "shard").stdout
+    assert "Running stage 'validate'" in rerun or "Stage 'validate' is cached" in rerun, rerun
+    assert "Stage 'ingest' didn't change" in rerun and "Stage 'demo' didn't change" in rerun, rerun
+    assert "up to date" in dvc(root, "status", "shard").stdout.lower()
+    assert len((root / "data/validated/manifest.jsonl").read_text().splitlines()) == 56 + 12 + 14
+    return rerun
+
+
+def test_a_gate_failure_then_repro_reruns_from_validate_only(project):
+    root, _ = project
+    assert untracked(root) == []  # the generated data is git-ignored by the .gitignore files in the repository
+    limit = yaml.safe_load((root / "params.yaml").read_text())["validate"]["max_caption_chars"]
+    set_params(root, validate={"max_caption_chars": 3})  # every captioned record is quarantined: the gate fails
+    failed = dvc(root, "repro", "shard", check=False)
+    assert failed.returncode != 0 and "data gate failed" in failed.stdout + failed.stderr
+    set_params(root, validate={"max_caption_chars": limit})
+    status = dvc(root, "status").stdout
+    assert "validate:" in status and "ingest:" not in status and "demo:" not in status, status
+    assert untracked(root) == []  # DVC put back the .gitignore entries it had added: ours were already there
+    assert_recovers_from_validate(root)
+
+
+def test_a_kill_during_validate_then_repro_reruns_from_validate_only(project):
+    root, _ = project
+    # new limits: validate must run (a run DVC has seen before would come from its run cache, nothing to kill)
+    set_params(root, validate={"max_caption_chars": 500})
+    run = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "shard"], cwd=root, env=dvc_env(root),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (pids := stage_pids(root, "stages.validate")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pids, f"validate never started: {run.communicate()[0][-3000:]}"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert run.wait(timeout=120) != 0
+    (root / "data/.validated.k1ll3d.tmp").mkdir(exist_ok=True)  # what a kill in the middle of the write leaves
+    status = dvc(root, "status").stdout
+    assert "ingest:" not in status and "demo:" not in status, status
+    assert "Running stage 'validate'" in assert_recovers_from_validate(root)  # new limits: nothing cached
+    assert not list((root / "data").glob(".validated.*")) and untracked(root) == []
 
 
 def test_changing_sources_reruns_from_ingest(project):

@@ -1,6 +1,7 @@
 """Atomic artifact writes: write beside the target, fsync, rename. A killed stage never leaves half a file."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -48,9 +49,24 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temp siblings of `path` (".<name>.*.tmp", ".<name>.old") that a killed earlier run left: a
+    kill -9 skips every cleanup. Only after a success, when no other writer of `path` can be running (a stage's
+    outputs have one writer, and `dvc repro` holds the repository lock)."""
+    stale = [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), path.with_name(f".{path.name}.old")]
+    removed = [p for p in stale if p.exists() or p.is_symlink()]
+    for p in removed:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return removed
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a directory in a sibling temp dir and swap it in whole when the block succeeds."""
+    """Build a directory in a sibling temp dir and swap it in whole when the block succeeds; then remove what
+    killed earlier runs left beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -62,7 +78,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_stale_temps(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
