@@ -6,7 +6,8 @@ Per sample (key = the record's dot-free key; members only for what the record ha
   mel.npy      float32 [n_mels, frames] log-Mel  (stages.common.features.log_mel)
   text.npy, caption.npy, question.npy, answer.npy   int32 token ids, <s> ... </s>, <= max_text_tokens
 
-Splits come from a hash of the id (stable across runs and source order). Shards are written with a fixed
+Splits come from a hash of the record's content group (stages/common/records.record_split: stable across runs
+and source order; records sharing media stay together). Shards are written with a fixed
 mtime in manifest order, so identical inputs give identical bytes; index.json records per-split counts
 and each shard's sample count, size and sha256 (the loader checks counts against it).
 """
@@ -31,7 +32,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from stages.common.atomic import atomic_dir, read_jsonl, write_json
 from stages.common.features import image_to_array, log_mel, mel_filters
 from stages.common.params import Params, ShardParams, load_params
-from stages.common.records import SPLITS, split_of
+from stages.common.records import SPLITS, record_split
 from stages.common.tars import FIXED_MTIME, TarMembers
 
 VALIDATED_DIR = Path("data/validated")
@@ -121,7 +122,9 @@ def run(validated_dir: Path, tokenizer_dir: Path, out_dir: Path, params: Params)
     labels = sorted({r["label"] for r in records if r.get("label")})
     featurizer = Featurizer(sp, params.validate.sample_rate, tokenizer, labels)
     media = TarMembers(validated_dir)
-    by_split = {s: [r for r in records if split_of(r["id"], sp.val_fraction, sp.test_fraction) == s] for s in SPLITS}
+    fractions = params.split
+    by_split = {s: [r for r in records if record_split(r, fractions.val_fraction, fractions.test_fraction) == s]
+                for s in SPLITS}
 
     def featurized(split: str, progress: tqdm) -> Iterator[dict]:
         for record in by_split[split]:

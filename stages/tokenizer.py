@@ -1,7 +1,8 @@
 """Stage `tokenizer`: train a byte-level BPE on the validated text -> artifacts/tokenizer/ (PreTrainedTokenizerFast).
 
-Every text field of every accepted record (inputs, captions, questions, answers, labels) is training text,
-so the vocabulary covers what the decoders must generate.
+Every text field (inputs, captions, questions, answers, labels) of the accepted records of the **train** split
+(stages/common/records.record_split, as shard assigns them) is training text, so the vocabulary covers what the
+decoders must generate and nothing of the val/test text leaks into it.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from stages.common.atomic import atomic_dir, read_jsonl
-from stages.common.params import TokenizerParams, load_params
-from stages.common.records import TEXT_FIELDS
+from stages.common.params import SplitParams, TokenizerParams, load_params
+from stages.common.records import TEXT_FIELDS, record_split
 
 MANIFEST = Path("data/validated/manifest.jsonl")
 OUT_DIR = Path("artifacts/tokenizer")
@@ -60,20 +61,21 @@ def train_tokenizer(texts: Iterable[str], params: TokenizerParams) -> PreTrained
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **SPECIAL_TOKENS)
 
 
-def run(manifest: Path, out_dir: Path, params: TokenizerParams) -> PreTrainedTokenizerFast:
-    records = read_jsonl(manifest)
+def run(manifest: Path, out_dir: Path, params: TokenizerParams, split: SplitParams) -> PreTrainedTokenizerFast:
+    records = [r for r in read_jsonl(manifest)
+               if record_split(r, split.val_fraction, split.test_fraction) == "train"]
     if not any(True for _ in iter_texts(records)):
-        raise SystemExit(f"tokenizer: no text in {manifest}: nothing to train a tokenizer on")
+        raise SystemExit(f"tokenizer: no text in the train split of {manifest}: nothing to train a tokenizer on")
     tokenizer = train_tokenizer(iter_texts(records), params)
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)
-    print(f"tokenizer: vocab {len(tokenizer)} from {len(records)} records -> {out_dir}")
+    print(f"tokenizer: vocab {len(tokenizer)} from the {len(records)} train records -> {out_dir}")
     return tokenizer
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
-    run(MANIFEST, OUT_DIR, params.tokenizer)
+    run(MANIFEST, OUT_DIR, params.tokenizer, params.split)
 
 
 if __name__ == "__main__":

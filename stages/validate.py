@@ -8,19 +8,27 @@
 
 Record-level problems quarantine one row; the Great Expectations suites then judge the batch and
 fail the stage (non-zero exit, readable summary) when, e.g., too many rows were rejected.
+
+Duplicates (stages/common/dedup.py): a record whose inputs (image, audio, text and question) are the same content
+as an earlier accepted record's, or near duplicates of them with the rest equal, is quarantined with status
+"duplicate" and `duplicate_of` naming the kept record (duplicates do not count as rejections). Records that share
+an image or a sound (exact or near) but differ otherwise are kept, with one `content_group` (the id of the group's
+first record), so that shard puts them in one split: no test media in train.
 """
 from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from stages.common.atomic import atomic_dir, read_jsonl, write_json, write_jsonl
+from stages.common.dedup import Groups, audio_fingerprint, digest, image_fingerprint, near_pairs, normalise_text
 from stages.common.gate import GateLimits, features_summary_metrics, run_gate
 from stages.common.media import Rejected, decode_audio, decode_image
 from stages.common.params import ValidateParams, load_params
@@ -39,6 +47,7 @@ class Outcome:
     """What validation made of one input row: an accepted record or a quarantine entry, plus features."""
 
     features: dict
+    row_key: str = ""
     accepted: dict | None = None
     rejected: dict | None = None
     media: dict[str, bytes] = field(default_factory=dict)
@@ -95,7 +104,7 @@ def _payload(entry: dict, kind: str, media: TarMembers) -> bytes:
 
 def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], params: ValidateParams) -> Outcome:
     features = _empty_features(entry)
-    outcome = Outcome(features=features)
+    outcome = Outcome(features=features, row_key=entry["row_key"])
     try:
         check_fields(entry, first_seen, params)
         fields = entry["fields"]
@@ -129,6 +138,108 @@ def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], par
     return outcome
 
 
+@dataclass
+class Content:
+    """What dedup compares of one accepted record."""
+    image: str | None  # sha256 of the normalised PNG
+    audio: str | None  # sha256 of the normalised WAV
+    text: str | None  # normalised
+    question: str | None
+    image_fp: np.ndarray | None
+    audio_fp: np.ndarray | None
+
+
+def content_of(o: Outcome) -> Content:
+    record = o.accepted
+    png = o.media.get(record["image"]) if record["image"] else None
+    wav = o.media.get(record["audio"]) if record["audio"] else None
+    return Content(digest(png) if png else None, digest(wav) if wav else None, normalise_text(record.get("text")),
+                   normalise_text(record.get("question")), image_fingerprint(png) if png else None,
+                   audio_fingerprint(wav) if wav else None)
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def _near(kind: str, a: Content, b: Content, params: ValidateParams) -> float | None:
+    """None unless `kind` of a and b is the same content or a near duplicate; else the fingerprint distance."""
+    da, db = getattr(a, kind), getattr(b, kind)
+    if da is None or db is None:
+        return 0.0 if da is db else None
+    if da == db:
+        return 0.0
+    limit = params.near_duplicate_image_rms if kind == "image" else params.near_duplicate_audio_db
+    distance = _rms(getattr(a, f"{kind}_fp"), getattr(b, f"{kind}_fp"))
+    return distance if distance <= limit else None
+
+
+def _pairs(contents: list[Content], kind: str, limit: float) -> Iterator[tuple[int, int]]:
+    """Pairs of records whose `kind` media are the same or near (exact digests first, then fingerprints)."""
+    positions = [i for i, c in enumerate(contents) if getattr(c, kind) is not None]
+    first: dict[str, int] = {}
+    for i in positions:
+        key = getattr(contents[i], kind)
+        if key in first:
+            yield first[key], i
+        first.setdefault(key, i)
+    if positions and limit > 0:
+        fps = np.stack([getattr(contents[i], f"{kind}_fp") for i in positions])
+        for a, b in near_pairs(fps, limit):
+            yield positions[a], positions[b]
+
+
+def deduplicate(outcomes: list[Outcome], params: ValidateParams) -> dict[str, int]:
+    """Quarantine accepted records that duplicate an earlier one; give the rest their `content_group`."""
+    accepted = [o for o in outcomes if o.accepted]
+    contents = [content_of(o) for o in accepted]
+    exact: dict[tuple, int] = {}
+    duplicate_of: dict[int, tuple[int, str]] = {}  # position -> (kept position, what matched)
+    for i, c in enumerate(contents):
+        if c.image is None and c.audio is None and not params.dedup_text_only:
+            continue  # templated corpora (the demo's) repeat short texts by design
+        key = (c.image, c.audio, c.text, c.question)
+        if key in exact:
+            duplicate_of[i] = (exact[key], "same content")
+        exact.setdefault(key, i)
+    shared = sorted({*_pairs(contents, "image", params.near_duplicate_image_rms),
+                     *_pairs(contents, "audio", params.near_duplicate_audio_db)})
+    for i, j in sorted(shared, key=lambda p: (p[1], p[0])):
+        if j in duplicate_of or (a := contents[i]).text != contents[j].text or a.question != contents[j].question:
+            continue
+        b = contents[j]
+        distances = {kind: _near(kind, a, b, params) for kind in ("image", "audio")
+                     if getattr(a, kind) or getattr(b, kind)}
+        if all(d is not None for d in distances.values()):
+            kept = duplicate_of.get(i, (i, ""))[0]
+            duplicate_of[j] = (kept, ", ".join(f"same {kind}" if getattr(a, kind) == getattr(b, kind) else
+                                              f"{kind} within {d:.2f}" for kind, d in distances.items())
+                               + ", same text and question")
+    groups = Groups(len(accepted))
+    for i, j in shared:
+        if i not in duplicate_of and j not in duplicate_of:
+            groups.join(i, j)
+    roots = groups.roots()
+    for i, o in enumerate(accepted):
+        if i in duplicate_of:
+            kept, matched = duplicate_of[i]
+            category = "duplicate content" if matched == "same content" else "near duplicate"
+            what = matched if category == "near duplicate" else "same image, audio, text and question"
+            first = accepted[kept].accepted
+            reason = (f"{category}: {what} as {first['id']} ({first['source']} line {first['row']}); "
+                      "the first is kept")
+            o.features.update(status="duplicate", reason=reason)
+            o.rejected = {"id": o.accepted["id"], "reason": reason, "source": o.accepted["source"],
+                          "line": o.accepted["row"], "row_key": o.row_key, "duplicate_of": first["id"]}
+            o.accepted, o.media = None, {}
+        else:
+            o.accepted["content_group"] = accepted[roots[i]].accepted["id"]
+    kinds = [m for _, m in duplicate_of.values()]
+    grouped = sum(1 for i, r in enumerate(roots) if i not in duplicate_of and r != i)
+    return {"exact": kinds.count("same content"), "near": len(kinds) - kinds.count("same content"),
+            "records_sharing_media_with_an_earlier_one": grouped}
+
+
 def write_media(out_dir: Path, accepted: list[Outcome]) -> None:
     """Accepted media into canonical tars; manifest entries get their 'tar:member' locations."""
     for start in range(0, len(accepted), RECORDS_PER_MEDIA_TAR):
@@ -149,6 +260,7 @@ def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params
     media = TarMembers(raw_dir)
     first_seen: dict[str, str] = {}
     outcomes = [validate_row(e, media, first_seen, params) for e in tqdm(entries, desc="validate", unit="row")]
+    duplicates = deduplicate(outcomes, params)
     accepted = [o for o in outcomes if o.accepted]
     features = pd.DataFrame([o.features for o in outcomes])
     with atomic_dir(out_dir) as tmp:
@@ -162,6 +274,7 @@ def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params
     with tempfile.TemporaryDirectory(prefix="trimodal-gx-") as gx_dir:
         gate = run_gate(features, limits, docs_dir=docs_dir.resolve(), context_dir=Path(gx_dir))
     metrics = features_summary_metrics(features)
+    metrics["duplicates"] = duplicates
     metrics["gate_passed"] = gate.success
     write_json(metrics_path, metrics)
     print(f"validate: {len(accepted)} accepted, {len(outcomes) - len(accepted)} quarantined "

@@ -58,9 +58,9 @@ def build_validated(root: Path, n: int = 24) -> list[dict]:
 def shard_params(**shard) -> Params:
     params = Params()
     params.shard.samples_per_shard = 4
-    params.shard.val_fraction = params.shard.test_fraction = 0.2
+    params.split.val_fraction = params.split.test_fraction = 0.2
     params.shard.image_size = 16
     params.shard.n_mels = 20
     for k, v in shard.items():
-        setattr(params.shard, k, v)
+        setattr(params.split if k.endswith("_fraction") else params.shard, k, v)
     return params

@@ -58,13 +58,15 @@ class _Check:
 def features_summary_metrics(features: pd.DataFrame) -> dict:
     """Counts for DVC metrics: rows, accepted/rejected, accepted per modality, rejections by reason category."""
     table, accepted = _frames(features)
-    rejected = table[table["status"] != "accepted"]
-    categories = rejected["reason"].fillna("").astype(str).str.split(":", n=1).str[0].str.strip()
+    quarantined = table[table["status"] != "accepted"]
+    categories = quarantined["reason"].fillna("").astype(str).str.split(":", n=1).str[0].str.strip()
+    rejected = int((table["status"] == "rejected").sum())
     return {
         "n_rows": len(table),
         "n_accepted": len(accepted),
-        "n_rejected": len(rejected),
-        "reject_fraction": len(rejected) / len(table) if len(table) else 0.0,
+        "n_rejected": rejected,
+        "n_duplicates": int((table["status"] == "duplicate").sum()),
+        "reject_fraction": rejected / len(table) if len(table) else 0.0,
         "accepted_by_modality": {kind: int(accepted[f"has_{kind}"].sum()) for kind in ("image", "audio", "text")},
         "rejected_by_reason": {(k or "unknown"): int(v) for k, v in sorted(categories.value_counts().items())},
     }
@@ -109,12 +111,13 @@ def _batch_checks(gxe: Any, limits: GateLimits) -> list[_Check]:
         _Check(gxe.ExpectTableRowCountToBeBetween(min_value=1), "the feature table has at least 1 row",
                lambda r: f"observed {r.get('observed_value')} rows"),
         _Check(gxe.ExpectColumnValuesToNotBeNull(column="status"), "every row has a status"),
-        _Check(gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["accepted", "rejected"]),
-               "status is 'accepted' or 'rejected'"),
+        _Check(gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["accepted", "rejected", "duplicate"]),
+               "status is 'accepted', 'rejected' or 'duplicate'"),
         _Check(gxe.ExpectColumnDistinctValuesToContainSet(column="status", value_set=["accepted"]),
                "at least one row is accepted",
                lambda r: "no row has status 'accepted'"),
-        _Check(gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["accepted"],
+        # duplicates are quarantined but are not bad data: a scrape that repeats itself still passes
+        _Check(gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["accepted", "duplicate"],
                                                mostly=_accepted_mostly(allowed)),
                f"at most a fraction {allowed:.4g} of rows rejected", reject_fraction),
     ]

@@ -48,6 +48,9 @@ class ValidateParams:
     max_seconds: float = 10.0
     max_caption_chars: int = 512
     max_reject_fraction: float = 0.2
+    near_duplicate_image_rms: float = 4.0  # 8x8 RGB thumbnails this close (0-255 levels) are one image; 0 = off
+    near_duplicate_audio_db: float = 0.5  # 16x32 log-Mel grids this close (dB) are one sound; 0 = off
+    dedup_text_only: bool = False  # also quarantine text-only records that repeat an earlier one's text and question
 
 
 @dataclass
@@ -63,9 +66,14 @@ class ShardParams:
     n_fft: int = 400
     hop_length: int = 160
     max_text_tokens: int = 64
+    samples_per_shard: int = 256
+
+
+@dataclass
+class SplitParams:
+    """Read by tokenizer (it learns from train only) and shard: a record's split is a hash of its content group."""
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    samples_per_shard: int = 256
 
 
 @dataclass
@@ -140,6 +148,7 @@ class TrainerParams:
 @dataclass
 class Params:
     seed: int = 0
+    split: SplitParams = field(default_factory=SplitParams)
     demo: DemoParams = field(default_factory=DemoParams)
     data: DataParams = field(default_factory=DataParams)
     ingest: IngestParams = field(default_factory=IngestParams)

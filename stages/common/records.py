@@ -18,6 +18,12 @@ def record_key(record_id: str) -> str:
     return hashlib.sha1(record_id.encode("utf-8")).hexdigest()[:20]
 
 
+def record_split(record: dict, val_fraction: float, test_fraction: float) -> str:
+    """A validated record's split: that of its content group (validate names the group by its first record), so
+    records sharing an image or a sound land in one split. Records from before content groups use their id."""
+    return split_of(record.get("content_group") or record["id"], val_fraction, test_fraction)
+
+
 def split_of(record_id: str, val_fraction: float, test_fraction: float) -> str:
     """Assign a split from a hash of the id: stable across runs, machines and source order."""
     u = int(hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:12], 16) / 16**12
