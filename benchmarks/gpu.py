@@ -23,7 +23,7 @@ import yaml  # noqa: E402
 
 from stages.common.distributed import barrier, setup  # noqa: E402
 from stages.common.mfu import peak_flops  # noqa: E402
-from stages.common.params import Params  # noqa: E402
+from stages.common.params import defaults  # noqa: E402
 from stages.common.trainer import train  # noqa: E402
 from stages.pretrain import build_model, pretrain_step  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
@@ -57,7 +57,7 @@ def build_shards(workdir: Path, preset: dict, records: int, world: int) -> Path:
 def run(strategy: str, preset: dict, shards: Path, args, world) -> dict:
     from transformers import AutoTokenizer
 
-    params = Params()
+    params = defaults()
     params.model = dict(preset)
     params.pretrain.shards, params.pretrain.steps = str(shards), args.steps
     params.pretrain.batch_size = args.batch_per_device * world.size

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ from model.configuration import TrimodalConfig  # noqa: E402
 from model.modeling import TrimodalForConditionalGeneration  # noqa: E402
 from model.quantization import WEIGHTS, export_int8, load_int8, quantize_model  # noqa: E402
 from stages.common.latency import inference, interleaved_ms  # noqa: E402
-from stages.common.params import EvaluateParams, load_params  # noqa: E402
+from stages.common.params import defaults, load_params  # noqa: E402
 
 
 def config_for(preset: str) -> TrimodalConfig:
@@ -64,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    p = EvaluateParams(latency_repeats=args.repeats)
+    p = replace(defaults().evaluate, latency_repeats=args.repeats)
     results = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "presets": {}}
     for preset in args.presets:
         config = config_for(preset)

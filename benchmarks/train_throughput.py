@@ -30,7 +30,7 @@ from model.flops import FlopCounter  # noqa: E402
 from model.objectives import pretraining_losses, total_loss  # noqa: E402
 from stages.common.distributed import setup  # noqa: E402
 from stages.common.mfu import peak_flops  # noqa: E402
-from stages.common.params import Params  # noqa: E402
+from stages.common.params import defaults  # noqa: E402
 from stages.common.trainer import data_stream, model_inputs, train  # noqa: E402
 from stages.pretrain import build_model, pretrain_step  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
                                                                                     samples_per_shard=64))
         from transformers import AutoTokenizer
 
-        params = Params()
+        params = defaults()
         params.model = {}
         params.pretrain.shards, params.pretrain.batch_size = str(root / "shards"), args.batch_size
         params.pretrain.steps, params.pretrain.checkpoint_every = args.steps, args.steps

@@ -17,10 +17,10 @@ from dvc.config_schema import RelPath
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 from dvc.stage import PipelineStage
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from stages.common.atomic import atomic_open
+from stages.common.params import check as check_params
+from stages.common.params import compose as compose_params
+from stages.common.params import write as write_params
 
 LOCKED = "Unable to acquire lock"
 DEFAULT_POOL = "cpu"  # a stage without `meta: {pool: ...}` in dvc.yaml
@@ -164,12 +164,17 @@ def run_stage(root: str | Path, stage: str, force: bool = False) -> str:
     return dvc(root, "repro", "--single-item", *(["--force"] if force else []), stage)
 
 
+class ParamsDiverged(RuntimeError):
+    """params.yaml is not the composition of conf/: someone edited it by hand."""
+
+
 def apply_overrides(root: str | Path, overrides: Sequence[str]) -> dict:
-    """Compose conf/ with Hydra `overrides` (e.g. pretrain.steps=3) and write it to params.yaml."""
+    """Compose conf/ with Hydra `overrides` (e.g. pretrain.steps=3) and write it to params.yaml. Refuses when the
+    checked-out params.yaml is not conf/'s composition: composing would silently drop that hand edit."""
     root = Path(root).resolve()
-    with initialize_config_dir(config_dir=str(root / "conf"), version_base=None):
-        params = OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
-    with atomic_open(root / "params.yaml", "w") as f:
-        f.write("# composed by flows from conf/ with overrides: " + " ".join(overrides) + "\n")
-        yaml.safe_dump(params, f, sort_keys=False)
+    if diverged := check_params(root / "params.yaml", (), root / "conf"):
+        raise ParamsDiverged("params.yaml differs from conf/ (conf/ is the source: edit it, then "
+                             "`python -m stages.common.params write`):\n  " + "\n  ".join(diverged))
+    params = compose_params(overrides, root / "conf")
+    write_params(root / "params.yaml", params, "flow run overrides: " + " ".join(overrides) if overrides else "")
     return params

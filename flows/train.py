@@ -31,8 +31,7 @@ def start_run(root: Path, repo_url: str, revision: str, overrides: list[str], dv
     runs when the DVC remote is one other machines cannot reach."""
     base = workspace.clone(repo_url, root, revision)
     use_remote(root, dvc_remote)
-    if overrides:
-        apply_overrides(root, overrides)
+    apply_overrides(root, overrides)  # also refuses a params.yaml edited by hand, with or without overrides
     run_id = flow_run.get_id()
     workspace.commit(root, ["params.yaml"], f"params of run {run_id}: {' '.join(overrides)}")
     branch = f"trimodal/run-{run_id}"

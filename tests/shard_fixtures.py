@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from stages.common.params import Params, TokenizerParams
+from stages.common.params import Params, TokenizerParams, defaults
 from stages.common.records import record_key
 from stages.common.tars import write_tar
 from stages.tokenizer import train_tokenizer
@@ -56,7 +56,7 @@ def build_validated(root: Path, n: int = 24) -> list[dict]:
 
 
 def shard_params(**shard) -> Params:
-    params = Params()
+    params = defaults()
     params.shard.samples_per_shard = 4
     params.split.val_fraction = params.split.test_fraction = 0.2
     params.shard.image_size = 16

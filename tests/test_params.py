@@ -1,20 +1,22 @@
-"""params.yaml is the Hydra composition of conf/ (what `dvc exp run` would write) and fits the typed schema."""
+"""conf/ is the one source of parameter values; params.yaml is its Hydra composition (what `dvc exp run` would
+write), checked, and fits the typed schema."""
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from stages.common.params import Params, load_params
+from flows.dvc_stages import ParamsDiverged, apply_overrides
+from stages.common.params import Params, check, compose, defaults, load_params, write
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_params_yaml_equals_hydra_composition_of_conf():
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        composed = OmegaConf.to_container(compose(config_name="config"), resolve=True)
-    assert composed == yaml.safe_load((REPO / "params.yaml").read_text())
+    assert check(REPO / "params.yaml", (), REPO / "conf") == []  # on failure: the diverging keys, both values
+    assert (REPO / "params.yaml").read_text().startswith("# GENERATED from conf/")
 
 
 def test_params_load_typed_and_overrides_apply():
@@ -28,3 +30,41 @@ def test_bad_params_fail_loudly(override):
     with pytest.raises(Exception) as e:
         load_params(REPO / "params.yaml", [override])
     assert "retries" in str(e.value) or "no_such_key" in str(e.value)
+
+
+def test_conf_is_the_only_place_values_live():
+    with pytest.raises(TypeError):
+        Params()  # the schema holds no defaults to disagree with conf/
+    assert defaults().finetune.steps == yaml.safe_load((REPO / "conf/finetune/default.yaml").read_text())["steps"]
+    assert defaults(["model=small"]).model["d_model"] != defaults().model["d_model"]
+
+
+def test_a_hand_edit_of_params_yaml_is_named_and_refused(tmp_path):
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    write(tmp_path / "params.yaml", compose((), tmp_path / "conf"))
+    assert check(tmp_path / "params.yaml", (), tmp_path / "conf") == []
+    edited = (tmp_path / "params.yaml").read_text().replace("max_pixels: 40000000", "max_pixels: 1")
+    (tmp_path / "params.yaml").write_text(edited)
+    assert check(tmp_path / "params.yaml", (), tmp_path / "conf") == [
+        "validate.max_pixels: conf/ has 40000000, params.yaml has 1"]
+    with pytest.raises(ParamsDiverged, match="validate.max_pixels"):  # a flow run would otherwise drop the edit
+        apply_overrides(tmp_path, ["pretrain.steps=3"])
+    proc = subprocess.run([sys.executable, "-m", "stages.common.params", "check"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "agrees" in proc.stdout  # the repository's own params.yaml
+
+
+def test_flow_overrides_compose_from_conf_and_name_themselves(tmp_path):
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    write(tmp_path / "params.yaml", compose((), tmp_path / "conf"))
+    params = apply_overrides(tmp_path, ["pretrain.steps=3"])
+    assert params["pretrain"]["steps"] == 3 and load_params(tmp_path / "params.yaml").pretrain.steps == 3
+    assert "# flow run overrides: pretrain.steps=3" in (tmp_path / "params.yaml").read_text()
+
+
+def test_a_missing_value_fails_loudly(tmp_path):
+    values = compose()
+    del values["validate"]["max_pixels"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
+    with pytest.raises(Exception, match="max_pixels"):
+        load_params(tmp_path / "params.yaml")

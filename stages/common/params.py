@@ -1,168 +1,179 @@
-"""params.yaml -> typed dataclasses, once, at each stage's edge.
+"""The typed schema of the parameters, and the one place their values live: conf/ (Hydra groups).
 
-OmegaConf merges the YAML onto the dataclass schema, so a typo'd key or a wrong type fails loudly
-before any work starts. Command-line `key=value` overrides (OmegaConf dotlist) apply on top.
+conf/ is the source of truth. params.yaml is its composition (what DVC tracks and `dvc repro` reads), written by
+`python -m stages.common.params write` (or `dvc exp run`, which composes conf/ with -S overrides), never by hand;
+`python -m stages.common.params check` and tests/test_params.py fail, naming the keys, when the two diverge.
+The dataclasses below hold no defaults: a value missing from params.yaml is an error, not a silent fallback.
+Each stage reads params.yaml through `load_params` once, at its edge; OmegaConf merges it onto the schema, so a
+typo'd key or a wrong type fails loudly before any work starts. Command-line `key=value` overrides (OmegaConf
+dotlist) apply on top. `defaults(overrides)` gives the typed composition of conf/ itself (tests, benchmarks).
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+HEADER = ("# GENERATED from conf/ by `python -m stages.common.params write`: edit conf/, not this file.\n"
+          "# DVC tracks it and `dvc repro` reads it; tests/test_params.py checks it against conf/.\n")
 
 
 @dataclass
 class DemoParams:
-    n_records: int = 1680  # ~24 test records per modality subset (10% test split)
-    n_fusion: int = 240  # records whose answer needs two modalities (group "fusion")
-    n_corpus: int = 240
-    image_size: int = 64
-    sample_rate: int = 16000
-    audio_seconds: float = 1.0
-    n_shapes: int = 3  # classes (stages/demo.py ALL_SHAPES); conf/demo/hard.yaml: 8
-    n_colors: int = 4  # conf/demo/hard.yaml: 8, with similar hues and pitches
-    noise: float = 0.0  # pixel noise std / 128 and extra audio noise std / 0.3
+    n_records: int  # ~24 test records per modality subset (10% test split)
+    n_fusion: int  # records whose answer needs two modalities (group "fusion")
+    n_corpus: int
+    image_size: int
+    sample_rate: int
+    audio_seconds: float
+    n_shapes: int  # classes (stages/demo.py ALL_SHAPES); conf/demo/hard.yaml: 8
+    n_colors: int  # conf/demo/hard.yaml: 8, with similar hues and pitches
+    noise: float  # pixel noise std / 128 and extra audio noise std / 0.3
 
 
 @dataclass
 class DataParams:
-    sources: list[str] = field(default_factory=list)
+    sources: list[str]
 
 
 @dataclass
 class IngestParams:
-    timeout_s: float = 10.0
-    retries: int = 2
-    processes: int = 1
-    threads: int = 16
-    shard_size: int = 1000
-    max_audio_bytes: int = 50_000_000
+    timeout_s: float
+    retries: int
+    processes: int
+    threads: int
+    shard_size: int
+    max_audio_bytes: int
 
 
 @dataclass
 class ValidateParams:
-    min_side: int = 16
-    max_pixels: int = 40_000_000
-    sample_rate: int = 16000
-    max_seconds: float = 10.0
-    max_caption_chars: int = 512
-    max_reject_fraction: float = 0.2
-    near_duplicate_image_rms: float = 4.0  # 8x8 RGB thumbnails this close (0-255 levels) are one image; 0 = off
-    near_duplicate_audio_db: float = 0.5  # 16x32 log-Mel grids this close (dB) are one sound; 0 = off
-    dedup_text_only: bool = False  # also quarantine text-only records that repeat an earlier one's text and question
+    min_side: int
+    max_pixels: int
+    sample_rate: int
+    max_seconds: float
+    max_caption_chars: int
+    max_reject_fraction: float
+    near_duplicate_image_rms: float  # 8x8 RGB thumbnails this close (0-255 levels) are one image; 0 = off
+    near_duplicate_audio_db: float  # 16x32 log-Mel grids this close (dB) are one sound; 0 = off
+    dedup_text_only: bool  # also quarantine text-only records that repeat an earlier one's text and question
 
 
 @dataclass
 class TokenizerParams:
-    vocab_size: int = 1024
-    min_frequency: int = 2
+    vocab_size: int
+    min_frequency: int
 
 
 @dataclass
 class ShardParams:
-    image_size: int = 64
-    n_mels: int = 64
-    n_fft: int = 400
-    hop_length: int = 160
-    max_text_tokens: int = 64
-    samples_per_shard: int = 256
+    image_size: int
+    n_mels: int
+    n_fft: int
+    hop_length: int
+    max_text_tokens: int
+    samples_per_shard: int
 
 
 @dataclass
 class SplitParams:
     """Read by tokenizer (it learns from train only) and shard: a record's split is a hash of its content group."""
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    val_fraction: float
+    test_fraction: float
 
 
 @dataclass
 class TrainStageParams:
     """Settings of a training stage (pretrain, finetune, distill), used by stages.common.trainer."""
 
-    shards: str = "data/shards"  # local folder or s3://bucket/prefix written by the shard stage
-    steps: int = 200
-    batch_size: int = 16  # global batch: split across processes when trainer.devices > 1
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    accumulation: int = 1
-    checkpoint_every: int = 50
-    freeze_encoders: bool = False
-    num_workers: int = 0
-    shuffle: int = 256
-    log_every: int = 10
-    modality_dropout: float = 0.0  # a multi-input sample keeps a random proper subset of its inputs this often
-    modality_dropout_keep_groups: list[str] = field(default_factory=lambda: ["fusion"])  # never dropped
+    shards: str  # local folder or s3://bucket/prefix written by the shard stage
+    steps: int
+    batch_size: int  # global batch: split across processes when trainer.devices > 1
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    grad_clip: float
+    accumulation: int
+    checkpoint_every: int
+    freeze_encoders: bool
+    num_workers: int
+    shuffle: int
+    log_every: int
+    modality_dropout: float  # a multi-input sample keeps a random proper subset of its inputs this often
+    modality_dropout_keep_groups: list[str]  # never dropped
     # records whose inputs are not views of one content: never a contrastive pair (model.objectives)
-    contrastive_skip_groups: list[str] = field(default_factory=lambda: ["fusion"])
-    loss_weights: dict = field(default_factory=dict)  # this stage's lambda overrides of model.config.loss_weights
+    contrastive_skip_groups: list[str]
+    loss_weights: dict  # this stage's lambda overrides of model.config.loss_weights
 
 
 @dataclass
 class DistillParams(TrainStageParams):
     """A training stage plus the KD loss of seed 001 section 2.4 and the student's shape."""
 
-    alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha goes to the hard labels
-    temperature: float = 2.0
-    student: dict = field(default_factory=dict)  # TrimodalConfig overrides applied to the teacher's config
-    init_from_teacher: bool = True  # start from the teacher's leading layers and dimensions (sliced)
+    alpha: float  # weight of the soft (teacher) term; 1 - alpha goes to the hard labels
+    temperature: float
+    student: dict  # TrimodalConfig overrides applied to the teacher's config
+    init_from_teacher: bool  # start from the teacher's leading layers and dimensions (sliced)
 
 
 @dataclass
 class QuantizeParams:
-    calibration_batches: int = 8  # val batches whose activations fix the input scales and zero points
-    batch_size: int = 32
-    prune_amount: float = 0.0  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
-    max_val_drop: float = 0.0  # fragile Linears go back to float until val accuracy is within this of float
-    max_fp32_linears: int = 8  # ... or this many are back
-    int8_min_features: int = 128  # Linears with fewer inputs or outputs compute in float from int8 weights
+    calibration_batches: int  # val batches whose activations fix the input scales and zero points
+    batch_size: int
+    prune_amount: float  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
+    max_val_drop: float  # fragile Linears go back to float until val accuracy is within this of float
+    max_fp32_linears: int  # ... or this many are back
+    int8_min_features: int  # Linears with fewer inputs or outputs compute in float from int8 weights
     # speed measurement (reported, never deciding): per-Linear replay and whole-model latency at these batch
     # sizes; [] = none
-    speed_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    speed_new_tokens: int = 12  # greedy tokens per inference (evaluate.max_new_tokens)
-    speed_repeats: int = 20  # interleaved timing rounds per Linear and batch size
+    speed_batch_sizes: list[int]
+    speed_new_tokens: int  # greedy tokens per inference (evaluate.max_new_tokens)
+    speed_repeats: int  # interleaved timing rounds per Linear and batch size
 
 
 @dataclass
 class EvaluateParams:
-    split: str = "test"
-    batch_size: int = 32
-    max_new_tokens: int = 12
-    image_noise_std: float = 0.2  # robustness: Gaussian noise on pixels in [0, 1]
-    audio_noise_std: float = 1.0  # robustness: Gaussian noise on log-Mel features
-    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    latency_repeats: int = 20  # interleaved rounds: the per-round ratios need enough for quartiles
-    threads: int = 0  # torch intra-op threads for the latency measurement; 0 = torch's default
-    extra_bleu_order: int = 2  # an extra, labelled BLEU column with n-grams up to this order (0 = none)
-    question_type_words: int = 3  # the question-type prior baseline keys questions by their first words
+    split: str
+    batch_size: int
+    max_new_tokens: int
+    image_noise_std: float  # robustness: Gaussian noise on pixels in [0, 1]
+    audio_noise_std: float  # robustness: Gaussian noise on log-Mel features
+    latency_batch_sizes: list[int]
+    latency_repeats: int  # interleaved rounds: the per-round ratios need enough for quartiles
+    threads: int  # torch intra-op threads for the latency measurement; 0 = torch's default
+    extra_bleu_order: int  # an extra, labelled BLEU column with n-grams up to this order (0 = none)
+    question_type_words: int  # the question-type prior baseline keys questions by their first words
 
 
 @dataclass
 class TrainerParams:
-    devices: int = 1  # > 1: the training stages re-launch themselves under torchrun (gloo on CPU, nccl on GPU)
-    strategy: str = "ddp"  # with devices > 1: ddp (replicated) or fsdp (FSDP2, sharded; stages/common/distributed.py)
+    devices: int  # > 1: the training stages re-launch themselves under torchrun (gloo on CPU, nccl on GPU)
+    strategy: str  # with devices > 1: ddp (replicated) or fsdp (FSDP2, sharded; stages/common/distributed.py)
 
 
 @dataclass
 class Params:
-    seed: int = 0
-    split: SplitParams = field(default_factory=SplitParams)
-    demo: DemoParams = field(default_factory=DemoParams)
-    data: DataParams = field(default_factory=DataParams)
-    ingest: IngestParams = field(default_factory=IngestParams)
-    validate: ValidateParams = field(default_factory=ValidateParams)
-    tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
-    shard: ShardParams = field(default_factory=ShardParams)
+    seed: int
+    split: SplitParams
+    demo: DemoParams
+    data: DataParams
+    ingest: IngestParams
+    validate: ValidateParams
+    tokenizer: TokenizerParams
+    shard: ShardParams
     # TrimodalConfig fields (conf/model/<preset>.yaml); validated by the config class itself
-    model: dict = field(default_factory=dict)
-    pretrain: TrainStageParams = field(default_factory=TrainStageParams)
-    finetune: TrainStageParams = field(default_factory=TrainStageParams)
-    distill: DistillParams = field(default_factory=DistillParams)
-    quantize: QuantizeParams = field(default_factory=QuantizeParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    trainer: TrainerParams = field(default_factory=TrainerParams)
+    model: dict
+    pretrain: TrainStageParams
+    finetune: TrainStageParams
+    distill: DistillParams
+    quantize: QuantizeParams
+    evaluate: EvaluateParams
+    trainer: TrainerParams
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:
@@ -170,6 +181,69 @@ def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ())
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run stages from the repository root (where dvc.yaml is)")
-    schema = OmegaConf.structured(Params)
-    merged = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    return _typed(OmegaConf.load(path), overrides)
+
+
+def _typed(values, overrides: Sequence[str] = ()) -> Params:
+    merged = OmegaConf.merge(OmegaConf.structured(Params), values, OmegaConf.from_dotlist(list(overrides)))
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def compose(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> dict:
+    """conf/ composed by Hydra with `overrides` (group choices such as model=small, or values): a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=list(overrides)), resolve=True)
+
+
+def defaults(overrides: Sequence[str] = ()) -> Params:
+    """The typed composition of conf/ (with Hydra `overrides`): what params.yaml holds when nothing was edited."""
+    return _typed(compose(overrides))
+
+
+def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, with both values."""
+    out = []
+    for key in sorted(set(expected) | set(actual), key=str):
+        a, b = expected.get(key, "<absent>"), actual.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: conf/ has {a!r}, params.yaml has {b!r}")
+    return out
+
+
+def write(path: Path, values: dict, note: str = "") -> None:
+    from stages.common.atomic import atomic_open
+
+    with atomic_open(path, "w") as f:
+        f.write(HEADER + (f"# {note}\n" if note else ""))
+        yaml.safe_dump(values, f, sort_keys=False)
+
+
+def check(path: Path = Path("params.yaml"), overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> list[str]:
+    """The differences between params.yaml and conf/ composed with `overrides`; [] when they agree."""
+    return differences(compose(overrides, conf_dir), yaml.safe_load(Path(path).read_text()) or {})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m stages.common.params write [overrides...]` | `check [overrides...]`, from the repository root."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ("write", "check"):
+        raise SystemExit("usage: python -m stages.common.params write|check [hydra overrides...]")
+    command, overrides = args[0], args[1:]
+    if command == "write":
+        write(Path("params.yaml"), compose(overrides), "overrides: " + " ".join(overrides) if overrides else "")
+        print("params.yaml written from conf/" + (f" with {' '.join(overrides)}" if overrides else ""))
+        return
+    diverged = check(Path("params.yaml"), overrides)
+    if diverged:
+        raise SystemExit("params.yaml differs from conf/ (edit conf/, then `python -m stages.common.params write`):\n  "
+                         + "\n  ".join(diverged))
+    print("params.yaml agrees with conf/")
+
+
+if __name__ == "__main__":
+    main()

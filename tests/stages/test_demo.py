@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,11 +11,18 @@ from PIL import Image
 
 from stages import demo
 from stages.common.atomic import read_jsonl
-from stages.common.params import DemoParams, Params
+from stages.common.params import Params, defaults
 from tests.stage_runner import make_project, run_stage
 
-PARAMS = Params(seed=3, demo=DemoParams(n_records=70, n_fusion=12, n_corpus=10, image_size=64, sample_rate=16000,
-                                        audio_seconds=1.0))
+
+def demo_params(seed: int, **demo) -> Params:
+    """conf/'s parameters with a smaller demo (dataclasses.replace keeps the rest of conf/demo)."""
+    params = defaults()
+    params.seed, params.demo = seed, replace(params.demo, **demo)
+    return params
+
+
+PARAMS = demo_params(3, n_records=70, n_fusion=12, n_corpus=10, image_size=64, sample_rate=16000, audio_seconds=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +135,7 @@ def test_module_run_writes_the_demo_dir(tmp_path):
 
 
 def test_the_fine_grained_variant_carries_every_shape_and_colour_in_every_modality(tmp_path):
-    params = Params(seed=1, demo=DemoParams(n_records=160, n_fusion=0, n_corpus=4, n_shapes=8, n_colors=8))
+    params = demo_params(1, n_records=160, n_fusion=0, n_corpus=4, n_shapes=8, n_colors=8)
     demo.generate(params, tmp_path / "hard")
     shapes, colors, pitch, pulses = demo.palette(8, 8)
     records = read_jsonl(tmp_path / "hard/records.jsonl")
@@ -150,8 +158,8 @@ def test_the_fine_grained_variant_carries_every_shape_and_colour_in_every_modali
 
 
 def test_noise_perturbs_the_media_but_not_the_targets(tmp_path):
-    clean = Params(seed=2, demo=DemoParams(n_records=14, n_fusion=0, n_corpus=2))
-    noisy = Params(seed=2, demo=DemoParams(n_records=14, n_fusion=0, n_corpus=2, noise=0.1))
+    clean = demo_params(2, n_records=14, n_fusion=0, n_corpus=2)
+    noisy = demo_params(2, n_records=14, n_fusion=0, n_corpus=2, noise=0.1)
     demo.generate(clean, tmp_path / "clean")
     demo.generate(noisy, tmp_path / "noisy")
     a, b = read_jsonl(tmp_path / "clean/records.jsonl"), read_jsonl(tmp_path / "noisy/records.jsonl")

@@ -30,7 +30,8 @@ def test_tokenizer_refuses_empty_text(tmp_path):
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text(json.dumps({"id": "a", "text": None}) + "\n")
     try:
-        run(manifest, tmp_path / "tok", TokenizerParams(), SplitParams())
+        run(manifest, tmp_path / "tok", TokenizerParams(vocab_size=400, min_frequency=2),
+            SplitParams(val_fraction=0.1, test_fraction=0.1))
     except SystemExit as e:
         assert "no text" in str(e)
     else:

@@ -94,13 +94,24 @@ def test_all_rejected_fails_cleanly(tmp_path):
 
 
 def test_features_summary_metrics():
-    features = table(extra=[rejected(30, reason="duplicate id: first seen at a.jsonl line 1")])
+    duplicate = {**rejected(31, reason="duplicate content: same image, audio, text and question as x"),
+                 "status": "duplicate"}
+    features = table(extra=[rejected(30, reason="duplicate id: first seen at a.jsonl line 1"), duplicate])
     assert features_summary_metrics(features) == {
-        "n_rows": 11,
+        "n_rows": 12,
         "n_accepted": 8,
-        "n_rejected": 3,
-        "reject_fraction": 3 / 11,
+        "n_rejected": 3,  # a duplicate is quarantined, not rejected: it does not count against the gate
+        "n_duplicates": 1,
+        "reject_fraction": 3 / 12,
         "accepted_by_modality": {"image": 7, "audio": 1, "text": 8},
-        "rejected_by_reason": {"duplicate id": 1, "image fetch failed": 2},
+        "rejected_by_reason": {"duplicate content": 1, "duplicate id": 1, "image fetch failed": 2},
     }
     assert features_summary_metrics(pd.DataFrame())["n_rows"] == 0
+
+
+def test_duplicates_do_not_count_as_rejections(tmp_path):
+    duplicates = [{**rejected(40 + i, reason="near duplicate: image within 1.20 as x"), "status": "duplicate"}
+                  for i in range(5)]
+    result = gate(table(extra=duplicates), tmp_path)  # 2 rejected of 15 rows, 5 duplicates: 7 quarantined
+    assert result.success, result.summary
+    assert not gate(table(n_rejected=3), tmp_path).success  # the limit still bites on real rejections
