@@ -1,7 +1,8 @@
 """Stage `ingest`: every row of every source table -> data/raw/ (canonical media shards + manifest).
 
-Images are fetched by img2dataset (local files are served to it from a loopback HTTP server, s3://
-objects through presigned URLs); audio through fsspec with a thread pool; text is inline. Nothing is
+Images are fetched by img2dataset through a loopback HTTP server (stages/common/fileserver.py) that fetches
+each source, local or remote, within `ingest.fetch_timeout_s`; audio through the same bounded fetch with a
+thread pool; text is inline. Nothing is
 judged here beyond "could it be fetched": decoding and rejection are validate's job, so every input row
 appears in data/raw/manifest.jsonl with its payload location or the reason it could not be fetched.
 
@@ -13,33 +14,26 @@ Outputs (rewritten canonically so identical inputs give identical bytes and DVC 
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from stages.common.atomic import atomic_dir, write_json, write_jsonl
-from stages.common.fileserver import LoopbackFileServer
+from stages.common.fetch import Fetched, fetch_one
+from stages.common.fileserver import LoopbackServer
 from stages.common.params import IngestParams, load_params
-from stages.common.sources import SourceError, SourceRow, read_bytes, read_table, resolve_url, scheme_of
+from stages.common.sources import SourceError, SourceRow, read_table, resolve_url, scheme_of
 from stages.common.tars import write_tar
 
 OUT_DIR = Path("data/raw")
 FETCHABLE = ("", "file", "http", "https", "s3")
-
-
-@dataclass
-class Fetched:
-    """Outcome of fetching one media URL: bytes, or the reason there are none."""
-
-    data: bytes | None = None
-    error: str | None = None
+LOOPBACK_SLACK_S = 5  # img2dataset waits this much longer than the loopback server's own fetch may take
 
 
 def plan_fetches(rows: list[SourceRow], column: str) -> tuple[dict[str, str], dict[str, Fetched]]:
@@ -58,16 +52,6 @@ def plan_fetches(rows: list[SourceRow], column: str) -> tuple[dict[str, str], di
     return todo, failed
 
 
-def local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
-
-
-def _presign(url: str) -> str:
-    import s3fs
-
-    return s3fs.S3FileSystem().url(url, expires=3600)
-
-
 def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> dict[str, Fetched]:
     """Download images with img2dataset; returns row_key -> Fetched for every key in `todo`."""
     if not todo:
@@ -80,17 +64,9 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> d
 
     from stages.common.tars import iter_tar
 
-    local = sorted({local_path(u) for u in todo.values() if scheme_of(u) in ("", "file")})
-    with LoopbackFileServer(local) as server:
-        urls = {}
-        for key, url in todo.items():
-            scheme = scheme_of(url)
-            if scheme in ("", "file"):
-                urls[key] = server.url_for(local_path(url))
-            else:
-                urls[key] = _presign(url) if scheme == "s3" else url
+    with LoopbackServer(list(todo.values()), lambda url: fetch_one(url, params)) as server:
         url_list = workdir / "img2dataset-input.parquet"
-        pd.DataFrame({"url": list(urls.values()), "row_key": list(urls)}).to_parquet(url_list)
+        pd.DataFrame({"url": [server.url_for(u) for u in todo.values()], "row_key": list(todo)}).to_parquet(url_list)
         out = workdir / "img2dataset-output"
         img2dataset.download(
             url_list=str(url_list),
@@ -101,8 +77,8 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> d
             output_format="webdataset",
             processes_count=params.processes,
             thread_count=params.threads,
-            timeout=int(max(1, round(params.timeout_s))),
-            retries=params.retries,
+            timeout=math.ceil(params.fetch_timeout_s) + LOOPBACK_SLACK_S,
+            retries=0,  # the loopback server's fetch_one retries, within the budget
             disable_all_reencoding=True,  # keep the original bytes: validate decides what is an image
             compute_hash=None,
             extract_exif=False,
@@ -114,8 +90,9 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> d
     for table in sorted(out.glob("*.parquet")):
         for rec in pq.read_table(table).to_pylist():
             if rec.get("status") != "success":
-                reason = rec.get("error_message") or rec.get("status")
-                results[rec["row_key"]] = Fetched(error=f"download failed: {reason}")
+                reason = server.errors.get(todo[rec["row_key"]])  # the loopback server knows why, img2dataset saw a 502
+                reason = reason or f"download failed: {rec.get('error_message') or rec.get('status')}"
+                results[rec["row_key"]] = Fetched(error=reason)
         tar = table.with_suffix(".tar")
         if tar.exists():
             by_sample = dict(iter_tar(tar))
@@ -129,29 +106,17 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> d
     return results
 
 
-def fetch_one(url: str, params: IngestParams, reader: Callable[[str, float], bytes] = read_bytes) -> Fetched:
-    """Fetch one object with retries and exponential backoff."""
-    error = ""
-    for attempt in range(params.retries + 1):
-        try:
-            data = reader(url, params.timeout_s)
-        except FileNotFoundError as e:
-            return Fetched(error=f"download failed: not found ({e})")
-        except Exception as e:  # noqa: BLE001 - the reason is recorded, the row is kept
-            error = f"download failed: {type(e).__name__}: {e}"
-            time.sleep(min(2**attempt * 0.2, 5))
-            continue
-        if len(data) > params.max_audio_bytes:
-            return Fetched(error=f"download failed: {len(data)} bytes > max_audio_bytes {params.max_audio_bytes}")
-        return Fetched(data=data)
-    return Fetched(error=error)
-
-
 def fetch_audio(todo: dict[str, str], params: IngestParams) -> dict[str, Fetched]:
     with ThreadPoolExecutor(max_workers=max(params.threads, 1)) as pool:
         futures = {key: pool.submit(fetch_one, url, params) for key, url in todo.items()}
         progress = tqdm(futures.items(), desc="ingest: audio", unit="file", disable=not futures)
-        return {key: f.result() for key, f in progress}
+        return {key: too_large(f.result(), params.max_audio_bytes) for key, f in progress}
+
+
+def too_large(fetched: Fetched, max_bytes: int) -> Fetched:
+    if fetched.data is not None and len(fetched.data) > max_bytes:
+        return Fetched(error=f"download failed: {len(fetched.data)} bytes > max_audio_bytes {max_bytes}")
+    return fetched
 
 
 def write_media_shards(out_dir: Path, prefix: str, fetched: dict[str, Fetched], size: int) -> dict[str, str]:

@@ -94,9 +94,11 @@ def check_fields(entry: dict, first_seen: dict[str, str], params: ValidateParams
 
 
 def _payload(entry: dict, kind: str, media: TarMembers) -> bytes:
-    if entry.get(f"{kind}_error"):
-        prefix = "unsupported URL" if "unsupported URL scheme" in entry[f"{kind}_error"] else f"{kind} fetch failed"
-        raise Rejected(f"{prefix}: {entry[f'{kind}_error']}")
+    if error := entry.get(f"{kind}_error"):
+        if error.startswith("fetch timed out: "):  # its own category: a stalled server, not a missing object
+            raise Rejected(f"fetch timed out: {kind}, {error.removeprefix('fetch timed out: ')}")
+        prefix = "unsupported URL" if "unsupported URL scheme" in error else f"{kind} fetch failed"
+        raise Rejected(f"{prefix}: {error}")
     if not entry.get(kind):
         raise Rejected(f"{kind} fetch failed: ingest recorded neither a payload nor an error")
     return media.get(entry[kind])

@@ -43,7 +43,8 @@ class DataParams:
 
 @dataclass
 class IngestParams:
-    timeout_s: float
+    timeout_s: float  # one fetch attempt, wall clock (connect, redirects, whole body)
+    fetch_timeout_s: float  # one URL, all attempts together (stages/common/fetch.py)
     retries: int
     processes: int
     threads: int

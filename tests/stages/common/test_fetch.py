@@ -1,0 +1,49 @@
+"""fetch_one against a real loopback server: a dripping body or a redirect loop ends within the budget."""
+import time
+
+import pytest
+
+from stages.common.fetch import fetch_one
+from stages.common.params import IngestParams
+from tests.hostile_server import hostile_server
+
+PAYLOAD = b"\x89PNG not really, but bytes"
+
+
+@pytest.fixture
+def server():
+    with hostile_server({"a.png": PAYLOAD}) as state:
+        yield state
+
+
+def timed_fetch(url, **params):
+    start = time.monotonic()
+    result = fetch_one(url, IngestParams(**params))
+    return result, time.monotonic() - start
+
+
+def test_a_dripping_body_is_cut_off_at_the_total_budget_and_the_connection_closed(server):
+    result, seconds = timed_fetch(server.url("drip", "a.png"), fetch_timeout_s=1.5, timeout_s=10.0, retries=2)
+    assert result.data is None
+    assert result.error == "fetch timed out: no complete response within 1.5 s (ingest.fetch_timeout_s)"
+    assert 1.4 < seconds < 4
+    assert server.drips["started"] == 1  # the budget left no time for a retry
+    assert server.wait_no_open_drip(timeout=5), "the dripping connection was left open"
+
+
+def test_each_attempt_is_bounded_by_timeout_s_and_retried_within_the_budget(server):
+    result, seconds = timed_fetch(server.url("drip", "a.png"), fetch_timeout_s=30.0, timeout_s=0.7, retries=1)
+    assert result.error == "fetch timed out: no complete response within 0.7 s (ingest.timeout_s)"
+    assert server.drips["started"] == 2 and 1.4 < seconds < 5
+
+
+def test_a_redirect_loop_is_a_clear_failure_without_retries(server):
+    result, seconds = timed_fetch(server.url("loop", "a.png"), fetch_timeout_s=5.0, retries=2)
+    assert result.error == "download failed: too many redirects (10 followed)"
+    assert seconds < 3
+
+
+def test_a_normal_response_and_a_missing_one(server):
+    assert fetch_one(server.url("ok", "a.png"), IngestParams(fetch_timeout_s=5.0)).data == PAYLOAD
+    missing = fetch_one(server.url("ok", "nope.png"), IngestParams(fetch_timeout_s=5.0, retries=0))
+    assert missing.error.startswith("download failed: not found")
