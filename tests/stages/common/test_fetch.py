@@ -1,10 +1,11 @@
 """fetch_one against a real loopback server: a dripping body or a redirect loop ends within the budget."""
 import time
+from dataclasses import replace
 
 import pytest
 
 from stages.common.fetch import fetch_one
-from stages.common.params import IngestParams
+from stages.common.params import defaults
 from tests.hostile_server import hostile_server
 
 PAYLOAD = b"\x89PNG not really, but bytes"
@@ -18,7 +19,7 @@ def server():
 
 def timed_fetch(url, **params):
     start = time.monotonic()
-    result = fetch_one(url, IngestParams(**params))
+    result = fetch_one(url, replace(defaults().ingest, **params))
     return result, time.monotonic() - start
 
 
@@ -44,6 +45,6 @@ def test_a_redirect_loop_is_a_clear_failure_without_retries(server):
 
 
 def test_a_normal_response_and_a_missing_one(server):
-    assert fetch_one(server.url("ok", "a.png"), IngestParams(fetch_timeout_s=5.0)).data == PAYLOAD
-    missing = fetch_one(server.url("ok", "nope.png"), IngestParams(fetch_timeout_s=5.0, retries=0))
+    assert fetch_one(server.url("ok", "a.png"), replace(defaults().ingest, fetch_timeout_s=5.0)).data == PAYLOAD
+    missing = fetch_one(server.url("ok", "nope.png"), replace(defaults().ingest, fetch_timeout_s=5.0, retries=0))
     assert missing.error.startswith("download failed: not found")
