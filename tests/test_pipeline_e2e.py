@@ -107,7 +107,7 @@ def assert_recovers_from_validate(root: Path) -> str:
     rerun = dvc(root, "repro", "shard").stdout
     assert "Running stage 'validate'" in rerun or "Stage 'validate' is cached" in rerun, rerun
     assert "Stage 'ingest' didn't change" in rerun and "Stage 'demo' didn't change" in rerun, rerun
-    assert "up to date" in dvc(root, "status", "shard").stdout.lower()
+    assert "up to date" in dvc(root, "status", "--with-deps", "shard").stdout.lower()
     assert len((root / "data/validated/manifest.jsonl").read_text().splitlines()) == 56 + 12 + 14
     return rerun
 
@@ -144,6 +144,19 @@ def test_a_kill_during_validate_then_repro_reruns_from_validate_only(project):
     assert "ingest:" not in status and "demo:" not in status, status
     assert "Running stage 'validate'" in assert_recovers_from_validate(root)  # new limits: nothing cached
     assert not list((root / "data").glob(".validated.*")) and untracked(root) == []
+
+
+def test_editing_shared_code_marks_only_the_stages_that_import_it(project):
+    root, _ = project
+    gate = root / "stages/common/gate.py"
+    original = gate.read_text()
+    gate.write_text(original + "\n# an edit\n")
+    try:
+        status = dvc(root, "status", "--with-deps", "shard").stdout
+    finally:
+        gate.write_text(original)
+    changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
+    assert changed == ["validate"], status  # ingest, tokenizer and shard do not import the gate
 
 
 def test_changing_sources_reruns_from_ingest(project):
