@@ -28,10 +28,11 @@ from stages.common.atomic import atomic_dir, write_json, write_jsonl
 from stages.common.fetch import Fetched, fetch_one
 from stages.common.fileserver import LoopbackServer
 from stages.common.params import IngestParams, load_params
-from stages.common.sources import SourceError, SourceRow, read_table, resolve_url, scheme_of
+from stages.common.sources import SourceError, SourceRow, read_table, resolve_url, scheme_of, untracked_table
 from stages.common.tars import write_tar
 
 OUT_DIR = Path("data/raw")
+TRACKED_TABLES = Path("data/sources")  # ingest's dvc.yaml dep: local tables must live here to be hashed
 FETCHABLE = ("", "file", "http", "https", "s3")
 LOOPBACK_SLACK_S = 5  # img2dataset waits this much longer than the loopback server's own fetch may take
 
@@ -147,6 +148,8 @@ def manifest_rows(rows: list[SourceRow], media: dict[str, tuple[dict[str, Fetche
 def run(sources: Sequence[str], out_dir: Path, params: IngestParams) -> dict:
     if not sources:
         raise SystemExit("ingest: params data.sources is empty: list at least one table (csv, parquet or jsonl)")
+    if refused := [reason for source in sources if (reason := untracked_table(source, TRACKED_TABLES))]:
+        raise SystemExit("ingest: " + "\n  ".join(refused))
     try:
         rows = [row for i, source in enumerate(sources) for row in read_table(source, i)]
     except SourceError as e:

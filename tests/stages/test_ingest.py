@@ -53,6 +53,20 @@ def test_shards_are_canonical(ingested):
 
 def test_missing_sources_give_a_clear_error(tmp_path):
     root = make_project(tmp_path)
-    proc = run_stage("ingest", root, "data.sources=[nowhere/t.jsonl]", check=False)
+    proc = run_stage("ingest", root, "data.sources=[data/sources/nowhere/t.jsonl]", check=False)
     assert proc.returncode != 0 and "cannot read table" in proc.stderr
+    assert not (root / "data/raw").exists()
+
+
+@pytest.mark.parametrize("where", ["elsewhere/t.jsonl", "{outside}/t.jsonl", "file://{outside}/t.jsonl"])
+def test_local_tables_outside_data_sources_are_refused(tmp_path, where):
+    """DVC hashes data/sources/ (ingest's dep) only: rows appended to a table elsewhere would go unseen."""
+    root = make_project(tmp_path / "project")
+    outside = tmp_path / "outside"
+    for folder in (outside, root / "elsewhere"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "t.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    source = where.format(outside=outside)
+    proc = run_stage("ingest", root, f"data.sources=[{source}]", check=False)
+    assert proc.returncode != 0 and "outside data/sources/, so DVC does not track it" in proc.stderr, proc.stderr
     assert not (root / "data/raw").exists()

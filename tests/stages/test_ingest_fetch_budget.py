@@ -33,9 +33,10 @@ def ingested(tmp_path_factory):
         rows = [{"id": f"{field}-{kind}", f"{field}_url": server.url(kind, f"x.{ext}")}
                 for field, ext in (("image", "png"), ("audio", "wav")) for kind in ("drip", "loop")]
         rows += [{"id": "ok", "image_url": server.url("ok", "ok.png"), "audio_url": server.url("ok", "ok.wav")}]
-        (root / "table.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / "data/sources").mkdir(parents=True, exist_ok=True)
+        (root / "data/sources/table.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         start = time.monotonic()
-        run_stage("ingest", root, "data.sources=[table.jsonl]", *BUDGET, timeout=120)
+        run_stage("ingest", root, "data.sources=[data/sources/table.jsonl]", *BUDGET, timeout=120)
         seconds = time.monotonic() - start
         run_stage("validate", root, *BUDGET)
         hung_up = server.wait_no_open_drip(timeout=5)
