@@ -326,7 +326,7 @@ def scores_csv(results: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else list(argv))
-    results = evaluate_variants(params.distill.shards, params.evaluate, params.seed)
+    results = evaluate_variants(params.evaluate.shards, params.evaluate, params.seed)
     for name in _variants(results):
         write_json(METRICS_DIR / f"{name}.json", results[name])
     write_json(METRICS_DIR / "baselines.json", results["baselines"])

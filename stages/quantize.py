@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(STUDENT)
     model = TrimodalForConditionalGeneration.from_pretrained(STUDENT).eval()
     zeroed = prune_linears(model, q.prune_amount) if q.prune_amount > 0 else 0
-    batches = list(calibration_inputs(model, params.distill.shards, q.batch_size, q.calibration_batches))
+    batches = list(calibration_inputs(model, q.shards, q.batch_size, q.calibration_batches))
     fp32 = round_weight_only(copy.deepcopy(model))  # differs from the INT8 model in its Linears only
     quantized = quantize_model(copy.deepcopy(model), batches)
     ref = reference(fp32, batches)
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if keep:
         accuracy["int8"] = val_accuracy(shipped, batches)  # as shipped: the kept Linears' weights are int8 too
     # speed: measured and reported, never deciding (timings differ run to run; the artifact must not)
-    timing_at = timing_batches(params.distill.shards, "val", q.speed_batch_sizes)
+    timing_at = timing_batches(q.shards, "val", q.speed_batch_sizes)
     speed = speed_sweep(fp32, quantized, workloads(quantized, timing_at, q.speed_new_tokens), q.speed_repeats)
     timed_models = latency_ms({"fp32": model, "int8_all": quantized, "shipped": shipped}, timing_at,
                               q.speed_new_tokens, q.speed_repeats) if timing_at else {}

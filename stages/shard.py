@@ -48,10 +48,11 @@ def npy(array: np.ndarray) -> bytes:
 
 
 class Featurizer:
-    def __init__(self, params: ShardParams, sample_rate: int, tokenizer: PreTrainedTokenizerBase, labels: list[str]):
+    def __init__(self, params: ShardParams, sample_rate: int | None, tokenizer: PreTrainedTokenizerBase,
+                 labels: list[str]):
         self.params, self.sample_rate, self.tokenizer = params, sample_rate, tokenizer
         self.label_index = {label: i for i, label in enumerate(labels)}
-        self.filters = mel_filters(sample_rate, params.n_fft, params.n_mels)
+        self.filters = mel_filters(sample_rate, params.n_fft, params.n_mels) if sample_rate else None
 
     def tokens(self, text: str) -> np.ndarray:
         ids = self.tokenizer(text, truncation=True, max_length=self.params.max_text_tokens)["input_ids"]
@@ -68,7 +69,8 @@ class Featurizer:
         if record.get("audio"):
             waveform, rate = sf.read(io.BytesIO(media.get(record["audio"])), dtype="float32")
             if rate != self.sample_rate:
-                raise ValueError(f"{record['id']}: audio at {rate} Hz, validated data should be {self.sample_rate} Hz")
+                raise ValueError(f"{record['id']}: audio at {rate} Hz, the other validated clips at "
+                                 f"{self.sample_rate} Hz")
             mel = log_mel(waveform, rate, self.params.n_mels, self.params.n_fft, self.params.hop_length, self.filters)
             sample["mel.npy"] = npy(mel)
         for name in TOKEN_FIELDS:
@@ -99,6 +101,13 @@ def write_split(out_dir: Path, split: str, samples: Iterator[dict], count: int, 
     return shards
 
 
+def data_sample_rate(records: list[dict], media: TarMembers) -> int | None:
+    """The sample rate of the validated audio (validate writes every clip at one rate; Featurizer checks each);
+    None when no record has audio."""
+    first = next((r for r in records if r.get("audio")), None)
+    return sf.info(io.BytesIO(media.get(first["audio"]))).samplerate if first else None
+
+
 @contextmanager
 def single_torch_thread() -> Iterator[None]:
     """One intra-op thread while featurising: per-clip STFTs are too small to split, and torch's spinning
@@ -120,8 +129,10 @@ def run(validated_dir: Path, tokenizer_dir: Path, out_dir: Path, params: Params)
     records = read_jsonl(manifest)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     labels = sorted({r["label"] for r in records if r.get("label")})
-    featurizer = Featurizer(sp, params.validate.sample_rate, tokenizer, labels)
+    # the rate validate resampled every clip to, read from the data itself (shard reads its own params only)
     media = TarMembers(validated_dir)
+    sample_rate = data_sample_rate(records, media)
+    featurizer = Featurizer(sp, sample_rate, tokenizer, labels)
     fractions = params.split
     by_split = {s: [r for r in records if record_split(r, fractions.val_fraction, fractions.test_fraction) == s]
                 for s in SPLITS}
@@ -132,7 +143,7 @@ def run(validated_dir: Path, tokenizer_dir: Path, out_dir: Path, params: Params)
             progress.update()
 
     index = {"splits": {}, "labels": labels, "image_size": sp.image_size, "n_mels": sp.n_mels,
-             "sample_rate": params.validate.sample_rate, "hop_length": sp.hop_length, "n_fft": sp.n_fft,
+             "sample_rate": sample_rate, "hop_length": sp.hop_length, "n_fft": sp.n_fft,
              "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
     with atomic_dir(out_dir) as tmp, tqdm(total=len(records), desc="shard", unit="record") as progress, \
             single_torch_thread():

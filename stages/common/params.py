@@ -124,6 +124,7 @@ class DistillParams(TrainStageParams):
 
 @dataclass
 class QuantizeParams:
+    shards: str  # the shard stage's output (local folder or s3://): calibration and timing use its val split
     calibration_batches: int  # val batches whose activations fix the input scales and zero points
     batch_size: int
     prune_amount: float  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
@@ -139,6 +140,7 @@ class QuantizeParams:
 
 @dataclass
 class EvaluateParams:
+    shards: str  # the shard stage's output (local folder or s3://)
     split: str
     batch_size: int
     max_new_tokens: int

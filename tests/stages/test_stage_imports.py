@@ -72,3 +72,19 @@ def test_dvc_code_deps_are_exactly_what_each_stage_imports():
         assert covered == code_closure(f"stages.{name}"), (name, sorted(covered ^ code_closure(f"stages.{name}")))
     validate_only = [n for n, s in stages.items() if "stages/common/gate.py" in s.get("deps", [])]
     assert validate_only == ["validate"]
+
+
+def test_each_stage_reads_only_its_own_params_sections():
+    """A stage reads `params.<its section>` (plus the shared top-level `seed`, `split`, `model`, `trainer`,
+    `data`) and dvc.yaml lists every section it reads, so a change to one stage's parameters reruns it."""
+    shared = {"seed", "split", "model", "trainer", "data"}
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in STAGES:
+        tree = ast.parse((REPO / "stages" / f"{name}.py").read_text())
+        read = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name) and node.value.id == "params"}
+        read &= {"demo", "ingest", "validate", "tokenizer", "shard", "pretrain", "finetune", "distill", "quantize",
+                 "evaluate", *shared}
+        assert read - shared <= {name}, (name, sorted(read - shared - {name}))
+        declared = {p.split(".")[0] for p in stages[name].get("params", []) if isinstance(p, str)}
+        assert read <= declared, (name, sorted(read - declared))
