@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -22,7 +21,6 @@ from stages.common.params import check as check_params
 from stages.common.params import compose as compose_params
 from stages.common.params import write as write_params
 
-LOCKED = "Unable to acquire lock"
 DEFAULT_POOL = "cpu"  # a stage without `meta: {pool: ...}` in dvc.yaml
 RUN_REMOTE = "trimodal"  # the name a run's DVC remote gets in a clone's .dvc/config.local
 REMOTE_ENV = "TRIMODAL_DVC_REMOTE"  # a worker's default for the run's DVC remote
@@ -143,21 +141,16 @@ def lock_outs(root: str | Path) -> list[dict]:
             for stage, entry in lock.get("stages", {}).items() for out in entry.get("outs", [])]
 
 
-def dvc(root: str | Path, *args: str, lock_timeout: float = 3600, poll: float = 2.0) -> str:
-    """Run `dvc <args>` in root; while the repository lock is held elsewhere, wait (up to lock_timeout)."""
+def dvc(root: str | Path, *args: str) -> str:
+    """Run `dvc <args>` in root. While another dvc process holds the repository lock, DVC itself waits for it
+    (`--wait-for-lock`) instead of failing: no polling, no lost turn."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    deadline = time.monotonic() + lock_timeout
-    while True:
-        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True,
-                              text=True)
-        output = proc.stdout + proc.stderr
-        if proc.returncode == 0:
-            return output
-        if LOCKED in output and time.monotonic() < deadline:
-            time.sleep(poll)
-            continue
-        tail = "\n".join(output.strip().splitlines()[-25:])
-        raise StageFailed(f"dvc {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
+    proc = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", *args], cwd=root, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode == 0:
+        return proc.stdout + proc.stderr
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+    raise StageFailed(f"dvc {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
 
 
 def run_stage(root: str | Path, stage: str, force: bool = False) -> str:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from flows.dvc_stages import dvc as flow_dvc
 from flows.dvc_stages import needs_run, pull_targets, stage_pools, use_remote
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@127.0.0.1"]
@@ -102,3 +104,20 @@ def test_a_clone_uses_only_a_remote_other_machines_can_reach(origin, tmp_path):
         use_remote(clone, "store")
     assert use_remote(clone, "s3://bucket/prefix") == "s3://bucket/prefix"
     assert "s3://bucket/prefix" in (clone / ".dvc/config.local").read_text()
+
+
+def test_a_dvc_call_waits_for_the_repository_lock_instead_of_failing(origin):
+    """Two stages of one run, or a run and a person, can call dvc in one workspace at once."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom dvc.repo import Repo\nrepo = Repo(sys.argv[1])\n"
+        "with repo.lock:\n    print('held', flush=True)\n    time.sleep(8)\n"), str(origin)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with pytest.raises(subprocess.CalledProcessError):  # plain dvc retries for a few seconds, then fails
+            dvc(origin, "repro")
+        assert "up to date" in flow_dvc(origin, "repro").lower()  # the flows' call waits, then runs
+        assert time.monotonic() - start >= 7.5
+    finally:
+        holder.wait(timeout=30)
