@@ -19,6 +19,7 @@ from dvc.stage import PipelineStage
 
 from stages.common.params import check as check_params
 from stages.common.params import compose as compose_params
+from stages.common.params import merged_overrides, recorded_overrides
 from stages.common.params import write as write_params
 
 DEFAULT_POOL = "cpu"  # a stage without `meta: {pool: ...}` in dvc.yaml
@@ -162,12 +163,15 @@ class ParamsDiverged(RuntimeError):
 
 
 def apply_overrides(root: str | Path, overrides: Sequence[str]) -> dict:
-    """Compose conf/ with Hydra `overrides` (e.g. pretrain.steps=3) and write it to params.yaml. Refuses when the
-    checked-out params.yaml is not conf/'s composition: composing would silently drop that hand edit."""
+    """Compose conf/ with Hydra `overrides` (e.g. pretrain.steps=3) on top of those the checked-out params.yaml
+    records, and write params.yaml. Refuses when params.yaml is not such a composition: composing again would
+    silently drop that hand edit."""
     root = Path(root).resolve()
-    if diverged := check_params(root / "params.yaml", (), root / "conf"):
+    recorded = recorded_overrides(root / "params.yaml")
+    if diverged := check_params(root / "params.yaml", recorded, root / "conf"):
         raise ParamsDiverged("params.yaml differs from conf/ (conf/ is the source: edit it, then "
                              "`python -m stages.common.params write`):\n  " + "\n  ".join(diverged))
-    params = compose_params(overrides, root / "conf")
-    write_params(root / "params.yaml", params, "flow run overrides: " + " ".join(overrides) if overrides else "")
+    combined = merged_overrides(recorded, overrides)
+    params = compose_params(combined, root / "conf")
+    write_params(root / "params.yaml", params, combined)
     return params

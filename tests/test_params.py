@@ -57,9 +57,14 @@ def test_a_hand_edit_of_params_yaml_is_named_and_refused(tmp_path):
 def test_flow_overrides_compose_from_conf_and_name_themselves(tmp_path):
     shutil.copytree(REPO / "conf", tmp_path / "conf")
     write(tmp_path / "params.yaml", compose((), tmp_path / "conf"))
-    params = apply_overrides(tmp_path, ["pretrain.steps=3"])
+    params = apply_overrides(tmp_path, ["pretrain.steps=3", "model=small"])
     assert params["pretrain"]["steps"] == 3 and load_params(tmp_path / "params.yaml").pretrain.steps == 3
-    assert "# flow run overrides: pretrain.steps=3" in (tmp_path / "params.yaml").read_text()
+    assert "# overrides: pretrain.steps=3 model=small" in (tmp_path / "params.yaml").read_text()
+    assert check(tmp_path / "params.yaml", None, tmp_path / "conf") == []  # a composition, by its own record
+    # a second call (the ingest flow after a train run in one folder) keeps the first's overrides, later wins
+    again = apply_overrides(tmp_path, ["pretrain.steps=5", "data.sources=[data/sources/x.csv]"])
+    assert again["pretrain"]["steps"] == 5 and again["model"] == params["model"] != compose()["model"]
+    assert again["data"]["sources"] == ["data/sources/x.csv"]
 
 
 def test_a_missing_value_fails_loudly(tmp_path):

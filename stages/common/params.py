@@ -10,6 +10,7 @@ dotlist) apply on top. `defaults(overrides)` gives the typed composition of conf
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -218,16 +219,41 @@ def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def write(path: Path, values: dict, note: str = "") -> None:
+OVERRIDES_LINE = "# overrides: "
+
+
+def write(path: Path, values: dict, overrides: Sequence[str] = ()) -> None:
+    """params.yaml from composed `values`, naming the Hydra `overrides` they were composed with (so `check` can
+    tell a composition from a hand edit)."""
     from stages.common.atomic import atomic_open
 
     with atomic_open(path, "w") as f:
-        f.write(HEADER + (f"# {note}\n" if note else ""))
+        f.write(HEADER + (OVERRIDES_LINE + shlex.join(overrides) + "\n" if overrides else ""))
         yaml.safe_dump(values, f, sort_keys=False)
 
 
-def check(path: Path = Path("params.yaml"), overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> list[str]:
-    """The differences between params.yaml and conf/ composed with `overrides`; [] when they agree."""
+def recorded_overrides(path: Path) -> list[str]:
+    """The overrides a params.yaml says it was composed with (its `# overrides:` line), [] when none."""
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.startswith(OVERRIDES_LINE):
+            return shlex.split(line[len(OVERRIDES_LINE):])
+    return []
+
+
+def merged_overrides(first: Sequence[str], then: Sequence[str]) -> list[str]:
+    """`then` on top of `first`: one override per key (the text before `=`), the later one winning."""
+    by_key = {o.split("=", 1)[0]: o for o in first}
+    by_key.update({o.split("=", 1)[0]: o for o in then})
+    return list(by_key.values())
+
+
+def check(path: Path = Path("params.yaml"), overrides: Sequence[str] | None = None,
+          conf_dir: Path = CONF_DIR) -> list[str]:
+    """The differences between params.yaml and conf/ composed with `overrides` (default: the ones params.yaml
+    records); [] when they agree."""
+    overrides = recorded_overrides(path) if overrides is None else overrides
     return differences(compose(overrides, conf_dir), yaml.safe_load(Path(path).read_text()) or {})
 
 
@@ -238,10 +264,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("usage: python -m stages.common.params write|check [hydra overrides...]")
     command, overrides = args[0], args[1:]
     if command == "write":
-        write(Path("params.yaml"), compose(overrides), "overrides: " + " ".join(overrides) if overrides else "")
+        write(Path("params.yaml"), compose(overrides), overrides)
         print("params.yaml written from conf/" + (f" with {' '.join(overrides)}" if overrides else ""))
         return
-    diverged = check(Path("params.yaml"), overrides)
+    diverged = check(Path("params.yaml"), overrides or None)
     if diverged:
         raise SystemExit("params.yaml differs from conf/ (edit conf/, then `python -m stages.common.params write`):\n  "
                          + "\n  ".join(diverged))

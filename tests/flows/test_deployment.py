@@ -224,6 +224,7 @@ def test_deploy_registers_the_schedule_the_limit_and_a_stage_deployment_per_pool
     assert "'cron': '0 2 * * *'" in inspected, inspected[-3000:]
     limit = inspected[inspected.index("'global_concurrency_limit'"):]
     assert "'limit': 1," in limit[:600], limit[:600]  # Prefect keeps a deployment's limit as a global one
+    assert "'collision_strategy': 'CANCEL_NEW'" in inspected, inspected[-3000:]  # an overlapping run is cancelled
     assert "'work_pool_name': 'cpu'" in inspected
     for pool in ("cpu", "gpu"):
         stage = cli(cluster.env, cluster.project, "deployment", "inspect", f"stage/{pool}").stdout

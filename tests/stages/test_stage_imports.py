@@ -64,7 +64,7 @@ def test_dvc_code_deps_are_exactly_what_each_stage_imports():
     once validate's outputs change), never pretrain."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        listed = {d for d in stage.get("deps", []) if d.startswith(("stages/", "model/", "model"))}
+        listed = {d for d in stage.get("deps", []) if d.startswith(("stages/", "model/"))}
         covered = set()
         for dep in listed:
             covered |= ({str(p.relative_to(REPO)) for p in (REPO / dep).rglob("*.py") if p.name != "__init__.py"}
@@ -88,3 +88,20 @@ def test_each_stage_reads_only_its_own_params_sections():
         assert read - shared <= {name}, (name, sorted(read - shared - {name}))
         declared = {p.split(".")[0] for p in stages[name].get("params", []) if isinstance(p, str)}
         assert read <= declared, (name, sorted(read - declared))
+
+
+def test_every_path_a_stage_names_is_a_dep_or_an_output():
+    """`Path("models/student")` in stages/quantize.py must be in quantize's deps or outs: a stage run in a fresh
+    clone that pulls only its deps (flows/stage.py) would not find it otherwise."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        tree = ast.parse((REPO / "stages" / f"{name}.py").read_text())
+        named = {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and getattr(node.func, "id", None) == "Path" and node.args
+                 and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                 and node.args[0].value.startswith(("data/", "models/", "artifacts/", "metrics/", "reports/"))}
+        declared = [d if isinstance(d, str) else next(iter(d)) for key in ("deps", "outs", "metrics", "plots")
+                    for d in stage.get(key, [])]
+        missing = {p for p in named  # the path itself, inside a declared folder, or a folder of declared files
+                   if not any(p == d or p.startswith(d.rstrip("/") + "/") or d.startswith(p + "/") for d in declared)}
+        assert not missing, (name, sorted(missing))
