@@ -13,7 +13,9 @@ pip_sources .venv/bin/python
 if [ "${INSTALLER:-uv}" = uv ] && .venv/bin/python -m pip install -q --no-deps --require-hashes \
     -r <(awk '/^uv==/ {u = 1} u && !/^ *#/ {print} u && !/\\$/ {exit}' "$LOCK"); then
   uv_pip() { .venv/bin/uv pip "$1" --python .venv/bin/python "${UV_SOURCES[@]}" --no-deps "${@:2}"; }
-  uv_pip install -q --require-hashes -r "$LOCK"
+  # bytecode now: uv does not compile it, and without it every stage process recompiled its imports (finetune: 37 s
+  # vs 23 s per 80 steps, alternated A/B)
+  uv_pip install -q --require-hashes --compile-bytecode -r "$LOCK"
   uv_pip install -q --no-build-isolation -e .
 else
   [ "${INSTALLER:-uv}" = pip ] || echo "trimodal: uv could not be installed; installing the lock with pip" >&2
