@@ -164,14 +164,17 @@ def _rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def _near(kind: str, a: Content, b: Content, params: ValidateParams) -> float | None:
+def _limits(params: ValidateParams) -> dict[str, float]:
+    return {"image": params.near_duplicate_image_rms, "audio": params.near_duplicate_audio_db}
+
+
+def _near(kind: str, a: Content, b: Content, limit: float) -> float | None:
     """None unless `kind` of a and b is the same content or a near duplicate; else the fingerprint distance."""
     da, db = getattr(a, kind), getattr(b, kind)
     if da is None or db is None:
         return 0.0 if da is db else None
     if da == db:
         return 0.0
-    limit = params.near_duplicate_image_rms if kind == "image" else params.near_duplicate_audio_db
     distance = _rms(getattr(a, f"{kind}_fp"), getattr(b, f"{kind}_fp"))
     return distance if distance <= limit else None
 
@@ -195,25 +198,25 @@ def deduplicate(outcomes: list[Outcome], params: ValidateParams) -> dict[str, in
     """Quarantine accepted records that duplicate an earlier one; give the rest their `content_group`."""
     accepted = [o for o in outcomes if o.accepted]
     contents = [content_of(o) for o in accepted]
+    limits = _limits(params)
     exact: dict[tuple, int] = {}
-    duplicate_of: dict[int, tuple[int, str]] = {}  # position -> (kept position, what matched)
+    duplicate_of: dict[int, tuple[int, str | None]] = {}  # position -> (kept position, what was near; None: exact)
     for i, c in enumerate(contents):
         if c.image is None and c.audio is None and not params.dedup_text_only:
             continue  # templated corpora (the demo's) repeat short texts by design
         key = (c.image, c.audio, c.text, c.question)
         if key in exact:
-            duplicate_of[i] = (exact[key], "same content")
+            duplicate_of[i] = (exact[key], None)
         exact.setdefault(key, i)
-    shared = sorted({*_pairs(contents, "image", params.near_duplicate_image_rms),
-                     *_pairs(contents, "audio", params.near_duplicate_audio_db)})
+    shared = {pair for kind, limit in limits.items() for pair in _pairs(contents, kind, limit)}
     for i, j in sorted(shared, key=lambda p: (p[1], p[0])):
         if j in duplicate_of or (a := contents[i]).text != contents[j].text or a.question != contents[j].question:
             continue
         b = contents[j]
-        distances = {kind: _near(kind, a, b, params) for kind in ("image", "audio")
+        distances = {kind: _near(kind, a, b, limit) for kind, limit in limits.items()
                      if getattr(a, kind) or getattr(b, kind)}
         if all(d is not None for d in distances.values()):
-            kept = duplicate_of.get(i, (i, ""))[0]
+            kept = duplicate_of.get(i, (i, None))[0]
             duplicate_of[j] = (kept, ", ".join(f"same {kind}" if getattr(a, kind) == getattr(b, kind) else
                                               f"{kind} within {d:.2f}" for kind, d in distances.items())
                                + ", same text and question")
@@ -224,21 +227,19 @@ def deduplicate(outcomes: list[Outcome], params: ValidateParams) -> dict[str, in
     roots = groups.roots()
     for i, o in enumerate(accepted):
         if i in duplicate_of:
-            kept, matched = duplicate_of[i]
-            category = "duplicate content" if matched == "same content" else "near duplicate"
-            what = matched if category == "near duplicate" else "same image, audio, text and question"
+            kept, near = duplicate_of[i]
             first = accepted[kept].accepted
-            reason = (f"{category}: {what} as {first['id']} ({first['source']} line {first['row']}); "
-                      "the first is kept")
+            what = (f"near duplicate: {near}" if near else "duplicate content: same image, audio, text and question")
+            reason = f"{what} as {first['id']} ({first['source']} line {first['row']}); the first is kept"
             o.features.update(status="duplicate", reason=reason)
             o.rejected = {"id": o.accepted["id"], "reason": reason, "source": o.accepted["source"],
                           "line": o.accepted["row"], "row_key": o.row_key, "duplicate_of": first["id"]}
             o.accepted, o.media = None, {}
         else:
             o.accepted["content_group"] = accepted[roots[i]].accepted["id"]
-    kinds = [m for _, m in duplicate_of.values()]
+    exact_count = sum(near is None for _, near in duplicate_of.values())
     grouped = sum(1 for i, r in enumerate(roots) if i not in duplicate_of and r != i)
-    return {"exact": kinds.count("same content"), "near": len(kinds) - kinds.count("same content"),
+    return {"exact": exact_count, "near": len(duplicate_of) - exact_count,
             "records_sharing_media_with_an_earlier_one": grouped}
 
 
