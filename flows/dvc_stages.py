@@ -93,6 +93,27 @@ def needs_run(root: str | Path, name: str) -> bool:
             return stage.changed(allow_missing=True, upstream=upstream)
 
 
+def persistent_outs(root: str | Path, name: str) -> list[str]:
+    """The stage's `persist: true` outs (training checkpoints): DVC keeps them across runs of one workspace, and
+    its run cache never covers such a stage."""
+    with Repo(str(root)) as repo:
+        return [str(_rel(repo, out.fs_path)) for out in _find(repo, name).outs if out.persist]
+
+
+def stage_key(root: str | Path, name: str) -> str:
+    """What the stage's result depends on, hashed: its command, the hashes of its deps and its params values, as
+    dvc.lock would record them (the key of DVC's run cache, which DVC does not compute for a stage with
+    persistent outs). Equal keys: the same job. The deps must be present (pulled)."""
+    from dvc.stage.serialize import to_single_stage_lockfile
+    from dvc.utils import dict_sha256
+
+    with Repo(str(root)) as repo, repo.lock:
+        stage = _find(repo, name)
+        stage.save_deps()
+        entry = to_single_stage_lockfile(stage)
+    return dict_sha256({key: entry.get(key) for key in ("cmd", "deps", "params")}, exclude=["size", "nfiles"])
+
+
 def uncached_outs(root: str | Path, name: str) -> list[str]:
     """The stage's `cache: false` outs (metrics, plots, reports): they travel through git, not the DVC remote."""
     with Repo(str(root)) as repo:
@@ -154,8 +175,18 @@ def dvc(root: str | Path, *args: str) -> str:
     raise StageFailed(f"dvc {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
 
 
-def run_stage(root: str | Path, stage: str, force: bool = False) -> str:
-    return dvc(root, "repro", "--single-item", *(["--force"] if force else []), stage)
+def run_stage(root: str | Path, stage: str, force: bool = False, run_cache: bool = False) -> str:
+    """`dvc repro` of one stage. `run_cache`: first fetch DVC's run cache from the remote (`--pull`), so a stage
+    that ran before with the same code, params and deps, on any machine, is restored instead of run again."""
+    return dvc(root, "repro", "--single-item", *(["--force"] if force else []), *(["--pull"] if run_cache else []),
+               stage)
+
+
+RESTORED = "is cached - skipping run"  # what `dvc repro` prints when it restores a stage from the run cache
+
+
+def restored(output: str) -> bool:
+    return RESTORED in output
 
 
 class ParamsDiverged(RuntimeError):

@@ -5,7 +5,10 @@ A run executes a committed revision (`revision`, default the head of `repo_url`'
 working tree. It clones it, commits params.yaml composed from conf/ with `overrides` on a new branch
 trimodal/run-<flow run id> and pushes it, then runs every stage in DVC's order as a sub-run of `stage/<pool>`
 (flows/stage.py), one after another. Each stage commits its dvc.lock to that branch, so the branch is the run's
-record. The first failing stage fails the run and nothing after it runs. Artifacts: trimodal-lineage (the final
+record. The first failing stage fails the run and nothing after it runs; a stage whose machine died is marked
+Crashed by the server's zombie automation (infra/automations.yaml) and fails the run the same way. The next run
+does not start over: stages that ran with the same inputs are restored from DVC's run cache and a training stage
+resumes from its last checkpoint (flows/stage.py). Artifacts: trimodal-lineage (the final
 revision and the md5 of every output), trimodal-eval and trimodal-report (read from the final revision).
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from prefect.runtime import flow_run
 
 from flows import workspace
 from flows.dvc_stages import REMOTE_ENV, StageFailed, apply_overrides, lock_outs, stage_order, stage_pools, use_remote
+from stages.common.params import load_params
 
 POLL_S = 2  # seconds between looks at a running stage: stages take seconds to hours, the API call is cheap
 
@@ -65,9 +69,10 @@ def publish_record(root: Path, run: dict) -> dict:
 
 
 def publish_scores(root: Path) -> None:
-    """trimodal-eval: one table row per (variant or baseline, overall / modality subset) of metrics/eval/*.json."""
-    rows = []
-    for path in sorted((root / "metrics/eval").glob("*.json")):
+    """trimodal-eval: one table row per (variant or baseline, overall / modality subset) of metrics/eval/*.json
+    (paths as the run's params.yaml has them)."""
+    rows, paths = [], load_params(root / "params.yaml").paths
+    for path in sorted((root / paths.metrics / "eval").glob("*.json")):
         scores = json.loads(path.read_text())
         scored = scores.items() if path.stem == "baselines" else [(path.stem, scores)]
         for variant, result in scored:
@@ -75,18 +80,21 @@ def publish_scores(root: Path) -> None:
                 rows.append({"variant": variant, "row": row,
                              **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}})
     if rows:
-        create_table_artifact(key="trimodal-eval", table=rows, description="metrics/eval/*.json")
-    report = root / "reports/report.md"
+        create_table_artifact(key="trimodal-eval", table=rows, description=f"{paths.metrics}/eval/*.json")
+    report = root / paths.report
     if report.exists():
-        create_markdown_artifact(key="trimodal-report", markdown=report.read_text(), description="reports/report.md")
+        create_markdown_artifact(key="trimodal-report", markdown=report.read_text(), description=paths.report)
 
 
 @flow(name="train", log_prints=True)
 def train(overrides: list[str] | None = None, force_ingest: bool = False, repo_url: str | None = None,
-          revision: str = "HEAD", dvc_remote: str | None = None, keep_workdirs: bool = False) -> dict:
+          revision: str = "HEAD", dvc_remote: str | None = None, keep_workdirs: bool = False,
+          checkpoint_store: str | None = None) -> dict:
     """`repo_url`: the git remote (default $TRIMODAL_GIT_REMOTE, else the deployment's repository: its origin, or
     its path). `dvc_remote`: a URL or absolute folder every worker reaches (default $TRIMODAL_DVC_REMOTE, else the
-    committed default remote). `force_ingest` re-fetches the sources; `keep_workdirs` keeps the clones."""
+    committed default remote). `checkpoint_store`: where training stages keep checkpoints for a later attempt to
+    resume from (default: each worker's $TRIMODAL_CHECKPOINT_STORE, flows/checkpoints.py). `force_ingest`
+    re-fetches the sources; `keep_workdirs` keeps the clones."""
     repo_url = repo_url or workspace.default_repo_url()
     dvc_remote = dvc_remote or os.environ.get(REMOTE_ENV) or None
     root = workspace.new_workdir("train", flow_run.get_id())
@@ -95,7 +103,7 @@ def train(overrides: list[str] | None = None, force_ingest: bool = False, repo_u
     for stage in stage_order(root):
         dispatch(stage, pools[stage], {"stage": stage, "repo_url": repo_url, "branch": run["branch"],
                                        "dvc_remote": dvc_remote, "force": force_ingest and stage == "ingest",
-                                       "keep_workdir": keep_workdirs})
+                                       "keep_workdir": keep_workdirs, "checkpoint_store": checkpoint_store})
     record = publish_record(root, run)
     if not keep_workdirs:
         workspace.remove_workdir(root)

@@ -4,7 +4,9 @@
 # own work root ($TRIMODAL_WORK/<pool>: the stage clones and that worker's DVC cache), as if on two machines.
 # Runs execute committed revisions: the git remote is this repository itself (run branches trimodal/run-* appear
 # here), and the DVC remote is this repository's default remote made absolute (dvc-storage/), unless
-# TRIMODAL_GIT_REMOTE / TRIMODAL_DVC_REMOTE name others. Ctrl-C stops the workers and the server.
+# TRIMODAL_GIT_REMOTE / TRIMODAL_DVC_REMOTE name others; training checkpoints go to $WORK/checkpoints (both pools
+# reach it), unless TRIMODAL_CHECKPOINT_STORE names another. Flow runs send a heartbeat every 60 s and the server's
+# automation (infra/automations.yaml) marks a run whose heartbeats stop Crashed. Ctrl-C stops the workers and the server.
 #   bash infra/prefect-local.sh            then, in another shell:
 #   export PREFECT_API_URL=http://127.0.0.1:4200/api && prefect deployment run train/full
 set -euo pipefail
@@ -16,6 +18,8 @@ export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
 export TRIMODAL_GIT_REMOTE="${TRIMODAL_GIT_REMOTE:-$PWD}"
 export TRIMODAL_DVC_REMOTE="${TRIMODAL_DVC_REMOTE:-$(python -c 'from flows.dvc_stages import remote_url; print(remote_url("."))')}"
 WORK="${TRIMODAL_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/trimodal/local}"
+export TRIMODAL_CHECKPOINT_STORE="${TRIMODAL_CHECKPOINT_STORE:-$WORK/checkpoints}"
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-60}"
 mkdir -p "$PREFECT_HOME"
 prefect server start --host 127.0.0.1 --port "$PORT" > "$PREFECT_HOME/server.log" 2>&1 &
 SERVER=$!
@@ -48,6 +52,8 @@ for pool in cpu gpu; do
   prefect work-pool inspect "$pool" > /dev/null 2>&1 || prefect work-pool create "$pool" --type process
 done
 PWD="$PWD" prefect --no-prompt deploy --all
+prefect automation inspect trimodal-crash-zombie-runs > /dev/null 2>&1 \
+  || prefect automation create --from-file infra/automations.yaml
 for pool in cpu gpu; do
   mkdir -p "$WORK/$pool"
   (cd "$WORK/$pool" && TRIMODAL_WORKDIR="$WORK/$pool/work" exec prefect worker start --pool "$pool") \

@@ -13,6 +13,10 @@ the same shape, the second in the first's colour or (half the time) another one,
 colours match ("does the tone match the color of the shape?" -> yes / no). A model that ignores either input
 can only guess (50%). They carry no caption or label: those would be ambiguous when the two inputs disagree.
 
+Only when `data.sources` names a table in data/sources/demo/: otherwise the stage writes nothing but UNUSED.txt
+there (its output must exist for DVC), in no time and with the same bytes whatever `demo` holds, so ingest, which
+hashes all of data/sources/, does not rerun when the demo's params change.
+
 Outputs (byte-identical for identical params; nothing depends on the clock):
   data/sources/demo/records.jsonl   multimodal records with caption / question / answer / label targets
   data/sources/demo/corpus.jsonl    text-only sentences about coloured shapes
@@ -32,8 +36,8 @@ from tqdm import tqdm
 
 from stages.common.atomic import atomic_dir, write_jsonl
 from stages.common.params import DemoParams, Params, load_params
+from stages.common.sources import local_table
 
-OUT_DIR = Path("data/sources/demo")
 # demo.n_shapes / demo.n_colors take the first n of these; the defaults (3, 4) are the easy demo, 8 and 8 the
 # fine-grained one (conf/demo/hard.yaml: similar hues such as orange/red, close pitches, more tone pulses)
 ALL_SHAPES = ("circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross")
@@ -201,7 +205,7 @@ def assign_subsets(n: int, seed: int) -> list[tuple[str, ...]]:
     return [SUBSETS[i % len(SUBSETS)] for i in order]
 
 
-def generate(params: Params, out_dir: str | Path = OUT_DIR) -> Counter:
+def generate(params: Params, out_dir: str | Path) -> Counter:
     """Write the whole demo scrape to out_dir atomically; returns record counts per modality subset."""
     demo = params.demo
     subsets = assign_subsets(demo.n_records, params.seed)
@@ -220,9 +224,26 @@ def generate(params: Params, out_dir: str | Path = OUT_DIR) -> Counter:
     return counts
 
 
+def named(sources: Sequence[str], folder: Path) -> bool:
+    """Does any source table lie in `folder`?"""
+    return any((path := local_table(source)) is not None and path.is_relative_to(folder.resolve())
+               for source in sources)
+
+
+def write_unused(out_dir: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "UNUSED.txt").write_text("data.sources names no demo table, so the demo scrape was not generated.\n"
+                                        "Generate it: select conf/data/demo.yaml (the default) and `dvc repro`.\n")
+    print(f"demo: data.sources names no table in {out_dir}; not generated (wrote {out_dir}/UNUSED.txt)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
-    generate(params, OUT_DIR)
+    out_dir = Path(params.paths.demo)
+    if named(params.data.sources, out_dir):
+        generate(params, out_dir)
+    else:
+        write_unused(out_dir)
 
 
 if __name__ == "__main__":

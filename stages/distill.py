@@ -35,13 +35,8 @@ from stages.common.loader import read_index
 from stages.common.models import file_digest, save
 from stages.common.params import DistillParams, load_params
 from stages.common.predict import val_scores
-from stages.common.trainer import StepFn, clear_checkpoints, fit
+from stages.common.trainer import StepFn, checkpoint_dir, clear_checkpoints, fit
 
-TEACHER = Path("models/teacher")
-OUT_DIR = Path("models/student")
-CHECKPOINTS = Path("checkpoints/distill")
-METRICS = Path("metrics/distill.json")
-TEACHER_METRICS = Path("metrics/finetune.json")
 LAYER = re.compile(r"^(.*\.(?:blocks|joint))\.(\d+)\.(.*)$")  # the numbered stacks of model/
 
 
@@ -130,24 +125,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", argv)
     if launch(params.trainer.devices, "stages.distill", argv):
         return
-    tokenizer = AutoTokenizer.from_pretrained(TEACHER)
+    paths = params.paths
+    tokenizer = AutoTokenizer.from_pretrained(paths.teacher)
     # on this rank's device, beside the student (setup binds the rank's GPU)
-    teacher = TrimodalForConditionalGeneration.from_pretrained(TEACHER).eval().requires_grad_(False).to(setup().device)
+    teacher = TrimodalForConditionalGeneration.from_pretrained(paths.teacher).eval().requires_grad_(False)
+    teacher = teacher.to(setup().device)
     student = build_student(teacher, params.distill, params.seed)
     sizes = {"teacher_parameters": parameter_count(teacher), "student_parameters": parameter_count(student)}
     print(f"distill: student {sizes['student_parameters']:,} parameters, teacher {sizes['teacher_parameters']:,} "
           f"({sizes['student_parameters'] / sizes['teacher_parameters']:.2f}x)")
     step = distill_step(teacher, params.distill.alpha, params.distill.temperature)
     student = fit(student, step, params.distill, params.trainer, params.seed, "distill",
-                  fingerprint(params.distill, params.seed, read_index(params.distill.shards), file_digest(TEACHER)))
+                  fingerprint(params.distill, params.seed, read_index(params.distill.shards),
+                              file_digest(Path(paths.teacher))), paths)
     if student is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     # the teacher's val scores were measured by finetune on the same split: read, not recomputed
     metrics = {"student": val_scores(student, tokenizer, params.distill.shards),
-               "teacher": json.loads(TEACHER_METRICS.read_text()), **sizes}
-    write_json(METRICS, metrics)
-    save(student, tokenizer, OUT_DIR)
-    clear_checkpoints(CHECKPOINTS)
+               "teacher": json.loads((Path(paths.metrics) / "finetune.json").read_text()), **sizes}
+    write_json(Path(paths.metrics) / "distill.json", metrics)
+    save(student, tokenizer, Path(paths.student))
+    clear_checkpoints(checkpoint_dir(paths, "distill"))
     print("distill: " + json.dumps(metrics))
 
 

@@ -34,7 +34,7 @@ from stages.common.atomic import atomic_open, write_json
 from stages.common.baselines import majority_baseline, question_prior_baseline
 from stages.common.latency import latency_rounds, paired_ratio, timing_batches
 from stages.common.loader import read_index, read_meta
-from stages.common.params import EvaluateParams, load_params
+from stages.common.params import EvaluateParams, PathsParams, load_params
 from stages.common.predict import fill_cider, predict, record_of
 from stages.common.scoring import (
     MIN_RECORDS,
@@ -47,14 +47,9 @@ from stages.common.scoring import (
     task_scores,
 )
 
-VARIANTS = {"teacher": Path("models/teacher"), "student": Path("models/student"),
-            "student-int8": Path("models/student-int8")}
 BASELINES = ("majority", "question_prior")
-METRICS_DIR = Path("metrics/eval")
-QUANTIZE_METRICS = Path("metrics/quantize.json")  # the quantize stage's speed measurements, for the report
 MEASURED = ("speed", "slower_in_int8", "latency")
 LATENCY_VS = {"student": "teacher", "student-int8": "student"}  # variant -> the one its latency ratio is taken to
-REPORT = Path("reports/report.md")
 NOISE_KEYS = ("vqa_accuracy", "cls_accuracy")
 
 
@@ -119,7 +114,13 @@ def latencies(models: dict, shards: str, p: EvaluateParams) -> dict[str, dict]:
     return out
 
 
-def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[str, Path] = VARIANTS) -> dict:
+def variant_paths(paths: PathsParams) -> dict[str, Path]:
+    return {"teacher": Path(paths.teacher), "student": Path(paths.student), "student-int8": Path(paths.student_int8)}
+
+
+def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[str, Path],
+                      quantize_metrics: Path) -> dict:
+    """`quantize_metrics`: the quantize stage's speed measurements, for the report."""
     index = read_index(shards)
     if p.split not in index["splits"]:
         raise ValueError(f"evaluate.split {p.split!r} not in {shards}/index.json ({sorted(index['splits'])})")
@@ -137,7 +138,7 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
         first = first or scored  # the test targets, and so the baselines, are the same for every variant
         results[name] = {"rows": scored["rows"], "parameters": parameter_count(path), "size_bytes": weights_bytes(path)}
         if (path / SENSITIVITY).exists():  # the quantize stage's sweeps and speed measurements, in the report
-            measured = json.loads(QUANTIZE_METRICS.read_text()) if QUANTIZE_METRICS.exists() else {}
+            measured = json.loads(quantize_metrics.read_text()) if quantize_metrics.exists() else {}
             results[name]["quantization"] = {**json.loads((path / SENSITIVITY).read_text()),
                                              **{k: measured[k] for k in MEASURED if k in measured}}
         print(f"evaluate: {name}: " + json.dumps({k: round(v, 4) for k, v in scored["rows"]["overall"].items()
@@ -326,15 +327,17 @@ def scores_csv(results: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else list(argv))
-    results = evaluate_variants(params.evaluate.shards, params.evaluate, params.seed)
+    metrics, report_path = Path(params.paths.metrics), Path(params.paths.report)
+    results = evaluate_variants(params.evaluate.shards, params.evaluate, params.seed, variant_paths(params.paths),
+                                metrics / "quantize.json")
     for name in _variants(results):
-        write_json(METRICS_DIR / f"{name}.json", results[name])
-    write_json(METRICS_DIR / "baselines.json", results["baselines"])
-    with atomic_open(METRICS_DIR / "plots/scores.csv", "w") as f:
+        write_json(metrics / "eval" / f"{name}.json", results[name])
+    write_json(metrics / "eval" / "baselines.json", results["baselines"])
+    with atomic_open(metrics / "eval" / "plots/scores.csv", "w") as f:
         f.write(scores_csv(results))
-    with atomic_open(REPORT, "w") as f:
+    with atomic_open(report_path, "w") as f:
         f.write(report(results, params.evaluate))
-    print(REPORT.read_text())
+    print(report_path.read_text())
 
 
 if __name__ == "__main__":

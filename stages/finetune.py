@@ -28,12 +28,7 @@ from stages.common.loader import read_index
 from stages.common.models import file_digest, save
 from stages.common.params import load_params
 from stages.common.predict import val_scores
-from stages.common.trainer import clear_checkpoints, fit
-
-PRETRAINED = Path("models/pretrain")
-OUT_DIR = Path("models/teacher")
-CHECKPOINTS = Path("checkpoints/finetune")
-METRICS = Path("metrics/finetune.json")
+from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
 
 
 def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -57,16 +52,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", argv)
     if launch(params.trainer.devices, "stages.finetune", argv):
         return
-    tokenizer = AutoTokenizer.from_pretrained(PRETRAINED)
-    model = TrimodalForConditionalGeneration.from_pretrained(PRETRAINED)
+    paths = params.paths
+    tokenizer = AutoTokenizer.from_pretrained(paths.pretrained)
+    model = TrimodalForConditionalGeneration.from_pretrained(paths.pretrained)
     model = fit(model, finetune_step, params.finetune, params.trainer, params.seed, "finetune",
-                fingerprint(params.finetune, params.seed, read_index(params.finetune.shards), file_digest(PRETRAINED)))
+                fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
+                            file_digest(Path(paths.pretrained))), paths)
     if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     metrics = val_scores(model, tokenizer, params.finetune.shards)
-    write_json(METRICS, metrics)
-    save(model, tokenizer, OUT_DIR)
-    clear_checkpoints(CHECKPOINTS)
+    write_json(Path(paths.metrics) / "finetune.json", metrics)
+    save(model, tokenizer, Path(paths.teacher))
+    clear_checkpoints(checkpoint_dir(paths, "finetune"))
     print("finetune: " + json.dumps(metrics))
 
 

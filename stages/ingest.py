@@ -14,47 +14,48 @@ Outputs (rewritten canonically so identical inputs give identical bytes and DVC 
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 from tqdm import tqdm
 
 from stages.common.atomic import atomic_dir, write_json, write_jsonl
-from stages.common.fetch import Fetched, fetch_one
+from stages.common.fetch import Fetched, fetch_async
 from stages.common.fileserver import LoopbackServer
 from stages.common.params import IngestParams, load_params
 from stages.common.sources import SourceError, SourceRow, read_table, resolve_url, scheme_of, untracked_table
+from stages.common.spool import Spool
 from stages.common.tars import write_tar
 
-OUT_DIR = Path("data/raw")
-TRACKED_TABLES = Path("data/sources")  # ingest's dvc.yaml dep: local tables must live here to be hashed
 FETCHABLE = ("", "file", "http", "https", "s3")
 LOOPBACK_SLACK_S = 5  # img2dataset waits this much longer than the loopback server's own fetch may take
 
 
-def plan_fetches(rows: list[SourceRow], column: str) -> tuple[dict[str, str], dict[str, Fetched]]:
-    """row_key -> absolute URL to fetch, and row_key -> immediate failure (unsupported scheme)."""
+def plan_fetches(rows: list[SourceRow], column: str) -> tuple[dict[str, str], dict[str, str]]:
+    """row_key -> absolute URL to fetch, and row_key -> why it cannot be fetched (unsupported scheme)."""
     todo: dict[str, str] = {}
-    failed: dict[str, Fetched] = {}
+    failed: dict[str, str] = {}
     for row in rows:
         url = (row.fields or {}).get(column)
         if not url:
             continue
         absolute = resolve_url(url, row.source)
         if scheme_of(absolute) not in FETCHABLE:
-            failed[row.row_key] = Fetched(error=f"unsupported URL scheme {scheme_of(absolute)!r}")
+            failed[row.row_key] = f"unsupported URL scheme {scheme_of(absolute)!r}"
         else:
             todo[row.row_key] = absolute
     return todo, failed
 
 
-def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> dict[str, Fetched]:
-    """Download images with img2dataset; returns row_key -> Fetched for every key in `todo`."""
+def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path, spool: Spool) -> dict[str, str]:
+    """Download images with img2dataset into `spool`; returns row_key -> why not, for every other key of `todo`."""
     if not todo:
         return {}
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -65,7 +66,7 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> d
 
     from stages.common.tars import iter_tar
 
-    with LoopbackServer(list(todo.values()), lambda url: fetch_one(url, params)) as server:
+    with LoopbackServer(list(todo.values()), params) as server:
         url_list = workdir / "img2dataset-input.parquet"
         pd.DataFrame({"url": [server.url_for(u) for u in todo.values()], "row_key": list(todo)}).to_parquet(url_list)
         out = workdir / "img2dataset-output"
@@ -79,7 +80,7 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> d
             processes_count=params.processes,
             thread_count=params.threads,
             timeout=math.ceil(params.fetch_timeout_s) + LOOPBACK_SLACK_S,
-            retries=0,  # the loopback server's fetch_one retries, within the budget
+            retries=0,  # the loopback server retries, within the budget
             disable_all_reencoding=True,  # keep the original bytes: validate decides what is an image
             compute_hash=None,
             extract_exif=False,
@@ -87,31 +88,48 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path) -> d
             enable_wandb=False,
             incremental_mode="incremental",  # "overwrite" deletes the _tmp dir it just made (1.47.0)
         )
-    results: dict[str, Fetched] = {}
+    errors: dict[str, str] = {}
     for table in sorted(out.glob("*.parquet")):
+        wanted = {}  # img2dataset's member name -> row_key
         for rec in pq.read_table(table).to_pylist():
-            if rec.get("status") != "success":
-                reason = server.errors.get(todo[rec["row_key"]])  # the loopback server knows why, img2dataset saw a 502
-                reason = reason or f"download failed: {rec.get('error_message') or rec.get('status')}"
-                results[rec["row_key"]] = Fetched(error=reason)
+            if rec.get("status") == "success":
+                wanted[f"{rec['key']}.jpg"] = rec["row_key"]
+            else:  # the loopback server knows why, img2dataset saw a 502
+                reason = server.errors.get(todo[rec["row_key"]])
+                errors[rec["row_key"]] = reason or f"download failed: {rec.get('error_message') or rec.get('status')}"
         tar = table.with_suffix(".tar")
-        if tar.exists():
-            by_sample = dict(iter_tar(tar))
-            for rec in pq.read_table(table).to_pylist():
-                if rec.get("status") == "success":
-                    data = by_sample.get(f"{rec['key']}.jpg")
-                    missing = Fetched(error="download failed: missing from img2dataset shard")
-                    results[rec["row_key"]] = Fetched(data=data) if data is not None else missing
+        for name, data in iter_tar(tar) if tar.exists() else ():
+            if name in wanted:
+                spool.add(wanted[name], data)
+        errors.update({key: "download failed: missing from img2dataset shard"
+                       for key in wanted.values() if key not in spool})
     for key in todo:  # img2dataset can drop a row entirely (e.g. a crashed shard): never lose it silently
-        results.setdefault(key, Fetched(error="download failed: no result from img2dataset"))
-    return results
+        if key not in spool:
+            errors.setdefault(key, "download failed: no result from img2dataset")
+    return errors
 
 
-def fetch_audio(todo: dict[str, str], params: IngestParams) -> dict[str, Fetched]:
-    with ThreadPoolExecutor(max_workers=max(params.threads, 1)) as pool:
-        futures = {key: pool.submit(fetch_one, url, params) for key, url in todo.items()}
-        progress = tqdm(futures.items(), desc="ingest: audio", unit="file", disable=not futures)
-        return {key: too_large(f.result(), params.max_audio_bytes) for key, f in progress}
+def fetch_audio(todo: dict[str, str], params: IngestParams, spool: Spool) -> dict[str, str]:
+    """Fetch audio into `spool`, each result as it comes, `threads` at a time on one event loop (http(s) through one
+    aiohttp session: stages/common/fetch.py); returns row_key -> why not, for every other key of `todo`."""
+    async def fetch_all() -> dict[str, str]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max(params.threads, 1)))  # local, s3
+        gate, errors = asyncio.Semaphore(max(params.threads, 1)), {}
+        async with aiohttp.ClientSession() as session:
+            async def one(key: str, url: str) -> None:
+                async with gate:
+                    fetched = too_large(await fetch_async(session, url, params), params.max_audio_bytes)
+                if fetched.data is None:
+                    errors[key] = fetched.error or "download failed: no reason given"
+                else:
+                    spool.add(key, fetched.data)
+
+            done = asyncio.as_completed([one(key, url) for key, url in todo.items()])
+            for next_done in tqdm(done, total=len(todo), desc="ingest: audio", unit="file", disable=not todo):
+                await next_done
+        return errors
+
+    return asyncio.run(fetch_all())
 
 
 def too_large(fetched: Fetched, max_bytes: int) -> Fetched:
@@ -120,35 +138,40 @@ def too_large(fetched: Fetched, max_bytes: int) -> Fetched:
     return fetched
 
 
-def write_media_shards(out_dir: Path, prefix: str, fetched: dict[str, Fetched], size: int) -> dict[str, str]:
-    """Canonical shards of the fetched payloads; returns row_key -> 'shard.tar:member'."""
-    keys = sorted(k for k, f in fetched.items() if f.data is not None)
+def write_media_shards(out_dir: Path, prefix: str, payloads: Mapping[str, bytes], size: int) -> dict[str, str]:
+    """Canonical shards of the payloads, one shard in memory at a time; returns row_key -> 'shard.tar:member'."""
+    keys = sorted(payloads)
     locations = {}
     for start in range(0, len(keys), size):
         name = f"{prefix}-{start // size:06d}.tar"
         chunk = keys[start:start + size]
-        write_tar(out_dir / name, {k: fetched[k].data for k in chunk})  # type: ignore[misc]
+        write_tar(out_dir / name, {k: payloads[k] for k in chunk})
         locations.update({k: f"{name}:{k}" for k in chunk})
     return locations
 
 
-def manifest_rows(rows: list[SourceRow], media: dict[str, tuple[dict[str, Fetched], dict[str, str]]]) -> list[dict]:
-    out = []
+def manifest_rows(rows: list[SourceRow], media: dict[str, tuple[dict[str, str], dict[str, str]]]) -> Iterator[dict]:
+    """One entry per row; `media`: kind -> (row_key -> why not fetched, row_key -> 'shard.tar:member')."""
     for row in rows:
         entry: dict = {"row_key": row.row_key, "source": row.source, "line": row.line,
                        "fields": row.fields, "table_error": row.table_error}
-        for kind, (fetched, locations) in media.items():
-            result = fetched.get(row.row_key)
+        for kind, (errors, locations) in media.items():
             entry[kind] = locations.get(row.row_key)
-            entry[f"{kind}_error"] = result.error if result is not None else None
-        out.append(entry)
-    return out
+            entry[f"{kind}_error"] = errors.get(row.row_key)
+        yield entry
 
 
-def run(sources: Sequence[str], out_dir: Path, params: IngestParams) -> dict:
+def spool_beside(out_dir: Path) -> tempfile.TemporaryDirectory:
+    """Scratch space on the output's disk (a scrape may not fit in /tmp) for img2dataset's output and the spools,
+    named so that a killed run's is removed with its other temps (stages/common/atomic.py remove_stale_temps)."""
+    return tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.spool-", suffix=".tmp")
+
+
+def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Path) -> dict:
+    """`tracked`: ingest's dvc.yaml dep (paths.sources); a local table must lie in it to be hashed."""
     if not sources:
         raise SystemExit("ingest: params data.sources is empty: list at least one table (csv, parquet or jsonl)")
-    if refused := [reason for source in sources if (reason := untracked_table(source, TRACKED_TABLES))]:
+    if refused := [reason for source in sources if (reason := untracked_table(source, tracked))]:
         raise SystemExit("ingest: " + "\n  ".join(refused))
     try:
         rows = [row for i, source in enumerate(sources) for row in read_table(source, i)]
@@ -158,21 +181,25 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams) -> dict:
     audio_todo, audio_failed = plan_fetches(rows, "audio_url")
     print(f"ingest: {len(rows)} rows from {len(sources)} sources; "
           f"fetching {len(image_todo)} images, {len(audio_todo)} audio files")
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory() as work:
-        images = {**fetch_images(image_todo, params, Path(work)), **image_failed}
-        audio = {**fetch_audio(audio_todo, params), **audio_failed}
+    with (atomic_dir(out_dir) as tmp, spool_beside(out_dir) as work,
+          tempfile.TemporaryFile(dir=work) as image_file, tempfile.TemporaryFile(dir=work) as audio_file):
+        images, audio = Spool(image_file), Spool(audio_file)  # stages/common/spool.py: memory flat in the rows
+        with ThreadPoolExecutor(1) as beside:  # audio meanwhile: img2dataset leaves a core idle much of the time
+            audio_job = beside.submit(fetch_audio, audio_todo, params, audio)
+            image_errors = {**fetch_images(image_todo, params, Path(work), images), **image_failed}
+            audio_errors = {**audio_job.result(), **audio_failed}
         media = {
-            "image": (images, write_media_shards(tmp, "images", images, params.shard_size)),
-            "audio": (audio, write_media_shards(tmp, "audio", audio, params.shard_size)),
+            "image": (image_errors, write_media_shards(tmp, "images", images, params.shard_size)),
+            "audio": (audio_errors, write_media_shards(tmp, "audio", audio, params.shard_size)),
         }
         write_jsonl(tmp / "manifest.jsonl", manifest_rows(rows, media))
         summary = {
             "rows": len(rows),
             "malformed_lines": sum(r.table_error is not None for r in rows),
-            "images_fetched": sum(f.data is not None for f in images.values()),
-            "images_failed": sum(f.error is not None for f in images.values()),
-            "audio_fetched": sum(f.data is not None for f in audio.values()),
-            "audio_failed": sum(f.error is not None for f in audio.values()),
+            "images_fetched": len(images),
+            "images_failed": len(image_errors),
+            "audio_fetched": len(audio),
+            "audio_failed": len(audio_errors),
             "sources": list(sources),
         }
         write_json(tmp / "summary.json", summary)
@@ -182,7 +209,7 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
-    run(params.data.sources, OUT_DIR, params.ingest)
+    run(params.data.sources, Path(params.paths.raw), params.ingest, Path(params.paths.sources))
 
 
 if __name__ == "__main__":

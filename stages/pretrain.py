@@ -21,11 +21,7 @@ from stages.common.distributed import launch
 from stages.common.loader import read_index
 from stages.common.models import save
 from stages.common.params import Params, load_params
-from stages.common.trainer import clear_checkpoints, fit
-
-TOKENIZER_DIR = Path("artifacts/tokenizer")
-OUT_DIR = Path("models/pretrain")
-CHECKPOINTS = Path("checkpoints/pretrain")
+from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
 
 
 def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditionalGeneration:
@@ -50,15 +46,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", argv)
     if launch(params.trainer.devices, "stages.pretrain", argv):
         return
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    paths = params.paths
+    tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
     model = build_model(params, params.pretrain.shards, tokenizer)
     model = fit(model, pretrain_step, params.pretrain, params.trainer, params.seed, "pretrain",
-                fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)))
+                fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)), paths)
     if model is None:  # under torchrun, rank 0 alone saves
         return
-    save(model, tokenizer, OUT_DIR)
-    clear_checkpoints(CHECKPOINTS)
-    print(f"pretrain: {params.pretrain.steps} steps -> {OUT_DIR}")
+    save(model, tokenizer, Path(paths.pretrained))
+    clear_checkpoints(checkpoint_dir(paths, "pretrain"))
+    print(f"pretrain: {params.pretrain.steps} steps -> {paths.pretrained}")
 
 
 if __name__ == "__main__":

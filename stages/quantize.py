@@ -60,10 +60,6 @@ from stages.common.latency import inference, interleaved_ms, latency_ms, timing_
 from stages.common.loader import make_loader
 from stages.common.params import load_params
 
-STUDENT = Path("models/student")
-OUT_DIR = Path("models/student-int8")
-METRICS = Path("metrics/quantize.json")
-
 
 def calibration_inputs(model, shards: str, batch_size: int, batches: int) -> Iterator[dict]:
     """Forward kwargs for calibration: per val batch, the captioning pass (with the caption as `labels` and the
@@ -236,8 +232,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"quantize.prune_amount must be in [0, 1), got {q.prune_amount}")
     if any(size < 1 for size in q.speed_batch_sizes):
         raise ValueError(f"quantize.speed_batch_sizes must be positive, got {q.speed_batch_sizes}")
-    tokenizer = AutoTokenizer.from_pretrained(STUDENT)
-    model = TrimodalForConditionalGeneration.from_pretrained(STUDENT).eval()
+    student, out_dir = Path(params.paths.student), Path(params.paths.student_int8)
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = TrimodalForConditionalGeneration.from_pretrained(student).eval()
     zeroed = prune_linears(model, q.prune_amount) if q.prune_amount > 0 else 0
     batches = list(calibration_inputs(model, q.shards, q.batch_size, q.calibration_batches))
     fp32 = round_weight_only(copy.deepcopy(model))  # differs from the INT8 model in its Linears only
@@ -265,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "int8_min_features": q.int8_min_features}
     measured = {"speed": timed, "slower_in_int8": slower_in_int8(speed), "latency": latency}
     probe = {k: v for k, v in batches[0].items() if k not in ("labels", "class_labels")}
-    with atomic_dir(OUT_DIR) as tmp:
+    with atomic_dir(out_dir) as tmp:
         summary = export_int8(shipped, model.config, tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / SENSITIVITY, {**kept, "val_accuracy": accuracy, "sensitivity": ranked})
@@ -273,12 +270,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if difference > 1e-4:
             raise RuntimeError(f"quantize: the INT8 model read back from {WEIGHTS} differs from the one written "
                                f"(max |logit difference| {difference:.3g})")
-    fp32_bytes = (STUDENT / "model.safetensors").stat().st_size
-    int8_bytes = (OUT_DIR / WEIGHTS).stat().st_size
+    fp32_bytes = (student / "model.safetensors").stat().st_size
+    int8_bytes = (out_dir / WEIGHTS).stat().st_size
     metrics = {**summary, "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "size_ratio": int8_bytes / fp32_bytes,
                "pruned_weights": zeroed, "round_trip_max_difference": difference, **kept,
                "val_accuracy": accuracy, "sensitivity": ranked, **measured}
-    write_json(METRICS, metrics)
+    write_json(Path(params.paths.metrics) / "quantize.json", metrics)
     print("quantize: " + json.dumps(metrics))
 
 

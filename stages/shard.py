@@ -7,18 +7,23 @@ Per sample (key = the record's dot-free key; members only for what the record ha
   text.npy, caption.npy, question.npy, answer.npy   int32 token ids, <s> ... </s>, <= max_text_tokens
 
 Splits come from a hash of the record's content group (stages/common/records.record_split: stable across runs
-and source order; records sharing media stay together). Shards are written with a fixed
-mtime in manifest order, so identical inputs give identical bytes; index.json records per-split counts
-and each shard's sample count, size and sha256 (the loader checks counts against it).
+and source order; records sharing media stay together). One pass over the manifest, read line by line, featurises
+each record once and writes it to its split's shard (three writers open at once), so memory is flat in the number
+of records and each media tar is read once. Shards are written with a fixed mtime in manifest order, so identical
+inputs give identical bytes; index.json records per-split counts and each shard's sample count, size and sha256
+(the loader checks counts against it).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import math
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import tarfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -29,22 +34,44 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from stages.common.atomic import atomic_dir, read_jsonl, write_json
+from stages.common.atomic import atomic_dir, write_json
 from stages.common.features import image_to_array, log_mel, mel_filters
 from stages.common.params import Params, ShardParams, load_params
 from stages.common.records import SPLITS, record_split
-from stages.common.tars import FIXED_MTIME, TarMembers
+from stages.common.tars import FIXED_MTIME
 
-VALIDATED_DIR = Path("data/validated")
-TOKENIZER_DIR = Path("artifacts/tokenizer")
-OUT_DIR = Path("data/shards")
 TOKEN_FIELDS = ("text", "caption", "question", "answer")
+RECORDS_PER_TOKENIZER_CALL = 256  # a batch of records' texts share one call; the records themselves are small
 
 
 def npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+class MediaReader:
+    """Payloads at 'media-NNNNNN.tar:member' under `root`, read member by member from the one tar open: the pass
+    walks the manifest in tar order (validate writes it so), so each tar is opened once and none is held in memory
+    (stages.common.tars.TarMembers keeps whole tars: two in memory while the next one loads)."""
+
+    def __init__(self, root: Path):
+        self.root, self.name = root, None
+        self.tar: tarfile.TarFile | None = None
+        self.members: dict[str, tarfile.TarInfo] = {}
+
+    def get(self, location: str) -> bytes:
+        name, member = location.split(":", 1)
+        if name != self.name:
+            self.close()
+            self.tar, self.name = tarfile.open(self.root / name, mode="r:"), name
+            self.members = {info.name: info for info in self.tar}  # TarFile.getmember scans a list per call
+        return self.tar.extractfile(self.members[member]).read()
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+        self.tar = self.name = None
 
 
 class Featurizer:
@@ -54,11 +81,24 @@ class Featurizer:
         self.label_index = {label: i for i, label in enumerate(labels)}
         self.filters = mel_filters(sample_rate, params.n_fft, params.n_mels) if sample_rate else None
 
-    def tokens(self, text: str) -> np.ndarray:
-        ids = self.tokenizer(text, truncation=True, max_length=self.params.max_text_tokens)["input_ids"]
-        return np.asarray(ids, dtype=np.int32)
+    def token_ids(self, texts: list[str]) -> list[np.ndarray]:
+        """Many texts in one tokenizer call: 40k single calls took ~5 s at 10k records, and unpadded, each text's
+        ids are the ones a call of its own gives."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.params.max_text_tokens)["input_ids"]
+        return [np.asarray(ids, dtype=np.int32) for ids in encoded]
 
-    def sample(self, record: dict, media: TarMembers) -> dict[str, bytes | str]:
+    def tokens(self, text: str) -> np.ndarray:
+        return self.token_ids([text])[0]
+
+    def samples(self, records: list[dict], media: MediaReader) -> Iterator[dict[str, bytes | str]]:
+        """The records' samples in order, the text fields of all of them tokenised in one call."""
+        ids = iter(self.token_ids([r[name] for r in records for name in TOKEN_FIELDS if r.get(name)]))
+        for record in records:
+            yield self.sample(record, media, {name: next(ids) for name in TOKEN_FIELDS if record.get(name)})
+
+    def sample(self, record: dict, media: MediaReader, tokens: dict[str, np.ndarray]) -> dict[str, bytes | str]:
         modalities = [m for m in ("image", "audio", "text") if record.get(m)]
         meta = {name: record.get(name) for name in ("id", "caption", "question", "answer", "label", "group")}
         meta.update(modalities=modalities, label_index=self.label_index.get(record.get("label"), -1))
@@ -73,15 +113,41 @@ class Featurizer:
                                  f"{self.sample_rate} Hz")
             mel = log_mel(waveform, rate, self.params.n_mels, self.params.n_fft, self.params.hop_length, self.filters)
             sample["mel.npy"] = npy(mel)
-        for name in TOKEN_FIELDS:
-            if record.get(name):
-                sample[f"{name}.npy"] = npy(self.tokens(record[name]))
+        for name, ids in tokens.items():
+            sample[f"{name}.npy"] = npy(ids)
         return sample
 
 
-def chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def iter_manifest(path: Path) -> Iterator[dict]:
+    """The manifest's records one line at a time, so memory stays flat in their number."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def survey(manifest: Path) -> tuple[int, list[str], str | None]:
+    """What the first sample already needs from all records, from a pass that keeps none of them: the record count
+    (progress), the sorted labels (label_index) and the first audio location (the sample rate)."""
+    count, labels, first_audio = 0, set(), None
+    for record in iter_manifest(manifest):
+        count += 1
+        if record.get("label"):
+            labels.add(record["label"])
+        first_audio = first_audio or record.get("audio")
+    return count, sorted(labels), first_audio
+
+
+def data_sample_rate(first_audio: str | None, media: MediaReader) -> int | None:
+    """The sample rate of the validated audio (validate writes every clip at one rate; Featurizer checks each);
+    None when no record has audio."""
+    return sf.info(io.BytesIO(media.get(first_audio))).samplerate if first_audio else None
 
 
 def sha256_of(path: Path) -> str:
@@ -89,23 +155,46 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write_split(out_dir: Path, split: str, samples: Iterator[dict], count: int, per_shard: int) -> list[dict]:
-    shards = []
-    for number, chunk in enumerate(chunks(list(range(count)), per_shard)):
-        path = out_dir / f"{split}-{number:06d}.tar"
-        with open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=FIXED_MTIME, user="trimodal",
-                                                   group="trimodal") as writer:
-            for _ in chunk:
-                writer.write(next(samples))
-        shards.append({"name": path.name, "count": len(chunk), "bytes": path.stat().st_size, "sha256": sha256_of(path)})
-    return shards
+class SplitShards:
+    """One split's shards, written as its samples arrive: wds.ShardWriter starts a tar every `per_shard` samples.
+    `shards` lists each finished tar for index.json."""
+
+    def __init__(self, out_dir: Path, split: str, per_shard: int):
+        self.pattern = str(out_dir / split).replace("%", "%%") + "-%06d.tar"
+        self.per_shard = per_shard
+        self.writer: wds.ShardWriter | None = None
+        self.shards: list[dict] = []
+
+    def write(self, sample: dict) -> None:
+        if self.writer is None:  # made on the first sample: it opens a tar at once, and an empty split has none
+            self.writer = wds.ShardWriter(self.pattern, maxcount=self.per_shard, maxsize=math.inf,  # count alone
+                                          post=self.finished, verbose=0, encoder=False, mtime=FIXED_MTIME,
+                                          user="trimodal", group="trimodal")
+        self.writer.write(sample)
+
+    def finished(self, name: str) -> None:
+        path = Path(name)
+        self.shards.append({"name": path.name, "count": self.writer.count, "bytes": path.stat().st_size,
+                            "sha256": sha256_of(path)})
+
+    def close(self) -> dict:
+        """Finish the last tar; the split's entry in index.json."""
+        if self.writer is not None:
+            self.writer.close()
+        return {"count": sum(s["count"] for s in self.shards), "shards": self.shards}
 
 
-def data_sample_rate(records: list[dict], media: TarMembers) -> int | None:
-    """The sample rate of the validated audio (validate writes every clip at one rate; Featurizer checks each);
-    None when no record has audio."""
-    first = next((r for r in records if r.get("audio")), None)
-    return sf.info(io.BytesIO(media.get(first["audio"]))).samplerate if first else None
+def write_splits(manifest: Path, featurizer: Featurizer, media: MediaReader, out_dir: Path, params: Params,
+                 progress: tqdm) -> dict[str, dict]:
+    """One pass in manifest order: each record featurised once and written to its split's shard, the three splits'
+    writers open at once. Within a split, samples keep manifest order."""
+    fractions = params.split
+    writers = {split: SplitShards(out_dir, split, params.shard.samples_per_shard) for split in SPLITS}
+    for records in batches(iter_manifest(manifest), RECORDS_PER_TOKENIZER_CALL):
+        for record, sample in zip(records, featurizer.samples(records, media), strict=True):
+            writers[record_split(record, fractions.val_fraction, fractions.test_fraction)].write(sample)
+            progress.update()
+    return {split: writer.close() for split, writer in writers.items()}
 
 
 @contextmanager
@@ -126,40 +215,27 @@ def run(validated_dir: Path, tokenizer_dir: Path, out_dir: Path, params: Params)
         if not needed.exists():
             raise SystemExit(f"shard: {needed} not found: run `dvc repro {stage}` first")
     sp = params.shard
-    records = read_jsonl(manifest)
+    count, labels, first_audio = survey(manifest)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    labels = sorted({r["label"] for r in records if r.get("label")})
-    # the rate validate resampled every clip to, read from the data itself (shard reads its own params only)
-    media = TarMembers(validated_dir)
-    sample_rate = data_sample_rate(records, media)
-    featurizer = Featurizer(sp, sample_rate, tokenizer, labels)
-    fractions = params.split
-    by_split = {s: [r for r in records if record_split(r, fractions.val_fraction, fractions.test_fraction) == s]
-                for s in SPLITS}
-
-    def featurized(split: str, progress: tqdm) -> Iterator[dict]:
-        for record in by_split[split]:
-            yield featurizer.sample(record, media)
-            progress.update()
-
-    index = {"splits": {}, "labels": labels, "image_size": sp.image_size, "n_mels": sp.n_mels,
-             "sample_rate": sample_rate, "hop_length": sp.hop_length, "n_fft": sp.n_fft,
-             "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
-    with atomic_dir(out_dir) as tmp, tqdm(total=len(records), desc="shard", unit="record") as progress, \
-            single_torch_thread():
-        for split in SPLITS:
-            samples = featurized(split, progress)
-            shards = write_split(tmp, split, samples, len(by_split[split]), sp.samples_per_shard)
-            index["splits"][split] = {"count": len(by_split[split]), "shards": shards}
+    with closing(MediaReader(validated_dir)) as media, atomic_dir(out_dir) as tmp, \
+            tqdm(total=count, desc="shard", unit="record") as progress, single_torch_thread():
+        # the rate validate resampled every clip to, read from the data itself (shard reads its own params only)
+        sample_rate = data_sample_rate(first_audio, media)
+        featurizer = Featurizer(sp, sample_rate, tokenizer, labels)
+        index = {"labels": labels, "image_size": sp.image_size, "n_mels": sp.n_mels,
+                 "sample_rate": sample_rate, "hop_length": sp.hop_length, "n_fft": sp.n_fft,
+                 "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+        index["splits"] = write_splits(manifest, featurizer, media, tmp, params, progress)
         write_json(tmp / "index.json", index)
     counts = ", ".join(f"{s} {index['splits'][s]['count']}" for s in SPLITS)
-    print(f"shard: {len(records)} records -> {counts} ({len(labels)} labels) -> {out_dir}")
+    print(f"shard: {count} records -> {counts} ({len(labels)} labels) -> {out_dir}")
     return index
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
-    run(VALIDATED_DIR, TOKENIZER_DIR, OUT_DIR, params)
+    paths = params.paths
+    run(Path(paths.validated), Path(paths.tokenizer), Path(paths.shards), params)
 
 
 if __name__ == "__main__":

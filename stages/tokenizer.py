@@ -17,9 +17,6 @@ from stages.common.atomic import atomic_dir, read_jsonl
 from stages.common.params import SplitParams, TokenizerParams, load_params
 from stages.common.records import TEXT_FIELDS, record_split
 
-MANIFEST = Path("data/validated/manifest.jsonl")
-OUT_DIR = Path("artifacts/tokenizer")
-
 SPECIAL_TOKENS = {
     "pad_token": "<pad>",
     "bos_token": "<s>",
@@ -75,7 +72,7 @@ def run(manifest: Path, out_dir: Path, params: TokenizerParams, split: SplitPara
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
-    run(MANIFEST, OUT_DIR, params.tokenizer, params.split)
+    run(Path(params.paths.validated) / "manifest.jsonl", Path(params.paths.tokenizer), params.tokenizer, params.split)
 
 
 if __name__ == "__main__":

@@ -14,35 +14,48 @@ as an earlier accepted record's, or near duplicates of them with the rest equal,
 "duplicate" and `duplicate_of` naming the kept record (duplicates do not count as rejections). Records that share
 an image or a sound (exact or near) but differ otherwise are kept, with one `content_group` (the id of the group's
 first record), so that shard puts them in one split: no test media in train.
+
+Memory is flat in the number of rows (issue 12): converted media wait in a scratch file (`Spool`) in the temp output
+dir until dedup has seen every record, and memory keeps per record only what dedup compares (digests, fingerprints)
+and the manifest and feature rows.
 """
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.common.atomic import atomic_dir, read_jsonl, write_json, write_jsonl
+from stages.common.atomic import atomic_dir, write_json, write_jsonl
 from stages.common.dedup import Groups, audio_fingerprint, digest, image_fingerprint, near_pairs, normalise_text
 from stages.common.gate import GateLimits, features_summary_metrics, run_gate
-from stages.common.media import Rejected, decode_audio, decode_image
+from stages.common.media import DecodedAudio, DecodedImage, Rejected, decode_audio, decode_image
 from stages.common.params import ValidateParams, load_params
 from stages.common.records import INPUT_FIELDS, record_key, unsafe_id_reason
+from stages.common.spool import Spool
 from stages.common.tars import TarMembers, write_tar
 
-RAW_DIR = Path("data/raw")
-OUT_DIR = Path("data/validated")
-METRICS = Path("metrics/validate.json")
-DOCS_DIR = Path("reports/validate")
 RECORDS_PER_MEDIA_TAR = 1000
 
 
-@dataclass
+@dataclass(slots=True)
+class Content:
+    """What dedup compares of one accepted record."""
+    image: str | None  # sha256 of the normalised PNG
+    audio: str | None  # sha256 of the normalised WAV
+    text: str | None  # normalised
+    question: str | None
+    image_fp: np.ndarray | None
+    audio_fp: np.ndarray | None
+
+
+@dataclass(slots=True)
 class Outcome:
     """What validation made of one input row: an accepted record or a quarantine entry, plus features."""
 
@@ -50,7 +63,7 @@ class Outcome:
     row_key: str = ""
     accepted: dict | None = None
     rejected: dict | None = None
-    media: dict[str, bytes] = field(default_factory=dict)
+    content: Content | None = None  # of an accepted record, until dedup has compared it
 
 
 def _empty_features(entry: dict) -> dict:
@@ -104,9 +117,12 @@ def _payload(entry: dict, kind: str, media: TarMembers) -> bytes:
     return media.get(entry[kind])
 
 
-def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], params: ValidateParams) -> Outcome:
+def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], params: ValidateParams,
+                 spool: Spool) -> Outcome:
+    """An accepted row's converted media go to `spool`; the outcome keeps what dedup compares of them."""
     features = _empty_features(entry)
     outcome = Outcome(features=features, row_key=entry["row_key"])
+    image = audio = None
     try:
         check_fields(entry, first_seen, params)
         fields = entry["fields"]
@@ -116,7 +132,6 @@ def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], par
         if fields.get("image_url"):
             image = decode_image(_payload(entry, "image", media), min_side=params.min_side,
                                  max_pixels=params.max_pixels)
-            outcome.media[f"{key}.png"] = image.png
             record["image"] = f"{key}.png"
             if image.converted_from:
                 record["converted"].append(f"image {image.converted_from}->RGB")
@@ -124,40 +139,30 @@ def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], par
         if fields.get("audio_url"):
             audio = decode_audio(_payload(entry, "audio", media), sample_rate=params.sample_rate,
                                  max_seconds=params.max_seconds)
-            outcome.media[f"{key}.wav"] = audio.wav
             record["audio"] = f"{key}.wav"
             record["converted"].extend(f"audio {c}" for c in audio.converted)
             features["audio_seconds"] = audio.seconds
     except Rejected as e:
         features["reason"] = str(e)
-        outcome.media.clear()
         fields = entry.get("fields") or {}
         outcome.rejected = {"id": fields.get("id"), "reason": str(e), "source": entry["source"],
                             "line": entry["line"], "row_key": entry["row_key"]}
         return outcome
     features["status"] = "accepted"
     outcome.accepted = record
+    outcome.content = content_of(record, image, audio)
+    if image:
+        spool.add(record["image"], image.png)
+    if audio:
+        spool.add(record["audio"], audio.wav)
     return outcome
 
 
-@dataclass
-class Content:
-    """What dedup compares of one accepted record."""
-    image: str | None  # sha256 of the normalised PNG
-    audio: str | None  # sha256 of the normalised WAV
-    text: str | None  # normalised
-    question: str | None
-    image_fp: np.ndarray | None
-    audio_fp: np.ndarray | None
-
-
-def content_of(o: Outcome) -> Content:
-    record = o.accepted
-    png = o.media.get(record["image"]) if record["image"] else None
-    wav = o.media.get(record["audio"]) if record["audio"] else None
-    return Content(digest(png) if png else None, digest(wav) if wav else None, normalise_text(record.get("text")),
-                   normalise_text(record.get("question")), image_fingerprint(png) if png else None,
-                   audio_fingerprint(wav) if wav else None)
+def content_of(record: dict, image: DecodedImage | None, audio: DecodedAudio | None) -> Content:
+    return Content(digest(image.png) if image else None, digest(audio.wav) if audio else None,
+                   normalise_text(record.get("text")), normalise_text(record.get("question")),
+                   image_fingerprint(image.rgb) if image else None,
+                   audio_fingerprint(audio.samples, audio.rate) if audio else None)
 
 
 def _rms(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,9 +200,10 @@ def _pairs(contents: list[Content], kind: str, limit: float) -> Iterator[tuple[i
 
 
 def deduplicate(outcomes: list[Outcome], params: ValidateParams) -> dict[str, int]:
-    """Quarantine accepted records that duplicate an earlier one; give the rest their `content_group`."""
+    """Quarantine accepted records that duplicate an earlier one; give the rest their `content_group`. Drops the
+    outcomes' contents: nothing after needs them."""
     accepted = [o for o in outcomes if o.accepted]
-    contents = [content_of(o) for o in accepted]
+    contents = [o.content for o in accepted]
     limits = _limits(params)
     exact: dict[tuple, int] = {}
     duplicate_of: dict[int, tuple[int, str | None]] = {}  # position -> (kept position, what was near; None: exact)
@@ -234,43 +240,64 @@ def deduplicate(outcomes: list[Outcome], params: ValidateParams) -> dict[str, in
             o.features.update(status="duplicate", reason=reason)
             o.rejected = {"id": o.accepted["id"], "reason": reason, "source": o.accepted["source"],
                           "line": o.accepted["row"], "row_key": o.row_key, "duplicate_of": first["id"]}
-            o.accepted, o.media = None, {}
+            o.accepted = None
         else:
             o.accepted["content_group"] = accepted[roots[i]].accepted["id"]
+        o.content = None
     exact_count = sum(near is None for _, near in duplicate_of.values())
     grouped = sum(1 for i, r in enumerate(roots) if i not in duplicate_of and r != i)
     return {"exact": exact_count, "near": len(duplicate_of) - exact_count,
             "records_sharing_media_with_an_earlier_one": grouped}
 
 
-def write_media(out_dir: Path, accepted: list[Outcome]) -> None:
-    """Accepted media into canonical tars; manifest entries get their 'tar:member' locations."""
+def write_media(out_dir: Path, accepted: list[Outcome], spool: Spool) -> None:
+    """Accepted media from the spool into canonical tars; manifest entries get their 'tar:member' locations."""
     for start in range(0, len(accepted), RECORDS_PER_MEDIA_TAR):
         name = f"media-{start // RECORDS_PER_MEDIA_TAR:06d}.tar"
         chunk = accepted[start:start + RECORDS_PER_MEDIA_TAR]
-        write_tar(out_dir / name, {m: data for o in chunk for m, data in o.media.items()})
+        members = [o.accepted[kind] for o in chunk for kind in ("image", "audio") if o.accepted[kind]]
+        write_tar(out_dir / name, spool.only(members))
         for o in chunk:
             for kind in ("image", "audio"):
-                if o.accepted and o.accepted[kind]:
+                if o.accepted[kind]:
                     o.accepted[kind] = f"{name}:{o.accepted[kind]}"
 
 
-def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params: ValidateParams) -> bool:
+def read_entries(manifest: Path) -> Iterator[dict]:
+    """Ingest's manifest one row at a time: rows are needed only while they are validated."""
+    with open(manifest, encoding="utf-8") as f:
+        yield from (json.loads(line) for line in f if line.strip())
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def validate_to(raw_dir: Path, out_dir: Path, params: ValidateParams) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Write out_dir (media tars, manifest, quarantine, feature table); return the feature table and duplicate
+    counts. The records are freed on return, before the gate loads Great Expectations."""
     manifest = raw_dir / "manifest.jsonl"
     if not manifest.exists():
         raise SystemExit(f"validate: {manifest} not found: run the ingest stage first (dvc repro ingest)")
-    entries = read_jsonl(manifest)
     media = TarMembers(raw_dir)
     first_seen: dict[str, str] = {}
-    outcomes = [validate_row(e, media, first_seen, params) for e in tqdm(entries, desc="validate", unit="row")]
-    duplicates = deduplicate(outcomes, params)
-    accepted = [o for o in outcomes if o.accepted]
-    features = pd.DataFrame([o.features for o in outcomes])
-    with atomic_dir(out_dir) as tmp:
-        write_media(tmp, accepted)
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryFile(dir=tmp) as scratch:  # nameless: a kill -9 leaves no file
+        spool = Spool(scratch)
+        entries = tqdm(read_entries(manifest), desc="validate", unit="row", total=count_lines(manifest))
+        outcomes = [validate_row(e, media, first_seen, params, spool) for e in entries]
+        duplicates = deduplicate(outcomes, params)
+        accepted = [o for o in outcomes if o.accepted]
+        features = pd.DataFrame([o.features for o in outcomes])
+        write_media(tmp, accepted, spool)
         write_jsonl(tmp / "manifest.jsonl", (o.accepted for o in accepted))
         write_jsonl(tmp / "quarantine.jsonl", (o.rejected for o in outcomes if o.rejected))
         features.to_parquet(tmp / "features.parquet", index=False)
+    return features, duplicates
+
+
+def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params: ValidateParams) -> bool:
+    features, duplicates = validate_to(raw_dir, out_dir, params)
     limits = GateLimits(max_reject_fraction=params.max_reject_fraction, min_side=params.min_side,
                         max_pixels=params.max_pixels, max_seconds=params.max_seconds,
                         max_caption_chars=params.max_caption_chars)
@@ -280,7 +307,7 @@ def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params
     metrics["duplicates"] = duplicates
     metrics["gate_passed"] = gate.success
     write_json(metrics_path, metrics)
-    print(f"validate: {len(accepted)} accepted, {len(outcomes) - len(accepted)} quarantined "
+    print(f"validate: {metrics['n_accepted']} accepted, {metrics['n_rows'] - metrics['n_accepted']} quarantined "
           f"({out_dir / 'quarantine.jsonl'}); data docs: {gate.docs_index}")
     print(gate.summary)
     return gate.success
@@ -288,7 +315,9 @@ def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
-    if not run(RAW_DIR, OUT_DIR, METRICS, DOCS_DIR, params.validate):
+    paths = params.paths
+    if not run(Path(paths.raw), Path(paths.validated), Path(paths.metrics) / "validate.json",
+               Path(paths.validate_report), params.validate):
         raise SystemExit("validate: the data gate failed (see the summary above); fix the sources or the limits")
 
 

@@ -22,12 +22,10 @@ Measured on the demo:
 from __future__ import annotations
 
 import hashlib
-import io
 import unicodedata
 from collections.abc import Iterator
 
 import numpy as np
-import soundfile as sf
 from PIL import Image
 
 IMAGE_THUMB = 8  # side of the RGB thumbnail: 192 numbers
@@ -42,17 +40,17 @@ def normalise_text(text: str | None) -> str | None:
     return " ".join(unicodedata.normalize("NFC", text).casefold().split()) if text is not None else None
 
 
-def image_fingerprint(png: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as image:
-        thumb = image.convert("RGB").resize((IMAGE_THUMB, IMAGE_THUMB), Image.Resampling.BOX)
+def image_fingerprint(rgb: Image.Image) -> np.ndarray:
+    """Of the RGB pixels validate decoded (the same as its lossless PNG holds)."""
+    thumb = rgb.resize((IMAGE_THUMB, IMAGE_THUMB), Image.Resampling.BOX)
     return np.asarray(thumb, dtype=np.float32).ravel()
 
 
-def audio_fingerprint(wav: bytes, n_fft: int = 512, max_hz: float = 4000.0, floor_db: float = 50.0) -> np.ndarray:
+def audio_fingerprint(mono: np.ndarray, rate: int, n_fft: int = 512, max_hz: float = 4000.0,
+                      floor_db: float = 50.0) -> np.ndarray:
     """Mean log-power of the clip on an AUDIO_GRID of mel-spaced bands (up to `max_hz`, which survives telephone
-    band resampling) x equal time slices, in dB, floored `floor_db` below its peak, mean removed."""
-    samples, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
-    mono = samples.mean(axis=1)
+    band resampling) x equal time slices, in dB, floored `floor_db` below its peak, mean removed. `mono`: the
+    float32 samples validate decoded (the same as its float WAV holds)."""
     mono = np.pad(mono, (0, max(0, n_fft - len(mono))))
     frames = np.lib.stride_tricks.sliding_window_view(mono, n_fft)[:: n_fft // 2] * np.hanning(n_fft)
     freqs = np.fft.rfftfreq(n_fft, 1 / rate)
@@ -70,19 +68,33 @@ def audio_fingerprint(wav: bytes, n_fft: int = 512, max_hz: float = 4000.0, floo
     return (db - db.mean()).astype(np.float32).ravel()
 
 
-def near_pairs(fingerprints: np.ndarray, max_rms: float, block: int = 1024) -> Iterator[tuple[int, int]]:
-    """Index pairs (i < j) whose fingerprints differ by at most `max_rms` (root mean square), all against all in
-    blocks of rows (memory ~ block x n), through |a - b|^2 = |a|^2 + |b|^2 - 2 a.b."""
-    n, dims = fingerprints.shape if fingerprints.size else (0, 1)
-    x = fingerprints.astype(np.float64)
-    norms = (x * x).sum(1)
-    limit = max_rms * max_rms * dims
+def _tiles(norms: np.ndarray, reach: float, block: int) -> Iterator[tuple[slice, slice]]:
+    """(rows, columns) of the block x block tiles to compare over rows sorted by norm: the upper triangle, cut
+    where the columns' norms exceed the rows' by more than `reach` (|a| - |b| <= |a - b|: no near pair beyond)."""
+    n = len(norms)
     for start in range(0, n, block):
-        rows = x[start:start + block]
-        squared = norms[start:start + block, None] + norms[None, :] - 2 * rows @ x.T
-        for i, j in zip(*np.nonzero(squared <= limit + 1e-6 * dims), strict=True):
-            if start + i < j:
-                yield start + int(i), int(j)
+        rows = slice(start, min(start + block, n))
+        end = int(np.searchsorted(norms, norms[rows.stop - 1] + reach, side="right"))
+        for first in range(start, end, block):
+            yield rows, slice(first, min(first + block, end))
+
+
+def near_pairs(fingerprints: np.ndarray, max_rms: float, block: int = 1024) -> Iterator[tuple[int, int]]:
+    """Index pairs (i < j, in no set order) whose fingerprints differ by at most `max_rms` (root mean square),
+    through |a - b|^2 = |a|^2 + |b|^2 - 2 a.b in tiles of rows sorted by norm: memory ~ block^2 however many rows,
+    and rows whose norms are far apart are never compared."""
+    dims = fingerprints.shape[1] if fingerprints.size else 1
+    squares = np.einsum("ij,ij->i", fingerprints, fingerprints, dtype=np.float64)
+    order = np.argsort(squares, kind="stable")
+    squares = squares[order]
+    limit = max_rms * max_rms * dims + 1e-6 * dims  # slack for the rounding of the expansion
+    for rows, cols in _tiles(np.sqrt(squares), np.sqrt(limit) * (1 + 1e-6), block):
+        a, b = (fingerprints[order[s]].astype(np.float64) for s in (rows, cols))
+        squared = squares[rows, None] + squares[None, cols] - 2 * a @ b.T
+        for i, j in zip(*np.nonzero(squared <= limit), strict=True):
+            if rows.start + i < cols.start + j:  # the diagonal tiles hold each pair twice
+                pair = int(order[rows.start + i]), int(order[cols.start + j])
+                yield min(pair), max(pair)
 
 
 class Groups:

@@ -27,6 +27,7 @@ class DecodedImage:
     width: int
     height: int
     converted_from: str | None  # original PIL mode when a conversion happened
+    rgb: Image.Image  # the pixels png holds, for a fingerprint without decoding the PNG again
 
 
 @dataclass
@@ -34,6 +35,8 @@ class DecodedAudio:
     wav: bytes  # mono float32 at the target rate
     seconds: float
     converted: list[str]  # e.g. ["resampled 44100->16000", "downmixed 2->1", "cropped 12.0s->10.0s"]
+    samples: np.ndarray  # the float32 samples wav holds, for a fingerprint without reading the WAV again
+    rate: int
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -106,7 +109,7 @@ def decode_image(data: bytes, *, min_side: int, max_pixels: int) -> DecodedImage
     rgb = _to_rgb(img)
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
-    return DecodedImage(buf.getvalue(), rgb.width, rgb.height, original_mode if original_mode != "RGB" else None)
+    return DecodedImage(buf.getvalue(), rgb.width, rgb.height, original_mode if original_mode != "RGB" else None, rgb)
 
 
 def decode_audio(data: bytes, *, sample_rate: int, max_seconds: float) -> DecodedAudio:
@@ -137,5 +140,6 @@ def decode_audio(data: bytes, *, sample_rate: int, max_seconds: float) -> Decode
         raise Rejected("audio empty: zero samples after resampling")
     buf = io.BytesIO()
     # scipy writes a plain IEEE-float WAV; libsndfile (soundfile) adds a PEAK chunk holding the wall-clock time
-    wavfile.write(buf, sample_rate, np.ascontiguousarray(mono, dtype=np.float32))
-    return DecodedAudio(buf.getvalue(), mono.shape[0] / sample_rate, converted)
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    wavfile.write(buf, sample_rate, mono)
+    return DecodedAudio(buf.getvalue(), mono.shape[0] / sample_rate, converted, mono, sample_rate)

@@ -38,6 +38,26 @@ class DemoParams:
 
 
 @dataclass
+class PathsParams:
+    """Where each artifact lives (conf/config.yaml `paths`). dvc.yaml interpolates the same values into the stages'
+    deps and outs, so a path is written once; a stage reads only the paths its dvc.yaml entry names."""
+    sources: str
+    demo: str
+    raw: str
+    validated: str
+    validate_report: str
+    tokenizer: str
+    shards: str
+    pretrained: str
+    teacher: str
+    student: str
+    student_int8: str
+    report: str
+    metrics: str
+    checkpoints: str
+
+
+@dataclass
 class DataParams:
     sources: list[str]
 
@@ -178,6 +198,7 @@ class Params:
     quantize: QuantizeParams
     evaluate: EvaluateParams
     trainer: TrainerParams
+    paths: PathsParams
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:

@@ -41,12 +41,18 @@ def scheme_of(url: str) -> str:
     return parsed.scheme.lower() if len(parsed.scheme) > 1 else ""
 
 
+def local_table(source: str) -> Path | None:
+    """The absolute path of a local table (a path or a file:// URL); None for a remote one."""
+    if scheme_of(source) not in ("", "file"):
+        return None
+    return Path(urlparse(source).path if scheme_of(source) == "file" else source).resolve()
+
+
 def untracked_table(source: str, tracked: Path) -> str | None:
     """Why a local table outside `tracked` (ingest's dvc.yaml dep, data/sources/) cannot be used: DVC would not
     hash it, so appending rows to it would leave `dvc status` clean and the new rows unread. None if fine."""
-    if scheme_of(source) not in ("", "file"):
+    if (path := local_table(source)) is None:
         return None  # remote tables: read at run time, not hashed (README, "Remote tables")
-    path = Path(urlparse(source).path if scheme_of(source) == "file" else source).resolve()
     if path.is_relative_to(tracked.resolve()):
         return None
     return (f"local table {source!r} is outside {tracked}/, so DVC does not track it (edits to it would not rerun "

@@ -36,7 +36,7 @@ from stages.common.checkpoint import full_weights, latest_checkpoint, load_check
 from stages.common.distributed import World, all_sum, barrier, setup, teardown, touch_all, wrap
 from stages.common.loader import make_loader
 from stages.common.mfu import mfu, peak_flops
-from stages.common.params import TrainerParams
+from stages.common.params import PathsParams, TrainerParams
 from stages.common.params import TrainStageParams as TrainParams
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
@@ -103,10 +103,15 @@ class Objectives(nn.Module):
         return (touch_all(total, self.model) if self.touch else total), losses
 
 
+def checkpoint_dir(paths: PathsParams, name: str) -> Path:
+    """A training stage's resumable checkpoints, as dvc.yaml declares them (${paths.checkpoints}/<stage>)."""
+    return Path(paths.checkpoints) / name
+
+
 def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: TrainerParams, seed: int, name: str,
-        fingerprint: str) -> nn.Module | None:
-    """A training stage's loop: dvclive metrics in metrics/<name>/ and resumable checkpoints in checkpoints/<name>/
-    (relative to the repository root, as dvc.yaml declares them). Returns the trained model on rank 0 (which alone
+        fingerprint: str, paths: PathsParams) -> nn.Module | None:
+    """A training stage's loop: dvclive metrics in <paths.metrics>/<name>/ and resumable checkpoints in
+    checkpoint_dir(paths, name), as dvc.yaml declares them. Returns the trained model on rank 0 (which alone
     goes on to evaluate and save) and None on the other ranks. The stage's `loss_weights` overrides go into the
     model's config first (and so into the saved model's config.json)."""
     unknown = set(params.loss_weights) - set(model.config.loss_weights)
@@ -116,13 +121,14 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
     model.config.loss_weights.update({k: float(v) for k, v in params.loss_weights.items()})
     world = setup()
     try:
-        live = Live(f"metrics/{name}", resume=True, save_dvc_exp=False, dvcyaml=None) if world.main else nullcontext()
+        live = (Live(str(Path(paths.metrics) / name), resume=True, save_dvc_exp=False, dvcyaml=None)
+                if world.main else nullcontext())
     except SCMError as e:  # dvclive reads the git HEAD, which a `git init` without a commit lacks
         raise RuntimeError(f"{name}: dvclive needs the project's git repository to have a commit "
                            f"(git add -A && git commit -m init): {e}") from e
     try:
         with live as logger:  # None on ranks > 0 (nullcontext)
-            return train(model, step_fn, params, seed, Path("checkpoints") / name, logger, desc=name,
+            return train(model, step_fn, params, seed, checkpoint_dir(paths, name), logger, desc=name,
                          fingerprint=fingerprint, strategy=trainer.strategy, world=world)
     finally:  # rank 0 evaluates and saves alone afterwards: no collective follows
         teardown(world)

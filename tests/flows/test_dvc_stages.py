@@ -1,6 +1,7 @@
 """What a stage run decides from DVC's index alone, on a toy DVC repository and a fresh clone of it: each stage's
 pool, what to pull (a file of another stage's folder alone; the outs inside a folder dep), whether it would run,
-and which DVC remotes a clone may use."""
+whether DVC's run cache restores it, the key a training stage's checkpoints are kept under, and which DVC remotes a
+clone may use."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,16 @@ import pytest
 import yaml
 
 from flows.dvc_stages import dvc as flow_dvc
-from flows.dvc_stages import needs_run, pull_targets, stage_pools, use_remote
+from flows.dvc_stages import (
+    needs_run,
+    persistent_outs,
+    pull_targets,
+    restored,
+    run_stage,
+    stage_key,
+    stage_pools,
+    use_remote,
+)
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@127.0.0.1"]
 PIPELINE = {"stages": {
@@ -56,8 +66,8 @@ def origin(tmp_path):
     return root
 
 
-def fresh_clone(origin: Path) -> Path:
-    dest = origin.parent / "clone"
+def fresh_clone(origin: Path, name: str = "clone") -> Path:
+    dest = origin.parent / name
     run(origin.parent, "git", "clone", "-q", str(origin), str(dest))
     return dest
 
@@ -121,3 +131,41 @@ def test_a_dvc_call_waits_for_the_repository_lock_instead_of_failing(origin):
         assert time.monotonic() - start >= 7.5
     finally:
         holder.wait(timeout=30)
+
+
+def forget(clone: Path, stage: str) -> None:
+    """Drop the stage's dvc.lock entry, as on a new run's branch whose lock predates the stage's run."""
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    del lock["stages"][stage]
+    (clone / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
+def test_a_stage_that_ran_on_another_machine_is_restored_from_the_run_cache(origin):
+    """A new run's branch starts from a dvc.lock that predates the stage: DVC's run cache, pushed to the remote,
+    still knows its outputs for these exact deps, so it is restored instead of run."""
+    dvc(origin, "push", "--run-cache")
+    clone = fresh_clone(origin)
+    forget(clone, "whole_dir")
+    dvc(clone, "pull", "out")
+    assert needs_run(clone, "whole_dir")
+    output = run_stage(clone, "whole_dir", run_cache=True)
+    assert restored(output) and (clone / "both.txt").read_text() == "a\nb\n", output
+    other = fresh_clone(origin, "other")
+    forget(other, "whole_dir")
+    dvc(other, "pull", "out")
+    assert not restored(run_stage(other, "whole_dir"))  # without the remote's run cache: it runs
+
+
+def test_checkpoints_are_keyed_by_the_job_not_the_clone(origin):
+    pipeline = yaml.safe_load((origin / "dvc.yaml").read_text())
+    pipeline["stages"]["train"] = {"cmd": "mkdir -p ckpt && cp out/x ckpt/", "deps": ["out/x"],
+                                   "outs": [{"ckpt": {"persist": True, "cache": False}}, "model.txt"]}
+    (origin / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    commit(origin, "a training stage")
+    first, second = fresh_clone(origin, "first"), fresh_clone(origin, "second")
+    for clone in (first, second):
+        dvc(clone, "pull", "out/x")
+    assert persistent_outs(first, "train") == ["ckpt"] and persistent_outs(first, "whole_dir") == []
+    assert stage_key(first, "train") == stage_key(second, "train")
+    (second / "out/x").write_text("other data\n")
+    assert stage_key(first, "train") != stage_key(second, "train")

@@ -168,3 +168,18 @@ def test_noise_perturbs_the_media_but_not_the_targets(tmp_path):
     x = np.asarray(Image.open(tmp_path / "clean" / r["image_url"])).astype(float)
     y = np.asarray(Image.open(tmp_path / "noisy" / r["image_url"])).astype(float)
     assert 8 < np.std(y - x) < 16  # std 12.8 before clipping
+
+
+def test_demo_is_not_generated_when_no_source_names_it(tmp_path):
+    """data.sources names the user's own table: the demo writes one small file, the same bytes whatever its
+    params, so ingest (which hashes all of data/sources/) does not rerun when they change."""
+    root = make_project(tmp_path / "project")
+    written = {}
+    for n_records in (14, 21):
+        proc = run_stage("demo", root, "data.sources=[data/sources/mine/records.jsonl]", f"demo.n_records={n_records}")
+        assert "names no table in data/sources/demo; not generated" in proc.stdout, proc.stdout
+        out = root / "data/sources/demo"
+        written[n_records] = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert list(written[14]) == ["UNUSED.txt"] and written[14] == written[21]
+    assert demo.named(["file://" + str(root / "data/sources/demo/records.jsonl")], root / "data/sources/demo")
+    assert not demo.named(["s3://bucket/data/sources/demo/records.jsonl"], root / "data/sources/demo")

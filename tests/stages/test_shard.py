@@ -1,15 +1,20 @@
 import hashlib
 import io
 import json
+import shutil
+import tarfile
+from collections import defaultdict
 
 import numpy as np
 import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
+import stages.shard
+from stages.common.atomic import read_jsonl, write_jsonl
 from stages.common.features import image_to_array, log_mel
 from stages.common.records import split_of
-from stages.common.tars import read_tar
+from stages.common.tars import read_tar, write_tar
 from stages.shard import Featurizer, run
 from tests.shard_fixtures import build_validated, shard_params
 
@@ -77,6 +82,53 @@ def test_features_have_configured_shapes_and_tokens_decode(sharded):
                     ids = np.load(io.BytesIO(sample[f"{field}.npy"]), allow_pickle=False)
                     assert tok.decode(ids.tolist(), skip_special_tokens=True).strip() == rec[field]
             assert meta["label_index"] == (["circle", "square"].index(rec["label"]) if rec["label"] else -1)
+
+
+def spread_media_over_tars(validated, records_per_tar):
+    """Lay the media out as validate does at scale: record i's in media-{i // records_per_tar}.tar."""
+    records, media = read_jsonl(validated / "manifest.jsonl"), read_tar(validated / "media-000000.tar")
+    tars = defaultdict(dict)
+    for i, record in enumerate(records):
+        name = f"media-{i // records_per_tar:06d}.tar"
+        for kind in ("image", "audio"):
+            if record[kind]:
+                member = record[kind].split(":", 1)[1]
+                tars[name][member] = media[member]
+                record[kind] = f"{name}:{member}"
+    for name, members in tars.items():
+        write_tar(validated / name, members)
+    write_jsonl(validated / "manifest.jsonl", records)
+    return sorted(tars)
+
+
+def test_media_in_several_tars_and_small_tokenizer_batches_give_the_same_shards_each_tar_opened_once(
+        sharded, tmp_path, monkeypatch):
+    root, _, params, index = sharded
+    for name in ("validated", "tokenizer"):
+        shutil.copytree(root / name, tmp_path / name)
+    tars = spread_media_over_tars(tmp_path / "validated", records_per_tar=10)
+    opened, tar_open = [], tarfile.open
+
+    def counting_open(name=None, mode="r", *args, **kwargs):
+        if mode.startswith("r"):
+            opened.append(name.name)
+        return tar_open(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    monkeypatch.setattr(stages.shard, "RECORDS_PER_TOKENIZER_CALL", 5)
+    again = run(tmp_path / "validated", tmp_path / "tokenizer", tmp_path / "shards", params)
+    assert again == index  # index.json holds every shard's sha256: byte-identical shards
+    assert len(tars) == 3 and opened == tars
+
+
+def test_batched_token_ids_equal_one_tokenizer_call_per_text(sharded):
+    root, records, _, _ = sharded
+    tok = AutoTokenizer.from_pretrained(root / "tokenizer")
+    texts = [r[f] for r in records for f in ("text", "caption", "question", "answer") if r[f]]
+    featurizer = Featurizer(shard_params(max_text_tokens=6).shard, 16000, tok, [])
+    single = [tok(text, truncation=True, max_length=6)["input_ids"] for text in texts]
+    assert any(len(ids) == 6 for ids in single) and any(len(ids) < 6 for ids in single)  # some truncated, some not
+    assert [ids.tolist() for ids in featurizer.token_ids(texts)] == single
 
 
 def test_missing_inputs_give_a_clear_error(tmp_path):

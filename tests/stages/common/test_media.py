@@ -19,6 +19,7 @@ def test_image_outcome(name):
         out = decode_image(data, **IMAGE_LIMITS)
         img = Image.open(io.BytesIO(out.png))
         assert img.mode == "RGB" and img.size == (out.width, out.height)
+        assert np.array_equal(np.asarray(img), np.asarray(out.rgb))  # dedup fingerprints these, not the PNG
         if ":" in expected:
             assert f"image {out.converted_from}->RGB" == expected.split(":", 1)[1]
         else:
@@ -45,6 +46,8 @@ def test_audio_outcome(name):
         samples, rate = sf.read(io.BytesIO(out.wav), always_2d=True)
         assert rate == 16000 and samples.shape[1] == 1 and np.isfinite(samples).all()
         assert 0 < out.seconds <= 2.0 and samples.shape[0] == round(out.seconds * 16000)
+        assert out.samples.dtype == np.float32 and out.rate == rate
+        assert np.array_equal(samples[:, 0], out.samples)  # dedup fingerprints these, not the WAV
         if ":" in expected:
             assert expected.split(":", 1)[1].removeprefix("audio ") in out.converted
     else:

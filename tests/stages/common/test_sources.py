@@ -3,7 +3,6 @@ import json
 import pandas as pd
 import pytest
 
-from stages.common.fetch import fetch_one
 from stages.common.fileserver import LoopbackServer
 from stages.common.params import defaults
 from stages.common.sources import SourceError, read_table, resolve_url
@@ -48,7 +47,7 @@ def test_parquet_nan_is_absent_and_whole_floats_are_ints(tmp_path):
 def test_tables_over_http_read_the_same(tmp_path):
     write_tables(tmp_path)
     path = str(tmp_path / "t.csv")
-    with LoopbackServer([path], lambda p: fetch_one(p, defaults().ingest)) as server:
+    with LoopbackServer([path], defaults().ingest) as server:
         over_http = read_table(server.url_for(path), 0)
     assert [r.fields for r in over_http] == [r.fields for r in read_table(path, 0)]
 

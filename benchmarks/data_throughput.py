@@ -1,0 +1,225 @@
+"""Data stages at scale: ingest images/s vs img2dataset alone, validate and shard records/s, peak RSS at two sizes.
+
+Usage: python benchmarks/data_throughput.py [--records 10000] [--small 1000] [--out PATH] [--keep DIR]
+Generates --records distinct records (a 64x64 PNG shape in a random colour, a 0.5 s WAV of tone pulses at a random
+pitch, text, caption, question, answer, label: stages/demo.py's drawing and synthesis) and serves them from a
+threaded http.server on 127.0.0.1. For each size (--small first, then --records, the small table being the first
+rows of the large one), in a scratch project whose params.yaml is conf/ composed with data.sources naming the
+table, it runs `python -m stages.<name>` as dvc.yaml does, from a copy of the working tree taken at the start:
+img2dataset alone on the image URLs (with the arguments stages/ingest.py fetch_images passes), ingest, img2dataset
+alone again (the two bracket ingest, so load that comes and goes hits both sides; their mean is the reference),
+validate, tokenizer (untimed in the ratios: shard needs its output) and shard. Each process is timed by wall clock,
+start-up and imports included; records/s = input rows / seconds. Peak memory per stage, two ways: `peak_rss_mb`, the
+ru_maxrss that wait4 reports (the largest single process of the tree: img2dataset spawns a worker and a logger), and
+`tree_peak_rss_mb`, the sum of RSS over the process tree sampled every 0.1 s with psutil (shared pages counted once
+per process). The goals (issue 12) are judged at --records; `--keep DIR` keeps the scratch projects there (to
+profile a stage in place).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import psutil  # installed with dvc
+import soundfile as sf
+import yaml
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stages.common.atomic import write_jsonl  # noqa: E402
+from stages.demo import ALL_SHAPES, draw_shape, rng_for, synthesize_audio  # noqa: E402
+from stages.ingest import LOOPBACK_SLACK_S  # noqa: E402
+from tests.test_pipeline_e2e import clone_worktree  # noqa: E402
+
+TABLE = "data/sources/bench/records.jsonl"  # ingest reads tables under data/sources/ only
+SAMPLE_RATE, AUDIO_SECONDS, IMAGE_SIZE = 16000, 0.5, 64
+GOALS = {"ingest_vs_img2dataset": 0.8, "validate_vs_ingest": 1.0, "shard_vs_ingest": 1.0, "rss_large_vs_small": 1.2}
+IMG2DATASET = "import json, sys, img2dataset; img2dataset.download(**json.loads(sys.argv[1]))"
+
+
+def make_record(i: int, media: Path, base_url: str) -> dict:
+    """Record i: its own shape, colour, background, pitch and pulse count, so validate's dedup keeps every one."""
+    rng = rng_for(12, 0, i)
+    shape, rgb = ALL_SHAPES[i % len(ALL_SHAPES)], tuple(int(v) for v in rng.integers(0, 256, 3))
+    draw_shape(shape, rgb, IMAGE_SIZE, rng).save(media / f"{i:06d}.png", format="PNG")
+    audio = synthesize_audio(int(rng.integers(1, 9)), float(rng.uniform(300, 2400)), SAMPLE_RATE, AUDIO_SECONDS, rng,
+                             max_pulses=8)
+    sf.write(media / f"{i:06d}.wav", audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return {"id": f"bench-{i:06d}", "image_url": f"{base_url}/{i:06d}.png", "audio_url": f"{base_url}/{i:06d}.wav",
+            "text": f"record {i}: a {shape} in rgb{rgb}", "caption": f"a {shape} number {i}",
+            "question": "what shape is it?", "answer": shape, "label": shape}
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class FileServer(ThreadingHTTPServer):
+    request_queue_size = 128  # 16 img2dataset threads and 16 audio threads connect at once (the default is 5)
+    daemon_threads = True
+
+
+@contextmanager
+def serve(root: Path):
+    """A threaded static file server on loopback: yields its base URL."""
+    server = FileServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def measured(name: str, cmd: list[str], cwd: Path, code: Path) -> dict:
+    """Run cmd in cwd with `code` on PYTHONPATH, output to cwd/<name>.log: wall seconds, wait4's ru_maxrss, and the
+    polled tree RSS peak."""
+    env = {**os.environ, "PYTHONPATH": str(code), "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+           "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
+    log, peak = cwd / f"{name}.log", 0
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        while not (waited := os.wait4(proc.pid, os.WNOHANG))[0]:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(waited[1])  # reaped here, not by Popen
+    if proc.returncode:
+        sys.exit(f"{name} failed ({proc.returncode}) in {cwd}:\n{log.read_text()[-4000:]}")
+    print(f"  {name}: {seconds:.1f} s", flush=True)
+    usage = waited[2]  # of the process and its reaped descendants
+    return {"seconds": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "tree_peak_rss_mb": round(peak / 2**20, 1)}
+
+
+def img2dataset_rate(log: Path) -> float | None:
+    """The images/s img2dataset itself reports over the whole download (its last `total` line), None if absent."""
+    rates = re.findall(r"total .* images per sec: (\d+)", log.read_text())
+    return float(rates[-1]) if rates else None
+
+
+def img2dataset_alone(project: Path, code: Path, urls: list[str], run: int) -> dict:
+    """img2dataset straight from the file server, with the arguments stages/ingest.py fetch_images passes."""
+    ingest = yaml.safe_load((project / "params.yaml").read_text())["ingest"]
+    url_list, out = project / "i2d-urls.parquet", project / f"i2d-out-{run}"
+    pd.DataFrame({"url": urls, "row_key": [str(i) for i in range(len(urls))]}).to_parquet(url_list)
+    kwargs = dict(url_list=str(url_list), input_format="parquet", url_col="url", save_additional_columns=["row_key"],
+                  output_folder=str(out), output_format="webdataset", processes_count=ingest["processes"],
+                  thread_count=ingest["threads"], timeout=math.ceil(ingest["fetch_timeout_s"]) + LOOPBACK_SLACK_S,
+                  retries=0, disable_all_reencoding=True, compute_hash=None, extract_exif=False,
+                  number_sample_per_shard=max(ingest["shard_size"], 1), enable_wandb=False,
+                  incremental_mode="incremental")
+    result = measured(f"img2dataset-{run}", [sys.executable, "-c", IMG2DATASET, json.dumps(kwargs)], project, code)
+    result["images"] = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
+    result["img2dataset_reported_images_per_s"] = img2dataset_rate(project / f"img2dataset-{run}.log")
+    shutil.rmtree(out)
+    return result
+
+
+def run_size(root: Path, code: Path, rows: list[dict]) -> dict:
+    """Every stage of `code` on `rows` in a fresh scratch project under root."""
+    n, project = len(rows), root / f"project-{len(rows)}"
+    (project / TABLE).parent.mkdir(parents=True)
+    write_jsonl(project / TABLE, rows)
+    stage = [sys.executable, "-m"]
+    measured("params", [*stage, "stages.common.params", "write", f"data.sources=[{TABLE}]"], project, code)
+    print(f"{n} records:", flush=True)
+    urls = [r["image_url"] for r in rows]
+    i2d = [img2dataset_alone(project, code, urls, 1)]
+    steps = {"ingest": measured("ingest", [*stage, "stages.ingest"], project, code)}
+    i2d.append(img2dataset_alone(project, code, urls, 2))
+    for name in ("validate", "tokenizer", "shard"):
+        steps[name] = measured(name, [*stage, f"stages.{name}"], project, code)
+    for step in steps.values():
+        step["records_per_s"] = round(n / step["seconds"], 1)
+    steps["ingest"]["images_per_s"] = steps["ingest"]["records_per_s"]  # every record has one image
+    steps["ingest"]["img2dataset_reported_images_per_s"] = img2dataset_rate(project / "ingest.log")
+    i2d_s = sum(r["seconds"] for r in i2d) / len(i2d)
+    raw = json.loads((project / "data/raw/summary.json").read_text())
+    validated = json.loads((project / "metrics/validate.json").read_text())
+    return {
+        "records": n,
+        "img2dataset_alone": {"runs": i2d, "images_per_s": round(n / i2d_s, 1)},
+        **steps,
+        "ingest_fetched": {k: raw[k] for k in ("images_fetched", "images_failed", "audio_fetched", "audio_failed")},
+        "validated": {k: validated[k] for k in ("n_accepted", "n_rejected", "n_duplicates", "duplicates",
+                                                "gate_passed")},
+        "validated_equals_input": validated["n_accepted"] == n,
+        "ingest_vs_img2dataset": round(i2d_s / steps["ingest"]["seconds"], 3),
+        "validate_vs_ingest": round(steps["ingest"]["seconds"] / steps["validate"]["seconds"], 3),
+        "shard_vs_ingest": round(steps["ingest"]["seconds"] / steps["shard"]["seconds"], 3),
+    }
+
+
+def verdict(small: dict, large: dict) -> dict:
+    rss = {name: {key: round(large[name][key] / small[name][key], 3) for key in ("peak_rss_mb", "tree_peak_rss_mb")}
+           for name in ("ingest", "validate", "shard")}
+    met = {name: large[name] >= GOALS[name] for name in ("ingest_vs_img2dataset", "validate_vs_ingest",
+                                                          "shard_vs_ingest")}
+    met.update({f"rss_flat_{name}": ratio["tree_peak_rss_mb"] <= GOALS["rss_large_vs_small"]
+                and ratio["peak_rss_mb"] <= GOALS["rss_large_vs_small"] for name, ratio in rss.items()})
+    return {"rss_large_vs_small": rss, "goals": GOALS, "goals_met": met}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=10000)
+    parser.add_argument("--small", type=int, default=1000, help="the size the memory ratio compares against")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/data_throughput.json"))
+    parser.add_argument("--keep", help="build the scratch projects in this (new) folder and keep them")
+    args = parser.parse_args()
+    result = {"cpu_count": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trimodal-bench-") as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        media = Path(tmp) / "media"
+        media.mkdir(parents=True)
+        code = root / "code"
+        code.mkdir(parents=True)
+        clone_worktree(code)  # the working tree as it is now: edits made while this runs do not mix in
+        with serve(media) as base_url:
+            rows = [make_record(i, media, base_url) for i in tqdm(range(args.records), desc="generate", unit="record")]
+            small, large = run_size(root, code, rows[:args.small]), run_size(root, code, rows)
+    result.update(small=small, large=large, **verdict(small, large))
+    result["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
