@@ -31,12 +31,17 @@ class StageFailed(RuntimeError):
     """A dvc stage exited non-zero; the message carries the end of its output (e.g. the data gate's summary)."""
 
 
-def stage_order(root: str | Path) -> list[str]:
+def stage_order(root: str | Path, targets: Sequence[str] = ()) -> list[str]:
     """dvc.yaml's stage names (not DVC's addressing, which is relative to the current directory), every stage after
-    the stages it depends on."""
+    the stages it depends on; with `targets`, only those and what they depend on, as `dvc repro <targets>`."""
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
+        order = [stage for stage in reversed(list(nx.topological_sort(graph)))]
+        names = {stage.name: stage for stage in order}
+        if unknown := [t for t in targets if t not in names]:
+            raise KeyError(f"no stage {', '.join(map(repr, unknown))} in dvc.yaml (stages: {', '.join(names)})")
+        wanted = {s for t in targets for s in (names[t], *nx.descendants(graph, names[t]))}
+        return [stage.name for stage in order if not targets or stage in wanted]
 
 
 def stage_pools(root: str | Path) -> dict[str, str]:

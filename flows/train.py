@@ -89,18 +89,19 @@ def publish_scores(root: Path) -> None:
 @flow(name="train", log_prints=True)
 def train(overrides: list[str] | None = None, force_ingest: bool = False, repo_url: str | None = None,
           revision: str = "HEAD", dvc_remote: str | None = None, keep_workdirs: bool = False,
-          checkpoint_store: str | None = None) -> dict:
+          checkpoint_store: str | None = None, targets: list[str] | None = None) -> dict:
     """`repo_url`: the git remote (default $TRIMODAL_GIT_REMOTE, else the deployment's repository: its origin, or
     its path). `dvc_remote`: a URL or absolute folder every worker reaches (default $TRIMODAL_DVC_REMOTE, else the
     committed default remote). `checkpoint_store`: where training stages keep checkpoints for a later attempt to
     resume from (default: each worker's $TRIMODAL_CHECKPOINT_STORE, flows/checkpoints.py). `force_ingest`
-    re-fetches the sources; `keep_workdirs` keeps the clones."""
+    re-fetches the sources; `keep_workdirs` keeps the clones. `targets` (stage names): run only those and the stages
+    they depend on, as `dvc repro <targets>` (default: the whole DAG)."""
     repo_url = repo_url or workspace.default_repo_url()
     dvc_remote = dvc_remote or os.environ.get(REMOTE_ENV) or None
     root = workspace.new_workdir("train", flow_run.get_id())
     run = start_run(root, repo_url, revision, overrides or [], dvc_remote)
     pools = stage_pools(root)
-    for stage in stage_order(root):
+    for stage in stage_order(root, targets or []):
         dispatch(stage, pools[stage], {"stage": stage, "repo_url": repo_url, "branch": run["branch"],
                                        "dvc_remote": dvc_remote, "force": force_ingest and stage == "ingest",
                                        "keep_workdir": keep_workdirs, "checkpoint_store": checkpoint_store})

@@ -168,6 +168,9 @@ def test_changing_sources_reruns_from_ingest(project):
     params["data"]["sources"] = ["data/sources/mine/records.csv"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = dvc(root, "repro", "shard")
-    assert "Running stage 'ingest'" in rerun.stdout and "Running stage 'demo'" not in rerun.stdout
+    assert "Running stage 'ingest'" in rerun.stdout
+    # the demo is no source any more: it reran, in no time, and left only a note (ingest no longer hashes the scrape)
+    assert "names no table in data/sources/demo; not generated" in rerun.stdout
+    assert [p.name for p in (root / "data/sources/demo").iterdir()] == ["UNUSED.txt"]
     ids = [json.loads(line)["id"] for line in open(root / "data/validated/manifest.jsonl")]
     assert ids == ["u1", "u2"]

@@ -370,7 +370,7 @@ def test_a_worker_killed_during_pretrain_crashes_the_run_and_the_next_run_resume
     """Runs last: it replaces the gpu worker."""
     overrides = [o for o in TINY if not o.startswith("pretrain.steps=")]
     overrides += [DEMO, "pretrain.steps=150", "pretrain.checkpoint_every=10"]
-    first = start_run(cluster, "train/full", overrides=overrides)
+    first = start_run(cluster, "train/full", overrides=overrides, targets=["pretrain"])  # pretrain and upstream
     deadline = time.time() + 900
     while not any(key.endswith(".done") for key in store_keys("pretrain/")):  # a checkpoint left the machine
         assert time.time() < deadline, run_logs(cluster, first)[-6000:]
@@ -392,11 +392,12 @@ def test_a_worker_killed_during_pretrain_crashes_the_run_and_the_next_run_resume
     root = tmp_path / "gpu-2" / "work"
     root.parent.mkdir()
     cluster.workers["gpu"] = start_worker(cluster.env, "gpu", root)
-    run = run_train(cluster, overrides=overrides)
+    run = run_train(cluster, overrides=overrides, targets=["pretrain"])
     second = str(run.id)
     assert run.state.is_completed(), run_logs(cluster, second)[-6000:]
     records = {stage: table(artifact(cluster, run.id, f"stage-{stage}"))[0]
                for stage, run in sub_runs(cluster, second).items()}
+    assert sorted(records) == sorted(STAGES[:6]), sorted(records)  # the targets and what they depend on
     for stage in ("demo", "ingest", "validate", "tokenizer", "shard"):  # done before the kill: not run again
         assert records[stage]["restored"] and not records[stage]["ran"], records[stage]
     assert records["pretrain"]["ran"] and Path(records["pretrain"]["workdir"]).is_relative_to(root)

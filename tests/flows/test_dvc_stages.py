@@ -21,6 +21,7 @@ from flows.dvc_stages import (
     restored,
     run_stage,
     stage_key,
+    stage_order,
     stage_pools,
     use_remote,
 )
@@ -70,6 +71,14 @@ def fresh_clone(origin: Path, name: str = "clone") -> Path:
     dest = origin.parent / name
     run(origin.parent, "git", "clone", "-q", str(origin), str(dest))
     return dest
+
+
+def test_targets_run_with_what_they_depend_on_in_dvc_order(origin):
+    assert stage_order(origin)[0] == "make" and sorted(stage_order(origin)) == sorted(PIPELINE["stages"])
+    assert stage_order(origin, ["whole_dir"]) == ["make", "whole_dir"]
+    assert stage_order(origin, ["make"]) == ["make"]
+    with pytest.raises(KeyError, match="no stage 'nope'"):
+        stage_order(origin, ["nope"])
 
 
 def test_pools_come_from_meta_and_default_to_cpu(origin):
