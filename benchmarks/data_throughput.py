@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -38,15 +39,16 @@ from pathlib import Path
 import pandas as pd
 import psutil  # installed with dvc
 import soundfile as sf
-import yaml
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stages.common.atomic import write_jsonl  # noqa: E402
+from stages.common.params import load_params  # noqa: E402
 from stages.demo import ALL_SHAPES, draw_shape, rng_for, synthesize_audio  # noqa: E402
-from stages.ingest import LOOPBACK_SLACK_S  # noqa: E402
+from stages.ingest import img2dataset_args  # noqa: E402
+from tests.s3_server import free_port  # noqa: E402
 from tests.test_pipeline_e2e import clone_worktree  # noqa: E402
 
 TABLE = "data/sources/bench/records.jsonl"  # ingest reads tables under data/sources/ only
@@ -79,8 +81,8 @@ class FileServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve(root: Path):
-    """A threaded static file server on loopback: yields its base URL."""
+def serve_python(root: Path):
+    """A threaded static file server on loopback (http.server): yields its base URL."""
     server = FileServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -88,6 +90,51 @@ def serve(root: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+NGINX_CONF = """daemon off; master_process off; worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+
+
+@contextmanager
+def serve_nginx(root: Path):
+    """nginx serving `root` on loopback, one process, stopped on exit: yields its base URL."""
+    with tempfile.TemporaryDirectory(prefix="trimodal-nginx-") as tmp:
+        port = free_port()
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root))
+        proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(base + "/", timeout=2)
+                except urllib.error.HTTPError:  # 403/404 for the folder: nginx is up
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.time() < deadline, (Path(tmp) / "error.log").read_text()
+                    time.sleep(0.1)
+                else:
+                    break
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def serve(root: Path, kind: str):
+    """The media server: nginx (C, sendfile, keep-alive: next to no CPU, like a remote host) or Python's
+    http.server (~0.6 ms of CPU a request on the cores under test, and HTTP/1.0: no connection reuse)."""
+    return serve_nginx(root) if kind == "nginx" else serve_python(root)
 
 
 def tree_rss(pid: int) -> int:
@@ -135,15 +182,10 @@ def img2dataset_rate(log: Path) -> float | None:
 
 def img2dataset_alone(project: Path, code: Path, urls: list[str], run: int) -> dict:
     """img2dataset straight from the file server, with the arguments stages/ingest.py fetch_images passes."""
-    ingest = yaml.safe_load((project / "params.yaml").read_text())["ingest"]
+    ingest = load_params(str(project / "params.yaml")).ingest
     url_list, out = project / "i2d-urls.parquet", project / f"i2d-out-{run}"
     pd.DataFrame({"url": urls, "row_key": [str(i) for i in range(len(urls))]}).to_parquet(url_list)
-    kwargs = dict(url_list=str(url_list), input_format="parquet", url_col="url", save_additional_columns=["row_key"],
-                  output_folder=str(out), output_format="webdataset", processes_count=ingest["processes"],
-                  thread_count=ingest["threads"], timeout=math.ceil(ingest["fetch_timeout_s"]) + LOOPBACK_SLACK_S,
-                  retries=0, disable_all_reencoding=True, compute_hash=None, extract_exif=False,
-                  number_sample_per_shard=max(ingest["shard_size"], 1), enable_wandb=False,
-                  incremental_mode="incremental")
+    kwargs = img2dataset_args(url_list, out, ingest)
     result = measured(f"img2dataset-{run}", [sys.executable, "-c", IMG2DATASET, json.dumps(kwargs)], project, code)
     result["images"] = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
     result["img2dataset_reported_images_per_s"] = img2dataset_rate(project / f"img2dataset-{run}.log")
@@ -219,8 +261,14 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1000, help="the size the memory ratio compares against")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/data_throughput.json"))
     parser.add_argument("--keep", help="build the scratch projects in this (new) folder and keep them")
+    parser.add_argument("--server", choices=["nginx", "python"],
+                        help="the media server (default: nginx when installed, else python)")
     args = parser.parse_args()
-    result = {"cpu_count": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+    server = args.server or ("nginx" if shutil.which("nginx") else "python")
+    if server == "nginx" and not shutil.which("nginx"):
+        sys.exit("--server nginx: nginx is not installed (apt-get install nginx-light)")
+    result = {"media_server": server, "cpu_count": os.cpu_count(),
+              "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="trimodal-bench-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
@@ -229,7 +277,7 @@ def main() -> None:
         code = root / "code"
         code.mkdir(parents=True)
         clone_worktree(code)  # the working tree as it is now: edits made while this runs do not mix in
-        with serve(media) as base_url:
+        with serve(media, server) as base_url:
             rows = [make_record(i, media, base_url) for i in tqdm(range(args.records), desc="generate", unit="record")]
             small, large = run_size(root, code, rows[:args.small]), run_size(root, code, rows)
     result.update(small=small, large=large, **verdict(small, large))

@@ -54,6 +54,30 @@ def plan_fetches(rows: list[SourceRow], column: str) -> tuple[dict[str, str], di
     return todo, failed
 
 
+def img2dataset_args(url_list: Path, out: Path, params: IngestParams) -> dict:
+    """img2dataset.download's arguments for a parquet `url_list` (columns url, row_key): every image as fetched,
+    into parquet shards (the bytes in column `jpg`, whatever the format: read back in bulk by pyarrow; tar shards
+    cost ingest ~0.2 ms an image to parse again). benchmarks/data_throughput.py runs img2dataset alone with these."""
+    return dict(
+        url_list=str(url_list),
+        input_format="parquet",
+        url_col="url",
+        save_additional_columns=["row_key"],
+        output_folder=str(out),
+        output_format="parquet",
+        processes_count=params.processes,
+        thread_count=params.threads,
+        timeout=math.ceil(params.fetch_timeout_s) + LOOPBACK_SLACK_S,
+        retries=0,  # the loopback server retries, within the budget
+        disable_all_reencoding=True,  # keep the original bytes: validate decides what is an image
+        compute_hash=None,
+        extract_exif=False,
+        number_sample_per_shard=max(params.shard_size, 1),
+        enable_wandb=False,
+        incremental_mode="incremental",  # "overwrite" deletes the _tmp dir it just made (1.47.0)
+    )
+
+
 def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path, spool: Spool) -> dict[str, str]:
     """Download images with img2dataset into `spool`; returns row_key -> why not, for every other key of `todo`."""
     if not todo:
@@ -64,48 +88,28 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path, spoo
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from stages.common.tars import iter_tar
-
     with LoopbackServer(list(todo.values()), params) as server:
         url_list = workdir / "img2dataset-input.parquet"
         pd.DataFrame({"url": [server.url_for(u) for u in todo.values()], "row_key": list(todo)}).to_parquet(url_list)
         out = workdir / "img2dataset-output"
-        img2dataset.download(
-            url_list=str(url_list),
-            input_format="parquet",
-            url_col="url",
-            save_additional_columns=["row_key"],
-            output_folder=str(out),
-            output_format="webdataset",
-            processes_count=params.processes,
-            thread_count=params.threads,
-            timeout=math.ceil(params.fetch_timeout_s) + LOOPBACK_SLACK_S,
-            retries=0,  # the loopback server retries, within the budget
-            disable_all_reencoding=True,  # keep the original bytes: validate decides what is an image
-            compute_hash=None,
-            extract_exif=False,
-            number_sample_per_shard=max(params.shard_size, 1),
-            enable_wandb=False,
-            incremental_mode="incremental",  # "overwrite" deletes the _tmp dir it just made (1.47.0)
-        )
+        img2dataset.download(**img2dataset_args(url_list, out, params))
     errors: dict[str, str] = {}
     for table in sorted(out.glob("*.parquet")):
-        wanted = {}  # img2dataset's member name -> row_key
-        for rec in pq.read_table(table).to_pylist():
-            if rec.get("status") == "success":
-                wanted[f"{rec['key']}.jpg"] = rec["row_key"]
-            else:  # the loopback server knows why, img2dataset saw a 502
-                reason = server.errors.get(todo[rec["row_key"]])
-                errors[rec["row_key"]] = reason or f"download failed: {rec.get('error_message') or rec.get('status')}"
-        tar = table.with_suffix(".tar")
-        for name, data in iter_tar(tar) if tar.exists() else ():
-            if name in wanted:
-                spool.add(wanted[name], data)
-        errors.update({key: "download failed: missing from img2dataset shard"
-                       for key in wanted.values() if key not in spool})
+        # a batch at a time: a shard of large images need not fit in memory at once
+        for batch in pq.ParquetFile(table).iter_batches(batch_size=64, columns=["row_key", "status", "error_message",
+                                                                                "jpg"]):
+            for rec in batch.to_pylist():
+                key = rec["row_key"]
+                if rec["status"] == "success" and rec["jpg"] is not None:
+                    spool.add(key, rec["jpg"])
+                elif rec["status"] == "success":
+                    errors[key] = "download failed: missing from img2dataset shard"
+                else:  # the loopback server knows why, img2dataset saw a 502
+                    reason = server.errors.get(todo[key])
+                    errors[key] = reason or f"download failed: {rec['error_message'] or rec['status']}"
     for key in todo:  # img2dataset can drop a row entirely (e.g. a crashed shard): never lose it silently
-        if key not in spool:
-            errors.setdefault(key, "download failed: no result from img2dataset")
+        if key not in spool and key not in errors:
+            errors[key] = "download failed: no result from img2dataset"
     return errors
 
 
