@@ -6,7 +6,8 @@ so every Linear, the decoder's included, sees the inputs it will meet. Optional 
 Linear weights (torch.nn.utils.prune) runs first.
 
 Sensitivity sweep: each Linear alone in INT8 (the rest float), scored by the KL divergence of its output
-distributions (decoder tokens and classes) from the float model's on the calibration batches. Then, most
+distributions (decoder tokens and classes) from the float model's on the first `quantize.sensitivity_batches`
+calibration batches (one model run per Linear and batch: the stage's largest cost). Then, most
 fragile first, Linears go back to float while the all-INT8 model's val accuracy (teacher-forced exact match of
 captions / answers, and classes) is more than `quantize.max_val_drop` below the float model's, at most
 `quantize.max_fp32_linears` of them. The written model is loaded back and must reproduce the in-memory
@@ -230,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     q = params.quantize
     if not 0.0 <= q.prune_amount < 1.0:
         raise ValueError(f"quantize.prune_amount must be in [0, 1), got {q.prune_amount}")
+    if q.sensitivity_batches < 1:
+        raise ValueError(f"quantize.sensitivity_batches must be at least 1, got {q.sensitivity_batches}")
     if any(size < 1 for size in q.speed_batch_sizes):
         raise ValueError(f"quantize.speed_batch_sizes must be positive, got {q.speed_batch_sizes}")
     student, out_dir = Path(params.paths.student), Path(params.paths.student_int8)
@@ -239,8 +242,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     batches = list(calibration_inputs(model, q.shards, q.batch_size, q.calibration_batches))
     fp32 = round_weight_only(copy.deepcopy(model))  # differs from the INT8 model in its Linears only
     quantized = quantize_model(copy.deepcopy(model), batches)
-    ref = reference(fp32, batches)
-    sensitivity = layer_sensitivity(fp32, quantized, lambda m: divergence(m, batches, ref))
+    # the sweep runs the model once per Linear: on the first `sensitivity_batches` calibration batches only
+    sweep = batches[:len(list(calibration_inputs(model, q.shards, q.batch_size,
+                                                 min(q.sensitivity_batches, q.calibration_batches))))]
+    ref = reference(fp32, sweep)
+    sensitivity = layer_sensitivity(fp32, quantized, lambda m: divergence(m, sweep, ref))
     fragile, accuracy = keep_fragile(fp32, quantized, sensitivity, batches, q.max_val_drop, q.max_fp32_linears)
     narrow = [name for name in narrow_linears(fp32, int8_linears(quantized), q.int8_min_features)
               if name not in fragile]

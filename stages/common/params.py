@@ -151,6 +151,7 @@ class QuantizeParams:
     prune_amount: float  # fraction of each Linear weight zeroed by L1 magnitude before quantizing
     max_val_drop: float  # fragile Linears go back to float until val accuracy is within this of float
     max_fp32_linears: int  # ... or this many are back
+    sensitivity_batches: int  # the first this many calibration batches score each Linear in the sweep
     int8_min_features: int  # Linears with fewer inputs or outputs compute in float from int8 weights
     # speed measurement (reported, never deciding): per-Linear replay and whole-model latency at these batch
     # sizes; [] = none

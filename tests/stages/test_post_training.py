@@ -159,9 +159,10 @@ def test_quantize_prunes_before_quantizing(project, tmp_path):
     assert pruned["round_trip_max_difference"] == 0.0
 
 
-def test_quantize_rejects_a_bad_prune_amount(project, tmp_path):
-    proc = run_stage("quantize", project, "quantize.prune_amount=1.5", check=False)
-    assert proc.returncode != 0 and "prune_amount" in proc.stderr
+@pytest.mark.parametrize("setting", ["prune_amount=1.5", "sensitivity_batches=0"])
+def test_quantize_rejects_a_bad_setting_naming_it(project, setting):
+    proc = run_stage("quantize", project, f"quantize.{setting}", check=False)
+    assert proc.returncode != 0 and f"quantize.{setting.split('=')[0]}" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_student_takes_the_teachers_leading_layers_and_slices():
