@@ -62,21 +62,23 @@ from stages.common.loader import make_loader
 from stages.common.params import load_params
 
 
-def calibration_inputs(model, shards: str, batch_size: int, batches: int) -> Iterator[dict]:
-    """Forward kwargs for calibration: per val batch, the captioning pass (with the caption as `labels` and the
-    class as `class_labels`) and the VQA pass (the answer as `labels`)."""
+def calibration_inputs(model, shards: str, batch_size: int, batches: int) -> Iterator[list[dict]]:
+    """Forward kwargs for calibration, one list per val batch: its captioning pass (with the caption as `labels`
+    and the class as `class_labels`) and its VQA pass (the answer as `labels`), each when the batch has targets
+    for it."""
     for batch in islice(make_loader(shards, "val", batch_size), batches):
+        passes = []
         inputs = model_inputs(batch)
         caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
         if caption.ne(-100).any() or batch["label"].ge(0).any():
-            yield {**inputs, "decoder_input_ids": model.shift_right(caption), "labels": caption,
-                   "class_labels": batch["label"]}
+            passes.append({**inputs, "decoder_input_ids": model.shift_right(caption), "labels": caption,
+                           "class_labels": batch["label"]})
         answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
-        if not answer.ne(-100).any():
-            continue
-        text_ids, text_mask = with_question(batch, model.config.pad_token_id)
-        yield {**inputs, "text_ids": text_ids, "text_mask": text_mask, "decoder_input_ids": model.shift_right(answer),
-               "labels": answer}
+        if answer.ne(-100).any():
+            text_ids, text_mask = with_question(batch, model.config.pad_token_id)
+            passes.append({**inputs, "text_ids": text_ids, "text_mask": text_mask,
+                           "decoder_input_ids": model.shift_right(answer), "labels": answer})
+        yield passes
 
 
 def forward(model: nn.Module, kwargs: dict):
@@ -239,12 +241,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(student)
     model = TrimodalForConditionalGeneration.from_pretrained(student).eval()
     zeroed = prune_linears(model, q.prune_amount) if q.prune_amount > 0 else 0
-    batches = list(calibration_inputs(model, q.shards, q.batch_size, q.calibration_batches))
+    per_batch = list(calibration_inputs(model, q.shards, q.batch_size, q.calibration_batches))
+    batches = [kwargs for passes in per_batch for kwargs in passes]
     fp32 = round_weight_only(copy.deepcopy(model))  # differs from the INT8 model in its Linears only
     quantized = quantize_model(copy.deepcopy(model), batches)
     # the sweep runs the model once per Linear: on the first `sensitivity_batches` calibration batches only
-    sweep = batches[:len(list(calibration_inputs(model, q.shards, q.batch_size,
-                                                 min(q.sensitivity_batches, q.calibration_batches))))]
+    sweep = [kwargs for passes in per_batch[:q.sensitivity_batches] for kwargs in passes]
     ref = reference(fp32, sweep)
     sensitivity = layer_sensitivity(fp32, quantized, lambda m: divergence(m, sweep, ref))
     fragile, accuracy = keep_fragile(fp32, quantized, sensitivity, batches, q.max_val_drop, q.max_fp32_linears)
