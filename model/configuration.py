@@ -46,6 +46,12 @@ class TrimodalConfig(PreTrainedConfig):
     max_text_positions: int = 128
     # audio: log-Mel -> conv subsampling (x4 in time) -> Conformer blocks
     n_mels: int = 64
+    # the features the model was trained on, copied from the shards' index.json by pretrain, so that a saved
+    # model folder alone featurises new inputs the way its training data was (trimodal predict / serve)
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    max_text_tokens: int = 64
     audio_dim: int = 64
     audio_layers: int = 2
     audio_heads: int = 4

@@ -281,3 +281,11 @@ def load_int8(model_dir: str | Path) -> nn.Module:
     for key in linears:
         _replace(model, key, _int8_linear(tensors, key, tensors[f"{key}.int8"]))
     return model
+
+
+def load_saved(model_dir: str | Path) -> nn.Module:
+    """Any saved trimodal folder in eval mode: INT8 (`export_int8`'s weights present) or float (save_pretrained)."""
+    model_dir = Path(model_dir)
+    if (model_dir / WEIGHTS).exists():
+        return load_int8(model_dir)
+    return TrimodalForConditionalGeneration.from_pretrained(model_dir).eval()

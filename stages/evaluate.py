@@ -28,8 +28,7 @@ import torch
 from transformers import AutoTokenizer
 
 from model.modeling import TrimodalForConditionalGeneration
-from model.quantization import SENSITIVITY, load_int8
-from model.quantization import WEIGHTS as INT8_WEIGHTS
+from model.quantization import SENSITIVITY, load_saved
 from stages.common.atomic import atomic_open, write_json
 from stages.common.baselines import majority_baseline, question_prior_baseline
 from stages.common.latency import latency_rounds, paired_ratio, timing_batches
@@ -51,12 +50,6 @@ BASELINES = ("majority", "question_prior")
 MEASURED = ("speed", "slower_in_int8", "latency")
 LATENCY_VS = {"student": "teacher", "student-int8": "student"}  # variant -> the one its latency ratio is taken to
 NOISE_KEYS = ("vqa_accuracy", "cls_accuracy")
-
-
-def load_variant(path: Path):
-    if (path / INT8_WEIGHTS).exists():
-        return load_int8(path)
-    return TrimodalForConditionalGeneration.from_pretrained(path).eval()
 
 
 def weights_bytes(path: Path) -> int:
@@ -131,7 +124,7 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
     for path in variants.values():
         if not path.exists():
             raise FileNotFoundError(f"evaluate: {path} not found (run the stage that writes it first)")
-    models = {name: load_variant(path) for name, path in variants.items()}
+    models = {name: load_saved(path) for name, path in variants.items()}
     results, first = {}, None
     for name, path in variants.items():
         scored = score_variant(models[name], AutoTokenizer.from_pretrained(path), shards, p, seed)

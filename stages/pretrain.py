@@ -29,7 +29,10 @@ def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditiona
     from_data = {"vocab_size": len(tokenizer), "num_classes": max(1, len(index["labels"])),
                  "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
                  "eos_token_id": tokenizer.eos_token_id, "decoder_start_token_id": tokenizer.bos_token_id,
-                 "mask_token_id": tokenizer.mask_token_id, "image_size": index["image_size"], "n_mels": index["n_mels"]}
+                 "mask_token_id": tokenizer.mask_token_id,
+                 # the features of the data (sample_rate is None when the data holds no audio)
+                 **{k: index[k] for k in ("image_size", "n_mels", "sample_rate", "n_fft", "hop_length",
+                                          "max_text_tokens") if index.get(k) is not None}}
     config = TrimodalConfig(**{**params.model, **from_data})
     config.id2label = dict(enumerate(index["labels"]))
     torch.manual_seed(params.seed)

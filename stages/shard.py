@@ -224,7 +224,8 @@ def run(validated_dir: Path, tokenizer_dir: Path, out_dir: Path, params: Params)
         featurizer = Featurizer(sp, sample_rate, tokenizer, labels)
         index = {"labels": labels, "image_size": sp.image_size, "n_mels": sp.n_mels,
                  "sample_rate": sample_rate, "hop_length": sp.hop_length, "n_fft": sp.n_fft,
-                 "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+                 "max_text_tokens": sp.max_text_tokens, "vocab_size": len(tokenizer),
+                 "pad_token_id": tokenizer.pad_token_id}
         index["splits"] = write_splits(manifest, featurizer, media, tmp, params, progress)
         write_json(tmp / "index.json", index)
     counts = ", ".join(f"{s} {index['splits'][s]['count']}" for s in SPLITS)
