@@ -27,4 +27,14 @@ fi
 # the lock may still hold it.
 .venv/bin/python -m pip uninstall -y -q dataclasses 2>/dev/null || true
 .venv/bin/python -c "import dataclasses, sys; assert 'site-packages' not in dataclasses.__file__, dataclasses.__file__"
+# The demo page's test drives Debian's chromium through Playwright (tests/trimodal/test_page.py); Playwright's own
+# browser download is not used (no network beyond the package registries).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "trimodal: installing chromium (apt-get) for the demo page test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+  else
+    echo "trimodal: no chromium; the demo page test needs it (Debian: sudo apt-get install chromium)" >&2
+  fi
+fi
 echo "trimodal: environment ready in .venv (activate with: . .venv/bin/activate)"

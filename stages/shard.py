@@ -35,7 +35,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from stages.common.atomic import atomic_dir, write_json
-from stages.common.features import image_to_array, log_mel, mel_filters
+from stages.common.features import image_to_array, log_mel, mel_filters, token_ids
 from stages.common.params import Params, ShardParams, load_params
 from stages.common.records import SPLITS, record_split
 from stages.common.tars import FIXED_MTIME
@@ -82,12 +82,7 @@ class Featurizer:
         self.filters = mel_filters(sample_rate, params.n_fft, params.n_mels) if sample_rate else None
 
     def token_ids(self, texts: list[str]) -> list[np.ndarray]:
-        """Many texts in one tokenizer call: 40k single calls took ~5 s at 10k records, and unpadded, each text's
-        ids are the ones a call of its own gives."""
-        if not texts:
-            return []
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.params.max_text_tokens)["input_ids"]
-        return [np.asarray(ids, dtype=np.int32) for ids in encoded]
+        return token_ids(self.tokenizer, texts, self.params.max_text_tokens)
 
     def tokens(self, text: str) -> np.ndarray:
         return self.token_ids([text])[0]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,11 @@ from PIL import Image
 from stages.common.params import Params, TokenizerParams, defaults
 from stages.common.records import record_key
 from stages.common.tars import write_tar
+from stages.shard import run as shard
 from stages.tokenizer import train_tokenizer
+from tests.stage_runner import make_project, run_stage
+
+TINY_MODEL = ["model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
 
 SR = 16000
 
@@ -64,3 +69,16 @@ def shard_params(**shard) -> Params:
     for k, v in shard.items():
         setattr(params.split if k.endswith("_fraction") else params.shard, k, v)
     return params
+
+
+def trained_project(data: Path, root: Path, pretrain: list[str], finetune: list[str]) -> Path:
+    """A project in `root` whose models/teacher was pretrained and fine-tuned (the stages run as dvc.yaml runs
+    them, with these `key=value` settings of their sections) on 28 fixture records sharded in `data`."""
+    build_validated(data, n=28)
+    shard(data / "validated", data / "tokenizer", data / "shards", shard_params())
+    make_project(root)
+    shutil.copytree(data / "shards", root / "data/shards")
+    shutil.copytree(data / "tokenizer", root / "artifacts/tokenizer")
+    run_stage("pretrain", root, *TINY_MODEL, *[f"pretrain.{s}" for s in pretrain])
+    run_stage("finetune", root, *[f"finetune.{s}" for s in finetune])
+    return root

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from stages.common.batches import decoder_labels, model_inputs, to_device, with_question_streams
+from stages.common.generation import ANSWER_TOKENS, greedy
 from stages.common.loader import make_loader
 from stages.common.records import MODALITIES
 from stages.common.scoring import by_subset, cider_per_record, subset_name
-
-ANSWER_TOKENS = 6  # answers are a word or two
 
 
 def record_of(meta: dict) -> dict:
@@ -35,10 +34,6 @@ def add_noise(batch: dict, image_std: float, audio_std: float, generator: torch.
     return batch
 
 
-def _decode(tokenizer, ids: torch.Tensor) -> list[str]:
-    return [s.strip() for s in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-
 @torch.no_grad()
 def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_tokens: int = 12,
             image_std: float = 0.0, audio_std: float = 0.0, seed: int = 0, captions: bool = True) -> dict:
@@ -56,11 +51,9 @@ def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_
         forced = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
         nll = F.cross_entropy(forced.logits.float().transpose(1, 2), caption, ignore_index=-100,
                               reduction="none").sum(1)
-        generated = _decode(tokenizer, model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens,
-                                                      do_sample=False, num_beams=1)) if captions else None
+        generated = greedy(model, tokenizer, encoded, max_new_tokens) if captions else None
         asked = model.encoder.fuse(with_question_streams(model.encoder, streams, batch))  # media encoded once
-        answers = _decode(tokenizer, model.generate(encoder_outputs=asked, max_new_tokens=ANSWER_TOKENS,
-                                                    do_sample=False, num_beams=1))
+        answers = greedy(model, tokenizer, asked, ANSWER_TOKENS)
         classes = forced.class_logits.argmax(-1).tolist()
         size = len(batch["ids"])
         for modality in MODALITIES:

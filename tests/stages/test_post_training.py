@@ -13,25 +13,16 @@ from stages.common.baselines import majority
 from stages.common.loader import read_meta
 from stages.common.scoring import SUBSETS, subset_name
 from stages.distill import init_from_teacher, student_config
-from stages.shard import run as shard
-from tests.shard_fixtures import build_validated, shard_params
+from tests.shard_fixtures import TINY_MODEL, trained_project
 from tests.stage_runner import make_project, run_stage
 
-MODEL = ["model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
+MODEL = TINY_MODEL
 SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint_every=2", "shuffle=0"]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    data = tmp_path_factory.mktemp("post-data")
-    build_validated(data, n=28)
-    shard(data / "validated", data / "tokenizer", data / "shards", shard_params())
-    root = make_project(tmp_path_factory.mktemp("post"))
-    shutil.copytree(data / "shards", root / "data/shards")
-    shutil.copytree(data / "tokenizer", root / "artifacts/tokenizer")
-    run_stage("pretrain", root, *MODEL, *[f"pretrain.{s}" for s in SHORT])
-    run_stage("finetune", root, *[f"finetune.{s}" for s in SHORT])
-    return root
+    return trained_project(tmp_path_factory.mktemp("post-data"), tmp_path_factory.mktemp("post"), SHORT, SHORT)
 
 
 def test_each_training_stage_sets_its_own_loss_weights(project):
