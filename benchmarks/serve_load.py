@@ -31,7 +31,7 @@ import openai
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.trimodal.test_server import start_server, stop_server  # noqa: E402 - one way to run the server
+from tests.trimodal.conftest import start_server, stop_server  # noqa: E402 - one way to run the server
 
 DEMO = Path("data/sources/demo")  # relative to the project the DAG ran in (the working directory)
 AUDIO_FORMATS = {".wav": "wav", ".mp3": "mp3", ".flac": "flac"}

@@ -1,15 +1,13 @@
-"""`trimodal predict`, the console script pyproject installs, on an image, a sound and a text."""
+"""`trimodal predict` on an image, a sound and a text: the console script pyproject installs once (a process costs
+~5 s of imports), then its `main` in this process."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.trimodal.conftest import png, wav
-
-# the console script of the environment running the tests (pip/uv put it beside the interpreter)
-TRIMODAL = str(Path(sys.executable).with_name("trimodal"))
+from tests.trimodal.conftest import TRIMODAL, png, wav
+from trimodal.cli import main
 
 
 def trimodal(*args: str) -> subprocess.CompletedProcess:
@@ -26,14 +24,20 @@ def media(tmp_path_factory):
     return root
 
 
-def test_predict_answers_about_an_image_an_audio_file_and_a_text(models, media):
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_predict_answers_about_an_image_an_audio_file_and_a_text(models, media, capsys):
     runs = {"image": ["--image", str(media / "red.png")], "audio": ["--audio", str(media / "tone.wav")],
             "text": ["--text", "there is a red circle 3"]}
     for modality, given in runs.items():
-        proc = trimodal("predict", "--model", str(models["student-int8"]), *given, "--question", "what color is it?",
-                        "--json")
-        assert proc.returncode == 0, proc.stderr
-        out = json.loads(proc.stdout)
+        code, stdout, stderr = run_main(capsys, "predict", "--model", str(models["student-int8"]), *given,
+                                        "--question", "what color is it?", "--json")
+        assert code == 0, stderr
+        out = json.loads(stdout)
         assert out["inputs"] == [modality] and out["answer"] == "red" and out["caption"]
         assert len(out["labels"]) == 2 and out["labels"][0]["probability"] >= out["labels"][1]["probability"]
 
@@ -52,12 +56,18 @@ def test_predict_prints_a_readable_answer(models, media):
     (["--image", "missing.png"], "missing.png: no such file"),
     (["--question", "what color is it?"], "give at least one input"),
 ])
-def test_bad_input_exits_2_with_the_reason(models, media, args, message):
+def test_bad_input_exits_2_with_the_reason(models, media, capsys, args, message):
     args = [str(media / a) if a.endswith(".png") else a for a in args]
-    proc = trimodal("predict", "--model", str(models["teacher"]), *args)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    code, _, stderr = run_main(capsys, "predict", "--model", str(models["teacher"]), *args)
+    assert code == 2 and stderr.startswith("trimodal predict: ") and message in stderr
 
 
-def test_a_missing_model_folder_exits_2(tmp_path, media):
-    proc = trimodal("predict", "--model", str(tmp_path / "nothing"), "--image", str(media / "red.png"))
-    assert proc.returncode == 2 and "not a saved model folder" in proc.stderr
+def test_a_missing_model_folder_exits_2(tmp_path, media, capsys):
+    code, _, stderr = run_main(capsys, "predict", "--model", str(tmp_path / "nothing"), "--image",
+                               str(media / "red.png"))
+    assert code == 2 and "not a saved model folder" in stderr
+
+
+def test_the_console_script_exits_2_on_bad_input_without_a_traceback(models, media):
+    proc = trimodal("predict", "--model", str(models["teacher"]), "--image", str(media / "broken.png"))
+    assert proc.returncode == 2 and "image truncated" in proc.stderr and "Traceback" not in proc.stderr

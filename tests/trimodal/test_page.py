@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.stage_runner import REPO
 from tests.trimodal.conftest import png
-from tests.trimodal.test_server import start_server, stop_server
 
 SCREENSHOT = REPO / "test-output" / "demo-page.png"
 
@@ -20,14 +18,7 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def page_server(models):
-    proc, base = start_server({"student-int8": models["student-int8"]})
-    yield base
-    stop_server(proc)
-
-
-def test_the_demo_page_answers_a_question_about_an_uploaded_image(page_server, tmp_path):
+def test_the_demo_page_answers_a_question_about_an_uploaded_image(server, tmp_path):
     image = tmp_path / "red.png"
     image.write_bytes(png((48, 48)))
     with sync_playwright() as p:
@@ -36,8 +27,9 @@ def test_the_demo_page_answers_a_question_about_an_uploaded_image(page_server, t
             page = browser.new_page(viewport={"width": 900, "height": 720})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_server + "/")
-            expect(page.locator("#model option")).to_have_text(["student-int8"])
+            page.goto(server + "/")
+            expect(page.locator("#model option")).to_have_text(["teacher", "student-int8"])  # GET /v1/models, in --model order
+            page.select_option("#model", "student-int8")
             page.set_input_files("#image-input", str(image))
             expect(page.locator("#image-preview")).to_be_visible()
             page.fill("#question", "what color is it?")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,12 +11,9 @@ import openai
 import pytest
 
 from tests.hostile_server import hostile_server
-from tests.s3_server import free_port
-from tests.trimodal.conftest import png, wav
-from tests.trimodal.test_cli import TRIMODAL
+from tests.trimodal.conftest import LIMIT_MB, png, wav
 
 QUESTION = {"type": "text", "text": "what color is it?"}
-LIMIT_MB = 1  # request and media limits of the server under test
 
 
 def data_url(data: bytes, kind: str = "image/png") -> dict:
@@ -27,44 +22,6 @@ def data_url(data: bytes, kind: str = "image/png") -> dict:
 
 def audio_part(data: bytes) -> dict:
     return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
-
-
-def start_server(models: dict, *flags: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    args = [TRIMODAL, "serve", "--port", str(port), *flags]
-    for folder in models.values():
-        args += ["--model", str(folder)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"trimodal serve exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    stop_server(proc)
-    raise AssertionError("trimodal serve did not answer /health within 180 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def server(models):
-    proc, base = start_server(models, "--max-request-mb", str(LIMIT_MB), "--max-media-mb", str(LIMIT_MB),
-                              "--fetch-timeout", "2", "--max-wait-ms", "50")
-    yield base
-    stop_server(proc)
 
 
 @pytest.fixture
