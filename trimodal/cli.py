@@ -3,7 +3,7 @@
     trimodal predict --model models/student-int8 --image car.jpg --question "what color is it?"
     trimodal predict --model models/teacher --audio clip.wav --json
     trimodal serve --model models/student-int8 --model models/teacher --port 8000
-    trimodal report
+    trimodal report                      # the last evaluation, models and baselines side by side
 
 Exit codes: 0 done, 2 bad input (a media file the validate stage would reject, with its reason; a missing file or
 model folder), 1 anything else. `python -m stages.<name>` still runs each DAG stage.
@@ -73,6 +73,24 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    from trimodal.report import read_headlines, table
+
+    metrics = args.metrics
+    if metrics is None:  # only the path: a params.yaml of an older commit may lack newer settings
+        import yaml
+
+        if not Path("params.yaml").is_file():
+            raise InputError("no params.yaml here: run from the project root, or give --metrics DIR")
+        metrics = yaml.safe_load(Path("params.yaml").read_text())["paths"]["metrics"]
+    try:
+        headlines = read_headlines(Path(metrics) / "eval")
+    except FileNotFoundError as e:
+        raise InputError(str(e)) from None
+    print(table(headlines))
+    return 0
+
+
 def serve(args: argparse.Namespace) -> int:
     from trimodal.server import ServerSettings, run
 
@@ -97,6 +115,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="labels to show (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=predict)
+
+    r = commands.add_parser("report", help="the last evaluation, models and baselines side by side")
+    r.add_argument("--metrics", help="the metrics folder (default: params.yaml's paths.metrics)")
+    r.set_defaults(run=report)
 
     s = commands.add_parser("serve", help="OpenAI-compatible HTTP server and demo page")
     s.add_argument("--model", action="append", required=True,

@@ -28,7 +28,8 @@ def test_the_demo_page_answers_a_question_about_an_uploaded_image(server, tmp_pa
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server + "/")
-            expect(page.locator("#model option")).to_have_text(["teacher", "student-int8"])  # GET /v1/models, in --model order
+            # GET /v1/models fills the list, in --model order
+            expect(page.locator("#model option")).to_have_text(["teacher", "student-int8"])
             page.select_option("#model", "student-int8")
             page.set_input_files("#image-input", str(image))
             expect(page.locator("#image-preview")).to_be_visible()
