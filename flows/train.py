@@ -69,10 +69,10 @@ def publish_record(root: Path, run: dict) -> dict:
 
 
 def publish_scores(root: Path) -> None:
-    """trimodal-eval: one table row per (variant or baseline, overall / modality subset) of metrics/eval/*.json
-    (paths as the run's params.yaml has them)."""
+    """trimodal-eval: one table row per (variant or baseline, overall / modality subset) of the evaluate stage's
+    details (metrics/details/eval/*.json; paths as the run's params.yaml has them)."""
     rows, paths = [], load_params(root / "params.yaml").paths
-    for path in sorted((root / paths.metrics / "eval").glob("*.json")):
+    for path in sorted((root / paths.details / "eval").glob("*.json")):
         scores = json.loads(path.read_text())
         scored = scores.items() if path.stem == "baselines" else [(path.stem, scores)]
         for variant, result in scored:

@@ -9,8 +9,8 @@ The student also keeps the contrastive objectives (itc / atc / vac), which retri
 With `distill.init_from_teacher` the student starts from the teacher's weights: student layer i of a stack of
 S takes teacher layer i * T // S (DistilBERT keeps every other layer), and a narrower tensor takes the
 teacher's leading slice (Minitron-style width pruning); only what matches neither way starts random.
-Then the val split is scored like the teacher's -> metrics/distill.json, beside the teacher's scores from
-metrics/finetune.json.
+Then the val split is scored like the teacher's -> metrics/details/distill.json, beside the teacher's scores
+from metrics/details/finetune.json; the student's headline (overall scores, parameters) -> metrics/distill.json.
 """
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ from stages.common.batches import decoder_labels, model_inputs, same_caption, wi
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch, setup
 from stages.common.loader import read_index
-from stages.common.models import file_digest, save
+from stages.common.models import file_digest, parameter_count, save
 from stages.common.params import DistillParams, load_params
 from stages.common.predict import val_scores
+from stages.common.scoring import headline
 from stages.common.trainer import StepFn, checkpoint_dir, clear_checkpoints, fit
 
 LAYER = re.compile(r"^(.*\.(?:blocks|joint))\.(\d+)\.(.*)$")  # the numbered stacks of model/
@@ -45,10 +46,6 @@ def student_config(teacher: TrimodalConfig, overrides: dict) -> TrimodalConfig:
     if unknown:
         raise ValueError(f"distill.student: unknown model settings {unknown}")
     return TrimodalConfig.from_dict({**teacher.to_dict(), **overrides})
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def stack_depths(names) -> dict[str, int]:
@@ -141,12 +138,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if student is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     # the teacher's val scores were measured by finetune on the same split: read, not recomputed
-    metrics = {"student": val_scores(student, tokenizer, params.distill.shards),
-               "teacher": json.loads((Path(paths.metrics) / "finetune.json").read_text()), **sizes}
-    write_json(Path(paths.metrics) / "distill.json", metrics)
+    details = {"student": val_scores(student, tokenizer, params.distill.shards),
+               "teacher": json.loads((Path(paths.details) / "finetune.json").read_text()), **sizes}
+    write_json(Path(paths.details) / "distill.json", details)
+    summary = {**headline(details["student"]["overall"]), "parameters": sizes["student_parameters"]}
+    write_json(Path(paths.metrics) / "distill.json", summary)
     save(student, tokenizer, Path(paths.student))
     clear_checkpoints(checkpoint_dir(paths, "distill"))
-    print("distill: " + json.dumps(metrics))
+    print("distill: " + json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Stage `evaluate`: teacher, student and student-int8 on the test split, overall and per modality subset, beside
-baselines learnt from the train split -> metrics/eval/<variant>.json, metrics/eval/baselines.json,
-metrics/eval/plots/scores.csv and reports/report.md.
+baselines learnt from the train split -> metrics/details/eval/<variant>.json and baselines.json (everything),
+metrics/eval/<name>.json (the headline `dvc metrics show` lists: one file per variant and baseline, the same
+columns), metrics/eval/plots/scores.csv, reports/report.md, and each model's card models/<variant>/README.md
+(stages/common/cards.py).
 
 Per variant (metrics: stages/common/scoring.py; what they mean: docs/evaluation.md):
     tasks        vqa_accuracy, cls_accuracy, cls_macro_f1, caption_exact, bleu4 (+ bleu<k>), rouge_l, cider,
@@ -31,9 +33,10 @@ from model.modeling import TrimodalForConditionalGeneration
 from model.quantization import SENSITIVITY, load_saved
 from stages.common.atomic import atomic_open, write_json
 from stages.common.baselines import majority_baseline, question_prior_baseline
+from stages.common.cards import card_text, provenance, write_card
 from stages.common.latency import latency_rounds, paired_ratio, timing_batches
 from stages.common.loader import read_index, read_meta
-from stages.common.params import EvaluateParams, PathsParams, load_params
+from stages.common.params import EvaluateParams, Params, PathsParams, load_params
 from stages.common.predict import fill_cider, predict, record_of
 from stages.common.scoring import (
     MIN_RECORDS,
@@ -42,6 +45,7 @@ from stages.common.scoring import (
     answer_scores,
     bleu_signature,
     by_subset,
+    headline,
     retrieval_by_row,
     task_scores,
 )
@@ -113,7 +117,7 @@ def variant_paths(paths: PathsParams) -> dict[str, Path]:
 
 def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[str, Path],
                       quantize_metrics: Path) -> dict:
-    """`quantize_metrics`: the quantize stage's speed measurements, for the report."""
+    """`quantize_metrics`: the quantize stage's speed measurements (its details file), for the report."""
     index = read_index(shards)
     if p.split not in index["splits"]:
         raise ValueError(f"evaluate.split {p.split!r} not in {shards}/index.json ({sorted(index['splits'])})")
@@ -318,18 +322,44 @@ def scores_csv(results: dict) -> str:
     return buffer.getvalue()
 
 
+def headlines(results: dict) -> dict[str, dict]:
+    """metrics/eval/<name>.json: per variant and per baseline, the overall HEADLINE scores (plus, for a variant,
+    median latency, parameters and bytes), so `dvc metrics show` lists each as a row of the same columns."""
+    out = {}
+    for name in _variants(results):
+        result = results[name]
+        out[name] = {**headline(result["rows"]["overall"]),
+                     **{k: v for k, v in result.items() if k.startswith("latency_ms_")},
+                     "parameters": result["parameters"], "size_bytes": result["size_bytes"]}
+    for name in (*BASELINES, "random_ranking"):
+        out[name] = headline(results["baselines"][name]["rows"]["overall"])
+    return out
+
+
+def write_cards(results: dict, params: Params) -> None:
+    """models/<variant>/README.md for each variant (stages/common/cards.py)."""
+    paths, p = params.paths, params.evaluate
+    for name, path in variant_paths(paths).items():
+        origin = provenance(name, paths.shards)
+        write_card(path, card_text(name, path, results[name], results["baselines"], p.split, origin, paths.shards))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else list(argv))
-    metrics, report_path = Path(params.paths.metrics), Path(params.paths.report)
+    metrics, details = Path(params.paths.metrics), Path(params.paths.details)
+    report_path = Path(params.paths.report)
     results = evaluate_variants(params.evaluate.shards, params.evaluate, params.seed, variant_paths(params.paths),
-                                metrics / "quantize.json")
+                                details / "quantize.json")
     for name in _variants(results):
-        write_json(metrics / "eval" / f"{name}.json", results[name])
-    write_json(metrics / "eval" / "baselines.json", results["baselines"])
+        write_json(details / "eval" / f"{name}.json", results[name])
+    write_json(details / "eval" / "baselines.json", results["baselines"])
+    for name, scores in headlines(results).items():
+        write_json(metrics / "eval" / f"{name}.json", scores)
     with atomic_open(metrics / "eval" / "plots/scores.csv", "w") as f:
         f.write(scores_csv(results))
     with atomic_open(report_path, "w") as f:
         f.write(report(results, params.evaluate))
+    write_cards(results, params)
     print(report_path.read_text())
 
 

@@ -5,7 +5,8 @@
     cls  classification cross-entropy on pooled R (the record's label)
     itc / atc / vac  the contrastive objectives of pretraining, kept so the embedding spaces stay aligned
 After training, the val split is scored, overall and per modality subset (stages/common/predict.py,
-stages/common/scoring.py) -> metrics/finetune.json.
+stages/common/scoring.py) -> metrics/details/finetune.json, and its headline (overall scores, parameters) ->
+metrics/finetune.json.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from stages.common.batches import decoder_labels, model_inputs, same_caption, wi
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch
 from stages.common.loader import read_index
-from stages.common.models import file_digest, save
+from stages.common.models import file_digest, parameter_count, save
 from stages.common.params import load_params
 from stages.common.predict import val_scores
+from stages.common.scoring import headline
 from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
 
 
@@ -60,11 +62,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                             file_digest(Path(paths.pretrained))), paths)
     if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return
-    metrics = val_scores(model, tokenizer, params.finetune.shards)
-    write_json(Path(paths.metrics) / "finetune.json", metrics)
+    scores = val_scores(model, tokenizer, params.finetune.shards)
+    write_json(Path(paths.details) / "finetune.json", scores)
+    summary = {**headline(scores["overall"]), "parameters": parameter_count(model)}
+    write_json(Path(paths.metrics) / "finetune.json", summary)
     save(model, tokenizer, Path(paths.teacher))
     clear_checkpoints(checkpoint_dir(paths, "finetune"))
-    print("finetune: " + json.dumps(metrics))
+    print("finetune: " + json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Saved models: a trained model and its tokenizer written as one Hugging Face folder, atomically, and the
-digest that ties a later stage's checkpoints to the model it started from."""
+"""Saved models: a trained model and its tokenizer written as one Hugging Face folder, atomically, the digest
+that ties a later stage's checkpoints to the model it started from, and its parameter count."""
 from __future__ import annotations
 
 import hashlib
@@ -18,3 +18,7 @@ def save(model, tokenizer, out_dir: Path) -> None:
 def file_digest(model_dir: Path) -> str:
     """sha256 of a saved model's weights."""
     return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -54,6 +54,7 @@ class PathsParams:
     student_int8: str
     report: str
     metrics: str
+    details: str
     checkpoints: str
 
 

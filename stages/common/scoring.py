@@ -166,6 +166,16 @@ def random_recall_at_k(relevant: torch.Tensor, k: int) -> float:
 
 PAIRS = {"image_text": ("image", "text"), "audio_text": ("audio", "text"), "image_audio": ("image", "audio")}
 TOP_K = (1, 5, 10)
+# The few scores of a model that `dvc metrics show` lists (metrics/<stage>.json, metrics/eval/<name>.json), under the
+# same names in every file so that each scored model is a row of one table; the rows per modality subset and the
+# rest stay in the details files (params.paths.details).
+HEADLINE = ("vqa_accuracy", "cls_accuracy", "cls_macro_f1", "caption_exact", "bleu4", "rouge_l", "cider",
+            "perplexity", *(f"{pair}_r@1" for pair in PAIRS))
+
+
+def headline(row: dict) -> dict:
+    """The HEADLINE scores that one row of scores (e.g. rows["overall"]) holds, in HEADLINE order."""
+    return {key: row[key] for key in HEADLINE if key in row}
 
 
 def retrieval_scores(records: Sequence[dict], embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor],

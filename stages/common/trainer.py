@@ -196,7 +196,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         step += 1
         progress.update()
         if step % params.log_every == 0 or step == params.steps:
-            log(live, desc, step, meter.read(counter.reset()), model, scheduler, progress)
+            log(live, step, meter.read(counter.reset()), model, scheduler, progress)
         if step % params.checkpoint_every == 0 or step == params.steps:
             save_checkpoint(checkpoints, step, objectives if sharded else model, optimizer, scheduler, position,
                             world, sharded=sharded)
@@ -238,7 +238,7 @@ class Meter:
                 "mfu": mfu(totals["flops"], elapsed, self.peak, self.world.size)}
 
 
-def log(live, desc: str, step: int, read: dict[str, float], model: nn.Module, scheduler, progress) -> None:
+def log(live, step: int, read: dict[str, float], model: nn.Module, scheduler, progress) -> None:
     """The progress bar's postfix and, on rank 0, the dvclive metrics of one window."""
     losses = {k: v for k, v in read.items() if k in model.config.loss_weights}
     total = weighted_sum(losses, model.config.loss_weights) if losses else float("nan")
@@ -246,6 +246,8 @@ def log(live, desc: str, step: int, read: dict[str, float], model: nn.Module, sc
     if live is None:
         return
     live.step = step
+    # unprefixed: the folder (metrics/<stage>/) names the stage, and the training stages' summaries share columns
+    # (loss, samples_per_s, mfu, ...) in `dvc metrics show`
     for k, v in {"loss": total, **read, "lr": scheduler.get_last_lr()[0]}.items():
-        live.log_metric(f"{desc}/{k}", v)
+        live.log_metric(k, v)
     live.make_summary()

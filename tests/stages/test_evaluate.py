@@ -1,5 +1,5 @@
-"""The report's INT8 speed section and its targets, from hand-made records."""
-from stages.evaluate import speed_lines, targets
+"""The report's INT8 speed section, its targets and the headline metrics files, from hand-made records."""
+from stages.evaluate import headlines, speed_lines, targets
 
 
 def test_speed_lines_sum_the_called_linears_and_show_whole_model_latency():
@@ -44,3 +44,22 @@ def test_latency_targets_read_the_paired_ratios():
     assert rows["INT8 latency not above FP32 student b32"] == ("1.05x [1.03-1.08]", False)  # slower in > 3/4 rounds
     assert rows["INT8 file <= 30% of FP32"] == ("27.5%", True)
     assert rows["student vqa_accuracy >= 97% of teacher on every row"] == ("98.0% (overall)", True)
+
+
+def test_headlines_give_every_variant_and_baseline_the_same_few_columns():
+    def row(acc):
+        return {"overall": {"vqa_accuracy": acc, "cls_accuracy": acc, "n": 9, "few": True, "n_vqa": 9,
+                            "image_text_r@1": acc, "image_text_r@5": acc},
+                "image": {"vqa_accuracy": 1.0}}
+
+    variant = {"rows": row(0.5), "parameters": 10, "size_bytes": 40, "latency_ms_batch1": 2.0,
+               "latency_ratio_batch1": {"q1": 1.0, "median": 1.0, "q3": 1.0}, "quantization": {"kept_fp32": []}}
+    results = {"teacher": variant, "student": variant, "baselines": {
+        "majority": {"rows": row(0.2), "train_records": 5}, "question_prior": {"rows": row(0.3), "train_records": 5},
+        "random_ranking": {"rows": {"overall": {"image_text_r@1": 0.1, "image_text_r@5": 0.4}}}}}
+    out = headlines(results)
+    assert list(out) == ["teacher", "student", "majority", "question_prior", "random_ranking"]
+    assert out["teacher"] == {"vqa_accuracy": 0.5, "cls_accuracy": 0.5, "image_text_r@1": 0.5,
+                              "latency_ms_batch1": 2.0, "parameters": 10, "size_bytes": 40}
+    assert out["majority"] == {"vqa_accuracy": 0.2, "cls_accuracy": 0.2, "image_text_r@1": 0.2}
+    assert out["random_ranking"] == {"image_text_r@1": 0.1}

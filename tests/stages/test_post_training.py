@@ -1,21 +1,31 @@
-"""distill -> quantize -> evaluate on tiny shards, each run as dvc.yaml runs it; plus the student's init."""
+"""distill -> quantize -> evaluate on tiny shards, each run as dvc.yaml runs it; plus the student's init. Then the
+same models under real git and DVC: the files dvc.yaml declares, the model cards evaluate writes (DVC stays clean),
+and `dvc metrics show`."""
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from dvc.repo import Repo
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from model.configuration import TrimodalConfig
 from model.modeling import TrimodalForConditionalGeneration
 from model.quantization import WEIGHTS, load_int8
 from stages.common.baselines import majority
+from stages.common.cards import CARD
 from stages.common.loader import read_meta
-from stages.common.scoring import SUBSETS, subset_name
+from stages.common.params import defaults
+from stages.common.scoring import SUBSETS, headline, subset_name
 from stages.distill import init_from_teacher, student_config
 from stages.shard import run as shard
 from tests.shard_fixtures import build_validated, shard_params
 from tests.stage_runner import make_project, run_stage
+from tests.test_pipeline_e2e import clone_worktree, dvc, set_params
 
 MODEL = ["model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
 SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint_every=2", "shuffle=0"]
@@ -47,16 +57,20 @@ def test_each_training_stage_sets_its_own_loss_weights(project):
 
 def test_distill_quantize_evaluate_write_their_artifacts(project):
     run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
-    distilled = json.loads((project / "metrics/distill.json").read_text())
+    distilled = json.loads((project / "metrics/details/distill.json").read_text())
     assert distilled["student_parameters"] <= 0.5 * distilled["teacher_parameters"]
+    summary = json.loads((project / "metrics/distill.json").read_text())  # what `dvc metrics show` lists
+    assert summary == {**headline(distilled["student"]["overall"]), "parameters": distilled["student_parameters"]}
     assert {"cls_accuracy", "vqa_accuracy"} <= set(distilled["student"]["overall"])
     assert not list((project / "checkpoints/distill").glob("step-*"))
 
     run_stage("quantize", project, "quantize.speed_batch_sizes=[]",  # every Linear INT8 but the fragile ones
               "quantize.int8_min_features=0")
-    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    quantized = json.loads((project / "metrics/details/quantize.json").read_text())
     assert quantized["round_trip_max_difference"] == 0.0
     assert quantized["int8_bytes"] < 0.4 * quantized["fp32_bytes"]
+    summary = json.loads((project / "metrics/quantize.json").read_text())
+    assert summary["size_bytes"] == quantized["int8_bytes"] and summary["linear_fp32"] == len(quantized["kept_fp32"])
     assert not list((project / "models/student-int8").glob("*.bin"))  # safetensors only, nothing pickled
     # the sweep covers every INT8 Linear and every one kept in float, most fragile first
     sweep = quantized["sensitivity"]
@@ -72,7 +86,7 @@ def test_quantize_computes_narrow_linears_in_float_measures_speed_and_is_determi
     if not (project / "models/student").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
     run_stage("quantize", project, "quantize.speed_repeats=3", "quantize.int8_min_features=48")
-    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    quantized = json.loads((project / "metrics/details/quantize.json").read_text())
     student = TrimodalForConditionalGeneration.from_pretrained(project / "models/student")
     fragile = quantized["kept_fp32_fragile"]
     linears = {n: m for n, m in student.named_modules() if type(m) is torch.nn.Linear and n not in fragile}
@@ -104,7 +118,7 @@ def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
     run_stage("quantize", project, "quantize.max_val_drop=-1", "quantize.max_fp32_linears=3",  # never close enough
               "quantize.speed_batch_sizes=[]", "quantize.int8_min_features=0")
-    quantized = json.loads((project / "metrics/quantize.json").read_text())
+    quantized = json.loads((project / "metrics/details/quantize.json").read_text())
     fragile = [r["linear"] for r in quantized["sensitivity"][:3]]
     assert quantized["kept_fp32"] == fragile
     model = load_int8(project / "models/student-int8")
@@ -114,8 +128,10 @@ def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
 
     run_stage("evaluate", project, "evaluate.latency_repeats=2", "evaluate.split=val")
     for variant in ("teacher", "student", "student-int8", "baselines"):
-        assert (project / f"metrics/eval/{variant}.json").exists()
-    scores = json.loads((project / "metrics/eval/student-int8.json").read_text())
+        assert (project / f"metrics/details/eval/{variant}.json").exists()
+    for name in ("teacher", "student", "student-int8", "majority", "question_prior", "random_ranking"):
+        assert (project / f"metrics/eval/{name}.json").exists()  # the headlines `dvc metrics show` lists
+    scores = json.loads((project / "metrics/details/eval/student-int8.json").read_text())
     rows = scores["rows"]
     for key in ("vqa_accuracy", "cls_accuracy", "cls_macro_f1", "bleu4", "bleu2", "rouge_l", "cider", "perplexity",
                 "image_noise_cls_accuracy", "n", "few"):
@@ -125,7 +141,7 @@ def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
     for size in (1, 32):  # INT8 against the FP32 student, per round: quartiles in order around the median
         ratio = scores[f"latency_ratio_batch{size}"]
         assert 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
-    assert "latency_ratio_batch32" in json.loads((project / "metrics/eval/student.json").read_text())
+    assert "latency_ratio_batch32" in json.loads((project / "metrics/details/eval/student.json").read_text())
     assert "INT8 latency not above FP32 student (batch1; per-round ratio" in (project / "reports/report.md").read_text()
     # the subsets partition the records: counts add up and the overall accuracy is their n-weighted mean
     val = [m for m in read_meta(str(project / "data/shards"), "val")]
@@ -137,7 +153,7 @@ def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
     assert rows["overall"]["cls_accuracy"] == pytest.approx(
         sum(subsets[k]["cls_accuracy"] * labelled[k] for k in subsets if labelled[k]) / sum(labelled.values()))
     # the majority baseline is the train split's most frequent label, scored on the val records
-    baselines = json.loads((project / "metrics/eval/baselines.json").read_text())
+    baselines = json.loads((project / "metrics/details/eval/baselines.json").read_text())
     top = majority(m.get("label_index", -1) for m in read_meta(str(project / "data/shards"), "train"))
     hits = [m["label_index"] == top for m in val if m.get("label_index", -1) >= 0]
     assert baselines["majority"]["rows"]["overall"]["cls_accuracy"] == pytest.approx(sum(hits) / len(hits))
@@ -152,7 +168,7 @@ def test_quantize_prunes_before_quantizing(project, tmp_path):
     if not (project / "models/student").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
     run_stage("quantize", project, "quantize.prune_amount=0.5")
-    pruned = json.loads((project / "metrics/quantize.json").read_text())
+    pruned = json.loads((project / "metrics/details/quantize.json").read_text())
     linear = sum(m.weight.numel() for m in TrimodalForConditionalGeneration.from_pretrained(
         project / "models/student").modules() if type(m) is torch.nn.Linear)
     assert pruned["pruned_weights"] >= 0.5 * linear - 100  # L1 pruning of each Linear (tied weights counted once)
@@ -190,8 +206,99 @@ def test_distill_under_fsdp_on_two_processes_saves_one_whole_student(project, tm
     root = make_project(tmp_path / "fsdp")
     for folder in ("data/shards", "models/teacher"):
         shutil.copytree(project / folder, root / folder)
-    shutil.copy(project / "metrics/finetune.json", (root / "metrics").mkdir() or root / "metrics/finetune.json")
+    (root / "metrics/details").mkdir(parents=True)
+    shutil.copy(project / "metrics/details/finetune.json", root / "metrics/details/finetune.json")
     run_stage("distill", root, *[f"distill.{s}" for s in SHORT], "trainer.devices=2", "trainer.strategy=fsdp")
     student = TrimodalForConditionalGeneration.from_pretrained(root / "models/student")  # a plain, unsharded model
     assert sum(p.numel() for p in student.parameters()) == json.loads(
-        (root / "metrics/distill.json").read_text())["student_parameters"]
+        (root / "metrics/details/distill.json").read_text())["student_parameters"]
+
+
+PATHS = defaults().paths
+VARIANTS = {"finetune": PATHS.teacher, "distill": PATHS.student, "quantize": PATHS.student_int8}
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def with_every_model(project: Path) -> Path:
+    """The project with student and student-int8 (what the tests above leave, when run alone too)."""
+    if not (project / PATHS.student / "model.safetensors").exists():
+        run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
+    if not (project / PATHS.student_int8 / "model.int8.safetensors").exists():
+        run_stage("quantize", project, "quantize.speed_batch_sizes=[]")
+    return project
+
+
+@pytest.fixture(scope="module")
+def tracked(project, tmp_path_factory):
+    """The models above in a git + DVC project: finetune, distill and quantize recorded in dvc.lock as they ran
+    (`dvc commit`, DVC's way to take outputs made outside `dvc repro`), then `dvc repro evaluate` for real, which
+    writes the cards; everything committed. Returns (root, the commit the cards name)."""
+    with_every_model(project)
+    root = clone_worktree(tmp_path_factory.mktemp("tracked"))
+    for folder in (PATHS.shards, PATHS.tokenizer, "models", PATHS.metrics):
+        shutil.copytree(project / folder, root / folder, dirs_exist_ok=True)
+    for stage in ("finetune", "distill"):
+        (root / PATHS.checkpoints / stage).mkdir(parents=True, exist_ok=True)
+    set_params(root, evaluate={"latency_repeats": 1, "latency_batch_sizes": [1]})
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "code and params")
+    trained = git(root, "rev-parse", "HEAD")
+    dvc(root, "commit", "--force", "finetune", "distill", "quantize")
+    assert "Running stage 'evaluate'" in dvc(root, "repro", "--single-item", "evaluate").stdout
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "trained and evaluated")
+    return root, trained
+
+
+def test_model_folders_hold_exactly_the_files_dvc_yaml_declares(tracked):
+    """Each training stage declares its model's files one by one and evaluate the card beside them (dvc.yaml): a
+    file a stage writes undeclared (a new transformers version's extra file) would leave DVC blind to it."""
+    root, _ = tracked
+    with Repo(str(root)) as repo:
+        outs = {stage.name: {str(Path(out.fs_path).relative_to(root)) for out in stage.outs}
+                for stage in repo.index.stages}
+    for stage, folder in VARIANTS.items():
+        written = {f"{folder}/{p.name}" for p in (root / folder).iterdir()}
+        declared = {out for out in outs[stage] if out.startswith(f"{folder}/")}
+        cards = {out for out in outs["evaluate"] if out.startswith(f"{folder}/")}
+        assert cards == {f"{folder}/{CARD}"}
+        assert written == declared | cards, (stage, sorted(written ^ (declared | cards)))
+
+
+def flat(data: dict, prefix: str = "") -> set[str]:
+    return {key for k, v in data.items()
+            for key in (flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"})}
+
+
+def test_cards_leave_dvc_clean_and_a_second_repro_does_nothing(tracked):
+    root, trained = tracked
+    status = dvc(root, "status", "finetune", "distill", "quantize", "evaluate").stdout
+    assert "up to date" in status.lower(), status
+    again = dvc(root, "repro", "--single-item", "finetune", "distill", "quantize", "evaluate").stdout
+    assert "Running stage" not in again and "is cached" not in again, again
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert {out["path"] for out in lock["evaluate"]["outs"]} >= {f"{f}/{CARD}" for f in VARIANTS.values()}
+    shards = next(out["md5"] for out in lock["shard"]["outs"]) if "shard" in lock else None
+    card = ModelCard.load(root / PATHS.student_int8 / CARD)
+    assert card.data.model_name == "trimodal-student-int8" and card.data.eval_results
+    assert f"git commit `{trained}`" in card.text and shards is None and "quantize:" in card.text
+    test = next(r for r in card.data.eval_results if r.metric_name == "VQA exact match")
+    scores = json.loads((root / PATHS.metrics / "eval/student-int8.json").read_text())
+    assert test.dataset_split == "test" and test.metric_value == round(scores["vqa_accuracy"], 4)
+
+
+def test_dvc_metrics_show_is_a_few_columns_shared_by_the_models(tracked):
+    root, _ = tracked
+    (workspace,) = json.loads(dvc(root, "metrics", "show", "--json").stdout).values()
+    shown = workspace["data"]
+    columns = {path: flat(entry["data"]) for path, entry in shown.items() if "data" in entry}  # present files
+    models = [columns[f"{PATHS.metrics}/eval/{name}.json"] for name in ("teacher", "student", "student-int8")]
+    assert models[0] == models[1] == models[2] and len(models[0]) <= 16
+    assert columns[f"{PATHS.metrics}/eval/majority.json"] <= models[0]
+    assert columns[f"{PATHS.metrics}/finetune.json"] <= models[0]  # the val scores under the same names
+    assert len(set().union(*columns.values())) <= 45, sorted(set().union(*columns.values()))
+

@@ -70,7 +70,7 @@ FINETUNE = ["finetune.steps=3", "finetune.batch_size=4", "finetune.log_every=1",
 
 
 def logged(root, name):
-    rows = (root / f"metrics/finetune/plots/metrics/finetune/{name}.tsv").read_text().split("\n")[1:]
+    rows = (root / f"metrics/finetune/plots/metrics/{name}.tsv").read_text().split("\n")[1:]
     return [float(r.split("\t")[-1]) for r in rows if r]
 
 
