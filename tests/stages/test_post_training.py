@@ -1,6 +1,6 @@
 """distill -> quantize -> evaluate on tiny shards, each run as dvc.yaml runs it; plus the student's init. Then the
 same models under real git and DVC: the files dvc.yaml declares, the model cards evaluate writes (DVC stays clean),
-and `dvc metrics show`."""
+`dvc metrics show`, and `trimodal promote` (first promotion, a better model, a worse one refused)."""
 import json
 import shutil
 import subprocess
@@ -26,6 +26,7 @@ from stages.shard import run as shard
 from tests.shard_fixtures import build_validated, shard_params
 from tests.stage_runner import make_project, run_stage
 from tests.test_pipeline_e2e import clone_worktree, dvc, set_params
+from trimodal.registry import PromoteError, production_version, promote
 
 MODEL = ["model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
 SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint_every=2", "shuffle=0"]
@@ -40,7 +41,9 @@ def project(tmp_path_factory):
     shutil.copytree(data / "shards", root / "data/shards")
     shutil.copytree(data / "tokenizer", root / "artifacts/tokenizer")
     run_stage("pretrain", root, *MODEL, *[f"pretrain.{s}" for s in SHORT])
-    run_stage("finetune", root, *[f"finetune.{s}" for s in SHORT])
+    # every fixture answer is "red": 20 steps teach the teacher to say so (a VQA score above 0, which the promote
+    # test below needs)
+    run_stage("finetune", root, *[f"finetune.{s}" for s in SHORT], "finetune.steps=20", "finetune.checkpoint_every=10")
     return root
 
 
@@ -239,6 +242,8 @@ def tracked(project, tmp_path_factory):
     writes the cards; everything committed. Returns (root, the commit the cards name)."""
     with_every_model(project)
     root = clone_worktree(tmp_path_factory.mktemp("tracked"))
+    git(root, "config", "user.name", "t")  # the GTO tags' tagger
+    git(root, "config", "user.email", "t@localhost")
     for folder in (PATHS.shards, PATHS.tokenizer, "models", PATHS.metrics):
         shutil.copytree(project / folder, root / folder, dirs_exist_ok=True)
     for stage in ("finetune", "distill"):
@@ -291,6 +296,20 @@ def test_cards_leave_dvc_clean_and_a_second_repro_does_nothing(tracked):
     assert test.dataset_split == "test" and test.metric_value == round(scores["vqa_accuracy"], 4)
 
 
+def test_the_train_flow_finds_each_card_and_its_md5_for_its_artifacts(tracked):
+    from flows.cards import card_outs, cards_index
+
+    root, _ = tracked
+    cards = card_outs(root)
+    lock = {out["path"]: out["md5"] for entry in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
+            for out in entry.get("outs", [])}
+    assert [row["artifact"] for row in cards] == ["teacher", "student", "student-int8"]  # dvc.yaml's artifacts
+    assert all(row["md5"] == lock[row["card"]] for row in cards)
+    index = cards_index(cards, "0123456789abcdef", "git@example:trimodal.git")
+    assert "| student-int8 | `models/student-int8/README.md` |" in index
+    assert "`dvc artifacts get git@example:trimodal.git student-int8 --stage prod`" in index
+
+
 def test_dvc_metrics_show_is_a_few_columns_shared_by_the_models(tracked):
     root, _ = tracked
     (workspace,) = json.loads(dvc(root, "metrics", "show", "--json").stdout).values()
@@ -302,3 +321,45 @@ def test_dvc_metrics_show_is_a_few_columns_shared_by_the_models(tracked):
     assert columns[f"{PATHS.metrics}/finetune.json"] <= models[0]  # the val scores under the same names
     assert len(set().union(*columns.values())) <= 45, sorted(set().union(*columns.values()))
 
+
+def speechless(folder: Path) -> None:
+    """The saved model with its LM head zeroed: every generated token is padding, so it answers nothing (VQA 0),
+    and it classifies exactly as before (the classifier reads the encoder)."""
+    model = TrimodalForConditionalGeneration.from_pretrained(folder)
+    with torch.no_grad():
+        model.decoder.lm_head.weight.zero_()
+    model.save_pretrained(folder)
+
+
+def test_promote_takes_the_first_model_then_a_better_one_and_refuses_a_worse_one(tracked):
+    root, _ = tracked
+    good = git(root, "rev-parse", "HEAD")
+    speechless(root / PATHS.teacher)
+    dvc(root, "commit", "--force", "finetune")
+    with pytest.raises(PromoteError, match="dvc.lock has uncommitted changes"):
+        promote("teacher", root)
+    git(root, "commit", "-qam", "a teacher that forgot how to answer")
+    worse = git(root, "rev-parse", "HEAD")
+
+    first = promote("teacher", root)  # nothing to beat yet
+    assert first.promoted and first.tags == ["teacher@v0.0.1", "teacher#prod#1"], first.message
+    assert first.candidate["vqa_accuracy"] == 0.0
+
+    git(root, "checkout", "-q", good)
+    dvc(root, "checkout", "--force", "finetune")
+    better = promote("teacher", root)
+    assert better.promoted and better.rescored and better.production_version == "v0.0.1", better.message
+    assert better.candidate["vqa_accuracy"] > better.production["vqa_accuracy"] == 0.0
+    assert better.candidate["cls_accuracy"] == better.production["cls_accuracy"]  # the classifier is the same
+    assert better.tags == ["teacher@v0.0.2", "teacher#prod#2"]
+
+    git(root, "checkout", "-q", worse)  # a later retrain that got worse
+    dvc(root, "checkout", "--force", "finetune")
+    refused = promote("teacher", root)
+    print(refused.message)
+    assert not refused.promoted and refused.rescored and refused.tags == []
+    assert refused.message.startswith(f"teacher: NOT promoted. HEAD ({worse[:10]}) does not beat prod v0.0.2")
+    assert (f"vqa_accuracy   HEAD 0.0000 vs production {refused.production['vqa_accuracy']:.4f}: worse"
+            in refused.message)
+    found = production_version(root, "teacher", "prod")
+    assert found.version == "v0.0.2" and found.commit_hexsha == good
