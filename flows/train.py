@@ -9,7 +9,9 @@ record. The first failing stage fails the run and nothing after it runs; a stage
 Crashed by the server's zombie automation (infra/automations.yaml) and fails the run the same way. The next run
 does not start over: stages that ran with the same inputs are restored from DVC's run cache and a training stage
 resumes from its last checkpoint (flows/stage.py). Artifacts: trimodal-lineage (the final
-revision and the md5 of every output), trimodal-eval and trimodal-report (read from the final revision).
+revision and the md5 of every output), trimodal-eval and trimodal-report (read from the final revision), and the
+model cards: trimodal-cards (where each is, how to get that model) and trimodal-card-<model> (the card).
+Whether the new student-int8 serves is flow `promote`'s decision (flows/promote.py), not this one's.
 """
 from __future__ import annotations
 
@@ -23,7 +25,17 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from flows import workspace
-from flows.dvc_stages import REMOTE_ENV, StageFailed, apply_overrides, lock_outs, stage_order, stage_pools, use_remote
+from flows.cards import card_outs, cards_index
+from flows.dvc_stages import (
+    REMOTE_ENV,
+    StageFailed,
+    apply_overrides,
+    dvc,
+    lock_outs,
+    stage_order,
+    stage_pools,
+    use_remote,
+)
 from stages.common.params import load_params
 
 POLL_S = 2  # seconds between looks at a running stage: stages take seconds to hours, the API call is cheap
@@ -64,6 +76,7 @@ def publish_record(root: Path, run: dict) -> dict:
                           description=f"revision {revision} (branch {run['branch']} of {run['repo_url']}; "
                                       f"params at {run['params_revision']}): dvc.lock's md5 of every output")
     publish_scores(root)
+    publish_cards(root, revision, run["repo_url"])
     print(f"run record: {run['branch']} at {revision}")
     return {**run, "revision": revision, "lineage": lineage}
 
@@ -84,6 +97,20 @@ def publish_scores(root: Path) -> None:
     report = root / paths.report
     if report.exists():
         create_markdown_artifact(key="trimodal-report", markdown=report.read_text(), description=paths.report)
+
+
+def publish_cards(root: Path, revision: str, repo_url: str) -> None:
+    """trimodal-cards: where each model's card is and how to get that exact model; trimodal-card-<artifact>: the
+    card itself (models/<variant>/README.md, a DVC-cached output of evaluate: pulled from the run's DVC remote)."""
+    cards = card_outs(root)
+    if not cards:
+        return
+    dvc(root, "pull", *(row["card"] for row in cards))
+    create_markdown_artifact(key="trimodal-cards", markdown=cards_index(cards, revision, repo_url),
+                             description=f"model cards at {revision}")
+    for row in cards:
+        create_markdown_artifact(key=f"trimodal-card-{row['artifact']}", markdown=(root / row["card"]).read_text(),
+                                 description=f"{row['card']} at {revision} (md5 {row['md5']})")
 
 
 @flow(name="train", log_prints=True)

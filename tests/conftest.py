@@ -1,3 +1,9 @@
+# gto (DVC's model-registry library, trimodal/registry.py) runs logging.config.dictConfig when first imported, and
+# dictConfig closes every logging handler made before it. Under pytest one of those is absl's (rouge-score, via
+# stages/common/scoring.py), whose close() closes its stream when that is not sys.stderr itself: here DVC's
+# colorama wrapper around pytest's capture, so pytest loses stderr mid-run. Importing gto first, before any such
+# handler exists, makes its dictConfig harmless.
+import gto.log  # noqa: F401  (first: see above)
 import pytest
 
 from tests.s3_server import moto_s3

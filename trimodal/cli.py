@@ -4,9 +4,11 @@
     trimodal predict --model models/teacher --audio clip.wav --json
     trimodal serve --model models/student-int8 --model models/teacher --port 8000
     trimodal report                      # the last evaluation, models and baselines side by side
+    trimodal promote student-int8        # production only if it beats the production model (trimodal/registry.py)
 
 Exit codes: 0 done, 2 bad input (a media file the validate stage would reject, with its reason; a missing file or
-model folder), 1 anything else. `python -m stages.<name>` still runs each DAG stage.
+model folder; a repository not in a state to promote), 1 a promotion refused (not better), or anything else.
+`python -m stages.<name>` still runs each DAG stage.
 """
 from __future__ import annotations
 
@@ -91,6 +93,12 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def promote(args: argparse.Namespace) -> int:
+    from trimodal import registry
+
+    return registry.main([args.variant, *(["--push"] if args.push else [])])
+
+
 def serve(args: argparse.Namespace) -> int:
     from trimodal.server import ServerSettings, run
 
@@ -119,6 +127,11 @@ def parser() -> argparse.ArgumentParser:
     r = commands.add_parser("report", help="the last evaluation, models and baselines side by side")
     r.add_argument("--metrics", help="the metrics folder (default: params.yaml's paths.metrics)")
     r.set_defaults(run=report)
+
+    g = commands.add_parser("promote", help="make HEAD's model production if it beats production on the test split")
+    g.add_argument("variant", nargs="?", default="student-int8", help="teacher, student or student-int8")
+    g.add_argument("--push", action="store_true", help="push the new GTO tags to origin")
+    g.set_defaults(run=promote)
 
     s = commands.add_parser("serve", help="OpenAI-compatible HTTP server and demo page")
     s.add_argument("--model", action="append", required=True,

@@ -177,6 +177,13 @@ class EvaluateParams:
 
 
 @dataclass
+class PromoteParams:
+    """`trimodal promote` (trimodal/registry.py): not a DAG stage, nothing in dvc.yaml reads it."""
+    stage: str  # the GTO stage that means production
+    metrics: list[str]  # HEAD's model must be lower on none of these and higher on one (test split, overall)
+
+
+@dataclass
 class TrainerParams:
     devices: int  # > 1: the training stages re-launch themselves under torchrun (gloo on CPU, nccl on GPU)
     strategy: str  # with devices > 1: ddp (replicated) or fsdp (FSDP2, sharded; stages/common/distributed.py)
@@ -199,6 +206,7 @@ class Params:
     distill: DistillParams
     quantize: QuantizeParams
     evaluate: EvaluateParams
+    promote: PromoteParams
     trainer: TrainerParams
     paths: PathsParams
 

@@ -304,6 +304,8 @@ def test_each_stage_runs_on_its_pool_in_a_clone_of_its_own_that_pulls_only_its_d
     locked = lock_md5s(git(cluster.remote, "show", f"{revision}:dvc.lock"))
     recorded = {row["out"]: row["md5"] for row in lineage}
     assert recorded == locked and "models/student-int8/README.md" in recorded  # evaluate's model card
+    card = cli(cluster.env, cluster.project, "artifact", "inspect", "trimodal-card-student-int8").stdout
+    assert "model-index" in card and "trimodal-student-int8" in card, card[-3000:]
     report = cli(cluster.env, cluster.project, "artifact", "inspect", "trimodal-report").stdout
     assert "trimodal evaluation report" in report and "student-int8" in report, report[-3000:]
     scores = cli(cluster.env, cluster.project, "artifact", "inspect", "trimodal-eval").stdout

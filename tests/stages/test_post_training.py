@@ -1,6 +1,6 @@
 """distill -> quantize -> evaluate on tiny shards, each run as dvc.yaml runs it; plus the student's init. Then the
 same models under real git and DVC: the files dvc.yaml declares, the model cards evaluate writes (DVC stays clean),
-and `dvc metrics show`."""
+`dvc metrics show`, and `trimodal promote` (first promotion, a better model, a worse one refused)."""
 import json
 import shutil
 import subprocess
@@ -23,8 +23,9 @@ from stages.common.params import defaults
 from stages.common.scoring import SUBSETS, headline, subset_name
 from stages.distill import init_from_teacher, student_config
 from tests.shard_fixtures import TINY_MODEL, trained_project
-from tests.stage_runner import REPO, make_project, run_stage
+from tests.stage_runner import make_project, run_stage
 from tests.test_pipeline_e2e import clone_worktree, dvc, set_params
+from trimodal.registry import PromoteError, production_version, promote
 
 MODEL = TINY_MODEL
 SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint_every=2", "shuffle=0"]
@@ -218,29 +219,12 @@ def git(root: Path, *args: str) -> str:
 
 
 def with_every_model(project: Path) -> Path:
-    """The project with student, student-int8 and the cards (what the tests above leave, when run alone too)."""
+    """The project with student and student-int8 (what the tests above leave, when run alone too)."""
     if not (project / PATHS.student / "model.safetensors").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
     if not (project / PATHS.student_int8 / "model.int8.safetensors").exists():
         run_stage("quantize", project, "quantize.speed_batch_sizes=[]")
-    if not all((project / folder / CARD).exists() for folder in VARIANTS.values()):  # a rerun stage drops its card
-        run_stage("evaluate", project, "evaluate.latency_repeats=1")
     return project
-
-
-def test_model_folders_hold_exactly_the_files_dvc_yaml_declares(project):
-    """Each training stage declares its model's files one by one and evaluate the card beside them (dvc.yaml): a
-    file a stage writes undeclared (a new transformers version's extra file) would leave DVC blind to it."""
-    with_every_model(project)
-    with Repo(str(REPO)) as repo:
-        outs = {stage.name: {str(Path(out.fs_path).relative_to(REPO)) for out in stage.outs}
-                for stage in repo.index.stages}
-    for stage, folder in VARIANTS.items():
-        written = {f"{folder}/{p.name}" for p in (project / folder).iterdir()}
-        declared = {out for out in outs[stage] if out.startswith(f"{folder}/")}
-        cards = {out for out in outs["evaluate"] if out.startswith(f"{folder}/")}
-        assert cards == {f"{folder}/{CARD}"}
-        assert written == declared | cards, (stage, sorted(written ^ (declared | cards)))
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +234,8 @@ def tracked(project, tmp_path_factory):
     writes the cards; everything committed. Returns (root, the commit the cards name)."""
     with_every_model(project)
     root = clone_worktree(tmp_path_factory.mktemp("tracked"))
+    git(root, "config", "user.name", "t")  # the GTO tags' tagger
+    git(root, "config", "user.email", "t@localhost")
     for folder in (PATHS.shards, PATHS.tokenizer, "models", PATHS.metrics):
         shutil.copytree(project / folder, root / folder, dirs_exist_ok=True)
     for stage in ("finetune", "distill"):
@@ -263,6 +249,21 @@ def tracked(project, tmp_path_factory):
     git(root, "add", "-A")
     git(root, "commit", "-qm", "trained and evaluated")
     return root, trained
+
+
+def test_model_folders_hold_exactly_the_files_dvc_yaml_declares(tracked):
+    """Each training stage declares its model's files one by one and evaluate the card beside them (dvc.yaml): a
+    file a stage writes undeclared (a new transformers version's extra file) would leave DVC blind to it."""
+    root, _ = tracked
+    with Repo(str(root)) as repo:
+        outs = {stage.name: {str(Path(out.fs_path).relative_to(root)) for out in stage.outs}
+                for stage in repo.index.stages}
+    for stage, folder in VARIANTS.items():
+        written = {f"{folder}/{p.name}" for p in (root / folder).iterdir()}
+        declared = {out for out in outs[stage] if out.startswith(f"{folder}/")}
+        cards = {out for out in outs["evaluate"] if out.startswith(f"{folder}/")}
+        assert cards == {f"{folder}/{CARD}"}
+        assert written == declared | cards, (stage, sorted(written ^ (declared | cards)))
 
 
 def flat(data: dict, prefix: str = "") -> set[str]:
@@ -287,6 +288,20 @@ def test_cards_leave_dvc_clean_and_a_second_repro_does_nothing(tracked):
     assert test.dataset_split == "test" and test.metric_value == round(scores["vqa_accuracy"], 4)
 
 
+def test_the_train_flow_finds_each_card_and_its_md5_for_its_artifacts(tracked):
+    from flows.cards import card_outs, cards_index
+
+    root, _ = tracked
+    cards = card_outs(root)
+    lock = {out["path"]: out["md5"] for entry in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
+            for out in entry.get("outs", [])}
+    assert [row["artifact"] for row in cards] == ["teacher", "student", "student-int8"]  # dvc.yaml's artifacts
+    assert all(row["md5"] == lock[row["card"]] for row in cards)
+    index = cards_index(cards, "0123456789abcdef", "git@example:trimodal.git")
+    assert "| student-int8 | `models/student-int8/README.md` |" in index
+    assert "`dvc artifacts get git@example:trimodal.git student-int8 --stage prod`" in index
+
+
 def test_dvc_metrics_show_is_a_few_columns_shared_by_the_models(tracked):
     root, _ = tracked
     (workspace,) = json.loads(dvc(root, "metrics", "show", "--json").stdout).values()
@@ -298,3 +313,45 @@ def test_dvc_metrics_show_is_a_few_columns_shared_by_the_models(tracked):
     assert columns[f"{PATHS.metrics}/finetune.json"] <= models[0]  # the val scores under the same names
     assert len(set().union(*columns.values())) <= 45, sorted(set().union(*columns.values()))
 
+
+def speechless(folder: Path) -> None:
+    """The saved model with its LM head zeroed: every generated token is padding, so it answers nothing (VQA 0),
+    and it classifies exactly as before (the classifier reads the encoder)."""
+    model = TrimodalForConditionalGeneration.from_pretrained(folder)
+    with torch.no_grad():
+        model.decoder.lm_head.weight.zero_()
+    model.save_pretrained(folder)
+
+
+def test_promote_takes_the_first_model_then_a_better_one_and_refuses_a_worse_one(tracked):
+    root, _ = tracked
+    good = git(root, "rev-parse", "HEAD")
+    speechless(root / PATHS.teacher)
+    dvc(root, "commit", "--force", "finetune")
+    with pytest.raises(PromoteError, match="dvc.lock has uncommitted changes"):
+        promote("teacher", root)
+    git(root, "commit", "-qam", "a teacher that forgot how to answer")
+    worse = git(root, "rev-parse", "HEAD")
+
+    first = promote("teacher", root)  # nothing to beat yet
+    assert first.promoted and first.tags == ["teacher@v0.0.1", "teacher#prod#1"], first.message
+    assert first.candidate["vqa_accuracy"] == 0.0
+
+    git(root, "checkout", "-q", good)
+    dvc(root, "checkout", "--force", "finetune")
+    better = promote("teacher", root)
+    assert better.promoted and better.rescored and better.production_version == "v0.0.1", better.message
+    assert better.candidate["vqa_accuracy"] > better.production["vqa_accuracy"] == 0.0
+    assert better.candidate["cls_accuracy"] == better.production["cls_accuracy"]  # the classifier is the same
+    assert better.tags == ["teacher@v0.0.2", "teacher#prod#2"]
+
+    git(root, "checkout", "-q", worse)  # a later retrain that got worse
+    dvc(root, "checkout", "--force", "finetune")
+    refused = promote("teacher", root)
+    print(refused.message)
+    assert not refused.promoted and refused.rescored and refused.tags == []
+    assert refused.message.startswith(f"teacher: NOT promoted. HEAD ({worse[:10]}) does not beat prod v0.0.2")
+    assert (f"vqa_accuracy   HEAD 0.0000 vs production {refused.production['vqa_accuracy']:.4f}: worse"
+            in refused.message)
+    found = production_version(root, "teacher", "prod")
+    assert found.version == "v0.0.2" and found.commit_hexsha == good

@@ -21,3 +21,9 @@ def test_report_puts_models_then_baselines_side_by_side(tmp_path, capsys):
 def test_report_without_an_evaluation_says_what_to_run(tmp_path, capsys):
     assert main(["report", "--metrics", str(tmp_path)]) == 2
     assert "run `dvc repro evaluate` first" in capsys.readouterr().err
+
+
+def test_promote_outside_a_registry_exits_2_naming_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no git repository, no dvc.yaml: nothing to promote
+    assert main(["promote", "teacher"]) == 2
+    assert "is not a trimodal project (no dvc.yaml / params.yaml): run from its root" in capsys.readouterr().err
