@@ -1,0 +1,114 @@
+"""DeepSeek-VL (seed 002, docs/model.md "DeepSeek-VL"): the hybrid vision encoder and adaptor in front of a
+Llama-architecture language model (pre-norm RMSNorm, SwiGLU, rotary positions: transformers' LlamaForCausalLM).
+
+The LLM reads [visual tokens; text]: the adaptor's S^2 tokens (576 at full size) come first, then the text's
+embeddings; a sample without an image has its visual positions masked out of attention. Loss only on text labels.
+
+    config = DeepSeekVLConfig(text={"vocab_size": 1024, "hidden_size": 64, ...}, low_vision={...}, high_vision={...})
+    model = DeepSeekVLForCausalLM(config)
+    out = model(input_ids, attention_mask, pixel_values=images, image_present=has_image, labels=labels)
+    new_tokens = model.generate(input_ids=ids, attention_mask=mask, pixel_values=images, max_new_tokens=8)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    GenerationMixin,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedConfig,
+    PreTrainedModel,
+    SamVisionConfig,
+    SiglipVisionConfig,
+)
+
+from model.hybrid_vision import HybridVisionEncoder
+from model.vl_adaptor import HybridAdaptor
+
+IGNORE_INDEX = -100
+
+
+class DeepSeekVLConfig(PreTrainedConfig):
+    """Three sub-configs as plain dicts (saved in config.json): `low_vision` (SiglipVisionConfig), `high_vision`
+    (SamVisionConfig), `text` (LlamaConfig); `high_channels`: the two convolutions' output channels."""
+
+    model_type = "trimodal_deepseek_vl"
+
+    def __init__(self, low_vision: dict | None = None, high_vision: dict | None = None,
+                 high_channels: list[int] | tuple[int, int] = (512, 1024), text: dict | None = None, **kwargs):
+        self.low_vision = dict(low_vision or {})
+        self.high_vision = dict(high_vision or {})
+        self.high_channels = list(high_channels)
+        self.text = dict(text or {})
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if key in self.text:
+                kwargs.setdefault(key, self.text[key])
+        kwargs.setdefault("tie_word_embeddings", self.text.get("tie_word_embeddings", False))
+        super().__init__(**kwargs)
+
+    def sub_configs_built(self) -> tuple[SiglipVisionConfig, SamVisionConfig, LlamaConfig]:
+        return (SiglipVisionConfig(**self.low_vision), SamVisionConfig(**self.high_vision), LlamaConfig(**self.text))
+
+
+class DeepSeekVLForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = DeepSeekVLConfig
+    base_model_prefix = "deepseek_vl"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LlamaDecoderLayer"]
+
+    def __init__(self, config: DeepSeekVLConfig):
+        super().__init__(config)
+        low, high, text = config.sub_configs_built()
+        self.vision = HybridVisionEncoder(low, high, tuple(config.high_channels))
+        self.adaptor = HybridAdaptor(low.hidden_size, config.high_channels[1], text.hidden_size)
+        self.language_model = LlamaForCausalLM(text)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The adaptor only: the towers and the LLM initialise themselves (their own classes' rules)."""
+        if isinstance(module, nn.Linear) and any(module is m for m in self.adaptor.modules()):
+            nn.init.normal_(module.weight, std=self.language_model.config.initializer_range)
+            nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, S^2, d]: both towers, then the adaptor."""
+        return self.adaptor(*self.vision(pixel_values))
+
+    def inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               pixel_values: torch.Tensor | None = None, image_present: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None) -> dict:
+        """The LLM's inputs_embeds / attention_mask / labels for [visual tokens; text]."""
+        embeds = self.get_input_embeddings()(input_ids)
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
+        if pixel_values is None:
+            return {"inputs_embeds": embeds, "attention_mask": mask, "labels": labels}
+        visual = self.visual_tokens(pixel_values).to(embeds.dtype)
+        present = (image_present if image_present is not None
+                   else torch.ones(len(input_ids), dtype=torch.bool, device=input_ids.device))
+        visual_mask = present[:, None].to(mask.dtype).expand(-1, visual.shape[1])
+        out = {"inputs_embeds": torch.cat([visual, embeds], dim=1), "attention_mask": torch.cat([visual_mask, mask], 1)}
+        if labels is not None:
+            ignore = torch.full(visual.shape[:2], IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+            out["labels"] = torch.cat([ignore, labels], dim=1)
+        return out
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, image_present: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs):
+        """Logits over [visual; text] positions (the last input_ids.shape[1] are the text's); loss on text labels."""
+        return self.language_model(**self.inputs(input_ids, attention_mask, pixel_values, image_present, labels),
+                                   **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, image_present: torch.Tensor | None = None, **kwargs):
+        """The new tokens only (the LLM generates from inputs_embeds), with its KV cache unless use_cache=False.
+        Prompts are left-padded for batched generation (the new tokens follow every prompt's last token)."""
+        inputs = self.inputs(input_ids, attention_mask, pixel_values, image_present)
+        inputs.pop("labels", None)
+        return self.language_model.generate(**inputs, **kwargs)
