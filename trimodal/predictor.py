@@ -11,7 +11,7 @@ training loader's collate, so one request alone and the same request inside a ba
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from model.quantization import load_saved
 from stages.common.batches import model_inputs, with_question_streams
 from stages.common.features import image_to_array, log_mel, mel_filters, token_ids
 from stages.common.generation import ANSWER_TOKENS, greedy
-from stages.common.loader import collate
+from stages.common.loader import MODALITY_MEMBERS, collate
 from stages.common.media import decode_audio, decode_image
 from stages.common.params import defaults
 
@@ -30,12 +30,17 @@ CAPTION_TOKENS = 12
 
 @dataclass(frozen=True)
 class MediaLimits:
-    """Decoding limits; the defaults are the validate stage's (conf/validate), so a file the pipeline would
+    """Decoding limits. `of_validate()` gives the validate stage's (conf/validate), so a file the pipeline would
     reject is rejected here with the same reason."""
 
-    min_side: int = field(default_factory=lambda: defaults().validate.min_side)
-    max_pixels: int = field(default_factory=lambda: defaults().validate.max_pixels)
-    max_seconds: float = field(default_factory=lambda: defaults().validate.max_seconds)
+    min_side: int
+    max_pixels: int
+    max_seconds: float
+
+    @classmethod
+    def of_validate(cls) -> MediaLimits:
+        validate = defaults().validate  # one Hydra composition (~0.25 s), not one per field
+        return cls(validate.min_side, validate.max_pixels, validate.max_seconds)
 
 
 @dataclass
@@ -62,7 +67,7 @@ class Prediction:
 class Predictor:
     def __init__(self, model, tokenizer, limits: MediaLimits | None = None, top_k: int = 3):
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
-        self.limits, self.top_k = limits or MediaLimits(), top_k
+        self.limits, self.top_k = limits or MediaLimits.of_validate(), top_k
         self.filters = mel_filters(self.config.sample_rate, self.config.n_fft, self.config.n_mels)
 
     @classmethod
@@ -87,7 +92,7 @@ class Predictor:
         texts = {name: value for name, value in (("text", inputs.text), ("question", inputs.question))
                  if value is not None and value.strip()}
         sample.update(zip(texts, token_ids(self.tokenizer, list(texts.values()), c.max_text_tokens), strict=True))
-        modalities = [m for m, key in (("image", "image"), ("audio", "mel"), ("text", "text")) if key in sample]
+        modalities = [m for m, member in MODALITY_MEMBERS.items() if member in sample]
         if not modalities:
             raise ValueError("no input: give an image, a sound or a text (a question alone has nothing to ask about)")
         sample["meta"] = {"id": None, "modalities": modalities}

@@ -89,8 +89,9 @@ def check_workspace(repo: Path, stage: str, files: Sequence[str]) -> dict[str, s
     if git(repo, "status", "--porcelain", "--", LOCK):
         raise PromoteError(f"{LOCK} has uncommitted changes: commit it (git add {LOCK} && git commit) so the version "
                            "tag points at the lock that records this model")
-    lock = yaml.safe_load(git(repo, "show", f"HEAD:{LOCK}")) or {}
-    md5s = {out["path"]: out.get("md5") for entry in lock.get("stages", {}).values() for out in entry.get("outs", [])}
+    from stages.common.cards import lock_md5s
+
+    md5s = lock_md5s(yaml.safe_load(git(repo, "show", f"HEAD:{LOCK}")))
     for name in files:
         if name not in md5s:
             raise PromoteError(f"HEAD's {LOCK} records no {name}: run `dvc repro {stage}` and commit {LOCK}")

@@ -51,7 +51,7 @@ class ServerSettings:
     max_media_bytes: int = 16 * 2**20  # one decoded image or sound
     remote_media: bool = True  # fetch http(s) image URLs
     fetch_timeout_s: float = 20.0  # total budget for one remote image: connect, redirects and body
-    limits: MediaLimits = field(default_factory=MediaLimits)
+    limits: MediaLimits = field(default_factory=MediaLimits.of_validate)
 
 
 class APIError(Exception):

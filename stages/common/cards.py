@@ -73,11 +73,17 @@ def git_revision(root: Path) -> tuple[str | None, list[str]]:
         return None, []
 
 
+def lock_md5s(lock: dict | None) -> dict[str, str | None]:
+    """A parsed dvc.lock -> the md5 it records for every output path."""
+    stages = (lock or {}).get("stages", {})
+    return {out["path"]: out.get("md5") for entry in stages.values() for out in entry.get("outs", [])}
+
+
 def provenance(variant: str, shards: str, root: Path = Path(".")) -> Provenance:
     """The variant's provenance from git and dvc.lock (fields None where the stages ran outside DVC)."""
     lock = yaml.safe_load((root / LOCK).read_text()) if (root / LOCK).exists() else {}
     stages = (lock or {}).get("stages", {})
-    outs = {out["path"]: out.get("md5") for entry in stages.values() for out in entry.get("outs", [])}
+    outs = lock_md5s(lock)
     stage = MADE_BY[variant]
     sources = stages.get("ingest", {}).get("params", {}).get("params.yaml", {}).get("data.sources")
     demo = [out["path"].rstrip("/") + "/" for out in stages.get("demo", {}).get("outs", [])]
