@@ -107,4 +107,8 @@ class TrimodalConfig(PreTrainedConfig):
         if not path.exists():
             known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
             raise ValueError(f"unknown model preset {name!r}; known: {known}")
-        return cls(**{**yaml.safe_load(path.read_text()), **overrides})
+        settings = yaml.safe_load(path.read_text())
+        if "family" in settings.get("model", settings):
+            raise ValueError(f"model preset {name!r} is of the {settings['model']['family']} family, not trimodal: "
+                             "build it with model.families.build_config(read_preset(name))")
+        return cls(**{**settings, **overrides})
