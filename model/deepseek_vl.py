@@ -27,6 +27,7 @@ from model.hybrid_vision import HybridVisionEncoder
 from model.vl_adaptor import HybridAdaptor
 
 IGNORE_INDEX = -100
+DEFAULT_LOSS_WEIGHTS = {"lm": 1.0, "ce": 1.0, "vqa": 1.0, "cls": 1.0}
 
 
 class DeepSeekVLConfig(PreTrainedConfig):
@@ -36,7 +37,11 @@ class DeepSeekVLConfig(PreTrainedConfig):
     model_type = "trimodal_deepseek_vl"
 
     def __init__(self, low_vision: dict | None = None, high_vision: dict | None = None,
-                 high_channels: list[int] | tuple[int, int] = (512, 1024), text: dict | None = None, **kwargs):
+                 high_channels: list[int] | tuple[int, int] = (512, 1024), text: dict | None = None,
+                 loss_weights: dict | None = None, **kwargs):
+        # the trainer's objectives (stages/common/trainer.py): lm = next-token loss of the warm-up and the joint
+        # pretraining; ce / vqa / cls = the fine-tuning tasks' turns (stages/common/vl_tasks.py)
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
         self.low_vision = dict(low_vision or {})
         self.high_vision = dict(high_vision or {})
         self.high_channels = list(high_channels)
@@ -76,18 +81,20 @@ class DeepSeekVLForCausalLM(PreTrainedModel, GenerationMixin):
         return self.language_model.get_input_embeddings()
 
     def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, S^2, d]: both towers, then the adaptor."""
-        return self.adaptor(*self.vision(pixel_values))
+        """[B, 3, H, W] pixels in [0, 1] -> [B, S^2, d]: normalised as SigLIP's processor does ((x - 0.5) / 0.5),
+        both towers, then the adaptor."""
+        return self.adaptor(*self.vision(pixel_values * 2 - 1))
 
     def inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                pixel_values: torch.Tensor | None = None, image_present: torch.Tensor | None = None,
-               labels: torch.Tensor | None = None) -> dict:
-        """The LLM's inputs_embeds / attention_mask / labels for [visual tokens; text]."""
+               labels: torch.Tensor | None = None, visual: torch.Tensor | None = None) -> dict:
+        """The LLM's inputs_embeds / attention_mask / labels for [visual tokens; text]. `visual`: the batch's
+        visual_tokens computed once already (several turns about the same images), instead of pixel_values."""
         embeds = self.get_input_embeddings()(input_ids)
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
-        if pixel_values is None:
+        if pixel_values is None and visual is None:
             return {"inputs_embeds": embeds, "attention_mask": mask, "labels": labels}
-        visual = self.visual_tokens(pixel_values).to(embeds.dtype)
+        visual = (self.visual_tokens(pixel_values) if visual is None else visual).to(embeds.dtype)
         present = (image_present if image_present is not None
                    else torch.ones(len(input_ids), dtype=torch.bool, device=input_ids.device))
         visual_mask = present[:, None].to(mask.dtype).expand(-1, visual.shape[1])
@@ -99,16 +106,17 @@ class DeepSeekVLForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_present: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs):
+                labels: torch.Tensor | None = None, visual: torch.Tensor | None = None, **kwargs):
         """Logits over [visual; text] positions (the last input_ids.shape[1] are the text's); loss on text labels."""
-        return self.language_model(**self.inputs(input_ids, attention_mask, pixel_values, image_present, labels),
-                                   **kwargs)
+        return self.language_model(**self.inputs(input_ids, attention_mask, pixel_values, image_present, labels,
+                                                 visual), **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, image_present: torch.Tensor | None = None, **kwargs):
+                 pixel_values: torch.Tensor | None = None, image_present: torch.Tensor | None = None,
+                 visual: torch.Tensor | None = None, **kwargs):
         """The new tokens only (the LLM generates from inputs_embeds), with its KV cache unless use_cache=False.
         Prompts are left-padded for batched generation (the new tokens follow every prompt's last token)."""
-        inputs = self.inputs(input_ids, attention_mask, pixel_values, image_present)
+        inputs = self.inputs(input_ids, attention_mask, pixel_values, image_present, visual=visual)
         inputs.pop("labels", None)
         return self.language_model.generate(**inputs, **kwargs)

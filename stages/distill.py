@@ -1,4 +1,5 @@
 """Stage `distill`: the teacher (models/teacher) trains a smaller student -> models/student/ (+ tokenizer).
+A DeepSeek-VL teacher distils on its fine-tuning turns (stages/common/vl_tasks.py kd_step), the rest is the same.
 
 The student is the teacher's config with `distill.student` overrides (fewer layers, narrower widths). Every
 supervised output is distilled with the KD loss of seed 001 section 2.4 (model.losses.kd_loss): the decoder's
@@ -21,9 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
-from model.configuration import TrimodalConfig
+from model.families import DEEPSEEK_VL, family_of_model, load_pretrained
 from model.losses import kd_loss
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
@@ -37,15 +38,24 @@ from stages.common.params import DistillParams, load_params
 from stages.common.predict import val_scores
 from stages.common.scoring import headline
 from stages.common.trainer import StepFn, checkpoint_dir, clear_checkpoints, fit
+from stages.common.vl_tasks import kd_step, skipped, usable
 
-LAYER = re.compile(r"^(.*\.(?:blocks|joint))\.(\d+)\.(.*)$")  # the numbered stacks of model/
+LAYER = re.compile(r"^(.*\.(?:blocks|joint|layers))\.(\d+)\.(.*)$")  # numbered stacks: model/, transformers'
+FREE_DICTS = {"loss_weights", "id2label", "label2id"}  # dicts whose keys are data, not settings
 
 
-def student_config(teacher: TrimodalConfig, overrides: dict) -> TrimodalConfig:
-    unknown = sorted(set(overrides) - set(teacher.to_dict()))
+def merged(base: dict, overrides: dict, where: str = "distill.student") -> dict:
+    """`overrides` on `base`, a nested dict (a DeepSeek-VL sub-config) merged key by key; unknown keys refused."""
+    unknown = sorted(set(overrides) - set(base))
     if unknown:
-        raise ValueError(f"distill.student: unknown model settings {unknown}")
-    return TrimodalConfig.from_dict({**teacher.to_dict(), **overrides})
+        raise ValueError(f"{where}: unknown model settings {unknown}")
+    return {**base, **{k: merged(base[k], v, f"{where}.{k}") if isinstance(v, dict) and isinstance(base[k], dict)
+                       and k not in FREE_DICTS else v for k, v in overrides.items()}}
+
+
+def student_config(teacher: PreTrainedConfig, overrides: dict) -> PreTrainedConfig:
+    """The teacher's config (either family) with distill.student's changes."""
+    return type(teacher).from_dict(merged(teacher.to_dict(), overrides))
 
 
 def stack_depths(names) -> dict[str, int]:
@@ -107,10 +117,9 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
     return step
 
 
-def build_student(teacher: TrimodalForConditionalGeneration, params: DistillParams,
-                  seed: int) -> TrimodalForConditionalGeneration:
+def build_student(teacher: PreTrainedModel, params: DistillParams, seed: int) -> PreTrainedModel:
     torch.manual_seed(seed)
-    student = TrimodalForConditionalGeneration(student_config(teacher.config, params.student))
+    student = type(teacher)(student_config(teacher.config, params.student))
     if params.init_from_teacher:
         taken, total = init_from_teacher(student, teacher)
         print(f"distill: {taken}/{total} student tensors initialised from the teacher")
@@ -125,23 +134,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = params.paths
     tokenizer = AutoTokenizer.from_pretrained(paths.teacher)
     # on this rank's device, beside the student (setup binds the rank's GPU)
-    teacher = TrimodalForConditionalGeneration.from_pretrained(paths.teacher).eval().requires_grad_(False)
+    teacher = load_pretrained(paths.teacher).eval().requires_grad_(False)
     teacher = teacher.to(setup().device)
     student = build_student(teacher, params.distill, params.seed)
     sizes = {"teacher_parameters": parameter_count(teacher), "student_parameters": parameter_count(student)}
     print(f"distill: student {sizes['student_parameters']:,} parameters, teacher {sizes['teacher_parameters']:,} "
           f"({sizes['student_parameters'] / sizes['teacher_parameters']:.2f}x)")
-    step = distill_step(teacher, params.distill.alpha, params.distill.temperature)
+    deepseek_vl = family_of_model(teacher) == DEEPSEEK_VL
+    step = (kd_step(teacher, tokenizer, params.distill.alpha, params.distill.temperature) if deepseek_vl
+            else distill_step(teacher, params.distill.alpha, params.distill.temperature))
+    data = skipped(params.distill.shards, "train") if deepseek_vl else {}
     student = fit(student, step, params.distill, params.trainer, params.seed, "distill",
                   fingerprint(params.distill, params.seed, read_index(params.distill.shards),
-                              file_digest(Path(paths.teacher))), paths)
+                              file_digest(Path(paths.teacher))), paths, keep=usable if deepseek_vl else None,
+                  summary=data)
     if student is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     # the teacher's val scores were measured by finetune on the same split: read, not recomputed
     details = {"student": val_scores(student, tokenizer, params.distill.shards),
                "teacher": json.loads((Path(paths.details) / "finetune.json").read_text()), **sizes}
     write_json(Path(paths.details) / "distill.json", details)
-    summary = {**headline(details["student"]["overall"]), "parameters": sizes["student_parameters"]}
+    summary = {**headline(details["student"]["overall"]), "parameters": sizes["student_parameters"], **data}
     write_json(Path(paths.metrics) / "distill.json", summary)
     save(student, tokenizer, Path(paths.student))
     clear_checkpoints(checkpoint_dir(paths, "distill"))

@@ -37,7 +37,7 @@ from stages.common.cards import card_text, provenance, write_card
 from stages.common.latency import latency_rounds, paired_ratio, timing_batches
 from stages.common.loader import read_index, read_meta
 from stages.common.params import EvaluateParams, Params, PathsParams, load_params
-from stages.common.predict import fill_cider, predict, record_of
+from stages.common.predict import predict
 from stages.common.scoring import (
     MIN_RECORDS,
     PAIRS,
@@ -45,7 +45,9 @@ from stages.common.scoring import (
     answer_scores,
     bleu_signature,
     by_subset,
+    fill_cider,
     headline,
+    record_of,
     retrieval_by_row,
     task_scores,
 )

@@ -1,4 +1,6 @@
-"""Stage `finetune`: supervised objectives from models/pretrain -> models/teacher/ (+ tokenizer).
+"""Stage `finetune`: supervised objectives from models/pretrain -> models/teacher/ (+ tokenizer). A DeepSeek-VL
+model (`model=deepseek_vl`) is fine-tuned on chat turns instead: seed 002's stage 3 (stages/common/vl_tasks.py),
+and the records it skips (audio only) are counted in metrics/finetune.json.
 
     ce   captioning: decoder cross-entropy on the caption, conditioned on the record's inputs
     vqa  question answering as generation: the question joins the text input, the decoder produces the answer
@@ -18,8 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from model.families import DEEPSEEK_VL, family_of_model, load_pretrained
 from model.losses import cross_entropy
-from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
 from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question_streams
@@ -31,6 +33,7 @@ from stages.common.params import load_params
 from stages.common.predict import val_scores
 from stages.common.scoring import headline
 from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
+from stages.common.vl_tasks import sft_step, skipped, usable
 
 
 def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -56,15 +59,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     paths = params.paths
     tokenizer = AutoTokenizer.from_pretrained(paths.pretrained)
-    model = TrimodalForConditionalGeneration.from_pretrained(paths.pretrained)
-    model = fit(model, finetune_step, params.finetune, params.trainer, params.seed, "finetune",
-                fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
-                            file_digest(Path(paths.pretrained))), paths)
+    model = load_pretrained(paths.pretrained)
+    # DeepSeek-VL: seed 002's stage 3, supervised fine-tuning on chat turns (stages/common/vl_tasks.py)
+    deepseek_vl = family_of_model(model) == DEEPSEEK_VL
+    data = skipped(params.finetune.shards, "train") if deepseek_vl else {}
+    model = fit(model, sft_step(tokenizer) if deepseek_vl else finetune_step, params.finetune, params.trainer,
+                params.seed, "finetune", fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
+                                                     file_digest(Path(paths.pretrained))), paths,
+                keep=usable if deepseek_vl else None, summary=data)
     if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     scores = val_scores(model, tokenizer, params.finetune.shards)
     write_json(Path(paths.details) / "finetune.json", scores)
-    summary = {**headline(scores["overall"]), "parameters": parameter_count(model)}
+    summary = {**headline(scores["overall"]), "parameters": parameter_count(model), **data}
     write_json(Path(paths.metrics) / "finetune.json", summary)
     save(model, tokenizer, Path(paths.teacher))
     clear_checkpoints(checkpoint_dir(paths, "finetune"))

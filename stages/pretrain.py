@@ -1,5 +1,6 @@
 """Stage `pretrain`: self-supervised + contrastive objectives (MLM, MIM, MAM, ITC/ATC/VAC, weighted by
-model.loss_weights) on the train shards -> models/pretrain/ (save_pretrained + tokenizer).
+model.loss_weights) on the train shards -> models/pretrain/ (save_pretrained + tokenizer). With `model=deepseek_vl`,
+seed 002's first two stages instead (pretrain_deepseek_vl).
 
 Checkpoints go to checkpoints/pretrain/ (kept across runs: a rerun resumes); metrics to metrics/pretrain/ (dvclive).
 """
@@ -10,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoTokenizer
 
-from model.configuration import TrimodalConfig
-from model.modeling import TrimodalForConditionalGeneration
+from model.families import DEEPSEEK_VL, build_config, family_of, model_class
 from model.objectives import pretraining_losses
 from stages.common.batches import model_inputs, same_caption
 from stages.common.checkpoint import fingerprint
@@ -22,9 +23,11 @@ from stages.common.loader import read_index
 from stages.common.models import save
 from stages.common.params import Params, load_params
 from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
+from stages.common.vl_tasks import captioned_image, joint_step, skipped, usable, warmup_step
 
 
-def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditionalGeneration:
+def build_model(params: Params, shards: str, tokenizer) -> nn.Module:
+    """The family params.model names, sized by the data: vocabulary, special tokens, classes, features."""
     index = read_index(shards)
     from_data = {"vocab_size": len(tokenizer), "num_classes": max(1, len(index["labels"])),
                  "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
@@ -33,15 +36,29 @@ def build_model(params: Params, shards: str, tokenizer) -> TrimodalForConditiona
                  # the features of the data (sample_rate is None when the data holds no audio)
                  **{k: index[k] for k in ("image_size", "n_mels", "sample_rate", "n_fft", "hop_length",
                                           "max_text_tokens") if index.get(k) is not None}}
-    config = TrimodalConfig(**{**params.model, **from_data})
+    config = build_config(params.model, **from_data)
     config.id2label = dict(enumerate(index["labels"]))
     torch.manual_seed(params.seed)
-    return TrimodalForConditionalGeneration(config)
+    return model_class(config)(config)
 
 
 def pretrain_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
     return pretraining_losses(model, model_inputs(batch), generator, positives=same_caption(batch),
                               pairable=batch.get("pairable"))
+
+
+def pretrain_deepseek_vl(model: nn.Module, tokenizer, params: Params, index: dict) -> nn.Module | None:
+    """Seed 002's stages 1 and 2: the adaptor warm-up (pretrain.adaptor_warmup: captions after images, only the
+    adaptor trains), then joint pretraining (language-only and image batches mixed by pretrain.language_fraction).
+    Records with audio only are skipped, counted in metrics/pretrain/metrics.json."""
+    p, warm = params.pretrain, params.pretrain.adaptor_warmup
+    summary = skipped(p.shards, "train")
+    if warm is not None and warm.steps > 0:
+        model = fit(model, warmup_step(tokenizer), warm, params.trainer, params.seed, "pretrain",
+                    fingerprint("warmup", warm, params.model, params.seed, index), params.paths, phase="warmup",
+                    keep=captioned_image, summary=summary, every_rank=True)
+    return fit(model, joint_step(tokenizer), p, params.trainer, params.seed, "pretrain",
+               fingerprint(p, params.model, params.seed, index), params.paths, keep=usable, summary=summary)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -52,8 +69,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = params.paths
     tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
     model = build_model(params, params.pretrain.shards, tokenizer)
-    model = fit(model, pretrain_step, params.pretrain, params.trainer, params.seed, "pretrain",
-                fingerprint(params.pretrain, params.model, params.seed, read_index(params.pretrain.shards)), paths)
+    index = read_index(params.pretrain.shards)
+    if family_of(params.model) == DEEPSEEK_VL:
+        model = pretrain_deepseek_vl(model, tokenizer, params, index)
+    else:
+        model = fit(model, pretrain_step, params.pretrain, params.trainer, params.seed, "pretrain",
+                    fingerprint(params.pretrain, params.model, params.seed, index), paths)
     if model is None:  # under torchrun, rank 0 alone saves
         return
     save(model, tokenizer, Path(paths.pretrained))

@@ -27,6 +27,15 @@ SPECIAL_TOKENS = {
     "sep_token": "</s>",
 }
 SPECIALS_IN_ORDER = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]  # ids 0..4, stable across vocab sizes
+# The chat format of the turns a causal LM is fine-tuned on (the DeepSeek-VL family, stages/common/vl_tasks.py),
+# DeepSeek-VL's own "User: ...\n\nAssistant: ..." layout; `add_generation_prompt` opens the assistant's turn.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}User: {{ message['content'] }}{{ '\\n\\n' }}"
+    "{%- else -%}Assistant: {{ message['content'] }}{{ eos_token }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}Assistant:{%- endif -%}"
+)
 
 
 def iter_texts(records: Iterable[dict]) -> Iterator[str]:
@@ -37,7 +46,8 @@ def iter_texts(records: Iterable[dict]) -> Iterator[str]:
 
 
 def train_tokenizer(texts: Iterable[str], params: TokenizerParams) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (RoBERTa-style): no unknown characters, NFC-normalised, `<s> ... </s>` framing."""
+    """Byte-level BPE (RoBERTa-style): no unknown characters, NFC-normalised, `<s> ... </s>` framing, and the
+    chat template of CHAT_TEMPLATE."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -55,7 +65,8 @@ def train_tokenizer(texts: Iterable[str], params: TokenizerParams) -> PreTrained
         pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, chat_template=CHAT_TEMPLATE,
+                                   **SPECIAL_TOKENS)
 
 
 def run(manifest: Path, out_dir: Path, params: TokenizerParams, split: SplitParams) -> PreTrainedTokenizerFast:

@@ -39,7 +39,7 @@ import os
 import random
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 import fsspec
@@ -221,12 +221,19 @@ class EpochLoader:
         return self.batches
 
 
+def _kept(keep: Callable[[dict], bool], sample: dict) -> bool:
+    return keep(sample["meta"])
+
+
 def make_loader(root: str, split: str, batch_size: int, shuffle: int = 0, num_workers: int = 0, seed: int = 0,
                 epoch: int = 0, verify_counts: bool = True, drop_last: bool = False, rank: int = 0,
-                world: int = 1) -> torch.utils.data.DataLoader | EpochLoader:
+                world: int = 1,
+                keep: Callable[[dict], bool] | None = None) -> torch.utils.data.DataLoader | EpochLoader:
     """A DataLoader over one split's shards (local folder or s3://bucket/prefix); batch layout in the module
     docstring. shuffle: buffer size (0 = shard and sample order as written); (seed, epoch) fix the order.
-    rank/world: this process's disjoint share of the shards (module docstring); batch_size is per rank."""
+    rank/world: this process's disjoint share of the shards (module docstring); batch_size is per rank.
+    keep: only the samples whose json it accepts (a module-level function or partial: workers unpickle it); a
+    filtered loader is not cut to the ranks' common epoch length, which the counts no longer give."""
     register_s3_scheme()
     root = root.rstrip("/")
     index = read_index(root)
@@ -249,11 +256,14 @@ def make_loader(root: str, split: str, batch_size: int, shuffle: int = 0, num_wo
         stages.append(partial(_seeded_shuffle, bufsize=shuffle, seed=seed, epoch=epoch, rank=rank))
     collate_fn = partial(collate, pad_id=index["pad_token_id"], image_size=index["image_size"],
                          n_mels=index["n_mels"])
-    stages += [wds.map(decode), wds.batched(batch_size, partial=not drop_last, collation_fn=collate_fn)]
+    stages.append(wds.map(decode))
+    if keep is not None:
+        stages.append(wds.select(partial(_kept, keep)))
+    stages.append(wds.batched(batch_size, partial=not drop_last, collation_fn=collate_fn))
     workers = min(num_workers, len(mine))  # an idle worker per missing shard would add nothing
     # An own generator: starting an iterator draws a worker base seed, which from the global RNG would shift
     # dropout after a resume (the resumed run starts its iterator mid-epoch, the straight run did not).
     generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{epoch}:{rank}".encode()))
     loader = torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers,
                                          generator=generator)
-    return EpochLoader(loader, smallest // batch_size) if world > 1 and drop_last else loader
+    return EpochLoader(loader, smallest // batch_size) if world > 1 and drop_last and keep is None else loader

@@ -123,7 +123,12 @@ class TrainStageParams:
     grad_clip: float
     accumulation: int
     checkpoint_every: int
-    freeze_encoders: bool
+    # parameter-name prefixes that do not train (e.g. [encoder.vision, encoder.text, encoder.audio]; DeepSeek-VL's
+    # stages: [vision, language_model] = the adaptor alone)
+    frozen: list[str]
+    # None: batches as the shards mix the records; a number: that share of the steps takes a batch of language-only
+    # records (text, no image), the rest a batch of records with an image (DeepSeek-VL's joint pretraining: 0.7)
+    language_fraction: float | None
     num_workers: int
     shuffle: int
     log_every: int
@@ -135,12 +140,19 @@ class TrainStageParams:
 
 
 @dataclass
+class PretrainParams(TrainStageParams):
+    """`pretrain`, plus DeepSeek-VL's adaptor warm-up (seed 002 stage 1), run first when set (null: none)."""
+
+    adaptor_warmup: TrainStageParams | None
+
+
+@dataclass
 class DistillParams(TrainStageParams):
     """A training stage plus the KD loss of seed 001 section 2.4 and the student's shape."""
 
     alpha: float  # weight of the soft (teacher) term; 1 - alpha goes to the hard labels
     temperature: float
-    student: dict  # TrimodalConfig overrides applied to the teacher's config
+    student: dict  # overrides merged into the teacher's config (nested: a DeepSeek-VL sub-config's keys)
     init_from_teacher: bool  # start from the teacher's leading layers and dimensions (sliced)
 
 
@@ -199,9 +211,10 @@ class Params:
     validate: ValidateParams
     tokenizer: TokenizerParams
     shard: ShardParams
-    # TrimodalConfig fields (conf/model/<preset>.yaml); validated by the config class itself
+    # the model's settings (conf/model/<preset>.yaml): `family` (absent: trimodal) and its config's fields,
+    # validated by the config class itself (model/families.py)
     model: dict
-    pretrain: TrainStageParams
+    pretrain: PretrainParams
     finetune: TrainStageParams
     distill: DistillParams
     quantize: QuantizeParams

@@ -1,4 +1,6 @@
 """A model's predictions on one split of the shards, one record per sample (the input of stages/common/scoring.py).
+A DeepSeek-VL model's come from stages/common/vl_tasks.py (the same fields, no embeddings, audio-only records
+skipped); what follows is the trimodal family's.
 
 Per sample: the generated caption (greedy, from the record's inputs), the generated answer (greedy, the question
 joined to the text input), the predicted class, the teacher-forced caption NLL, and the contrastive embedding of
@@ -9,18 +11,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from model.families import DEEPSEEK_VL, family_of_model
 from stages.common.batches import decoder_labels, model_inputs, to_device, with_question_streams
 from stages.common.generation import ANSWER_TOKENS, greedy
 from stages.common.loader import make_loader
 from stages.common.records import MODALITIES
-from stages.common.scoring import by_subset, cider_per_record, subset_name
-
-
-def record_of(meta: dict) -> dict:
-    """A shard sample's json -> the target half of a scoring record."""
-    return {"id": meta.get("id"), "subset": subset_name(meta.get("modalities", ())), "group": meta.get("group"),
-            "caption": meta.get("caption"), "question": meta.get("question"), "answer": meta.get("answer"),
-            "label": meta.get("label_index", -1)}
+from stages.common.scoring import by_subset, fill_cider, record_of
+from stages.common.vl_tasks import predict_batch
 
 
 def add_noise(batch: dict, image_std: float, audio_std: float, generator: torch.Generator) -> dict:
@@ -43,8 +40,16 @@ def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_
     device = next(model.parameters()).device
     out = {"records": [], "embeddings": {m: [] for m in MODALITIES}, "present": {m: [] for m in MODALITIES}}
     generator = torch.Generator().manual_seed(seed)
+    deepseek_vl = family_of_model(model) == DEEPSEEK_VL
     for batch in make_loader(shards, split, batch_size):
         batch = to_device(add_noise(batch, image_std, audio_std, generator), device)
+        if deepseek_vl:  # no embeddings (present: none), so its rows hold no retrieval scores
+            records = predict_batch(model, tokenizer, batch, max_new_tokens, captions)
+            out["records"] += records
+            for modality in MODALITIES:
+                out["embeddings"][modality].append(torch.zeros(len(records), 1))
+                out["present"][modality].append(torch.zeros(len(records), dtype=torch.bool))
+            continue
         streams = model.encoder.streams(**model_inputs(batch))
         encoded = model.encoder.fuse(streams)
         caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
@@ -75,14 +80,6 @@ def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_
     if captions:
         fill_cider(out["records"])
     return out
-
-
-def fill_cider(records: list[dict]) -> None:
-    """Each captioned record's CIDEr-D, document frequencies from all the captioned records given."""
-    captioned = [r for r in records if r.get("caption")]
-    for r, score in zip(captioned, cider_per_record([r["caption"] for r in captioned],
-                                                    [r["caption_pred"] for r in captioned]), strict=True):
-        r["cider"] = score
 
 
 def val_scores(model, tokenizer, shards: str, split: str = "val", batch_size: int = 32) -> dict:

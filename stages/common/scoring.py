@@ -46,6 +46,13 @@ def subset_name(modalities: Iterable[str]) -> str:
     return "+".join(m for m in MODALITIES if m in present) or "none"
 
 
+def record_of(meta: dict) -> dict:
+    """A shard sample's json -> the target half of a scoring record."""
+    return {"id": meta.get("id"), "subset": subset_name(meta.get("modalities", ())), "group": meta.get("group"),
+            "caption": meta.get("caption"), "question": meta.get("question"), "answer": meta.get("answer"),
+            "label": meta.get("label_index", -1)}
+
+
 def bleu(hyps: Sequence[str], refs: Sequence[str], order: int = 4) -> float:
     """Corpus BLEU with n-grams up to `order` (sacrebleu defaults otherwise), 0-100."""
     return BLEU(max_ngram_order=order, tokenize=BLEU_TOKENIZER).corpus_score(list(hyps), [list(refs)]).score
@@ -64,6 +71,14 @@ def cider_per_record(refs: Sequence[str], hyps: Sequence[str]) -> list[float]:
         return []
     _, per_record = Cider().compute_score({i: [r] for i, r in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)})
     return [float(s) for s in per_record]
+
+
+def fill_cider(records: list[dict]) -> None:
+    """Each captioned record's CIDEr-D, document frequencies from all the captioned records given."""
+    captioned = [r for r in records if r.get("caption")]
+    for r, score in zip(captioned, cider_per_record([r["caption"] for r in captioned],
+                                                    [r["caption_pred"] for r in captioned]), strict=True):
+        r["cider"] = score
 
 
 def macro_f1(targets: Sequence[int], preds: Sequence[int]) -> float:

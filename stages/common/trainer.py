@@ -16,10 +16,12 @@ attention) / time / the device's peak (stages/common/mfu.py: bf16 datasheet peak
 """
 from __future__ import annotations
 
+import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,6 +42,7 @@ from stages.common.params import PathsParams, TrainerParams
 from stages.common.params import TrainStageParams as TrainParams
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
+Keep = Callable[[dict], bool]  # a sample's json (meta) -> whether a stage trains on it
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -53,31 +56,89 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def freeze_encoders(model: nn.Module) -> None:
-    for encoder in (model.encoder.vision, model.encoder.text, model.encoder.audio):
-        encoder.requires_grad_(False)
+def freeze(model: nn.Module, prefixes: list[str]) -> None:
+    """Exactly the parameters named `prefix` or `prefix.*` are frozen, every other one trains (a model handed on
+    from an earlier phase keeps no flags of it); a prefix that names none is a typo, not a no-op."""
+    model.requires_grad_(True)
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        matched = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"frozen: {prefix!r} names no parameter of {type(model).__name__} (top level: {tops})")
+        for name in matched:
+            model.get_parameter(name).requires_grad_(False)
 
 
-def data_stream(params: TrainParams, seed: int, position: dict, world: World) -> Iterator[tuple[dict, dict]]:
-    """Endless (position after the batch, this rank's batch), starting `consumed` batches into `epoch`."""
+def language_only(meta: dict) -> bool:
+    """A record of text without an image (e.g. the text corpus): a language-only batch's kind."""
+    return "text" in meta.get("modalities", ()) and "image" not in meta.get("modalities", ())
+
+
+def with_image(meta: dict) -> bool:
+    return "image" in meta.get("modalities", ())
+
+
+def _both(keep: Keep | None, kind: Keep, meta: dict) -> bool:
+    return kind(meta) and (keep is None or keep(meta))
+
+
+def record_stream(params: TrainParams, seed: int, position: dict, world: World,
+                  keep: Keep | None = None) -> Iterator[tuple[dict, dict]]:
+    """Endless (position after the batch, this rank's batch) of the records `keep` accepts (None: all), starting
+    `consumed` batches into `epoch`. A filtered stream has no fixed epoch length; ranks still take one batch per
+    step each, so they stay in step."""
     epoch, skip = position["epoch"], position["consumed"]
     while True:
         loader = make_loader(params.shards, "train", params.batch_size // world.size, shuffle=params.shuffle,
                              num_workers=params.num_workers, seed=seed, epoch=epoch, drop_last=True,
-                             rank=world.rank, world=world.size)
+                             rank=world.rank, world=world.size, keep=keep)
+        empty = True
         for index, batch in enumerate(loader):
+            empty = False
             if index >= skip:
                 yield {"epoch": epoch, "consumed": index + 1}, batch
+        if empty:
+            raise ValueError(f"no batch of {params.batch_size // world.size} train records in {params.shards} "
+                             f"(rank {world.rank}) for this stage's records ({getattr(keep, '__name__', keep)})")
         epoch, skip = epoch + 1, 0
+
+
+def data_stream(params: TrainParams, seed: int, position: dict, world: World,
+                keep: Keep | None = None) -> Iterator[tuple[dict, dict]]:
+    """Endless (position, batch). With params.language_fraction, each micro-batch is drawn from one of two record
+    streams, language-only or with an image, the choice a pure function of (seed, micro-batches drawn), the same on
+    every rank; batch["language_fraction"] is the share drawn so far. Otherwise one stream of the records `keep`
+    accepts."""
+    if params.language_fraction is None:
+        yield from record_stream(params, seed, position, world, keep)
+        return
+    if not 0.0 <= params.language_fraction <= 1.0:
+        raise ValueError(f"language_fraction must be within [0, 1], got {params.language_fraction}")
+    start = {"language": {"epoch": 0, "consumed": 0}, "multimodal": {"epoch": 0, "consumed": 0}, "drawn": 0,
+             "drawn_language": 0, **position.get("streams", {})}
+    streams = {kind: record_stream(params, seed, start[kind], world, partial(_both, keep, test))
+               for kind, test in (("language", language_only), ("multimodal", with_image))}
+    where = {kind: start[kind] for kind in streams}
+    drawn, language = start["drawn"], start["drawn_language"]
+    while True:
+        kind = "language" if random.Random(f"{seed}:mix:{drawn}").random() < params.language_fraction else "multimodal"
+        where[kind], batch = next(streams[kind])
+        drawn, language = drawn + 1, language + (kind == "language")
+        # the measured share of language-only micro-batches since the phase began (resumes included)
+        yield ({"streams": {**where, "drawn": drawn, "drawn_language": language}},
+               {**batch, "language_fraction": language / drawn})
 
 
 def prepare_checkpoints(checkpoints: Path, fingerprint: str) -> None:
     """Keep checkpoints only if they come from this exact configuration (a crashed run of the same job)."""
     marker = checkpoints / "fingerprint"
     if checkpoints.exists() and (not marker.exists() or marker.read_text() != fingerprint):
-        if any(checkpoints.glob("step-*")):
+        stale = sorted([*checkpoints.glob("step-*"), *checkpoints.glob(".step-*")])
+        if stale:
             print(f"discarding checkpoints in {checkpoints}: they belong to another configuration")
-        shutil.rmtree(checkpoints)
+        for path in stale:  # only this run's own: a phase's folder nested inside (pretrain/warmup) is its own
+            shutil.rmtree(path)
     checkpoints.mkdir(parents=True, exist_ok=True)
     marker.write_text(fingerprint)
 
@@ -109,17 +170,27 @@ def checkpoint_dir(paths: PathsParams, name: str) -> Path:
 
 
 def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: TrainerParams, seed: int, name: str,
-        fingerprint: str, paths: PathsParams) -> nn.Module | None:
+        fingerprint: str, paths: PathsParams, phase: str | None = None, keep: Keep | None = None,
+        summary: dict | None = None, every_rank: bool = False) -> nn.Module | None:
     """A training stage's loop: dvclive metrics in <paths.metrics>/<name>/ and resumable checkpoints in
     checkpoint_dir(paths, name), as dvc.yaml declares them. Returns the trained model on rank 0 (which alone
     goes on to evaluate and save) and None on the other ranks. The stage's `loss_weights` overrides go into the
-    model's config first (and so into the saved model's config.json)."""
+    model's config first (and so into the saved model's config.json).
+    A stage of several phases (DeepSeek-VL's pretrain: adaptor warm-up, then joint pretraining) fits each: a
+    `phase` checkpoints in a folder of its own inside the stage's and logs its metrics as `<phase>/<metric>` in
+    the stage's dvclive folder, and `every_rank` returns the model on every rank, for the next phase (DDP only:
+    FSDP's sharded parameters would need gathering on every rank). `keep`: the train records the steps take (None:
+    all); `summary`: numbers about the data (e.g. records skipped) for the stage's dvclive summary."""
     unknown = set(params.loss_weights) - set(model.config.loss_weights)
     if unknown:
         raise ValueError(f"{name}.loss_weights names no objective: {sorted(unknown)} "
                          f"(known: {sorted(model.config.loss_weights)})")
     model.config.loss_weights.update({k: float(v) for k, v in params.loss_weights.items()})
     world = setup()
+    if every_rank and world.size > 1 and trainer.strategy == "fsdp":
+        teardown(world)
+        raise ValueError(f"{name}: a training phase that hands its model to the next (DeepSeek-VL's adaptor "
+                         "warm-up) runs with trainer.strategy=ddp, not fsdp")
     try:
         live = (Live(str(Path(paths.metrics) / name), resume=True, save_dvc_exp=False, dvcyaml=None)
                 if world.main else nullcontext())
@@ -128,8 +199,12 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
                            f"(git add -A && git commit -m init): {e}") from e
     try:
         with live as logger:  # None on ranks > 0 (nullcontext)
-            return train(model, step_fn, params, seed, checkpoint_dir(paths, name), logger, desc=name,
-                         fingerprint=fingerprint, strategy=trainer.strategy, world=world)
+            if logger is not None and summary:
+                logger.summary.update({f"{phase}/{k}" if phase else k: v for k, v in summary.items()})
+            checkpoints = checkpoint_dir(paths, name) / phase if phase else checkpoint_dir(paths, name)
+            return train(model, step_fn, params, seed, checkpoints, logger, desc=f"{name}/{phase}" if phase else name,
+                         fingerprint=fingerprint, strategy=trainer.strategy, world=world, keep=keep,
+                         prefix=f"{phase}/" if phase else "", every_rank=every_rank)
     finally:  # rank 0 evaluates and saves alone afterwards: no collective follows
         teardown(world)
 
@@ -146,9 +221,11 @@ def whole_model(model: nn.Module, objectives: nn.Module, world: World) -> nn.Mod
 
 def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, checkpoints: Path,
           live=None, desc: str = "train", fingerprint: str = "", strategy: str = "ddp",
-          world: World | None = None) -> nn.Module | None:
+          world: World | None = None, keep: Keep | None = None, prefix: str = "",
+          every_rank: bool = False) -> nn.Module | None:
     """Train to params.steps, resuming from the latest checkpoint in `checkpoints` made with `fingerprint` and the
-    same number of processes and strategy. Returns the model on rank 0, None on the others."""
+    same number of processes and strategy. Returns the model on rank 0, None on the others. `keep`: the records
+    taken (data_stream); `prefix`: before each logged metric's name."""
     world = world or setup()
     if params.batch_size % world.size:
         raise ValueError(f"batch_size {params.batch_size} is not divisible by {world.size} processes")
@@ -157,8 +234,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
     if world.main:
         prepare_checkpoints(checkpoints, f"{fingerprint}:{world.size}:{strategy if world.size > 1 else 'single'}")
     barrier(world)
-    if params.freeze_encoders:
-        freeze_encoders(model)
+    freeze(model, params.frozen)
     objectives = wrap(Objectives(model, step_fn, touch=sharded), strategy, world)
     # after wrap: shards. fused: one kernel for all parameters (CPU and CUDA) instead of a dozen small ops each
     optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr, fused=True)
@@ -174,7 +250,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
     model.train()
     # bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls are ~400x slower (shared/KNOWN-ISSUES.md)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
-    stream = data_stream(params, seed, position, world)
+    stream = data_stream(params, seed, position, world, keep)
     progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=not world.main)
     counter, meter = FlopCounter(), Meter(sorted(model.config.loss_weights), world, peak_flops(world.device)[0])
     while step < params.steps:
@@ -188,7 +264,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
                 with autocast:
                     total, losses = objectives(batch, generator)
                 (total / params.accumulation).backward()
-            meter.add(losses, len(batch["ids"]))
+            meter.add(losses, len(batch["ids"]), batch.get("language_fraction"))
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -196,7 +272,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         step += 1
         progress.update()
         if step % params.log_every == 0 or step == params.steps:
-            log(live, step, meter.read(counter.reset()), model, scheduler, progress)
+            log(live, step, meter.read(counter.reset()), model, scheduler, progress, prefix)
         if step % params.checkpoint_every == 0 or step == params.steps:
             save_checkpoint(checkpoints, step, objectives if sharded else model, optimizer, scheduler, position,
                             world, sharded=sharded)
@@ -205,7 +281,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         model = whole_model(model, objectives, world)
     if model is not None:
         model.eval()
-    return model if world.main else None
+    return model if world.main or every_rank else None
 
 
 class Meter:
@@ -217,12 +293,15 @@ class Meter:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.samples, self.start = 0, time.perf_counter()
+        self.language_fraction: float | None = None  # data_stream's measured mix, when it mixes
 
-    def add(self, losses: dict[str, torch.Tensor], samples: int) -> None:
+    def add(self, losses: dict[str, torch.Tensor], samples: int, language_fraction: float | None = None) -> None:
         for k, v in losses.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach()
             self.counts[k] = self.counts.get(k, 0) + 1
         self.samples += samples
+        if language_fraction is not None:
+            self.language_fraction = language_fraction
 
     def read(self, flops: int) -> dict[str, float]:
         """Mean of each objective over the micro-batches (all ranks) that had it; samples/s and MFU of the window."""
@@ -233,12 +312,14 @@ class Meter:
         totals = all_sum(local, [*self.names, *(f"n_{k}" for k in self.names), "samples", "flops"], self.world)
         elapsed = time.perf_counter() - self.start
         means = {k: totals[k] / totals[f"n_{k}"] for k in self.names if totals[f"n_{k}"]}
+        # every rank draws the same stream at each micro-batch (data_stream): the local share is the global one
+        mixed = {} if self.language_fraction is None else {"language_fraction": self.language_fraction}
         self.sums, self.counts, self.samples, self.start = {}, {}, 0, time.perf_counter()
-        return {**means, "samples_per_s": totals["samples"] / elapsed,
+        return {**means, **mixed, "samples_per_s": totals["samples"] / elapsed,
                 "mfu": mfu(totals["flops"], elapsed, self.peak, self.world.size)}
 
 
-def log(live, step: int, read: dict[str, float], model: nn.Module, scheduler, progress) -> None:
+def log(live, step: int, read: dict[str, float], model: nn.Module, scheduler, progress, prefix: str = "") -> None:
     """The progress bar's postfix and, on rank 0, the dvclive metrics of one window."""
     losses = {k: v for k, v in read.items() if k in model.config.loss_weights}
     total = weighted_sum(losses, model.config.loss_weights) if losses else float("nan")
@@ -249,5 +330,5 @@ def log(live, step: int, read: dict[str, float], model: nn.Module, scheduler, pr
     # unprefixed: the folder (metrics/<stage>/) names the stage, and the training stages' summaries share columns
     # (loss, samples_per_s, mfu, ...) in `dvc metrics show`
     for k, v in {"loss": total, **read, "lr": scheduler.get_last_lr()[0]}.items():
-        live.log_metric(k, v)
+        live.log_metric(prefix + k, v)
     live.make_summary()
