@@ -3,6 +3,9 @@ Llama-architecture language model (pre-norm RMSNorm, SwiGLU, rotary positions: t
 
 The LLM reads [visual tokens; text]: the adaptor's S^2 tokens (576 at full size) come first, then the text's
 embeddings; a sample without an image has its visual positions masked out of attention. Loss only on text labels.
+Each part is built from its sub-config (random init) or, where `low_vision_pretrained` / `high_vision_pretrained` /
+`text_pretrained` name a local checkpoint folder, loaded from it (model/deepseek_vl_pretrained.py); the adaptor
+and the high tower's two convolutions are always new.
 
     config = DeepSeekVLConfig(text={"vocab_size": 1024, "hidden_size": 64, ...}, low_vision={...}, high_vision={...})
     model = DeepSeekVLForCausalLM(config)
@@ -16,13 +19,13 @@ from torch import nn
 from transformers import (
     GenerationMixin,
     LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedConfig,
     PreTrainedModel,
     SamVisionConfig,
     SiglipVisionConfig,
 )
 
+from model import deepseek_vl_pretrained as pretrained
 from model.hybrid_vision import HybridVisionEncoder
 from model.vl_adaptor import HybridAdaptor
 
@@ -32,13 +35,16 @@ DEFAULT_LOSS_WEIGHTS = {"lm": 1.0, "ce": 1.0, "vqa": 1.0, "cls": 1.0}
 
 class DeepSeekVLConfig(PreTrainedConfig):
     """Three sub-configs as plain dicts (saved in config.json): `low_vision` (SiglipVisionConfig), `high_vision`
-    (SamVisionConfig), `text` (LlamaConfig); `high_channels`: the two convolutions' output channels."""
+    (SamVisionConfig), `text` (LlamaConfig); `high_channels`: the two convolutions' output channels.
+    `*_pretrained`: a local checkpoint folder to load that part from (None: random init); its config must match
+    the sub-config's sizes."""
 
     model_type = "trimodal_deepseek_vl"
 
     def __init__(self, low_vision: dict | None = None, high_vision: dict | None = None,
                  high_channels: list[int] | tuple[int, int] = (512, 1024), text: dict | None = None,
-                 loss_weights: dict | None = None, **kwargs):
+                 low_vision_pretrained: str | None = None, high_vision_pretrained: str | None = None,
+                 text_pretrained: str | None = None, loss_weights: dict | None = None, **kwargs):
         # the trainer's objectives (stages/common/trainer.py): lm = next-token loss of the warm-up and the joint
         # pretraining; ce / vqa / cls = the fine-tuning tasks' turns (stages/common/vl_tasks.py)
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
@@ -46,6 +52,9 @@ class DeepSeekVLConfig(PreTrainedConfig):
         self.high_vision = dict(high_vision or {})
         self.high_channels = list(high_channels)
         self.text = dict(text or {})
+        self.low_vision_pretrained = low_vision_pretrained
+        self.high_vision_pretrained = high_vision_pretrained
+        self.text_pretrained = text_pretrained
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if key in self.text:
                 kwargs.setdefault(key, self.text[key])
@@ -60,15 +69,21 @@ class DeepSeekVLForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = DeepSeekVLConfig
     base_model_prefix = "deepseek_vl"
     main_input_name = "input_ids"
-    _no_split_modules = ["LlamaDecoderLayer"]
+    # the blocks FSDP would wrap one by one (model/sizes.py --memory) and device_map never splits
+    _no_split_modules = ["LlamaDecoderLayer", "SiglipEncoderLayer", "SamVisionLayer"]
 
     def __init__(self, config: DeepSeekVLConfig):
         super().__init__(config)
         low, high, text = config.sub_configs_built()
-        self.vision = HybridVisionEncoder(low, high, tuple(config.high_channels))
+        self.vision = HybridVisionEncoder(low, high, tuple(config.high_channels),
+                                          pretrained.low_tower(low, config.low_vision_pretrained),
+                                          pretrained.high_encoder(high, config.high_vision_pretrained))
         self.adaptor = HybridAdaptor(low.hidden_size, config.high_channels[1], text.hidden_size)
-        self.language_model = LlamaForCausalLM(text)
+        self.language_model = pretrained.language_model(text, config.text_pretrained)
         self.post_init()
+        # the parts' weights now live in this model: a saved copy (config.json) must not load them again, nor need
+        # the folders to exist where it is loaded
+        config.low_vision_pretrained = config.high_vision_pretrained = config.text_pretrained = None
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -5,7 +5,8 @@
                      interpolated to 4S x 4S (96 x 96), then two stride-2 3x3 convolutions (256 -> 512 -> 1024
                      channels at full size)                                           -> S x S tokens
 Both yield S^2 tokens (576 at full size), one per cell of the same grid, so the adaptor (model/vl_adaptor.py) can
-join them cell by cell. Built on transformers' SiglipVisionModel and SamVisionEncoder, from config (random init).
+join them cell by cell. Built on transformers' SiglipVisionModel and SamVisionEncoder, from config (random init), or
+around towers already loaded from local checkpoints (model/deepseek_vl_pretrained.py).
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from transformers.models.sam.modeling_sam import SamVisionEncoder
 class HighResolutionTower(nn.Module):
     """SAM-B's encoder, its map resized to 4S x 4S and brought down to S x S by two stride-2 convolutions."""
 
-    def __init__(self, config: SamVisionConfig, grid: int, channels: tuple[int, int]):
+    def __init__(self, config: SamVisionConfig, grid: int, channels: tuple[int, int],
+                 encoder: SamVisionEncoder | None = None):
         super().__init__()
         self.grid = grid  # S: the low tower's tokens per side
-        self.encoder = SamVisionEncoder(config)
+        self.encoder = encoder if encoder is not None else SamVisionEncoder(config)
         c1, c2 = channels
         self.down = nn.Sequential(nn.Conv2d(config.output_channels, c1, 3, stride=2, padding=1),
                                   nn.Conv2d(c1, c2, 3, stride=2, padding=1))
@@ -38,15 +40,18 @@ class HighResolutionTower(nn.Module):
 
 
 class HybridVisionEncoder(nn.Module):
-    def __init__(self, low: SiglipVisionConfig, high: SamVisionConfig, high_channels: tuple[int, int]):
+    """`low_model` / `high_encoder`: pretrained towers of the configs' sizes, used instead of new ones."""
+
+    def __init__(self, low: SiglipVisionConfig, high: SamVisionConfig, high_channels: tuple[int, int],
+                 low_model: SiglipVisionModel | None = None, high_encoder: SamVisionEncoder | None = None):
         super().__init__()
         if low.image_size % low.patch_size:
             raise ValueError(f"low tower: image_size {low.image_size} is not a multiple of patch_size {low.patch_size}")
         self.grid = low.image_size // low.patch_size
         low = copy.deepcopy(low)
         low.vision_use_head = False  # the tokens are used, not SigLIP's pooled embedding: no head left untrained
-        self.low = SiglipVisionModel(low)
-        self.high = HighResolutionTower(high, self.grid, high_channels)
+        self.low = low_model if low_model is not None else SiglipVisionModel(low)
+        self.high = HighResolutionTower(high, self.grid, high_channels, high_encoder)
         self.low_size, self.high_size = low.image_size, high.image_size
 
     @property

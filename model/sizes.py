@@ -1,24 +1,49 @@
-"""Parameter counts per component of a preset, and per-GPU memory of its training state, built on the meta device
-(no memory, no init).
+"""Parameter counts per component of a model preset, and per-GPU memory of its training state, built on the meta
+device (no memory, no init), for both model families (model/families.py).
 
-    python -m model.sizes [tiny small base full]
-    python -m model.sizes --memory [--gpus 1 2 4 8] [tiny small base full]
+    python -m model.sizes                       the trimodal presets, then the DeepSeek-VL presets: one table each
+    python -m model.sizes [PRESET ...]          those presets, one table per family they belong to
+    python -m model.sizes --memory [--gpus 1 2 4 8] [PRESET ...]
+
+Every DeepSeek-VL table ends with a line per preset whose name gives a size (deepseek_vl_1.3b: 1.3B, deepseek_vl_7b:
+7B; seed 002's names refer to the LLM) comparing it with the measured LLM and total. A preset that leaves the
+vocabulary to the tokenizer (the deepseek_vl demo size) is counted at conf/tokenizer/default.yaml's vocab_size.
 """
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 
 import torch
+import yaml
+from transformers import PreTrainedConfig, PreTrainedModel
 
-from model.configuration import TrimodalConfig
-from model.modeling import TrimodalForConditionalGeneration
+from model.configuration import PRESETS_DIR
+from model.families import DEEPSEEK_VL, TRIMODAL, build_config, family_of, model_class, read_preset
 
-PRESETS = ["tiny", "small", "base", "full"]
+PRESETS = {TRIMODAL: ["tiny", "small", "base", "full"],
+           DEEPSEEK_VL: ["deepseek_vl", "deepseek_vl_1.3b", "deepseek_vl_7b"]}
+TOKENIZER_DEFAULTS = PRESETS_DIR.parent / "tokenizer" / "default.yaml"
+# component -> parameter-name prefixes; a weight tied to one listed earlier is counted there only (named_parameters
+# yields it once), so an lm_head tied to the embeddings counts 0
 COMPONENTS = {
-    "vision": "encoder.vision", "text": "encoder.text", "audio": "encoder.audio", "fusion": "encoder.fusion",
-    "reasoning": "encoder.core", "decoder": "decoder", "classifier": "classifier",
+    TRIMODAL: {
+        "vision": ("encoder.vision",), "text": ("encoder.text",), "audio": ("encoder.audio",),
+        "fusion": ("encoder.fusion",), "reasoning": ("encoder.core",), "decoder": ("decoder",),
+        "classifier": ("classifier",),
+        "objective heads": ("mlm_head", "mim_head", "mam_head", "projections", "logit_scale"),
+    },
+    DEEPSEEK_VL: {
+        "low vision tower": ("vision.low",),
+        "high vision tower": ("vision.high",),  # SAM-B and the two stride-2 convolutions
+        "adaptor": ("adaptor",),
+        "LLM embeddings": ("language_model.model.embed_tokens",),
+        "LLM decoder layers + norm": ("language_model.model.layers", "language_model.model.norm"),
+        "lm_head": ("language_model.lm_head",),  # 0 when tied to the embeddings
+    },
 }
+LLM_ROWS = ("LLM embeddings", "LLM decoder layers + norm", "lm_head")
 # bf16 autocast over fp32 master weights: fp32 weights, fp32 gradients, AdamW's two fp32 moments
 WEIGHT_BYTES, GRAD_BYTES, ADAM_BYTES = 4, 4, 8
 STATE_BYTES = WEIGHT_BYTES + GRAD_BYTES + ADAM_BYTES
@@ -28,28 +53,36 @@ and AdamW moments (8) under bf16 autocast. Activations are NOT included: they de
 lengths, and come on top. Neither are autocast's bf16 weight copies, DDP's gradient buckets, the CUDA context or
 allocator slack.
   ddp            every GPU holds all 16 bytes per parameter
-  fsdp, blocks   fully_shard per EncoderBlock / DecoderBlock / ConformerBlock (_no_split_modules) and the root:
-                 16 bytes / N, plus the root unit (embeddings, heads, gated cross-attention: all outside blocks)
-                 gathered with its gradient through the step, plus the largest block gathered twice (itself and
-                 the next, prefetched) and its gradient before the reduce-scatter
+  fsdp, blocks   fully_shard per block of the model's _no_split_modules (trimodal: EncoderBlock / DecoderBlock /
+                 ConformerBlock; deepseek_vl: LlamaDecoderLayer / SiglipEncoderLayer / SamVisionLayer) and the
+                 root: 16 bytes / N, plus the root unit (everything outside blocks: embeddings, heads, necks,
+                 adaptors) gathered with its gradient through the step, plus the largest block gathered twice
+                 (itself and the next, prefetched) and its gradient before the reduce-scatter
   fsdp, one unit fully_shard on the root only, as stages/common/distributed.py wraps today: 16 bytes / N, plus
                  the whole model and its gradient gathered for the step
   1 GPU          one process, nothing wrapped: 16 bytes per parameter"""
 
 
-def meta_model(preset: str) -> TrimodalForConditionalGeneration:
+def preset_config(preset: str) -> PreTrainedConfig:
+    """The preset's config (either family); a vocabulary left to the tokenizer is the tokenizer's default size."""
+    settings = read_preset(preset)
+    if "vocab_size" in settings.get("text", settings):
+        return build_config(settings)
+    return build_config(settings, vocab_size=yaml.safe_load(TOKENIZER_DEFAULTS.read_text())["vocab_size"])
+
+
+def meta_model(preset: str) -> PreTrainedModel:
+    config = preset_config(preset)
     with torch.device("meta"):
-        return TrimodalForConditionalGeneration(TrimodalConfig.from_preset(preset))
+        return model_class(config)(config)
 
 
 def parameter_counts(preset: str) -> dict[str, int]:
     model = meta_model(preset)
-    counts = {name: sum(p.numel() for p in model.get_submodule(path).parameters())
-              for name, path in COMPONENTS.items()}
-    counts["objective heads"] = sum(p.numel() for n, p in model.named_parameters()
-                                    if n.split(".")[0] in ("mlm_head", "mim_head", "mam_head", "projections",
-                                                           "logit_scale"))
-    counts["total"] = sum(p.numel() for p in model.parameters())  # lm_head is tied to the decoder embedding
+    named = list(model.named_parameters())  # each shared (tied) tensor once
+    counts = {name: sum(p.numel() for n, p in named if any(n == path or n.startswith(path + ".") for path in paths))
+              for name, paths in COMPONENTS[family_of(read_preset(preset))].items()}
+    counts["total"] = sum(p.numel() for _, p in named)
     return counts
 
 
@@ -103,24 +136,50 @@ def memory_table(presets: list[str], gpus: list[int]) -> list[str]:
     return lines
 
 
+def named_size(preset: str) -> float | None:
+    """The size a preset's name gives, in parameters: deepseek_vl_1.3b -> 1.3e9; None for a name without one."""
+    match = re.search(r"_(\d+(?:\.\d+)?)b$", preset)
+    return float(match.group(1)) * 1e9 if match else None
+
+
+def seed_size_line(preset: str, counts: dict[str, int]) -> str:
+    llm = sum(counts[row] for row in LLM_ROWS)
+    layers = counts["LLM decoder layers + norm"]
+    return (f"{preset}: the seed's {named_size(preset) / 1e9:g}B names the LLM; measured LLM {llm / 1e9:.2f}B "
+            f"({layers / 1e9:.2f}B in its decoder layers, {(llm - layers) / 1e9:.2f}B in embeddings + lm_head), "
+            f"total with both vision towers and the adaptor {counts['total'] / 1e9:.2f}B")
+
+
 def count_table(presets: list[str]) -> list[str]:
+    """One family's presets side by side (and, for DeepSeek-VL, the named sizes against the measured)."""
     table = {p: parameter_counts(p) for p in presets}
     lines = ["| component | " + " | ".join(presets) + " |", "| --- |" + " ---: |" * len(presets)]
     for name in next(iter(table.values())):
         lines.append(f"| {name} | " + " | ".join(f"{table[p][name] / 1e6:.2f} M" for p in presets) + " |")
-    return lines
+    named = [p for p in presets if family_of(read_preset(p)) == DEEPSEEK_VL and named_size(p)]
+    return lines + ([""] + [seed_size_line(p, table[p]) for p in named] if named else [])
+
+
+def by_family(presets: list[str]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for preset in presets:
+        groups.setdefault(family_of(read_preset(preset)), []).append(preset)
+    return groups
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m model.sizes", description=__doc__.splitlines()[0])
-    parser.add_argument("presets", nargs="*")
+    parser.add_argument("presets", nargs="*", help="conf/model presets of either family (default: all of both)")
     parser.add_argument("--memory", action="store_true", help="per-GPU memory of the training state")
     parser.add_argument("--gpus", nargs="+", default=["1", "2", "4", "8"])
     args = parser.parse_args(argv)
     # `--gpus 1 2 full`: nargs="+" swallows the presets that follow the counts too
     gpus = [int(v) for v in args.gpus if v.isdigit()]
-    presets = [*args.presets, *(v for v in args.gpus if not v.isdigit())] or PRESETS
-    print("\n".join(memory_table(presets, gpus) if args.memory else count_table(presets)))
+    presets = [*args.presets, *(v for v in args.gpus if not v.isdigit())] or [p for ps in PRESETS.values() for p in ps]
+    if args.memory:
+        print("\n".join(memory_table(presets, gpus)))
+        return
+    print("\n\n".join("\n".join(count_table(group)) for group in by_family(presets).values()))
 
 
 if __name__ == "__main__":
