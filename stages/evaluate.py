@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from model.modeling import TrimodalForConditionalGeneration
+from model.families import CLASSES, model_class, saved_family
 from model.quantization import SENSITIVITY, load_saved
 from stages.common.atomic import atomic_open, write_json
 from stages.common.baselines import majority_baseline, question_prior_baseline
@@ -63,10 +63,10 @@ def weights_bytes(path: Path) -> int:
 
 
 def parameter_count(path: Path) -> int:
-    """Parameters of the architecture (an INT8 model holds the same ones, packed)."""
-    config = TrimodalForConditionalGeneration.config_class.from_pretrained(path)
+    """Parameters of the architecture (an INT8 model holds the same ones, packed), of either family."""
+    config = CLASSES[saved_family(path)][0].from_pretrained(path)
     with torch.device("meta"):
-        return sum(p.numel() for p in TrimodalForConditionalGeneration(config).parameters())
+        return sum(p.numel() for p in model_class(config)(config).parameters())
 
 
 def score_variant(model, tokenizer, shards: str, p: EvaluateParams, seed: int) -> dict:
@@ -135,7 +135,8 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
     for name, path in variants.items():
         scored = score_variant(models[name], AutoTokenizer.from_pretrained(path), shards, p, seed)
         first = first or scored  # the test targets, and so the baselines, are the same for every variant
-        results[name] = {"rows": scored["rows"], "parameters": parameter_count(path), "size_bytes": weights_bytes(path)}
+        results[name] = {"rows": scored["rows"], "family": saved_family(path), "parameters": parameter_count(path),
+                         "size_bytes": weights_bytes(path)}
         if (path / SENSITIVITY).exists():  # the quantize stage's sweeps and speed measurements, in the report
             measured = json.loads(quantize_metrics.read_text()) if quantize_metrics.exists() else {}
             results[name]["quantization"] = {**json.loads((path / SENSITIVITY).read_text()),

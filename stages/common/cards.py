@@ -34,6 +34,14 @@ ABOUT = {
     "student-int8": "The INT8 student: the student with uniform affine INT8 weights (per channel) and calibrated "
                     "activation scales (torch.ao); narrow and fragile Linears compute in float from int8 weights.",
 }
+ABOUT_DEEPSEEK_VL = {
+    "teacher": "The teacher: DeepSeek-VL (seed 002): a SigLIP + SAM-B hybrid vision encoder and an MLP adaptor in "
+               "front of a Llama-architecture LLM (image and text; audio-only records are skipped), trained in "
+               "the seed's three stages: adaptor warm-up, joint pretraining, chat-format fine-tuning.",
+    "student": "The student: a shallower, narrower DeepSeek-VL distilled from the teacher with the KD loss of seed "
+               "001 section 2.4 on the fine-tuning turns' next-token distributions.",
+    "student-int8": ABOUT["student-int8"],
+}
 # model-index entries: (score key, task type, task name, metric type, metric name); the Hub's task ids where one fits
 INDEXED = (
     ("vqa_accuracy", "visual-question-answering", "Question answering", "accuracy", "VQA exact match"),
@@ -163,7 +171,7 @@ def card_text(variant: str, model_dir: Path, result: dict, baselines: dict, spli
     classes = labels(model_dir)
     few = [row for row, scores in result["rows"].items() if scores.get("few")]
     body = [
-        f"# {name}", "", ABOUT[variant], "",
+        f"# {name}", "", (ABOUT_DEEPSEEK_VL if result.get("family") == "deepseek_vl" else ABOUT)[variant], "",
         "## Model", "",
         "| | |", "| --- | --- |",
         f"| parameters | {result['parameters']:,} |",

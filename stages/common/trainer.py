@@ -235,6 +235,12 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         prepare_checkpoints(checkpoints, f"{fingerprint}:{world.size}:{strategy if world.size > 1 else 'single'}")
     barrier(world)
     freeze(model, params.frozen)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters()) - trained
+    if world.main:
+        print(f"{desc}: training {trained:,} parameters, {frozen:,} frozen ({', '.join(params.frozen) or 'none'})")
+    if live is not None:
+        live.summary.update({f"{prefix}trained_parameters": trained, f"{prefix}frozen_parameters": frozen})
     objectives = wrap(Objectives(model, step_fn, touch=sharded), strategy, world)
     # after wrap: shards. fused: one kernel for all parameters (CPU and CUDA) instead of a dozen small ops each
     optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr, fused=True)

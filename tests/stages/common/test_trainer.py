@@ -1,0 +1,69 @@
+"""The training loop's data and freezing (stages/common/trainer.py): language-only / image batches mixed at a set
+share, resumable from a position; filtered record streams; `frozen` prefixes. The loop's resume exactness and
+distributed runs: tests/stages/test_train.py."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from stages.common.distributed import World
+from stages.common.params import defaults
+from stages.common.trainer import data_stream, freeze, language_only, with_image
+from stages.shard import run as shard
+from tests.shard_fixtures import build_validated, shard_params
+
+ONE = World(0, 1, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream-data")
+    build_validated(root, n=56)
+    shard(root / "validated", root / "tokenizer", root / "shards", shard_params())
+    return str(root / "shards")
+
+
+def params(shards: str, fraction: float | None):
+    p = defaults(["model=deepseek_vl"]).pretrain
+    p.shards, p.batch_size, p.shuffle, p.language_fraction = shards, 2, 4, fraction
+    return p
+
+
+def test_language_and_image_batches_mix_at_the_set_share_and_each_holds_only_its_kind(shards):
+    drawn = list(itertools.islice(data_stream(params(shards, 0.7), 0, {}, ONE), 200))
+    kinds = [all(language_only(m) for m in b["meta"]) for _, b in drawn]
+    assert all(all(with_image(m) for m in b["meta"]) for (_, b), lang in zip(drawn, kinds, strict=True) if not lang)
+    assert sum(kinds) / len(kinds) == pytest.approx(0.7, abs=0.08)
+    assert drawn[-1][1]["language_fraction"] == sum(kinds) / len(kinds)  # the share logged is the one drawn
+
+
+def test_a_mixed_stream_resumed_from_a_position_continues_exactly(shards):
+    p = params(shards, 0.7)
+    straight = [b["ids"] for _, b in itertools.islice(data_stream(p, 3, {}, ONE), 40)]
+    position, _ = next(itertools.islice(data_stream(p, 3, {}, ONE), 24, None))
+    resumed = [b["ids"] for _, b in itertools.islice(data_stream(p, 3, position, ONE), 15)]
+    assert resumed == straight[25:40]
+
+
+def test_a_filtered_stream_takes_only_the_records_it_keeps(shards):
+    batches = itertools.islice(data_stream(params(shards, None), 0, {"epoch": 0, "consumed": 0}, ONE, with_image), 30)
+    assert all(with_image(m) for _, b in batches for m in b["meta"])
+
+
+def test_a_share_outside_zero_to_one_is_refused(shards):
+    with pytest.raises(ValueError, match="language_fraction"):
+        next(data_stream(params(shards, 1.5), 0, {}, ONE))
+
+
+def test_frozen_prefixes_freeze_exactly_their_parameters_and_a_typo_is_an_error():
+    model = nn.ModuleDict({"vision": nn.ModuleDict({"low": nn.Linear(2, 2), "high": nn.Linear(2, 2)}),
+                           "adaptor": nn.Linear(2, 2)})
+    model.requires_grad_(False)  # a model handed on by an earlier phase: its flags are reset, then frozen anew
+    freeze(model, ["vision.high"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "vision.low.weight", "vision.low.bias", "adaptor.weight", "adaptor.bias"}
+    with pytest.raises(ValueError, match="vision.hgih"):
+        freeze(model, ["vision.hgih"])
