@@ -4,6 +4,7 @@
     trimodal predict --model models/teacher --audio clip.wav --json
     trimodal serve --model models/student-int8 --model models/teacher --port 8000
     trimodal report                      # the last evaluation, models and baselines side by side
+    trimodal report --compare HEAD deepseek-vl   # two revisions / experiments per modality subset
     trimodal promote student-int8        # production only if it beats the production model (trimodal/registry.py)
 
 Exit codes: 0 done, 2 bad input (a media file the validate stage would reject, with its reason; a missing file or
@@ -76,15 +77,23 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from trimodal.report import read_headlines, table
+    from trimodal.report import compare, read_headlines, table
 
     metrics = args.metrics
-    if metrics is None:  # only the path: a params.yaml of an older commit may lack newer settings
+    if metrics is None or args.compare:  # only the paths: a params.yaml of an older commit may lack newer settings
         import yaml
 
         if not Path("params.yaml").is_file():
             raise InputError("no params.yaml here: run from the project root, or give --metrics DIR")
-        metrics = yaml.safe_load(Path("params.yaml").read_text())["paths"]["metrics"]
+        paths = yaml.safe_load(Path("params.yaml").read_text())["paths"]
+        metrics = metrics or paths["metrics"]
+    if args.compare:
+        try:
+            print(compare(args.compare, paths["details"], args.variant))
+        except Exception as e:  # dvc.api: an unknown revision, or one without an evaluation
+            raise InputError(f"cannot compare {' '.join(args.compare)}: {e} (revisions: git commits, branches, tags "
+                             "or experiment names from `dvc exp list`, each with a committed evaluation)") from None
+        return 0
     try:
         headlines = read_headlines(Path(metrics) / "eval")
     except FileNotFoundError as e:
@@ -126,6 +135,10 @@ def parser() -> argparse.ArgumentParser:
 
     r = commands.add_parser("report", help="the last evaluation, models and baselines side by side")
     r.add_argument("--metrics", help="the metrics folder (default: params.yaml's paths.metrics)")
+    r.add_argument("--compare", nargs="+", metavar="REV",
+                   help="git revisions or DVC experiment names: their evaluations per modality subset, side by side "
+                        "(e.g. HEAD and an experiment run with -S model=deepseek_vl)")
+    r.add_argument("--variant", default="teacher", help="with --compare: teacher, student or student-int8")
     r.set_defaults(run=report)
 
     g = commands.add_parser("promote", help="make HEAD's model production if it beats production on the test split")
