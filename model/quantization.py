@@ -1,4 +1,5 @@
-"""Uniform affine INT8 of seed 001 section 2.4 (q = round(r / S) + Z, r' = S (q - Z)) for the trimodal model.
+"""Uniform affine INT8 of seed 001 section 2.4 (q = round(r / S) + Z, r' = S (q - Z)) for either model family
+(model/families.py): the trimodal model and DeepSeek-VL.
 
 Scheme (torch.ao eager mode, x86 backend):
     nn.Linear      weights per output channel, symmetric qint8; input and output activations per tensor,
@@ -14,7 +15,7 @@ where INT8 breaks, e.g. a Linear fed by a wide-ranged convolution). A tied embed
 
 File: model.int8.safetensors (layout in `export_int8`): int8 weights, their scales, the calibrated activation
 scales and zero points, and every other tensor as is. No pickle anywhere: `load_int8` rebuilds the modules
-from these numbers.
+from these numbers, in the class config.json's model_type names.
 """
 from __future__ import annotations
 
@@ -26,15 +27,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.ao.quantization import QuantWrapper, convert, get_default_qconfig, prepare
+from transformers import LlamaForCausalLM, PreTrainedConfig
 
-from model.configuration import TrimodalConfig
+from model.families import BY_MODEL_TYPE, CLASSES, DEEPSEEK_VL, TRIMODAL, load_pretrained, saved_family
 from model.modeling import TrimodalForConditionalGeneration
 
 WEIGHTS = "model.int8.safetensors"
 SENSITIVITY = "sensitivity.json"  # written beside WEIGHTS by stages/quantize.py: which Linears stayed float, why
 ENGINE = "x86"
 WEIGHT_ONLY = (nn.Embedding, nn.Conv1d, nn.Conv2d)  # and every other >= 2-D parameter (position tables)
-TIED = TrimodalForConditionalGeneration._tied_weights_keys  # Linear weight -> the embedding it shares
+TIED = {  # family -> {Linear weight: the embedding weight it shares}, when its config ties them (the LM head)
+    TRIMODAL: TrimodalForConditionalGeneration._tied_weights_keys,
+    DEEPSEEK_VL: {f"language_model.{k}": f"language_model.{v}" for k, v in LlamaForCausalLM._tied_weights_keys.items()},
+}
 
 
 class Int8Linear(nn.Module):
@@ -79,11 +84,21 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 ENCODER_ARGS = ("pixel_values", "image_present", "input_features", "mel_lengths", "text_ids", "text_mask")
+DEEPSEEK_VL_ARGS = ("input_ids", "attention_mask", "pixel_values", "image_present")
 
 
-def calibration_pass(model: TrimodalForConditionalGeneration, kwargs: dict) -> None:
-    """Run every Linear once: encoder, decoder and classifier (forward), the contrastive projections and the
-    pre-training heads, so no observer is left without a range."""
+def calibration_pass(model: nn.Module, kwargs: dict) -> None:
+    """Run every Linear once, so no observer is left without a range. DeepSeek-VL: its forward with pixel_values
+    runs them all (both towers, the adaptor, the LLM and its head)."""
+    if BY_MODEL_TYPE[model.config.model_type] == DEEPSEEK_VL:
+        model(**{k: v for k, v in kwargs.items() if k in DEEPSEEK_VL_ARGS})
+    else:
+        trimodal_calibration_pass(model, kwargs)
+
+
+def trimodal_calibration_pass(model: TrimodalForConditionalGeneration, kwargs: dict) -> None:
+    """Encoder, decoder and classifier (forward), the contrastive projections and the pre-training heads: the
+    forward alone leaves the last two unseen."""
     encoded = model.encoder(**{k: v for k, v in kwargs.items() if k in ENCODER_ARGS})
     model(encoder_outputs=encoded, decoder_input_ids=kwargs.get("decoder_input_ids"))
     for modality in encoded.unimodal:
@@ -93,7 +108,7 @@ def calibration_pass(model: TrimodalForConditionalGeneration, kwargs: dict) -> N
         heads[modality](encoded.last_hidden_state[:, segment])
 
 
-def quantize_model(model: TrimodalForConditionalGeneration, batches: Iterable[dict],
+def quantize_model(model: nn.Module, batches: Iterable[dict],
                    keep_fp32: Collection[str] = ()) -> nn.Module:
     """Static INT8 of every Linear but those named in keep_fp32, activation ranges observed on `batches` (the
     model's forward kwargs)."""
@@ -170,12 +185,13 @@ def layer_sensitivity(fp32: nn.Module, quantized: nn.Module, score: Callable[[nn
     return out
 
 
-def _tied(config: TrimodalConfig) -> dict[str, str]:
+def _tied(config: PreTrainedConfig) -> dict[str, str]:
     """embedding module -> the Linear module sharing its weight (the LM head), when the config ties them. The
     embedding is never stored: it is rebuilt from its Linear's integers, INT8 or weight-only (kept in float)."""
     if not config.tie_word_embeddings:
         return {}
-    return {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in TIED.items()}
+    tied = TIED[BY_MODEL_TYPE[config.model_type]]
+    return {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in tied.items()}
 
 
 def _weight_only(model: nn.Module, int8: Collection[str]) -> dict[str, nn.Parameter]:
@@ -213,7 +229,7 @@ def _dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (q.float().reshape(len(scale), -1) * scale.float()[:, None]).reshape(q.shape)  # r' = S (q - Z), Z = 0
 
 
-def export_int8(model: nn.Module, config: TrimodalConfig, out_dir: Path) -> dict:
+def export_int8(model: nn.Module, config: PreTrainedConfig, out_dir: Path) -> dict:
     """Write config.json + model.int8.safetensors for a model from `quantize_model`; returns a summary.
 
     Per Linear: `<name>.int8` and `<name>.qparams` = [per-channel weight scales..., input scale, input zero
@@ -258,12 +274,13 @@ def _int8_linear(tensors: dict, name: str, q: torch.Tensor) -> Int8Linear:
 
 
 def load_int8(model_dir: str | Path) -> nn.Module:
-    """Rebuild the INT8 model written by `export_int8` (a TrimodalForConditionalGeneration, Linears swapped)."""
+    """Rebuild the INT8 model written by `export_int8` (its family's class, from config.json; Linears swapped)."""
     _set_engine()
     model_dir = Path(model_dir)
     tensors = load_file(model_dir / WEIGHTS)
-    config = TrimodalConfig.from_pretrained(model_dir)
-    model = TrimodalForConditionalGeneration(config).eval()
+    config_class, model_class = CLASSES[saved_family(model_dir)]
+    config = config_class.from_pretrained(model_dir)
+    model = model_class(config).eval()
     linears = {k.removesuffix(".qparams") for k in tensors if k.endswith(".qparams")}
     weight_only = {k.removesuffix(".scales") for k in tensors if k.endswith(".scales")}
     plain = {key: _dequantize(tensors[f"{key}.int8"], tensors[f"{key}.scales"]) for key in weight_only}
@@ -284,8 +301,9 @@ def load_int8(model_dir: str | Path) -> nn.Module:
 
 
 def load_saved(model_dir: str | Path) -> nn.Module:
-    """Any saved trimodal folder in eval mode: INT8 (`export_int8`'s weights present) or float (save_pretrained)."""
+    """Any saved model folder of either family in eval mode: INT8 (`export_int8`'s weights present) or float
+    (save_pretrained)."""
     model_dir = Path(model_dir)
     if (model_dir / WEIGHTS).exists():
         return load_int8(model_dir)
-    return TrimodalForConditionalGeneration.from_pretrained(model_dir).eval()
+    return load_pretrained(model_dir).eval()

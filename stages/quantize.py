@@ -1,20 +1,22 @@
-"""Stage `quantize`: models/student -> models/student-int8/ (uniform affine INT8, model/quantization.py).
+"""Stage `quantize`: models/student -> models/student-int8/ (uniform affine INT8, model/quantization.py), for a
+student of either family (model/families.py).
 
-Activation ranges are calibrated on `quantize.calibration_batches` val batches, each seen twice: as the
-captioning pass (record inputs, caption decoder inputs) and as the VQA pass (question joined to the text),
-so every Linear, the decoder's included, sees the inputs it will meet. Optional L1 magnitude pruning of the
-Linear weights (torch.nn.utils.prune) runs first.
+Activation ranges are calibrated on `quantize.calibration_batches` val batches, each seen as the passes the model
+meets, so every Linear, the decoder's included, sees the inputs it will meet. Trimodal: twice, as the captioning
+pass (record inputs, caption decoder inputs) and as the VQA pass (question joined to the text). DeepSeek-VL: as its
+fine-tuning chat turns (stages/common/vl_tasks.py: caption, VQA and class-name turns of the records it reads, the
+images in front). Optional L1 magnitude pruning of the Linear weights (torch.nn.utils.prune) runs first.
 
 Sensitivity sweep: each Linear alone in INT8 (the rest float), scored by the KL divergence of its output
-distributions (decoder tokens and classes) from the float model's on the first `quantize.sensitivity_batches`
-calibration batches (one model run per Linear and batch: the stage's largest cost). Then, most
-fragile first, Linears go back to float while the all-INT8 model's val accuracy (teacher-forced exact match of
-captions / answers, and classes) is more than `quantize.max_val_drop` below the float model's, at most
-`quantize.max_fp32_linears` of them. The written model is loaded back and must reproduce the in-memory
-quantized model's outputs before the stage succeeds -> metrics/details/quantize.json (sizes, round trip, the
-sweep, the Linears kept in float, val accuracy float / all-INT8 / shipped) and its headline ->
-metrics/quantize.json. A kept Linear computes in float from int8 weights (weight-only, as embeddings), so the
-file stays small.
+distributions (next tokens at the target positions, and classes where the model has a classifier) from the float
+model's on the first `quantize.sensitivity_batches` calibration batches (one model run per Linear and batch: the
+stage's largest cost). Then, most fragile first, Linears go back to float while the all-INT8 model's val accuracy
+(teacher-forced exact match of captions / answers / class names, and classes) is more than `quantize.max_val_drop`
+below the float model's, at most `quantize.max_fp32_linears` of them. The written model is loaded back and must
+reproduce the in-memory quantized model's outputs before the stage succeeds -> metrics/details/quantize.json
+(sizes, round trip, the sweep, the Linears kept in float, val accuracy float / all-INT8 / shipped) and its
+headline -> metrics/quantize.json. A kept Linear computes in float from int8 weights (weight-only, as
+embeddings), so the file stays small.
 
 Width rule: INT8 pays only where the GEMM outweighs quantizing the input and dequantizing the output. On the
 2-core x86 machine a 48-wide int8 Linear is ~5x slower than the float one at 1 row and ~2.7x at 32 rows, a
@@ -41,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from model.modeling import TrimodalForConditionalGeneration
+from model.families import DEEPSEEK_VL, family_of_model, load_pretrained
 from model.quantization import (
     SENSITIVITY,
     WEIGHTS,
@@ -61,48 +63,91 @@ from stages.common.batches import decoder_labels, model_inputs, with_question
 from stages.common.latency import inference, interleaved_ms, latency_ms, timing_batches
 from stages.common.loader import make_loader
 from stages.common.params import load_params
+from stages.common.vl_tasks import IGNORE, TASKS, chat_turns, texts, usable
 
 
-def calibration_inputs(model, shards: str, batch_size: int, batches: int) -> Iterator[list[dict]]:
-    """Forward kwargs for calibration, one list per val batch: its captioning pass (with the caption as `labels`
-    and the class as `class_labels`) and its VQA pass (the answer as `labels`), each when the batch has targets
-    for it."""
+def calibration_inputs(model, shards: str, batch_size: int, batches: int,
+                       tokenizer: PreTrainedTokenizerBase | None = None) -> Iterator[list[dict]]:
+    """Forward kwargs for calibration, one list per val batch, each with `labels` aligned with the model's logits
+    (position t's target, -100 where none). DeepSeek-VL (`tokenizer` renders its chat turns): the batch's chat
+    turns, of the records it reads; trimodal: its captioning and VQA passes."""
+    if family_of_model(model) == DEEPSEEK_VL:
+        if tokenizer is None:
+            raise ValueError("quantize: a DeepSeek-VL model is calibrated on chat turns: pass its tokenizer")
+        for batch in islice(make_loader(shards, "val", batch_size, keep=usable), batches):
+            yield chat_passes(tokenizer, batch, model.vision.num_tokens)
+        return
     for batch in islice(make_loader(shards, "val", batch_size), batches):
-        passes = []
-        inputs = model_inputs(batch)
-        caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
-        if caption.ne(-100).any() or batch["label"].ge(0).any():
-            passes.append({**inputs, "decoder_input_ids": model.shift_right(caption), "labels": caption,
-                           "class_labels": batch["label"]})
-        answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
-        if answer.ne(-100).any():
-            text_ids, text_mask = with_question(batch, model.config.pad_token_id)
-            passes.append({**inputs, "text_ids": text_ids, "text_mask": text_mask,
-                           "decoder_input_ids": model.shift_right(answer), "labels": answer})
-        yield passes
+        yield trimodal_passes(model, batch)
+
+
+def chat_passes(tokenizer: PreTrainedTokenizerBase, batch: dict, visual_tokens: int) -> list[dict]:
+    """One pass per fine-tuning task the batch has targets for (vl_tasks.chat_turns), with the pixels of its rows
+    when the batch has an image (as the family runs: vl_tasks.visual_of); `labels` are the target tokens moved
+    to the logits' positions: those cover [visual tokens; text], and position t predicts token t + 1."""
+    text, images = texts(tokenizer, batch), bool(batch["image_present"].any())
+    visual = visual_tokens if images else 0
+    passes = []
+    for task in TASKS:
+        turns = chat_turns(tokenizer, batch, task, text, torch.device("cpu"))
+        if turns is None:
+            continue
+        rows, labels = torch.tensor(turns.rows), turns.labels
+        aligned = torch.cat([labels.new_full((len(rows), visual), IGNORE), labels[:, 1:],
+                             labels.new_full((len(rows), 1), IGNORE)], 1)
+        pixels = {"pixel_values": batch["image"][rows], "image_present": batch["image_present"][rows]} if images else {}
+        passes.append({"input_ids": turns.ids, "attention_mask": turns.mask, **pixels, "labels": aligned})
+    return passes
+
+
+def trimodal_passes(model, batch: dict) -> list[dict]:
+    """The batch's captioning pass (with the caption as `labels` and the class as `class_labels`) and its VQA
+    pass (the answer as `labels`), each when the batch has targets for it."""
+    passes = []
+    inputs = model_inputs(batch)
+    caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
+    if caption.ne(-100).any() or batch["label"].ge(0).any():
+        passes.append({**inputs, "decoder_input_ids": model.shift_right(caption), "labels": caption,
+                       "class_labels": batch["label"]})
+    answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
+    if answer.ne(-100).any():
+        text_ids, text_mask = with_question(batch, model.config.pad_token_id)
+        passes.append({**inputs, "text_ids": text_ids, "text_mask": text_mask,
+                       "decoder_input_ids": model.shift_right(answer), "labels": answer})
+    return passes
 
 
 def forward(model: nn.Module, kwargs: dict):
     return model(**{k: v for k, v in kwargs.items() if k not in ("labels", "class_labels")})
 
 
+def class_logits(output) -> torch.Tensor | None:
+    """The classifier's logits; None for a model without one (DeepSeek-VL names its classes in words)."""
+    return getattr(output, "class_logits", None)
+
+
 @torch.no_grad()
-def reference(model: nn.Module, batches: Sequence[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The float model's log-probabilities per batch: (decoder tokens at target positions, classes)."""
+def reference(model: nn.Module, batches: Sequence[dict]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The float model's log-probabilities per batch: (tokens at target positions, classes or None)."""
     out = []
     for kwargs in batches:
         o = forward(model, kwargs)
-        out.append((F.log_softmax(o.logits[kwargs["labels"].ne(-100)], -1), F.log_softmax(o.class_logits, -1)))
+        classes = class_logits(o)
+        out.append((F.log_softmax(o.logits[kwargs["labels"].ne(-100)], -1),
+                    None if classes is None else F.log_softmax(classes, -1)))
     return out
 
 
 @torch.no_grad()
-def divergence(model: nn.Module, batches: Sequence[dict], ref: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def divergence(model: nn.Module, batches: Sequence[dict],
+               ref: list[tuple[torch.Tensor, torch.Tensor | None]]) -> float:
     """Mean KL(float || model) over the target tokens and the class distributions of `batches`."""
     total, count = 0.0, 0
     for kwargs, (tokens, classes) in zip(batches, ref, strict=True):
         o = forward(model, kwargs)
-        for r, logits in ((tokens, o.logits[kwargs["labels"].ne(-100)]), (classes, o.class_logits)):
+        for r, logits in ((tokens, o.logits[kwargs["labels"].ne(-100)]), (classes, class_logits(o))):
+            if r is None:
+                continue
             total += float(F.kl_div(F.log_softmax(logits, -1), r, log_target=True, reduction="sum"))
             count += len(r)
     return total / max(1, count)
@@ -110,7 +155,8 @@ def divergence(model: nn.Module, batches: Sequence[dict], ref: list[tuple[torch.
 
 @torch.no_grad()
 def val_accuracy(model: nn.Module, batches: Sequence[dict]) -> float:
-    """Teacher-forced exact match of every target sequence (captions, answers) and class accuracy, pooled."""
+    """Teacher-forced exact match of every target sequence (captions, answers, class names) and class accuracy
+    (a model with a classifier), pooled."""
     hits, count = 0, 0
     for kwargs in batches:
         o, labels = forward(model, kwargs), kwargs["labels"]
@@ -224,9 +270,11 @@ def prune_linears(model: nn.Module, amount: float) -> int:
 
 
 def max_difference(a: nn.Module, b: nn.Module, kwargs: dict) -> float:
+    """Largest |difference| of the two models' logits (and class logits, where they have them) on `kwargs`."""
     with torch.no_grad():
         x, y = a(**kwargs), b(**kwargs)
-    return max(float((x.logits - y.logits).abs().max()), float((x.class_logits - y.class_logits).abs().max()))
+    pairs = [(x.logits, y.logits), (class_logits(x), class_logits(y))]
+    return max(float((p - q).abs().max()) for p, q in pairs if p is not None)
 
 
 def headline(metrics: dict) -> dict:
@@ -250,9 +298,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"quantize.speed_batch_sizes must be positive, got {q.speed_batch_sizes}")
     student, out_dir = Path(params.paths.student), Path(params.paths.student_int8)
     tokenizer = AutoTokenizer.from_pretrained(student)
-    model = TrimodalForConditionalGeneration.from_pretrained(student).eval()
+    model = load_pretrained(student).eval()
+    chat = family_of_model(model) == DEEPSEEK_VL  # its inference is a chat turn, which the tokenizer renders
     zeroed = prune_linears(model, q.prune_amount) if q.prune_amount > 0 else 0
-    per_batch = list(calibration_inputs(model, q.shards, q.batch_size, q.calibration_batches))
+    per_batch = list(calibration_inputs(model, q.shards, q.batch_size, q.calibration_batches, tokenizer))
     batches = [kwargs for passes in per_batch for kwargs in passes]
     fp32 = round_weight_only(copy.deepcopy(model))  # differs from the INT8 model in its Linears only
     quantized = quantize_model(copy.deepcopy(model), batches)
@@ -268,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if keep:
         accuracy["int8"] = val_accuracy(shipped, batches)  # as shipped: the kept Linears' weights are int8 too
     # speed: measured and reported, never deciding (timings differ run to run; the artifact must not)
-    timing_at = timing_batches(q.shards, "val", q.speed_batch_sizes)
+    timing_at = timing_batches(q.shards, "val", q.speed_batch_sizes, tokenizer if chat else None)
     speed = speed_sweep(fp32, quantized, workloads(quantized, timing_at, q.speed_new_tokens), q.speed_repeats)
     timed_models = latency_ms({"fp32": model, "int8_all": quantized, "shipped": shipped}, timing_at,
                               q.speed_new_tokens, q.speed_repeats) if timing_at else {}

@@ -142,11 +142,15 @@ def visual_of(model, batch: dict) -> torch.Tensor | None:
     return model.visual_tokens(batch["image"]) if batch["image_present"].any() else None
 
 
+def visual_inputs(turns: Turns, visual: torch.Tensor | None, batch: dict) -> dict:
+    """The model's visual arguments for the turns' rows of the batch (none: no sample has an image)."""
+    rows = torch.tensor(turns.rows, device=turns.ids.device)
+    return {} if visual is None else {"visual": visual[rows], "image_present": batch["image_present"][rows]}
+
+
 def run(model, turns: Turns, visual: torch.Tensor | None, batch: dict) -> torch.Tensor:
     """Logits of the turns' text positions [n, L, V] (the visual positions before them dropped)."""
-    rows = torch.tensor(turns.rows, device=turns.ids.device)
-    extra = {} if visual is None else {"visual": visual[rows], "image_present": batch["image_present"][rows]}
-    logits = model(turns.ids, turns.mask, **extra).logits
+    logits = model(turns.ids, turns.mask, **visual_inputs(turns, visual, batch)).logits
     return logits[:, -turns.ids.shape[1]:]
 
 
@@ -244,11 +248,9 @@ def label_index(answer: str, names: dict[int, str]) -> int:
 @torch.no_grad()
 def generated(model, tokenizer, turns: Turns, visual: torch.Tensor | None, batch: dict,
               max_new_tokens: int) -> list[str]:
-    rows = torch.tensor(turns.rows, device=turns.ids.device)
-    extra = {} if visual is None else {"visual": visual[rows], "image_present": batch["image_present"][rows]}
     new = model.generate(input_ids=turns.ids, attention_mask=turns.mask, max_new_tokens=max_new_tokens,
                          do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **extra)
+                         eos_token_id=tokenizer.eos_token_id, **visual_inputs(turns, visual, batch))
     return [s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 

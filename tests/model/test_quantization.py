@@ -1,9 +1,23 @@
-"""INT8 export: what is written is what is loaded back, the integers follow q = round(r / S) + Z, size shrinks."""
+"""INT8 export: what is written is what is loaded back, the integers follow q = round(r / S) + Z, size shrinks;
+for either family (the trimodal model, DeepSeek-VL)."""
 import torch
+from safetensors.torch import load_file
 
 from model.configuration import TrimodalConfig
+from model.deepseek_vl import DeepSeekVLConfig, DeepSeekVLForCausalLM
 from model.modeling import TrimodalForConditionalGeneration
-from model.quantization import WEIGHTS, _dequantize, _per_channel, export_int8, load_int8, quantize_model
+from model.quantization import (
+    WEIGHTS,
+    _dequantize,
+    _per_channel,
+    _tied,
+    calibration_pass,
+    export_int8,
+    load_int8,
+    load_saved,
+    quantize_model,
+)
+from tests.model.test_deepseek_vl import HIGH, LOW, TEXT
 
 
 def inputs(b=4, seed=0):
@@ -109,3 +123,80 @@ def test_layer_sensitivity_scores_each_linear_alone_and_restores_the_model():
     assert sensitivity["decoder.lm_head"] > 0 and sensitivity["mlm_head"] == 0  # a head off the logits' path
     with torch.no_grad():
         assert torch.equal(fp32(**x).logits, before)  # restored
+
+
+def tiny_vl():
+    torch.manual_seed(0)
+    config = DeepSeekVLConfig(low_vision=LOW, high_vision=HIGH, high_channels=(24, 48),
+                              text={**TEXT, "tie_word_embeddings": True})
+    return DeepSeekVLForCausalLM(config).eval()
+
+
+def vl_inputs(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 100, (b, 6), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "pixel_values": torch.rand(b, 3, 48, 48, generator=g),
+            "image_present": torch.arange(b) % 3 != 1}  # one sample in three without an image
+
+
+def linear_count(model) -> int:
+    return sum(type(m) is torch.nn.Linear for m in model.modules())
+
+
+def test_a_deepseek_vl_calibration_pass_runs_every_linear():
+    model = tiny_vl()
+    called = set()
+    handles = [m.register_forward_hook(lambda *_, name=name: called.add(name))
+               for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    with torch.no_grad():
+        calibration_pass(model, {**vl_inputs(), "labels": torch.zeros(3, 22, dtype=torch.long)})  # labels unused
+    for handle in handles:
+        handle.remove()
+    assert called == {name for name, m in model.named_modules() if type(m) is torch.nn.Linear}
+    assert {"vision.low.encoder.layers.0.mlp.fc1", "vision.high.encoder.layers.0.attn.qkv",
+            "adaptor.out.1", "language_model.lm_head"} <= called  # both towers, the adaptor and the LLM
+
+
+def test_deepseek_vl_int8_round_trip_is_exact_and_stores_the_tied_head_once(tmp_path):
+    model = tiny_vl()
+    assert _tied(model.config) == {"language_model.model.embed_tokens": "language_model.lm_head"}
+    for embedding, linear in _tied(model.config).items():  # the names are the model's real tie
+        assert model.get_submodule(embedding).weight is model.get_submodule(linear).weight
+    with torch.no_grad():
+        reference = model(**vl_inputs(seed=9)).logits
+    quantized = quantize_model(tiny_vl(), [vl_inputs(seed=s) for s in range(3)])
+    summary = export_int8(quantized, quantized.config, tmp_path)
+    loaded = load_saved(tmp_path)
+    assert type(loaded) is DeepSeekVLForCausalLM and not loaded.training
+    assert summary["linear_int8"] == linear_count(model) and linear_count(loaded) == 0
+    with torch.no_grad():
+        a, b = quantized(**vl_inputs(seed=9)).logits, loaded(**vl_inputs(seed=9)).logits
+    assert torch.equal(a, b)
+    assert (a - reference).abs().mean() < 0.1 * reference.std()  # quantization error small next to the spread
+    assert not [k for k in load_file(tmp_path / WEIGHTS) if "embed_tokens" in k]  # rebuilt from the head
+    head = loaded.get_submodule("language_model.lm_head").weight_q.dequantize()
+    assert torch.equal(loaded.get_submodule("language_model.model.embed_tokens").weight, head)
+    x = vl_inputs(seed=5)
+    new = [m.generate(x["input_ids"], x["attention_mask"], pixel_values=x["pixel_values"], max_new_tokens=3,
+                      do_sample=False) for m in (quantized, loaded)]
+    assert new[0].shape == (3, 3) and torch.equal(*new)
+
+
+def test_a_deepseek_vl_head_kept_in_float_round_trips_and_load_saved_reads_float_folders(tmp_path):
+    keep = ["language_model.lm_head", "adaptor.out.1"]
+    quantized = quantize_model(tiny_vl(), [vl_inputs(seed=s) for s in range(2)], keep_fp32=keep)
+    export_int8(quantized, quantized.config, tmp_path / "int8")
+    loaded = load_saved(tmp_path / "int8")
+    assert all(type(loaded.get_submodule(k)) is torch.nn.Linear for k in keep) and linear_count(loaded) == 2
+    assert torch.equal(loaded.get_submodule("language_model.model.embed_tokens").weight,
+                       loaded.get_submodule("language_model.lm_head").weight)  # still one tensor, weight-only
+    with torch.no_grad():
+        assert torch.equal(quantized(**vl_inputs(seed=9)).logits, loaded(**vl_inputs(seed=9)).logits)
+    float_model = tiny_vl()
+    float_model.save_pretrained(tmp_path / "fp32")
+    again = load_saved(tmp_path / "fp32")
+    assert type(again) is DeepSeekVLForCausalLM and not again.training
+    assert linear_count(again) == linear_count(float_model)
+    with torch.no_grad():
+        assert torch.equal(again(**vl_inputs(seed=9)).logits, float_model(**vl_inputs(seed=9)).logits)
