@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from model.families import CLASSES, model_class, saved_family
+from model.families import CLASSES, DEEPSEEK_VL, model_class, saved_family
 from model.quantization import SENSITIVITY, load_saved
 from stages.common.atomic import atomic_open, write_json
 from stages.common.baselines import majority_baseline, question_prior_baseline
@@ -99,11 +99,12 @@ def score_baselines(shards: str, p: EvaluateParams, scored: dict) -> dict:
     return out
 
 
-def latencies(models: dict, shards: str, p: EvaluateParams) -> dict[str, dict]:
+def latencies(models: dict, shards: str, p: EvaluateParams, chat_tokenizer=None) -> dict[str, dict]:
     """variant -> {latency_ms_batch<n>: median ms, latency_ratio_batch<n>: {q1, median, q3} of its per-round ratio
-    to LATENCY_VS[variant]}, all variants interleaved at each batch size."""
-    rounds = latency_rounds(models, timing_batches(shards, p.split, p.latency_batch_sizes), p.max_new_tokens,
-                            p.latency_repeats)
+    to LATENCY_VS[variant]}, all variants interleaved at each batch size. `chat_tokenizer`: a DeepSeek-VL family's
+    (its workload is chat prompts of the records it reads); None for the trimodal family."""
+    rounds = latency_rounds(models, timing_batches(shards, p.split, p.latency_batch_sizes, chat_tokenizer),
+                            p.max_new_tokens, p.latency_repeats)
     out: dict[str, dict] = {name: {} for name in rounds}
     for name, row in rounds.items():
         for label, ms in row.items():
@@ -143,7 +144,9 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
                                              **{k: measured[k] for k in MEASURED if k in measured}}
         print(f"evaluate: {name}: " + json.dumps({k: round(v, 4) for k, v in scored["rows"]["overall"].items()
                                                   if isinstance(v, float)}))
-    for name, timed in latencies(models, shards, p).items():
+    first_path = next(iter(variants.values()))
+    chat = AutoTokenizer.from_pretrained(first_path) if saved_family(first_path) == DEEPSEEK_VL else None
+    for name, timed in latencies(models, shards, p, chat).items():
         results[name].update(timed)
     results["baselines"] = score_baselines(shards, p, first)
     return results

@@ -239,12 +239,6 @@ def zero_loss(model) -> torch.Tensor:
     return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
 
-def label_index(answer: str, names: dict[int, str]) -> int:
-    """A generated class name -> its index (case and outer spaces ignored); -1 when it names no class."""
-    by_name = {str(name).strip().lower(): int(i) for i, name in names.items()}
-    return by_name.get(answer.strip().lower(), -1)
-
-
 @torch.no_grad()
 def generated(model, tokenizer, turns: Turns, visual: torch.Tensor | None, batch: dict,
               max_new_tokens: int) -> list[str]:
@@ -255,9 +249,33 @@ def generated(model, tokenizer, turns: Turns, visual: torch.Tensor | None, batch
 
 
 @torch.no_grad()
+def class_scores(model, tokenizer, batch: dict, text: list[str], visual: torch.Tensor | None,
+                 ) -> tuple[list[int], torch.Tensor] | None:
+    """(usable rows, [rows, C] log-likelihood of each class name as the answer to the class turn): the family
+    classifies over the closed set of classes, as the trimodal classifier does, by ranking the names it was
+    fine-tuned to say. None when the batch has no usable row or the model knows no classes."""
+    names = [model.config.id2label[k] for k in sorted(model.config.id2label, key=int)]
+    rows = [i for i, m in enumerate(batch["meta"]) if usable(m)]
+    if not rows or not names:
+        return None
+    device = batch["image"].device
+    prompts = [[tokenizer.bos_token_id, *p] for p in encode(tokenizer, [prompt(tokenizer, text[i], batch["meta"][i],
+                                                                                 "cls") for i in rows])]
+    answers = [[*t, tokenizer.eos_token_id] for t in encode(tokenizer, [f" {name}" for name in names])]
+    pairs = [(r, c) for r in range(len(rows)) for c in range(len(names))]
+    turns = Turns([rows[r] for r, _ in pairs], *right_padded([prompts[r] for r, _ in pairs],
+                                                              [answers[c] for _, c in pairs], tokenizer.pad_token_id,
+                                                              device))
+    logits, targets = shifted(run(model, turns, visual, batch), turns.labels)
+    logp = -torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE,
+                                              reduction="none").sum(1)
+    return rows, logp.view(len(rows), len(names))
+
+
+@torch.no_grad()
 def predict_batch(model, tokenizer, batch: dict, max_new_tokens: int, captions: bool = True) -> list[dict]:
-    """The scoring records of a batch's usable samples (stages/common/predict.py's fields): generated caption,
-    answer and class name, and the teacher-forced caption NLL; the family has no contrastive embeddings."""
+    """The scoring records of a batch's usable samples (stages/common/predict.py's fields): generated caption and
+    answer, the most likely class name (class_scores), the teacher-forced caption NLL; no contrastive embeddings."""
     device = next(model.parameters()).device
     batch = to_device(batch, device)
     text, metas = texts(tokenizer, batch), batch["meta"]
@@ -270,16 +288,19 @@ def predict_batch(model, tokenizer, batch: dict, max_new_tokens: int, captions: 
                                                 reduction="none").sum(1)
         for j, i in enumerate(forced.rows):
             out[i].update(nll=float(nll[j]), tokens=int(targets[j].ne(IGNORE).sum()))
-    tasks = {"vqa": ("answer_pred", ANSWER_TOKENS), "cls": ("label_pred", ANSWER_TOKENS)}
+    scored = class_scores(model, tokenizer, batch, text, visual)
+    if scored is not None:
+        for i, row in zip(*scored, strict=True):
+            out[i]["label_pred"] = int(row.argmax())
+    tasks = {"vqa": ("answer_pred", ANSWER_TOKENS)}
     if captions:
         tasks["ce"] = ("caption_pred", max_new_tokens)
-    names = model.config.id2label
     for task, (key, budget) in tasks.items():
         turns = chat_turns(tokenizer, batch, task, text, device, with_targets=False)
         if turns is None:
             continue
         for i, s in zip(turns.rows, generated(model, tokenizer, turns, visual, batch, budget), strict=True):
-            out[i][key] = label_index(s, names) if task == "cls" else s
+            out[i][key] = s
     if captions:
         for record in out.values():
             record.setdefault("caption_pred", "")

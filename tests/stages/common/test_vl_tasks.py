@@ -146,10 +146,18 @@ def test_predictions_are_scoring_records_of_every_usable_record_and_only_those(t
         assert r["nll"] > 0 and r["tokens"] > 0  # every fixture record has a caption
 
 
-def test_a_generated_class_name_maps_to_its_index_whatever_its_case():
-    names = {0: "circle", 1: "square"}
-    assert vl_tasks.label_index(" Square ", names) == 1
-    assert vl_tasks.label_index("triangle", names) == -1
+def test_a_class_score_is_the_log_likelihood_of_the_class_name_as_the_class_turns_answer(tokenizer, batch):
+    model = tiny_model(tokenizer).eval()
+    text = vl_tasks.texts(tokenizer, batch)
+    visual = vl_tasks.visual_of(model, batch)
+    rows, scores = vl_tasks.class_scores(model, tokenizer, batch, text, visual)
+    assert scores.shape == (len(rows), 2) and rows == [i for i, m in enumerate(batch["meta"]) if vl_tasks.usable(m)]
+    turns = vl_tasks.chat_turns(tokenizer, batch, "cls", text, torch.device("cpu"))  # targets: the true names
+    logits, targets = vl_tasks.shifted(vl_tasks.run(model, turns, visual, batch), turns.labels)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(1)
+    for j, i in enumerate(turns.rows):
+        truth = batch["meta"][i]["label_index"]
+        assert torch.allclose(-scores[rows.index(i), truth], nll[j], atol=1e-4)
 
 
 def test_audio_only_records_are_counted_as_skipped(data):
