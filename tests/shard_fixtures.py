@@ -18,6 +18,15 @@ from stages.tokenizer import train_tokenizer
 from tests.stage_runner import make_project, run_stage
 
 TINY_MODEL = ["model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
+# DeepSeek-VL sizes for the fixture's 16 px images (merged over conf/model/deepseek_vl.yaml): 4 visual tokens
+TINY_DEEPSEEK_VL = {"low_vision": {"image_size": 16, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                        "num_hidden_layers": 1, "num_attention_heads": 2},
+         "high_vision": {"image_size": 32, "patch_size": 8, "hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 2,
+                         "num_attention_heads": 2, "window_size": 2, "global_attn_indexes": [1], "output_channels": 16,
+                         "num_pos_feats": 8},
+         "high_channels": [16, 32],
+         "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True}}
 
 SR = 16000
 

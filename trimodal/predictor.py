@@ -5,6 +5,8 @@ Inputs go through the validate stage's decoding (stages/common/media.py: same li
 and the shard stage's features (stages/common/features.py) with the sizes the model was trained on, which its
 config carries (image_size, n_mels, sample_rate, n_fft, hop_length, max_text_tokens). Requests are batched with the
 training loader's collate, so one request alone and the same request inside a batch get the same outputs.
+Either model family: a DeepSeek-VL folder answers through its chat turns (stages/common/vl_tasks.py) and reads the
+image and text of a request, not its sound.
 
     predictor = Predictor.load("models/student-int8")
     [prediction] = predictor.predict([predictor.prepare(Inputs(image=png_bytes, question="what color is it?"))])
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from model.families import DEEPSEEK_VL, family_of_model
 from model.quantization import load_saved
 from stages.common.batches import model_inputs, with_question_streams
 from stages.common.features import image_to_array, log_mel, mel_filters, token_ids
@@ -24,6 +27,7 @@ from stages.common.generation import ANSWER_TOKENS, greedy
 from stages.common.loader import MODALITY_MEMBERS, collate
 from stages.common.media import decode_audio, decode_image
 from stages.common.params import defaults
+from stages.common.vl_tasks import chat_turns, class_scores, generated, texts, usable, visual_of
 
 CAPTION_TOKENS = 12
 
@@ -69,6 +73,7 @@ class Predictor:
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.limits, self.top_k = limits or MediaLimits.of_validate(), top_k
         self.filters = mel_filters(self.config.sample_rate, self.config.n_fft, self.config.n_mels)
+        self.deepseek_vl = family_of_model(model) == DEEPSEEK_VL  # reads images and text only
 
     @classmethod
     def load(cls, model_dir: str | Path, **kwargs) -> Predictor:
@@ -95,7 +100,10 @@ class Predictor:
         modalities = [m for m, member in MODALITY_MEMBERS.items() if member in sample]
         if not modalities:
             raise ValueError("no input: give an image, a sound or a text (a question alone has nothing to ask about)")
-        sample["meta"] = {"id": None, "modalities": modalities}
+        if self.deepseek_vl and not usable({"modalities": modalities}):
+            raise ValueError("this model (DeepSeek-VL) reads images and text, not sound: give an image or a text")
+        # the question's words too: the DeepSeek-VL family renders it into its chat turn
+        sample["meta"] = {"id": None, "modalities": modalities, "question": texts.get("question")}
         return sample
 
     @torch.no_grad()
@@ -104,6 +112,8 @@ class Predictor:
         """Prepared samples (any mix of modalities) -> one Prediction each, in one batched pass."""
         c = self.config
         batch = collate(samples, c.pad_token_id, c.image_size, c.n_mels)
+        if self.deepseek_vl:
+            return self._predict_vl(batch, caption_tokens, answer_tokens)
         streams = self.model.encoder.streams(**model_inputs(batch))
         encoded = self.model.encoder.fuse(streams)
         probs = self.model(encoder_outputs=encoded).class_logits.float().softmax(-1)
@@ -117,6 +127,25 @@ class Predictor:
                 answers[i] = answer
         return [Prediction(captions[i], answers[i], self._top(probs[i]), s["meta"]["modalities"])
                 for i, s in enumerate(samples)]
+
+    def _predict_vl(self, batch: dict, caption_tokens: int, answer_tokens: int) -> list[Prediction]:
+        """The DeepSeek-VL family (stages/common/vl_tasks.py): caption and answer generated from its chat turns,
+        label probabilities from the likelihood of each class name (softmax over the classes); audio is not read."""
+        model, tokenizer, device = self.model, self.tokenizer, torch.device("cpu")
+        text, visual = texts(tokenizer, batch), visual_of(model, batch)
+        out: dict[str, list] = {}
+        for task, budget in (("ce", caption_tokens), ("vqa", answer_tokens)):
+            turns = chat_turns(tokenizer, batch, task, text, device, with_targets=False)
+            words = [None] * len(batch["meta"])
+            if turns is not None:
+                for i, said in zip(turns.rows, generated(model, tokenizer, turns, visual, batch, budget), strict=True):
+                    words[i] = said
+            out[task] = words
+        scored = class_scores(model, tokenizer, batch, text, visual)
+        probs = {i: row.softmax(-1) for i, row in zip(*scored, strict=True)} if scored is not None else {}
+        return [Prediction(out["ce"][i] or "", out["vqa"][i], self._top(probs[i]) if i in probs else [],
+                           [m for m in meta["modalities"] if m != "audio"])
+                for i, meta in enumerate(batch["meta"])]
 
     def _top(self, probs: torch.Tensor) -> list[dict]:
         values, indices = probs.topk(min(self.top_k, probs.numel()))

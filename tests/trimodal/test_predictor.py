@@ -48,3 +48,43 @@ def test_a_question_alone_is_refused(models):
 def test_a_folder_without_a_model_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved model folder"):
         Predictor.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def deepseek_vl(tmp_path_factory):
+    """A saved tiny DeepSeek-VL folder (untrained: its words are arbitrary, their shapes are not)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from model.families import build_config, model_class, read_preset
+    from tests.shard_fixtures import TINY_DEEPSEEK_VL, build_validated
+
+    root = tmp_path_factory.mktemp("vl-model")
+    build_validated(root, n=7)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    config = build_config({**read_preset("deepseek_vl"), **TINY_DEEPSEEK_VL}, vocab_size=len(tokenizer),
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, image_size=16, n_mels=20, sample_rate=16000,
+                          n_fft=400, hop_length=160, max_text_tokens=32)
+    config.id2label = {0: "circle", 1: "square"}
+    torch.manual_seed(0)
+    model_class(config)(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root / "model"
+
+
+def test_a_deepseek_vl_folder_answers_from_image_and_text_and_refuses_sound_alone(deepseek_vl):
+    predictor = Predictor.load(deepseek_vl)
+    requests = [Inputs(image=png(), question="what color is it?"), Inputs(text="there is a red circle 3"),
+                Inputs(image=png((50, 50)), audio=wav(0.5), question="what shape is it?")]
+    samples = [predictor.prepare(r) for r in requests]
+    batched = predictor.predict(samples)
+    alone = [predictor.predict([s])[0] for s in samples]
+    assert [(p.caption, p.answer) for p in batched] == [(p.caption, p.answer) for p in alone]
+    assert [p.inputs for p in batched] == [["image"], ["text"], ["image"]]  # the sound is not read
+    assert [p.answer is None for p in batched] == [False, True, False]
+    for p in batched:  # the class names' likelihoods, normalised over the two classes
+        assert {x["label"] for x in p.labels} == {"circle", "square"}
+        assert abs(sum(x["probability"] for x in p.labels) - 1) < 1e-4
+    with pytest.raises(ValueError, match="reads images and text, not sound"):
+        predictor.prepare(Inputs(audio=wav()))

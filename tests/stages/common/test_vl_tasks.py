@@ -13,16 +13,9 @@ from stages.common.loader import make_loader, read_meta
 from stages.common.params import defaults
 from stages.common.trainer import freeze
 from stages.shard import run as shard
+from tests.shard_fixtures import TINY_DEEPSEEK_VL as SMALL
 from tests.shard_fixtures import build_validated, shard_params
 
-SMALL = {"low_vision": {"image_size": 16, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                        "num_hidden_layers": 1, "num_attention_heads": 2},
-         "high_vision": {"image_size": 32, "patch_size": 8, "hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 2,
-                         "num_attention_heads": 2, "window_size": 2, "global_attn_indexes": [1], "output_channels": 16,
-                         "num_pos_feats": 8},
-         "high_channels": [16, 32],
-         "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True}}
 PARTS = ("vision.low", "vision.high", "adaptor", "language_model")
 
 
