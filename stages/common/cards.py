@@ -40,7 +40,7 @@ ABOUT_DEEPSEEK_VL = {
                "the seed's three stages: adaptor warm-up, joint pretraining, chat-format fine-tuning.",
     "student": "The student: a shallower, narrower DeepSeek-VL distilled from the teacher with the KD loss of seed "
                "001 section 2.4 on the fine-tuning turns' next-token distributions.",
-    "student-int8": ABOUT["student-int8"],
+    "student-int8": "The INT8 DeepSeek-VL student: " + ABOUT["student-int8"].removeprefix("The INT8 student: "),
 }
 # model-index entries: (score key, task type, task name, metric type, metric name); the Hub's task ids where one fits
 INDEXED = (
@@ -165,7 +165,8 @@ def card_text(variant: str, model_dir: Path, result: dict, baselines: dict, spli
     overall = result["rows"]["overall"]
     name = f"trimodal-{variant}"
     data = ModelCardData(model_name=name, license="apache-2.0", library_name="transformers",
-                         tags=["trimodal", "multimodal", "image", "audio", "text", "dvc", variant],
+                         tags=["trimodal", "multimodal", "image", "audio", "text", "dvc", variant,
+                               *(["deepseek-vl"] if result.get("family") == "deepseek_vl" else [])],
                          eval_results=model_index(variant, overall, split, origin.shards_md5))
     weights = sorted(p.name for p in model_dir.glob("*.safetensors"))
     classes = labels(model_dir)

@@ -83,8 +83,8 @@ def _both(keep: Keep | None, kind: Keep, meta: dict) -> bool:
     return kind(meta) and (keep is None or keep(meta))
 
 
-def record_stream(params: TrainParams, seed: int, position: dict, world: World,
-                  keep: Keep | None = None) -> Iterator[tuple[dict, dict]]:
+def record_stream(params: TrainParams, seed: int, position: dict, world: World, keep: Keep | None = None,
+                  what: str = "train records") -> Iterator[tuple[dict, dict]]:
     """Endless (position after the batch, this rank's batch) of the records `keep` accepts (None: all), starting
     `consumed` batches into `epoch`. A filtered stream has no fixed epoch length; ranks still take one batch per
     step each, so they stay in step."""
@@ -99,8 +99,8 @@ def record_stream(params: TrainParams, seed: int, position: dict, world: World,
             if index >= skip:
                 yield {"epoch": epoch, "consumed": index + 1}, batch
         if empty:
-            raise ValueError(f"no batch of {params.batch_size // world.size} train records in {params.shards} "
-                             f"(rank {world.rank}) for this stage's records ({getattr(keep, '__name__', keep)})")
+            raise ValueError(f"not one batch of {params.batch_size // world.size} {what} in the train split of "
+                             f"{params.shards} (rank {world.rank}): lower the stage's batch_size, or add such records")
         epoch, skip = epoch + 1, 0
 
 
@@ -111,14 +111,16 @@ def data_stream(params: TrainParams, seed: int, position: dict, world: World,
     every rank; batch["language_fraction"] is the share drawn so far. Otherwise one stream of the records `keep`
     accepts."""
     if params.language_fraction is None:
-        yield from record_stream(params, seed, position, world, keep)
+        yield from record_stream(params, seed, position, world, keep,
+                                 "train records" if keep is None else "train records this stage reads")
         return
     if not 0.0 <= params.language_fraction <= 1.0:
         raise ValueError(f"language_fraction must be within [0, 1], got {params.language_fraction}")
     start = {"language": {"epoch": 0, "consumed": 0}, "multimodal": {"epoch": 0, "consumed": 0}, "drawn": 0,
              "drawn_language": 0, **position.get("streams", {})}
-    streams = {kind: record_stream(params, seed, start[kind], world, partial(_both, keep, test))
-               for kind, test in (("language", language_only), ("multimodal", with_image))}
+    streams = {kind: record_stream(params, seed, start[kind], world, partial(_both, keep, test), what)
+               for kind, test, what in (("language", language_only, "language-only records (text, no image)"),
+                                        ("multimodal", with_image, "records with an image"))}
     where = {kind: start[kind] for kind in streams}
     drawn, language = start["drawn"], start["drawn_language"]
     while True:

@@ -67,3 +67,10 @@ def test_frozen_prefixes_freeze_exactly_their_parameters_and_a_typo_is_an_error(
         "vision.low.weight", "vision.low.bias", "adaptor.weight", "adaptor.bias"}
     with pytest.raises(ValueError, match="vision.hgih"):
         freeze(model, ["vision.hgih"])
+
+
+def test_a_mix_without_enough_records_of_a_kind_names_the_kind_and_the_fix(shards):
+    p = params(shards, 0.5)
+    p.batch_size = 64  # more than the fixture's language-only train records
+    with pytest.raises(ValueError, match=r"language-only records \(text, no image\).*lower the stage's batch_size"):
+        list(itertools.islice(data_stream(p, 0, {}, ONE), 10))

@@ -1,0 +1,76 @@
+"""The DeepSeek-VL family through the DAG's stages, each run as dvc.yaml runs it (`python -m stages.<name>`) from a
+params.yaml composed with `model=deepseek_vl`: pretrain (adaptor warm-up, then joint pretraining), finetune,
+distill, quantize and evaluate on tiny shards holding every modality subset, audio-only records included."""
+import json
+
+import pytest
+import yaml
+
+from model.families import saved_family
+from stages.common.params import compose, write
+from stages.shard import run as shard
+from tests.shard_fixtures import TINY_DEEPSEEK_VL, build_validated, shard_params
+from tests.stage_runner import make_project, run_stage
+
+SHORT = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 2, "shuffle": 0}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    data = tmp_path_factory.mktemp("vl-stage-data")
+    build_validated(data, n=28)
+    shard(data / "validated", data / "tokenizer", data / "shards", shard_params())
+    root = make_project(tmp_path_factory.mktemp("vl-stages"))
+    values = compose(["model=deepseek_vl"])
+    values["model"] = {**values["model"], **TINY_DEEPSEEK_VL}
+    for stage in (values["pretrain"], values["pretrain"]["adaptor_warmup"], values["finetune"], values["distill"]):
+        stage.update(SHORT, shards=str(data / "shards"))
+    values["pretrain"]["batch_size"] = 2  # 3 language-only train records among the fixture's 28
+    values["distill"]["student"] = {"low_vision": {"hidden_size": 16, "intermediate_size": 32},
+                                    "high_vision": {"num_hidden_layers": 1, "global_attn_indexes": [0]},
+                                    "text": {"num_hidden_layers": 1, "hidden_size": 24, "intermediate_size": 48}}
+    values["quantize"].update(shards=str(data / "shards"), speed_batch_sizes=[], int8_min_features=0)
+    values["evaluate"].update(shards=str(data / "shards"), latency_batch_sizes=[1], latency_repeats=2)
+    values["paths"].update(shards=str(data / "shards"), tokenizer=str(data / "tokenizer"))
+    write(root / "params.yaml", values, ["model=deepseek_vl"])
+    for stage in ("pretrain", "finetune", "distill", "quantize", "evaluate"):
+        run_stage(stage, root)
+    return root
+
+
+def test_pretrain_warms_the_adaptor_alone_then_trains_the_llm_on_mixed_batches(project):
+    metrics = json.loads((project / "metrics/pretrain/metrics.json").read_text())
+    warm, joint = metrics["warmup"], metrics
+    # warm-up: the towers and the LLM frozen, the adaptor alone trains; joint: the LLM joins it
+    assert metrics["warmup/trained_parameters"] < metrics["trained_parameters"]
+    assert metrics["warmup/trained_parameters"] + metrics["warmup/frozen_parameters"] == \
+        metrics["trained_parameters"] + metrics["frozen_parameters"]
+    assert "lm" in warm and "lm" in joint
+    assert 0.0 < joint["language_fraction"] < 1.0  # both kinds of batch were drawn in 4 steps
+    assert metrics["train_skipped_audio_only"] > 0 and metrics["train_records"] > metrics["train_skipped_audio_only"]
+
+
+def test_finetune_and_distill_score_the_records_the_family_reads_and_count_the_skipped(project):
+    finetune = json.loads((project / "metrics/finetune.json").read_text())
+    assert finetune["train_skipped_audio_only"] > 0
+    details = json.loads((project / "metrics/details/finetune.json").read_text())
+    assert "audio" not in details and {"image", "text", "overall"} <= set(details)
+    distill = json.loads((project / "metrics/details/distill.json").read_text())
+    assert distill["student_parameters"] < distill["teacher_parameters"]
+    config = json.loads((project / "models/student/config.json").read_text())
+    assert config["text"]["num_hidden_layers"] == 1 and config["text"]["hidden_size"] == 24  # distill.student
+
+
+def test_quantize_and_evaluate_ship_and_score_the_family(project):
+    quantized = json.loads((project / "metrics/details/quantize.json").read_text())
+    assert quantized["round_trip_max_difference"] == 0.0
+    for variant in ("teacher", "student", "student-int8"):
+        assert saved_family(project / "models" / variant) == "deepseek_vl"
+        result = json.loads((project / f"metrics/details/eval/{variant}.json").read_text())
+        assert result["family"] == "deepseek_vl" and "audio" not in result["rows"]
+        assert "latency_ms_batch1" in result
+        assert "image_text_r@1" not in result["rows"]["overall"]  # no contrastive embeddings: no retrieval
+        card = (project / "models" / variant / "README.md").read_text()
+        assert "DeepSeek-VL" in card
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["model"]["family"] == "deepseek_vl"
