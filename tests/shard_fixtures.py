@@ -69,6 +69,28 @@ def build_validated(root: Path, n: int = 24) -> list[dict]:
     return records
 
 
+def sharded(root: Path, n: int = 28) -> Path:
+    """root/validated, root/tokenizer (with its chat template) and root/shards of `n` fixture records; returns root."""
+    build_validated(root, n=n)
+    shard(root / "validated", root / "tokenizer", root / "shards", shard_params())
+    return root
+
+
+def tiny_deepseek_vl(tokenizer, labels=("circle", "square"), **features):
+    """An untrained DeepSeek-VL at TINY_DEEPSEEK_VL sizes for `tokenizer`'s vocabulary; `features`: the data's
+    (image_size, n_mels, ...), as the pretrain stage stores them in the config."""
+    import torch
+
+    from model.families import build_config, model_class, read_preset
+
+    config = build_config({**read_preset("deepseek_vl"), **TINY_DEEPSEEK_VL}, vocab_size=len(tokenizer),
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, **features)
+    config.id2label = dict(enumerate(labels))
+    torch.manual_seed(0)
+    return model_class(config)(config)
+
+
 def shard_params(**shard) -> Params:
     params = defaults()
     params.shard.samples_per_shard = 4

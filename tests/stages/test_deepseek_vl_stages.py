@@ -8,8 +8,7 @@ import yaml
 
 from model.families import saved_family
 from stages.common.params import compose, write
-from stages.shard import run as shard
-from tests.shard_fixtures import TINY_DEEPSEEK_VL, build_validated, shard_params
+from tests.shard_fixtures import TINY_DEEPSEEK_VL, sharded
 from tests.stage_runner import make_project, run_stage
 
 SHORT = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 2, "shuffle": 0}
@@ -17,9 +16,7 @@ SHORT = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkp
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    data = tmp_path_factory.mktemp("vl-stage-data")
-    build_validated(data, n=28)
-    shard(data / "validated", data / "tokenizer", data / "shards", shard_params())
+    data = sharded(tmp_path_factory.mktemp("vl-stage-data"))
     root = make_project(tmp_path_factory.mktemp("vl-stages"))
     values = compose(["model=deepseek_vl"])
     values["model"] = {**values["model"], **TINY_DEEPSEEK_VL}

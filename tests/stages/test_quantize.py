@@ -16,11 +16,10 @@ from stages.common import vl_tasks
 from stages.common.latency import PROMPTS, inference, timing_batches
 from stages.common.loader import make_loader
 from stages.quantize import calibration_inputs, linear_calls, reference, slower_in_int8, speed_sweep
-from stages.shard import run as shard
 from tests.model.test_quantization import inputs, tiny
-from tests.shard_fixtures import build_validated, shard_params
+from tests.shard_fixtures import sharded
+from tests.shard_fixtures import tiny_deepseek_vl as tiny_model
 from tests.stage_runner import make_project, run_stage
-from tests.stages.common.test_vl_tasks import tiny_model
 
 
 def quantized_pair() -> tuple[nn.Module, nn.Module]:
@@ -76,10 +75,7 @@ def test_slower_in_int8_keeps_what_loses_time_in_any_called_workload_most_lost_f
 
 @pytest.fixture(scope="module")
 def vl_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quantize-vl-data")
-    build_validated(root, n=28)
-    shard(root / "validated", root / "tokenizer", root / "shards", shard_params())
-    return root
+    return sharded(tmp_path_factory.mktemp("quantize-vl-data"))
 
 
 @pytest.fixture(scope="module")

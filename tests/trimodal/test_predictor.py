@@ -53,22 +53,16 @@ def test_a_folder_without_a_model_is_named(tmp_path):
 @pytest.fixture(scope="module")
 def deepseek_vl(tmp_path_factory):
     """A saved tiny DeepSeek-VL folder (untrained: its words are arbitrary, their shapes are not)."""
-    import torch
     from transformers import AutoTokenizer
 
-    from model.families import build_config, model_class, read_preset
-    from tests.shard_fixtures import TINY_DEEPSEEK_VL, build_validated
+    from tests.shard_fixtures import build_validated, tiny_deepseek_vl
 
     root = tmp_path_factory.mktemp("vl-model")
     build_validated(root, n=7)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    config = build_config({**read_preset("deepseek_vl"), **TINY_DEEPSEEK_VL}, vocab_size=len(tokenizer),
-                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, image_size=16, n_mels=20, sample_rate=16000,
-                          n_fft=400, hop_length=160, max_text_tokens=32)
-    config.id2label = {0: "circle", 1: "square"}
-    torch.manual_seed(0)
-    model_class(config)(config).save_pretrained(root / "model")
+    model = tiny_deepseek_vl(tokenizer, image_size=16, n_mels=20, sample_rate=16000, n_fft=400, hop_length=160,
+                             max_text_tokens=32)
+    model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     return root / "model"
 

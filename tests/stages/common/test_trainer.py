@@ -12,18 +12,14 @@ from torch import nn
 from stages.common.distributed import World
 from stages.common.params import defaults
 from stages.common.trainer import data_stream, freeze, language_only, with_image
-from stages.shard import run as shard
-from tests.shard_fixtures import build_validated, shard_params
+from tests.shard_fixtures import sharded
 
 ONE = World(0, 1, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream-data")
-    build_validated(root, n=56)
-    shard(root / "validated", root / "tokenizer", root / "shards", shard_params())
-    return str(root / "shards")
+    return str(sharded(tmp_path_factory.mktemp("stream-data"), n=56) / "shards")
 
 
 def params(shards: str, fraction: float | None):
@@ -70,7 +66,7 @@ def test_frozen_prefixes_freeze_exactly_their_parameters_and_a_typo_is_an_error(
 
 
 def test_a_mix_without_enough_records_of_a_kind_names_the_kind_and_the_fix(shards):
-    p = params(shards, 0.5)
+    p = params(shards, 1.0)  # language-only batches alone
     p.batch_size = 64  # more than the fixture's language-only train records
     with pytest.raises(ValueError, match=r"language-only records \(text, no image\).*lower the stage's batch_size"):
         list(itertools.islice(data_stream(p, 0, {}, ONE), 10))

@@ -7,38 +7,24 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from model.families import build_config, model_class, read_preset
 from stages.common import vl_tasks
 from stages.common.loader import make_loader, read_meta
 from stages.common.params import defaults
 from stages.common.trainer import freeze
-from stages.shard import run as shard
-from tests.shard_fixtures import TINY_DEEPSEEK_VL as SMALL
-from tests.shard_fixtures import build_validated, shard_params
+from tests.shard_fixtures import sharded
+from tests.shard_fixtures import tiny_deepseek_vl as tiny_model
 
 PARTS = ("vision.low", "vision.high", "adaptor", "language_model")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vl-data")
-    build_validated(root, n=28)
-    shard(root / "validated", root / "tokenizer", root / "shards", shard_params())
-    return root
+    return sharded(tmp_path_factory.mktemp("vl-data"))
 
 
 @pytest.fixture(scope="module")
 def tokenizer(data):
     return AutoTokenizer.from_pretrained(data / "tokenizer")
-
-
-def tiny_model(tokenizer, labels=("circle", "square")):
-    settings = {**read_preset("deepseek_vl"), **SMALL}
-    config = build_config(settings, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config.id2label = dict(enumerate(labels))
-    torch.manual_seed(0)
-    return model_class(config)(config)
 
 
 @pytest.fixture(scope="module")
