@@ -63,8 +63,8 @@ def compare(revs: list[str], details: str, variant: str = "teacher", metrics: tu
     out = [f"{variant}, per modality subset; parameters: "
            + ", ".join(f"{h} {results[r]['parameters']:,}" for h, r in zip(heads, revs, strict=True))]
     for metric in metrics:
-        rows = list(dict.fromkeys(row for r in results.values() for row, scores in r["rows"].items()
-                                  if metric in scores))
+        rows = sorted({row for r in results.values() for row, scores in r["rows"].items() if metric in scores},
+                      key=row_order)
         if not rows:
             continue
         body = []
@@ -74,6 +74,11 @@ def compare(revs: list[str], details: str, variant: str = "teacher", metrics: tu
                                 for c in cells)])
         out += ["", metric, _grid(["row", *heads], body)]
     return "\n".join(out)
+
+
+def row_order(row: str) -> tuple:
+    """overall, then the modality subsets (fewest modalities first), then the record groups."""
+    return (row != "overall", row.startswith("group:"), row.count("+"), row)
 
 
 def _grid(header: list[str], rows: list[list[str]]) -> str:

@@ -62,5 +62,7 @@ def test_compare_puts_two_revisions_side_by_side_per_subset(tmp_path, monkeypatc
     assert rows["overall"] == ["1.000", "(n=10)", "0.630", "(n=10)"]
     assert rows["audio"] == ["0.900", "(n=11)", "-"]  # a family that skips audio-only records has no such row
     assert rows["image"] == ["-", "0.780", "(n=11)"]
+    order = [line.split()[0] for line in out.splitlines() if line.startswith(("overall", "audio", "image"))]
+    assert order == ["overall", "audio", "image"]  # overall first, then the subsets
     assert main(["report", "--compare", "no-such-rev"]) == 2
     assert "cannot compare no-such-rev" in capsys.readouterr().err
