@@ -71,3 +71,24 @@ def test_quantize_and_evaluate_ship_and_score_the_family(project):
         assert "DeepSeek-VL" in card
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["model"]["family"] == "deepseek_vl"
+
+
+def test_pretrain_hands_the_warmed_model_on_across_two_ddp_processes(tmp_path):
+    """Under torchrun (gloo) the warm-up phase's model goes on to joint pretraining on every rank; rank 0 saves."""
+    data = sharded(tmp_path / "data", n=56)
+    root = make_project(tmp_path / "project")
+    values = compose(["model=deepseek_vl"])
+    values["model"] = {**values["model"], **TINY_DEEPSEEK_VL}
+    for stage in (values["pretrain"], values["pretrain"]["adaptor_warmup"]):
+        stage.update(SHORT, shards=str(data / "shards"), batch_size=2)
+    values["paths"].update(shards=str(data / "shards"), tokenizer=str(data / "tokenizer"))
+    values["trainer"].update(devices=2, strategy="ddp")
+    write(root / "params.yaml", values, ["model=deepseek_vl"])
+    run_stage("pretrain", root)
+    metrics = json.loads((root / "metrics/pretrain/metrics.json").read_text())
+    assert metrics["step"] == SHORT["steps"] and "lm" in metrics["warmup"] and "lm" in metrics
+    assert saved_family(root / "models/pretrain") == "deepseek_vl"
+    values["trainer"]["strategy"] = "fsdp"
+    write(root / "params.yaml", values, ["model=deepseek_vl"])
+    refused = run_stage("pretrain", root, check=False)
+    assert refused.returncode != 0 and "trainer.strategy=ddp, not fsdp" in refused.stderr
