@@ -181,18 +181,15 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
     A stage of several phases (DeepSeek-VL's pretrain: adaptor warm-up, then joint pretraining) fits each: a
     `phase` checkpoints in a folder of its own inside the stage's and logs its metrics as `<phase>/<metric>` in
     the stage's dvclive folder, and `every_rank` returns the model on every rank, for the next phase (DDP only:
-    FSDP's sharded parameters would need gathering on every rank). `keep`: the train records the steps take (None:
-    all); `summary`: numbers about the data (e.g. records skipped) for the stage's dvclive summary."""
+    FSDP's sharded parameters would need gathering on every rank; stages/pretrain.py refuses that combination).
+    `keep`: the train records the steps take (None: all); `summary`: numbers about the data (e.g. records skipped)
+    for the stage's dvclive summary."""
     unknown = set(params.loss_weights) - set(model.config.loss_weights)
     if unknown:
         raise ValueError(f"{name}.loss_weights names no objective: {sorted(unknown)} "
                          f"(known: {sorted(model.config.loss_weights)})")
     model.config.loss_weights.update({k: float(v) for k, v in params.loss_weights.items()})
     world = setup()
-    if every_rank and world.size > 1 and trainer.strategy == "fsdp":
-        teardown(world)
-        raise ValueError(f"{name}: a training phase that hands its model to the next (DeepSeek-VL's adaptor "
-                         "warm-up) runs with trainer.strategy=ddp, not fsdp")
     try:
         live = (Live(str(Path(paths.metrics) / name), resume=True, save_dvc_exp=False, dvcyaml=None)
                 if world.main else nullcontext())

@@ -1,6 +1,7 @@
 """The DeepSeek-VL family through the DAG's stages, each run as dvc.yaml runs it (`python -m stages.<name>`) from a
-params.yaml composed with `model=deepseek_vl`: pretrain (adaptor warm-up, then joint pretraining), finetune,
-distill, quantize and evaluate on tiny shards holding every modality subset, audio-only records included."""
+params.yaml composed with `model=deepseek_vl`: pretrain (adaptor warm-up, then joint pretraining; on two DDP
+processes), finetune, distill, quantize and evaluate on tiny shards holding every modality subset, audio-only
+records included."""
 import json
 
 import pytest
@@ -16,13 +17,13 @@ SHORT = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkp
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    data = sharded(tmp_path_factory.mktemp("vl-stage-data"))
+    data = sharded(tmp_path_factory.mktemp("vl-stage-data"), n=56)  # language-only records on both ranks
     root = make_project(tmp_path_factory.mktemp("vl-stages"))
     values = compose(["model=deepseek_vl"])
     values["model"] = {**values["model"], **TINY_DEEPSEEK_VL}
     for stage in (values["pretrain"], values["pretrain"]["adaptor_warmup"], values["finetune"], values["distill"]):
         stage.update(SHORT, shards=str(data / "shards"))
-    values["pretrain"]["batch_size"] = 2  # 3 language-only train records among the fixture's 28
+    values["pretrain"]["batch_size"] = 2
     values["distill"]["student"] = {"low_vision": {"hidden_size": 16, "intermediate_size": 32},
                                     "high_vision": {"num_hidden_layers": 1, "global_attn_indexes": [0]},
                                     "text": {"num_hidden_layers": 1, "hidden_size": 24, "intermediate_size": 48}}
@@ -30,7 +31,10 @@ def project(tmp_path_factory):
     values["evaluate"].update(shards=str(data / "shards"), latency_batch_sizes=[1], latency_repeats=2)
     values["paths"].update(shards=str(data / "shards"), tokenizer=str(data / "tokenizer"))
     write(root / "params.yaml", values, ["model=deepseek_vl"])
-    for stage in ("pretrain", "finetune", "distill", "quantize", "evaluate"):
+    # pretrain under torchrun with two DDP processes (gloo): the warm-up's model goes on to joint pretraining on
+    # every rank, rank 0 saves
+    run_stage("pretrain", root, "trainer.devices=2", "trainer.strategy=ddp")
+    for stage in ("finetune", "distill", "quantize", "evaluate"):
         run_stage(stage, root)
     return root
 
@@ -73,22 +77,7 @@ def test_quantize_and_evaluate_ship_and_score_the_family(project):
     assert params["model"]["family"] == "deepseek_vl"
 
 
-def test_pretrain_hands_the_warmed_model_on_across_two_ddp_processes(tmp_path):
-    """Under torchrun (gloo) the warm-up phase's model goes on to joint pretraining on every rank; rank 0 saves."""
-    data = sharded(tmp_path / "data", n=56)
-    root = make_project(tmp_path / "project")
-    values = compose(["model=deepseek_vl"])
-    values["model"] = {**values["model"], **TINY_DEEPSEEK_VL}
-    for stage in (values["pretrain"], values["pretrain"]["adaptor_warmup"]):
-        stage.update(SHORT, shards=str(data / "shards"), batch_size=2)
-    values["paths"].update(shards=str(data / "shards"), tokenizer=str(data / "tokenizer"))
-    values["trainer"].update(devices=2, strategy="ddp")
-    write(root / "params.yaml", values, ["model=deepseek_vl"])
-    run_stage("pretrain", root)
-    metrics = json.loads((root / "metrics/pretrain/metrics.json").read_text())
-    assert metrics["step"] == SHORT["steps"] and "lm" in metrics["warmup"] and "lm" in metrics
-    assert saved_family(root / "models/pretrain") == "deepseek_vl"
-    values["trainer"]["strategy"] = "fsdp"
-    write(root / "params.yaml", values, ["model=deepseek_vl"])
-    refused = run_stage("pretrain", root, check=False)
-    assert refused.returncode != 0 and "trainer.strategy=ddp, not fsdp" in refused.stderr
+
+def test_under_fsdp_the_two_phase_pretrain_is_refused_before_any_process_starts(project):
+    refused = run_stage("pretrain", project, "trainer.devices=2", "trainer.strategy=fsdp", check=False)
+    assert refused.returncode != 0 and "needs trainer.strategy=ddp, not fsdp" in refused.stderr

@@ -133,7 +133,7 @@ def test_quantize_stage_ships_a_deepseek_vl_student_that_reads_back(vl_data, vl_
     student.save_pretrained(project / "models/student")
     vl_tokenizer.save_pretrained(project / "models/student")
     run_stage("quantize", project, "quantize.int8_min_features=0", "quantize.max_val_drop=-1",  # never close
-              "quantize.max_fp32_linears=2", "quantize.batch_size=4", "quantize.speed_batch_sizes=[1,2]",
+              "quantize.max_fp32_linears=2", "quantize.batch_size=4", "quantize.speed_batch_sizes=[1]", "quantize.sensitivity_batches=1",
               "quantize.speed_repeats=2", "quantize.speed_new_tokens=2")
     details = json.loads((project / "metrics/details/quantize.json").read_text())
     assert details["round_trip_max_difference"] == 0.0
@@ -150,6 +150,6 @@ def test_quantize_stage_ships_a_deepseek_vl_student_that_reads_back(vl_data, vl_
     assert all(type(shipped.get_submodule(name)) is nn.Linear for name in fragile)
     assert AutoTokenizer.from_pretrained(project / "models/student-int8").chat_template is not None
     head = next(r for r in details["speed"] if r["linear"] == "language_model.lm_head")
-    assert head["calls_batch1"] == head["calls_batch2"] == 3  # prompt forward + 2 new tokens
+    assert head["calls_batch1"] == 3  # prompt forward + 2 new tokens
     assert set(details["latency"]) == {"fp32", "int8_all", "shipped"}
-    assert all(row["ms_batch1"] > 0 and row["ms_batch2"] > 0 for row in details["latency"].values())
+    assert all(row["ms_batch1"] > 0 for row in details["latency"].values())
