@@ -133,7 +133,8 @@ def test_quantize_stage_ships_a_deepseek_vl_student_that_reads_back(vl_data, vl_
     student.save_pretrained(project / "models/student")
     vl_tokenizer.save_pretrained(project / "models/student")
     run_stage("quantize", project, "quantize.int8_min_features=0", "quantize.max_val_drop=-1",  # never close
-              "quantize.max_fp32_linears=2", "quantize.batch_size=4", "quantize.speed_batch_sizes=[1]", "quantize.sensitivity_batches=1",
+              "quantize.max_fp32_linears=2", "quantize.batch_size=4", "quantize.speed_batch_sizes=[1]",
+              "quantize.sensitivity_batches=1",
               "quantize.speed_repeats=2", "quantize.speed_new_tokens=2")
     details = json.loads((project / "metrics/details/quantize.json").read_text())
     assert details["round_trip_max_difference"] == 0.0
