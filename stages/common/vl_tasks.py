@@ -73,6 +73,12 @@ def prompt(tokenizer, text: str, meta: dict, task: str) -> str:
                                          tokenize=False)
 
 
+def prompt_ids(tokenizer, metas: list[dict], text: list[str], rows: list[int], task: str) -> list[list[int]]:
+    """<s> + the `task` prompt (user turn, assistant turn opened) of each of `rows`, as token ids."""
+    return [[tokenizer.bos_token_id, *p]
+            for p in encode(tokenizer, [prompt(tokenizer, text[i], metas[i], task) for i in rows])]
+
+
 def encode(tokenizer, strings: list[str]) -> list[list[int]]:
     return tokenizer(strings, add_special_tokens=False)["input_ids"] if strings else []
 
@@ -129,8 +135,7 @@ def chat_turns(tokenizer, batch: dict, task: str, text: list[str], device: torch
         rows = [i for i in rows if metas[i].get("question")]
     if not rows:
         return None
-    prompts = [[tokenizer.bos_token_id, *p] for p in encode(tokenizer, [prompt(tokenizer, text[i], metas[i], task)
-                                                                         for i in rows])]
+    prompts = prompt_ids(tokenizer, metas, text, rows, task)
     if not with_targets:
         return Turns(rows, *left_padded(prompts, tokenizer.pad_token_id, device))
     targets = [[*t, tokenizer.eos_token_id] for t in encode(tokenizer, [" " + target(metas[i], task) for i in rows])]
@@ -259,8 +264,7 @@ def class_scores(model, tokenizer, batch: dict, text: list[str], visual: torch.T
     if not rows or not names:
         return None
     device = batch["image"].device
-    prompts = [[tokenizer.bos_token_id, *p] for p in encode(tokenizer, [prompt(tokenizer, text[i], batch["meta"][i],
-                                                                                 "cls") for i in rows])]
+    prompts = prompt_ids(tokenizer, batch["meta"], text, rows, "cls")
     answers = [[*t, tokenizer.eos_token_id] for t in encode(tokenizer, [f" {name}" for name in names])]
     pairs = [(r, c) for r in range(len(rows)) for c in range(len(names))]
     turns = Turns([rows[r] for r, _ in pairs], *right_padded([prompts[r] for r, _ in pairs],
