@@ -7,13 +7,15 @@ import yaml
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from model.preference import ALIGNMENT_LOSS_WEIGHTS
+
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # The contrastive objectives weigh 0.1: at 1.0, with a few distinct contents per batch, they stall the
 # supervised heads that share the encoders (demo: classifier at chance for 300+ finetune steps; docs/model.md).
 DEFAULT_LOSS_WEIGHTS = {"mlm": 1.0, "mim": 1.0, "mam": 1.0, "itc": 0.1, "atc": 0.1, "vac": 0.1, "ce": 1.0, "vqa": 1.0,
-                        "cls": 1.0}
+                        "cls": 1.0, **ALIGNMENT_LOSS_WEIGHTS}
 
 
 @strict

@@ -27,10 +27,11 @@ from transformers import (
 
 from model import deepseek_vl_pretrained as pretrained
 from model.hybrid_vision import HybridVisionEncoder
+from model.preference import ALIGNMENT_LOSS_WEIGHTS
 from model.vl_adaptor import HybridAdaptor
 
 IGNORE_INDEX = -100
-DEFAULT_LOSS_WEIGHTS = {"lm": 1.0, "ce": 1.0, "vqa": 1.0, "cls": 1.0}
+DEFAULT_LOSS_WEIGHTS = {"lm": 1.0, "ce": 1.0, "vqa": 1.0, "cls": 1.0, **ALIGNMENT_LOSS_WEIGHTS}
 
 
 class DeepSeekVLConfig(PreTrainedConfig):

@@ -11,7 +11,8 @@ With `distill.init_from_teacher` the student starts from the teacher's weights: 
 S takes teacher layer i * T // S (DistilBERT keeps every other layer), and a narrower tensor takes the
 teacher's leading slice (Minitron-style width pruning); only what matches neither way starts random.
 Then the val split is scored like the teacher's -> metrics/details/distill.json, beside the teacher's scores
-from metrics/details/finetune.json; the student's headline (overall scores, parameters) -> metrics/distill.json.
+from metrics/details/align.json (align made it); the student's headline (overall scores, parameters) ->
+metrics/distill.json.
 """
 from __future__ import annotations
 
@@ -150,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                   summary=data)
     if student is None:  # under torchrun, rank 0 alone evaluates and saves
         return
-    # the teacher's val scores were measured by finetune on the same split: read, not recomputed
+    # the teacher's val scores were measured by align (which made it) on the same split: read, not recomputed
     details = {"student": val_scores(student, tokenizer, params.distill.shards),
-               "teacher": json.loads((Path(paths.details) / "finetune.json").read_text()), **sizes}
+               "teacher": json.loads((Path(paths.details) / "align.json").read_text())["val"], **sizes}
     write_json(Path(paths.details) / "distill.json", details)
     summary = {**headline(details["student"]["overall"]), "parameters": sizes["student_parameters"], **data}
     write_json(Path(paths.metrics) / "distill.json", summary)

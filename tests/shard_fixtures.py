@@ -102,14 +102,23 @@ def shard_params(**shard) -> Params:
     return params
 
 
-def trained_project(data: Path, root: Path, pretrain: list[str], finetune: list[str]) -> Path:
+def trained_project(data: Path, root: Path, pretrain: list[str], finetune: list[str],
+                    align: list[str] | None = None) -> Path:
     """A project in `root` whose models/teacher was pretrained and fine-tuned (the stages run as dvc.yaml runs
-    them, with these `key=value` settings of their sections) on 28 fixture records sharded in `data`."""
+    them, with these `key=value` settings of their sections) on 28 fixture records sharded in `data`. With
+    `align` (settings of instruct and align), the teacher comes out of the DAG's own instruct -> preferences ->
+    align; without, finetune writes it (paths.finetuned pointed at the teacher's folder), which is quicker."""
     build_validated(data, n=28)
     shard(data / "validated", data / "tokenizer", data / "shards", shard_params())
     make_project(root)
     shutil.copytree(data / "shards", root / "data/shards")
     shutil.copytree(data / "tokenizer", root / "artifacts/tokenizer")
     run_stage("pretrain", root, *TINY_MODEL, *[f"pretrain.{s}" for s in pretrain])
+    if align is None:
+        run_stage("finetune", root, *[f"finetune.{s}" for s in finetune], f"paths.finetuned={defaults().paths.teacher}")
+        return root
     run_stage("finetune", root, *[f"finetune.{s}" for s in finetune])
+    run_stage("instruct", root, *[f"instruct.{s}" for s in align])
+    run_stage("preferences", root)
+    run_stage("align", root, *[f"align.{s}" for s in align])
     return root

@@ -24,7 +24,7 @@ from stages.common.atomic import atomic_open
 
 CARD = "README.md"  # the file name the Hub renders as a model's card
 LOCK = Path("dvc.lock")  # evaluate runs from the repository root, as every stage
-MADE_BY = {"teacher": "finetune", "student": "distill", "student-int8": "quantize"}  # variant -> its dvc stage
+MADE_BY = {"teacher": "align", "student": "distill", "student-int8": "quantize"}  # variant -> its dvc stage
 CODE = ("stages", "model", "conf", "params.yaml", "dvc.yaml")  # what decides a model besides its data
 ABOUT = {
     "teacher": "The teacher: the seed-001 trimodal encoder-decoder (image, audio and text in any combination; "

@@ -49,6 +49,9 @@ class PathsParams:
     tokenizer: str
     shards: str
     pretrained: str
+    finetuned: str
+    instructed: str
+    preferences: str
     teacher: str
     student: str
     student_int8: str
@@ -157,6 +160,48 @@ class DistillParams(TrainStageParams):
 
 
 @dataclass
+class InstructionsParams:
+    """The tasks as instructions (stages/common/instructions.py), shared by instruct, preferences and align."""
+
+    options: int  # captions listed by the choice task (the record's own among them)
+    templates: dict  # task -> {"train": [...], "held_out": [...]} (instructions.check_templates)
+
+
+@dataclass
+class InstructParams(TrainStageParams):
+    """A training stage on instructions plus the fine-tuning objectives."""
+
+    eval_batch_size: int
+
+
+@dataclass
+class PreferencesParams:
+    shards: str
+    batch_size: int
+    splits: list[str]  # the splits whose records get a pair: train teaches align, val measures it
+
+
+@dataclass
+class PPOParams:
+    reward_steps: int  # Bradley-Terry steps of the reward model, before PPO
+    kl_coef: float
+    clip: float
+    max_new_tokens: int  # the policy's sampled responses
+
+
+@dataclass
+class AlignParams(TrainStageParams):
+    """A training stage on preference pairs: DPO (default) or a reward model + PPO (model/preference.py)."""
+
+    method: str  # dpo | ppo
+    replay: bool  # the fine-tuning objectives keep training beside the preference loss
+    pairs: str  # the pairs table (JSON lines): the preferences stage's, or yours
+    beta: float
+    eval_batch_size: int
+    ppo: PPOParams
+
+
+@dataclass
 class QuantizeParams:
     shards: str  # the shard stage's output (local folder or s3://): calibration and timing use its val split
     calibration_batches: int  # val batches whose activations fix the input scales and zero points
@@ -216,6 +261,10 @@ class Params:
     model: dict
     pretrain: PretrainParams
     finetune: TrainStageParams
+    instructions: InstructionsParams
+    instruct: InstructParams
+    preferences: PreferencesParams
+    align: AlignParams
     distill: DistillParams
     quantize: QuantizeParams
     evaluate: EvaluateParams

@@ -155,14 +155,15 @@ class Objectives(nn.Module):
     """step_fn as a module, so DDP / FSDP wrap the whole objective computation. With `touch`, every parameter gets
     a (zero) gradient on every rank, which FSDP's reduce-scatter needs (stages/common/distributed.py)."""
 
-    def __init__(self, model: nn.Module, step_fn: StepFn, touch: bool = False):
+    def __init__(self, model: nn.Module, step_fn: StepFn, touch: bool = False, monitors: tuple[str, ...] = ()):
         super().__init__()
-        self.model, self.step_fn, self.touch = model, step_fn, touch
+        self.model, self.step_fn, self.touch, self.monitors = model, step_fn, touch, monitors
 
     def forward(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(the weighted total to backpropagate, each objective's loss for the log)."""
+        """(the weighted total to backpropagate, each objective's loss and each monitor for the log)."""
         losses = self.step_fn(self.model, batch, generator)
-        total = weighted_sum(losses, self.model.config.loss_weights)
+        total = weighted_sum({k: v for k, v in losses.items() if k not in self.monitors},
+                             self.model.config.loss_weights)
         return (touch_all(total, self.model) if self.touch else total), losses
 
 
@@ -173,7 +174,7 @@ def checkpoint_dir(paths: PathsParams, name: str) -> Path:
 
 def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: TrainerParams, seed: int, name: str,
         fingerprint: str, paths: PathsParams, phase: str | None = None, keep: Keep | None = None,
-        summary: dict | None = None, every_rank: bool = False) -> nn.Module | None:
+        summary: dict | None = None, every_rank: bool = False, monitors: tuple[str, ...] = ()) -> nn.Module | None:
     """A training stage's loop: dvclive metrics in <paths.metrics>/<name>/ and resumable checkpoints in
     checkpoint_dir(paths, name), as dvc.yaml declares them. Returns the trained model on rank 0 (which alone
     goes on to evaluate and save) and None on the other ranks. The stage's `loss_weights` overrides go into the
@@ -183,7 +184,8 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
     the stage's dvclive folder, and `every_rank` returns the model on every rank, for the next phase (DDP only:
     FSDP's sharded parameters would need gathering on every rank; stages/pretrain.py refuses that combination).
     `keep`: the train records the steps take (None: all); `summary`: numbers about the data (e.g. records skipped)
-    for the stage's dvclive summary."""
+    for the stage's dvclive summary; `monitors`: numbers the step returns beside its losses that are logged, not
+    trained on (e.g. DPO's reward margin)."""
     unknown = set(params.loss_weights) - set(model.config.loss_weights)
     if unknown:
         raise ValueError(f"{name}.loss_weights names no objective: {sorted(unknown)} "
@@ -203,7 +205,7 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
             checkpoints = checkpoint_dir(paths, name) / phase if phase else checkpoint_dir(paths, name)
             return train(model, step_fn, params, seed, checkpoints, logger, desc=f"{name}/{phase}" if phase else name,
                          fingerprint=fingerprint, strategy=trainer.strategy, world=world, keep=keep,
-                         prefix=f"{phase}/" if phase else "", every_rank=every_rank)
+                         prefix=f"{phase}/" if phase else "", every_rank=every_rank, monitors=monitors)
     finally:  # rank 0 evaluates and saves alone afterwards: no collective follows
         teardown(world)
 
@@ -221,7 +223,7 @@ def whole_model(model: nn.Module, objectives: nn.Module, world: World) -> nn.Mod
 def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, checkpoints: Path,
           live=None, desc: str = "train", fingerprint: str = "", strategy: str = "ddp",
           world: World | None = None, keep: Keep | None = None, prefix: str = "",
-          every_rank: bool = False) -> nn.Module | None:
+          every_rank: bool = False, monitors: tuple[str, ...] = ()) -> nn.Module | None:
     """Train to params.steps, resuming from the latest checkpoint in `checkpoints` made with `fingerprint` and the
     same number of processes and strategy. Returns the model on rank 0, None on the others. `keep`: the records
     taken (data_stream); `prefix`: before each logged metric's name."""
@@ -240,7 +242,7 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
         print(f"{desc}: training {trained:,} parameters, {frozen:,} frozen ({', '.join(params.frozen) or 'none'})")
     if live is not None:
         live.summary.update({f"{prefix}trained_parameters": trained, f"{prefix}frozen_parameters": frozen})
-    objectives = wrap(Objectives(model, step_fn, touch=sharded), strategy, world)
+    objectives = wrap(Objectives(model, step_fn, touch=sharded, monitors=monitors), strategy, world)
     # after wrap: shards. fused: one kernel for all parameters (CPU and CUDA) instead of a dozen small ops each
     optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr, fused=True)
     scheduler = get_cosine_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)
@@ -257,7 +259,8 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
     stream = data_stream(params, seed, position, world, keep)
     progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=not world.main)
-    counter, meter = FlopCounter(), Meter(sorted(model.config.loss_weights), world, peak_flops(world.device)[0])
+    counter, meter = FlopCounter(), Meter(sorted([*model.config.loss_weights, *monitors]), world,
+                                          peak_flops(world.device)[0])
     while step < params.steps:
         for micro in range(params.accumulation):
             position, batch = next(stream)

@@ -63,20 +63,28 @@ def target(meta: dict, task: str) -> str | None:
     return name if name and meta.get("label_index", -1) >= 0 else None
 
 
-def prompt(tokenizer, text: str, meta: dict, task: str) -> str:
+def chat_prompt(tokenizer, content: str) -> str:
     """The user's turn and the opened assistant turn, through the tokenizer's chat template."""
     if tokenizer.chat_template is None:
         raise ValueError("the tokenizer has no chat template: re-run `dvc repro tokenizer` (stages/tokenizer.py)")
-    ask = meta.get("question") if task == "vqa" else PROMPTS[task]
-    content = f"{text} {ask}".strip()
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                          tokenize=False)
 
 
+def chat_prompt_ids(tokenizer, contents: list[str]) -> list[list[int]]:
+    """<s> + each user turn's chat prompt (assistant turn opened), as token ids."""
+    return [[tokenizer.bos_token_id, *p] for p in encode(tokenizer, [chat_prompt(tokenizer, c) for c in contents])]
+
+
+def prompt(tokenizer, text: str, meta: dict, task: str) -> str:
+    """The `task` turn's user content: the record's text input, then the question or the task's prompt."""
+    ask = meta.get("question") if task == "vqa" else PROMPTS[task]
+    return f"{text} {ask}".strip()
+
+
 def prompt_ids(tokenizer, metas: list[dict], text: list[str], rows: list[int], task: str) -> list[list[int]]:
     """<s> + the `task` prompt (user turn, assistant turn opened) of each of `rows`, as token ids."""
-    return [[tokenizer.bos_token_id, *p]
-            for p in encode(tokenizer, [prompt(tokenizer, text[i], metas[i], task) for i in rows])]
+    return chat_prompt_ids(tokenizer, [prompt(tokenizer, text[i], metas[i], task) for i in rows])
 
 
 def encode(tokenizer, strings: list[str]) -> list[list[int]]:
@@ -246,9 +254,12 @@ def zero_loss(model) -> torch.Tensor:
 
 @torch.no_grad()
 def generated(model, tokenizer, turns: Turns, visual: torch.Tensor | None, batch: dict,
-              max_new_tokens: int) -> list[str]:
+              max_new_tokens: int, sample: bool = False) -> list[str]:
+    """Greedy continuations of the prompts, or with `sample` drawn (temperature 1, no top-k; torch's global
+    generator)."""
+    search = {"do_sample": True, "top_k": 0} if sample else {"do_sample": False}
     new = model.generate(input_ids=turns.ids, attention_mask=turns.mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
+                         num_beams=1, **search, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, **visual_inputs(turns, visual, batch))
     return [s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True)]
 

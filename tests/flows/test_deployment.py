@@ -32,14 +32,16 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 TINY = ["demo.n_records=42", "demo.n_fusion=9", "demo.n_corpus=14", "tokenizer.vocab_size=300",
         "shard.samples_per_shard=16",
-        "pretrain.steps=3", "finetune.steps=3", "distill.steps=3", "pretrain.batch_size=4", "finetune.batch_size=4",
+        "pretrain.steps=3", "finetune.steps=3", "instruct.steps=3", "align.steps=3", "distill.steps=3",
+        "pretrain.batch_size=4", "finetune.batch_size=4", "instruct.batch_size=4", "align.batch_size=4",
         "distill.batch_size=4", "quantize.calibration_batches=1", "evaluate.latency_repeats=1",
         "evaluate.split=val"]
 DEMO = "data.sources=[data/sources/demo/records.jsonl,data/sources/demo/corpus.jsonl]"
-STAGES = ["demo", "ingest", "validate", "tokenizer", "shard", "pretrain", "finetune", "distill", "quantize", "evaluate"]
-GPU_STAGES = {"pretrain", "finetune", "distill"}
+STAGES = ["demo", "ingest", "validate", "tokenizer", "shard", "pretrain", "finetune", "instruct", "preferences",
+          "align", "distill", "quantize", "evaluate"]
+GPU_STAGES = {"pretrain", "finetune", "instruct", "align", "distill"}
 MODELS = ["models/teacher", "models/student", "models/student-int8"]
-MODEL_STAGES = ["finetune", "distill", "quantize", "evaluate"]  # a model folder's files are outs of two stages
+MODEL_STAGES = ["align", "distill", "quantize", "evaluate"]  # a model folder's files are outs of two stages
 DVC_REMOTE = "s3://trimodal-dvc/runs"
 CHECKPOINTS = "s3://trimodal-dvc/checkpoints"
 HEARTBEAT_S, ZOMBIE_AFTER_S = 30, 90  # Prefect's minimum heartbeat period; the automation's window in the test

@@ -21,8 +21,8 @@ from model.flops import FlopCounter
 from model.layers import MultiHeadAttention
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import total_loss
+from stages.common.supervised import finetune_step
 from stages.distill import distill_step
-from stages.finetune import finetune_step
 from stages.pretrain import pretrain_step
 from tests.model.conftest import SUBSETS, make_inputs
 

@@ -1,7 +1,7 @@
 """The DeepSeek-VL family through the DAG's stages, each run as dvc.yaml runs it (`python -m stages.<name>`) from a
 params.yaml composed with `model=deepseek_vl`: pretrain (adaptor warm-up, then joint pretraining; on two DDP
-processes), finetune, distill, quantize and evaluate on tiny shards holding every modality subset, audio-only
-records included."""
+processes), finetune, instruct, preferences, align (DPO), distill, quantize and evaluate on tiny shards holding
+every modality subset, audio-only records included."""
 import json
 
 import pytest
@@ -21,8 +21,10 @@ def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("vl-stages"))
     values = compose(["model=deepseek_vl"])
     values["model"] = {**values["model"], **TINY_DEEPSEEK_VL}
-    for stage in (values["pretrain"], values["pretrain"]["adaptor_warmup"], values["finetune"], values["distill"]):
+    for stage in (values["pretrain"], values["pretrain"]["adaptor_warmup"], values["finetune"], values["instruct"],
+                  values["align"], values["distill"]):
         stage.update(SHORT, shards=str(data / "shards"))
+    values["preferences"]["shards"] = str(data / "shards")
     values["pretrain"]["batch_size"] = 2
     values["distill"]["student"] = {"low_vision": {"hidden_size": 16, "intermediate_size": 32},
                                     "high_vision": {"num_hidden_layers": 1, "global_attn_indexes": [0]},
@@ -34,7 +36,7 @@ def project(tmp_path_factory):
     # pretrain under torchrun with two DDP processes (gloo): the warm-up's model goes on to joint pretraining on
     # every rank, rank 0 saves
     run_stage("pretrain", root, "trainer.devices=2", "trainer.strategy=ddp")
-    for stage in ("finetune", "distill", "quantize", "evaluate"):
+    for stage in ("finetune", "instruct", "preferences", "align", "distill", "quantize", "evaluate"):
         run_stage(stage, root)
     return root
 
@@ -60,6 +62,27 @@ def test_finetune_and_distill_score_the_records_the_family_reads_and_count_the_s
     assert distill["student_parameters"] < distill["teacher_parameters"]
     config = json.loads((project / "models/student/config.json").read_text())
     assert config["text"]["num_hidden_layers"] == 1 and config["text"]["hidden_size"] == 24  # distill.student
+
+
+def test_instruct_and_align_tune_the_family_on_instructions_and_its_own_pairs(project):
+    instructed = json.loads((project / "metrics/details/instruct.json").read_text())
+    assert {"before", "after"} == set(instructed["held_out"])
+    assert "audio" not in instructed["val"]  # audio-only records are not asked anything
+    assert json.loads((project / "metrics/instruct.json").read_text())["train_skipped_audio_only"] > 0
+    pairs = [json.loads(line) for line in (project / "data/preferences/pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
+    assert json.loads((project / "metrics/preferences.json").read_text())["train_unreadable"] > 0  # audio only
+    aligned = json.loads((project / "metrics/align.json").read_text())
+    assert aligned["method"] == "dpo" and aligned["train_pairs"] == sum(
+        1 for p in pairs if p["inputs"] in {m["id"] for m in _train_metas(project)})
+    assert saved_family(project / "models/teacher") == "deepseek_vl"
+
+
+def _train_metas(project):
+    from stages.common.loader import read_meta
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    return read_meta(params["paths"]["shards"], "train")
 
 
 def test_quantize_and_evaluate_ship_and_score_the_family(project):

@@ -35,8 +35,9 @@ SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint
 def project(tmp_path_factory):
     # every fixture answer is "red": 20 finetune steps teach the teacher to say so (a VQA score above 0, which the
     # promote test below needs)
+    # the teacher comes out of finetune -> instruct -> preferences -> align, as dvc.yaml chains them
     return trained_project(tmp_path_factory.mktemp("post-data"), tmp_path_factory.mktemp("post"), SHORT,
-                           [*SHORT, "steps=20", "checkpoint_every=10"])
+                           [*SHORT, "steps=20", "checkpoint_every=10"], SHORT)
 
 
 def test_each_training_stage_sets_its_own_loss_weights(project):
@@ -202,7 +203,7 @@ def test_distill_under_fsdp_on_two_processes_saves_one_whole_student(project, tm
     for folder in ("data/shards", "models/teacher"):
         shutil.copytree(project / folder, root / folder)
     (root / "metrics/details").mkdir(parents=True)
-    shutil.copy(project / "metrics/details/finetune.json", root / "metrics/details/finetune.json")
+    shutil.copy(project / "metrics/details/align.json", root / "metrics/details/align.json")
     run_stage("distill", root, *[f"distill.{s}" for s in SHORT], "trainer.devices=2", "trainer.strategy=fsdp")
     student = TrimodalForConditionalGeneration.from_pretrained(root / "models/student")  # a plain, unsharded model
     assert sum(p.numel() for p in student.parameters()) == json.loads(
@@ -210,7 +211,8 @@ def test_distill_under_fsdp_on_two_processes_saves_one_whole_student(project, tm
 
 
 PATHS = defaults().paths
-VARIANTS = {"finetune": PATHS.teacher, "distill": PATHS.student, "quantize": PATHS.student_int8}
+TRAINED = ["finetune", "instruct", "preferences", "align", "distill", "quantize"]  # the stages before evaluate
+VARIANTS = {"align": PATHS.teacher, "distill": PATHS.student, "quantize": PATHS.student_int8}
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
 
 
@@ -238,13 +240,13 @@ def tracked(project, tmp_path_factory):
     git(root, "config", "user.email", "t@localhost")
     for folder in (PATHS.shards, PATHS.tokenizer, "models", PATHS.metrics):
         shutil.copytree(project / folder, root / folder, dirs_exist_ok=True)
-    for stage in ("finetune", "distill"):
+    for stage in ("finetune", "instruct", "align", "distill"):
         (root / PATHS.checkpoints / stage).mkdir(parents=True, exist_ok=True)
     set_params(root, evaluate={"latency_repeats": 1, "latency_batch_sizes": [1]})
     git(root, "add", "-A")
     git(root, "commit", "-qm", "code and params")
     trained = git(root, "rev-parse", "HEAD")
-    dvc(root, "commit", "--force", "finetune", "distill", "quantize")
+    dvc(root, "commit", "--force", *TRAINED)
     assert "Running stage 'evaluate'" in dvc(root, "repro", "--single-item", "evaluate").stdout
     git(root, "add", "-A")
     git(root, "commit", "-qm", "trained and evaluated")
@@ -273,9 +275,9 @@ def flat(data: dict, prefix: str = "") -> set[str]:
 
 def test_cards_leave_dvc_clean_and_a_second_repro_does_nothing(tracked):
     root, trained = tracked
-    status = dvc(root, "status", "finetune", "distill", "quantize", "evaluate").stdout
+    status = dvc(root, "status", *TRAINED, "evaluate").stdout
     assert "up to date" in status.lower(), status
-    again = dvc(root, "repro", "--single-item", "finetune", "distill", "quantize", "evaluate").stdout
+    again = dvc(root, "repro", "--single-item", *TRAINED, "evaluate").stdout
     assert "Running stage" not in again and "is cached" not in again, again
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert {out["path"] for out in lock["evaluate"]["outs"]} >= {f"{f}/{CARD}" for f in VARIANTS.values()}
@@ -327,7 +329,7 @@ def test_promote_takes_the_first_model_then_a_better_one_and_refuses_a_worse_one
     root, _ = tracked
     good = git(root, "rev-parse", "HEAD")
     speechless(root / PATHS.teacher)
-    dvc(root, "commit", "--force", "finetune")
+    dvc(root, "commit", "--force", "align")
     with pytest.raises(PromoteError, match="dvc.lock has uncommitted changes"):
         promote("teacher", root)
     git(root, "commit", "-qam", "a teacher that forgot how to answer")
@@ -338,7 +340,7 @@ def test_promote_takes_the_first_model_then_a_better_one_and_refuses_a_worse_one
     assert first.candidate["vqa_accuracy"] == 0.0
 
     git(root, "checkout", "-q", good)
-    dvc(root, "checkout", "--force", "finetune")
+    dvc(root, "checkout", "--force", "align")
     better = promote("teacher", root)
     assert better.promoted and better.rescored and better.production_version == "v0.0.1", better.message
     assert better.candidate["vqa_accuracy"] > better.production["vqa_accuracy"] == 0.0
@@ -346,7 +348,7 @@ def test_promote_takes_the_first_model_then_a_better_one_and_refuses_a_worse_one
     assert better.tags == ["teacher@v0.0.2", "teacher#prod#2"]
 
     git(root, "checkout", "-q", worse)  # a later retrain that got worse
-    dvc(root, "checkout", "--force", "finetune")
+    dvc(root, "checkout", "--force", "align")
     refused = promote("teacher", root)
     print(refused.message)
     assert not refused.promoted and refused.rescored and refused.tags == []

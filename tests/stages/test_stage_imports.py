@@ -76,16 +76,17 @@ def test_dvc_code_deps_are_exactly_what_each_stage_imports():
 
 def test_each_stage_reads_only_its_own_params_sections():
     """A stage reads `params.<its section>` (plus the shared top-level `seed`, `split`, `model`, `trainer`,
-    `data`, `paths`) and dvc.yaml lists every section it reads, so a change to one stage's parameters reruns it.
+    `data`, `paths`, `instructions`) and dvc.yaml lists every section it reads, so a change to one stage's
+    parameters reruns it.
     `paths` need not be listed: dvc.yaml interpolates them into the deps and outs, which DVC compares itself."""
-    shared = {"seed", "split", "model", "trainer", "data", "paths"}
+    shared = {"seed", "split", "model", "trainer", "data", "paths", "instructions"}
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name in STAGES:
         tree = ast.parse((REPO / "stages" / f"{name}.py").read_text())
         read = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
                 and isinstance(node.value, ast.Name) and node.value.id == "params"}
-        read &= {"demo", "ingest", "validate", "tokenizer", "shard", "pretrain", "finetune", "distill", "quantize",
-                 "evaluate", *shared}
+        read &= {"demo", "ingest", "validate", "tokenizer", "shard", "pretrain", "finetune", "instruct",
+                 "preferences", "align", "distill", "quantize", "evaluate", *shared}
         assert read - shared <= {name}, (name, sorted(read - shared - {name}))
         declared = {p.split(".")[0] for p in stages[name].get("params", []) if isinstance(p, str)}
         assert read - {"paths"} <= declared, (name, sorted(read - {"paths"} - declared))

@@ -1,0 +1,91 @@
+"""Instruction turns on the shards for either family: the training step of `instruct` and the exact-match scores
+per task and template that `instruct` and `align` report (held-out templates: the ones no stage trains on).
+The turns themselves are stages/common/instructions.py's; the model reads them through stages/common/responses.py.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+from tqdm import tqdm
+
+from stages.common.batches import to_device
+from stages.common.generation import ANSWER_TOKENS
+from stages.common.instructions import TASKS, content, correct, tasks_of, turn
+from stages.common.loader import make_loader, read_meta
+from stages.common.responses import logprobs, media_of, prompted, readable, respond
+from stages.common.vl_tasks import texts, zero_loss
+
+# new tokens a response may take: a caption is a short phrase, an answer or a class a word or two, a letter one
+BUDGETS = {"caption": 16, "vqa": ANSWER_TOKENS, "classify": ANSWER_TOKENS, "choice": 3}
+
+
+def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable) -> Callable:
+    """The fine-tuning step (`replay`: its losses, so the evaluation's formats are kept) plus `instruct`: each
+    readable record asked one of its tasks with one of the task's train templates (both drawn from the step's
+    generator), cross-entropy on the answer's tokens."""
+
+    def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        losses = dict(replay(model, batch, generator))
+        metas, text = batch["meta"], texts(tokenizer, batch)
+        captions = [m.get("caption") for m in metas]
+        draws = torch.randint(0, 2**30, (len(metas), 3), generator=generator).tolist()
+        rows, contents, targets = [], [], []
+        for i, meta in enumerate(metas):
+            tasks = tasks_of(meta, captions) if readable(model, meta) else []
+            if not tasks:
+                continue
+            task = tasks[draws[i][0] % len(tasks)]
+            train = templates[task]["train"]
+            asked = turn(meta, task, train[draws[i][1] % len(train)], captions, n_options, random.Random(draws[i][2]))
+            rows.append(i)
+            contents.append(content(text[i], asked.prompt))
+            targets.append(asked.target)
+        if not rows:
+            losses["instruct"] = zero_loss(model)
+            return losses
+        logp, tokens = logprobs(model, tokenizer, prompted(model, tokenizer, batch, media_of(model, batch), rows,
+                                                           contents), targets)
+        losses["instruct"] = -logp.sum() / tokens.sum().clamp(min=1)
+        return losses
+
+    return step
+
+
+@torch.no_grad()
+def template_scores(model, tokenizer, shards: str, split: str, templates: dict, which: str, n_options: int,
+                    batch_size: int, seed: int) -> dict:
+    """Exact-match accuracy of greedy answers per task and `which` template ("held_out" or "train") on `split`:
+    {task: {"accuracy", "n", "templates": {template: {"accuracy", "n"}}}} and "mean" over the tasks that have
+    records. A record's choice options are drawn from the split's captions with (seed, record id, template)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    captions = [m.get("caption") for m in read_meta(shards, split)]
+    hits = {task: {t: [0, 0] for t in templates[task][which]} for task in TASKS}
+    for batch in tqdm(make_loader(shards, split, batch_size), desc=f"{which} templates ({split})", unit="batch"):
+        batch = to_device(batch, device)
+        metas, text = batch["meta"], texts(tokenizer, batch)
+        media = media_of(model, batch)
+        for task in TASKS:
+            rows = [i for i, m in enumerate(metas) if readable(model, m) and task in tasks_of(m, captions)]
+            if not rows:
+                continue
+            for template in templates[task][which]:
+                turns = [turn(metas[i], task, template, captions, n_options,
+                              random.Random(f"{seed}:{metas[i]['id']}:{template}")) for i in rows]
+                asked = prompted(model, tokenizer, batch, media, rows,
+                                 [content(text[i], t.prompt) for i, t in zip(rows, turns, strict=True)])
+                answers = respond(model, tokenizer, asked, BUDGETS[task])
+                hits[task][template][0] += sum(correct(a, t.target) for a, t in zip(answers, turns, strict=True))
+                hits[task][template][1] += len(rows)
+    model.train(was_training)
+    out = {}
+    for task, per in hits.items():
+        right, n = sum(h for h, _ in per.values()), sum(k for _, k in per.values())
+        if n:
+            out[task] = {"accuracy": right / n, "n": n,
+                         "templates": {t: {"accuracy": h / k if k else None, "n": k} for t, (h, k) in per.items()}}
+    out["mean"] = sum(v["accuracy"] for v in out.values()) / len(out) if out else None
+    return out

@@ -1,0 +1,98 @@
+"""A record as natural-language instructions (seed 001 section 4.4, instruction tuning): per task, a prompt from
+one of the task's templates (conf/instruct/default.yaml `templates`, split into `train` and `held_out`) and the
+answer the record holds. Pure functions of a record's json (meta), shared by `instruct` (training and the held-out
+scores), `preferences` (the prompts of the pairs) and `align`.
+
+    caption   target: the caption                  template as it is
+    vqa       target: the answer                   {question} -> the record's question
+    classify  target: the label's name              template as it is (only records with a known label)
+    choice    target: the letter of the caption     {options} -> "(a) ... (b) ... (c) ...": the record's caption
+              among `options` (retrieval-style)      and options - 1 other captions, in a random order
+
+The record's own text input comes before the prompt (`content`); both families read the result through the
+tokenizer's chat template (stages/common/responses.py).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+TASKS = ("caption", "vqa", "classify", "choice")
+LETTERS = "abcdefgh"
+PLACEHOLDERS = {"vqa": "{question}", "choice": "{options}"}
+
+
+@dataclass(frozen=True)
+class Turn:
+    task: str
+    prompt: str
+    target: str
+    options: int = 0  # the choice task: how many captions it lists
+
+
+def check_templates(templates: dict[str, dict[str, list[str]]], options: int | None = None) -> None:
+    """Every task has train and held-out templates, disjoint, each holding the placeholder its task fills; the
+    choice task lists 2 to len(LETTERS) captions (`options`)."""
+    if options is not None and not 2 <= options <= len(LETTERS):
+        raise ValueError(f"instructions.options must be within [2, {len(LETTERS)}] (one letter per caption listed), "
+                         f"got {options}")
+    for task in TASKS:
+        if task not in templates:
+            raise ValueError(f"instruct.templates has no {task!r} task (tasks: {list(TASKS)})")
+        train, held_out = templates[task].get("train") or [], templates[task].get("held_out") or []
+        if not train or not held_out:
+            raise ValueError(f"instruct.templates.{task} needs at least one `train` and one `held_out` template")
+        if set(train) & set(held_out):
+            raise ValueError(f"instruct.templates.{task}: {sorted(set(train) & set(held_out))} is both train and "
+                             "held-out: a held-out template must be one the model never trained on")
+        needed = PLACEHOLDERS.get(task)
+        for template in [*train, *held_out]:
+            if needed and needed not in template:
+                raise ValueError(f"instruct.templates.{task}: {template!r} lacks {needed}")
+    unknown = sorted(set(templates) - set(TASKS))
+    if unknown:
+        raise ValueError(f"instruct.templates: unknown tasks {unknown} (tasks: {list(TASKS)})")
+
+
+def tasks_of(meta: dict, captions: list[str]) -> list[str]:
+    """The tasks a record has an answer for; `choice` needs another caption in `captions` to offer beside its own."""
+    caption = meta.get("caption")
+    have = {"caption": bool(caption), "vqa": bool(meta.get("question") and meta.get("answer")),
+            "classify": bool(meta.get("label")) and meta.get("label_index", 0) >= 0,
+            "choice": bool(caption) and any(c and c != caption for c in captions)}
+    return [task for task in TASKS if have[task]]
+
+
+def options(caption: str, captions: list[str], n: int, rng: random.Random) -> tuple[list[str], int]:
+    """(the record's caption and up to n - 1 different captions of `captions`, shuffled; the index of its own)."""
+    others = sorted({c for c in captions if c and c != caption})
+    picked = [caption, *rng.sample(others, min(n - 1, len(others)))]
+    rng.shuffle(picked)
+    return picked, picked.index(caption)
+
+
+def turn(meta: dict, task: str, template: str, captions: list[str], n_options: int, rng: random.Random) -> Turn:
+    """The record's `task` as an instruction (the template filled in) and its answer."""
+    if task == "caption":
+        return Turn(task, template, meta["caption"])
+    if task == "vqa":
+        return Turn(task, template.replace("{question}", meta["question"]), meta["answer"])
+    if task == "classify":
+        return Turn(task, template, meta["label"])
+    choices, right = options(meta["caption"], captions, n_options, rng)
+    listed = " ".join(f"({LETTERS[k]}) {c}" for k, c in enumerate(choices))
+    return Turn(task, template.replace("{options}", listed), LETTERS[right], len(choices))
+
+
+def content(text: str, prompt: str) -> str:
+    """The user's turn: the record's text input (may be empty), then the instruction."""
+    return f"{text} {prompt}".strip()
+
+
+def normalised(answer: str) -> str:
+    """Exact match up to case, outer spaces and a final full stop."""
+    return answer.strip().lower().rstrip(".").strip()
+
+
+def correct(prediction: str, target: str) -> bool:
+    return normalised(prediction) == normalised(target)

@@ -1,0 +1,126 @@
+"""A prompt and a response for either family: the model's inputs from a batch's records, an instruction through
+the tokenizer's chat template, and then the log-probability of a given response or a generated one. The alignment
+stages (`instruct`, `preferences`, `align`) are written once on top of these.
+
+    trimodal     the encoder reads the record's image and audio, and as its text input the chat prompt
+                 "<s>User: {text} {instruction}\\n\\nAssistant:"; the decoder writes the response
+    deepseek_vl  the causal LM reads the visual tokens, then the same chat prompt, and continues with the response
+                 (stages/common/vl_tasks.py: its records without an image or text are not `readable`)
+
+Media are encoded once per batch (`media_of`) and shared by every prompt asked of it; a `Prompted` is the rows'
+inputs with one prompt each, scored against several responses (a preference pair's two) without encoding again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model.families import DEEPSEEK_VL, family_of_model
+from model.fusion import Stream
+from model.preference import sequence_logprobs
+from stages.common.generation import decoded
+from stages.common.vl_tasks import (
+    Turns,
+    chat_prompt_ids,
+    encode,
+    generated,
+    left_padded,
+    right_padded,
+    run,
+    shifted,
+    usable,
+    visual_of,
+)
+
+
+def is_vl(model) -> bool:
+    return family_of_model(model) == DEEPSEEK_VL
+
+
+def readable(model, meta: dict) -> bool:
+    """Whether the model can read the record at all (DeepSeek-VL: not audio alone)."""
+    return usable(meta) if is_vl(model) else True
+
+
+def media_of(model, batch: dict):
+    """The batch's media, encoded once: the trimodal encoder's image and audio streams ({} when the batch has
+    neither), or DeepSeek-VL's visual tokens (None without an image)."""
+    if is_vl(model):
+        return visual_of(model, batch)
+    audio = batch["mel_lengths"] > 0
+    if not batch["image_present"].any() and not audio.any():
+        return {}
+    return model.encoder.streams(pixel_values=batch["image"], image_present=batch["image_present"],
+                                 input_features=batch["mel"], mel_lengths=batch["mel_lengths"])
+
+
+@dataclass
+class Prompted:
+    """Rows of a batch with one prompt each, ready for responses: `encoded` (trimodal: the fused encoder output
+    of the rows) or `prompts` + `visual` (DeepSeek-VL: the chat prompts' ids and the batch's visual tokens)."""
+    rows: list[int]
+    batch: dict
+    encoded: object = None
+    prompts: list[list[int]] | None = None
+    visual: torch.Tensor | None = None
+
+
+def _text_stream(model, tokenizer, contents: list[str], device: torch.device) -> Stream:
+    """The chat prompts as the trimodal encoder's text input, each cut to the encoder's positions (the start of
+    a long text goes, the instruction and "Assistant:" stay)."""
+    width = model.config.max_text_positions
+    rows = [[ids[0], *ids[1:][-(width - 1):]] for ids in chat_prompt_ids(tokenizer, contents)]
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), model.config.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), True
+    ids, mask = ids.to(device), mask.to(device)
+    return Stream(model.encoder.text(ids, mask), mask)
+
+
+def prompted(model, tokenizer, batch: dict, media, rows: list[int], contents: list[str]) -> Prompted:
+    """The rows' inputs with one user turn each (`contents`, e.g. instructions.content), through the chat
+    template."""
+    if is_vl(model):
+        return Prompted(rows, batch, prompts=chat_prompt_ids(tokenizer, contents), visual=media)
+    index = torch.tensor(rows, device=batch["image"].device)
+    streams = {m: Stream(s.hidden[index], s.mask[index]) for m, s in media.items()}
+    streams["text"] = _text_stream(model, tokenizer, contents, batch["image"].device)
+    return Prompted(rows, batch, encoded=model.encoder.fuse(streams))
+
+
+def _targets(tokenizer, responses: list[str], vl: bool) -> list[list[int]]:
+    """Each response's tokens and </s>: as the shards tokenize captions and answers (trimodal's decoder, <s>
+    dropped) or as vl_tasks' chat turns (a space after "Assistant:")."""
+    if vl:
+        return [[*t, tokenizer.eos_token_id] for t in encode(tokenizer, [" " + r for r in responses])]
+    return [ids[1:] for ids in tokenizer(responses)["input_ids"]]
+
+
+def logprobs(model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log P(response | inputs, prompt) summed over its tokens and </s> [n], its tokens [n]), with gradients."""
+    device = asked.batch["image"].device
+    if is_vl(model):
+        ids, mask, labels = right_padded(asked.prompts, _targets(tokenizer, responses, True),
+                                         tokenizer.pad_token_id, device)
+        logits, targets = shifted(run(model, Turns(asked.rows, ids, mask), asked.visual, asked.batch), labels)
+        return sequence_logprobs(logits, targets)
+    targets = _targets(tokenizer, responses, False)
+    labels = torch.full((len(targets), max(len(t) for t in targets)), -100, dtype=torch.long)
+    for i, t in enumerate(targets):
+        labels[i, : len(t)] = torch.tensor(t)
+    labels = labels.to(device)
+    logits = model(encoder_outputs=asked.encoded, decoder_input_ids=model.shift_right(labels)).logits
+    return sequence_logprobs(logits, labels)
+
+
+@torch.no_grad()
+def respond(model, tokenizer, asked: Prompted, max_new_tokens: int, sample: bool = False) -> list[str]:
+    """Each row's response: greedy, or sampled (temperature 1, torch's global generator: seed it first)."""
+    if not is_vl(model):
+        return decoded(model, tokenizer, asked.encoded, max_new_tokens, sample)
+    ids, mask = left_padded(asked.prompts, tokenizer.pad_token_id, asked.batch["image"].device)
+    return generated(model, tokenizer, Turns(asked.rows, ids, mask), asked.visual, asked.batch, max_new_tokens,
+                     sample)

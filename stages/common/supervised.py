@@ -1,0 +1,31 @@
+"""The trimodal family's supervised step (stage `finetune`, and replayed by `instruct` so the instruction-tuned
+model keeps the formats the evaluation asks in):
+
+    ce   captioning: decoder cross-entropy on the caption, conditioned on the record's inputs
+    vqa  question answering as generation: the question joins the text input, the decoder produces the answer
+    cls  classification cross-entropy on pooled R (the record's label)
+    itc / atc / vac  the contrastive objectives of pretraining, kept so the embedding spaces stay aligned
+"""
+from __future__ import annotations
+
+import torch
+
+from model.losses import cross_entropy
+from model.objectives import contrastive_losses
+from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question_streams
+
+
+def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    streams = model.encoder.streams(**model_inputs(batch))
+    caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
+    encoded = model.encoder.fuse(streams)
+    out = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
+    losses = {"ce": cross_entropy(out.logits, caption),
+              "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None]),
+              **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable"))}
+    answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
+    if (answer != -100).any():
+        vqa = model(encoder_outputs=model.encoder.fuse(with_question_streams(model.encoder, streams, batch)),
+                    decoder_input_ids=model.shift_right(answer))
+        losses["vqa"] = cross_entropy(vqa.logits, answer)
+    return losses

@@ -1,0 +1,84 @@
+"""Stage `instruct`: instruction tuning (seed 001 section 4.4; docs/model.md "Alignment") of the fine-tuned model
+(models/finetune) -> models/instruct/ (+ tokenizer), which `align` tunes on preferences into the teacher.
+
+Every record is asked its tasks (caption, VQA, class name, which-of-these caption) as natural-language
+instructions from conf's `instruct.templates` through the tokenizer's chat template (stages/common/instructions.py,
+stages/common/instruction_tasks.py); the fine-tuning objectives keep training beside them (the trimodal family's
+stages/common/supervised.py, DeepSeek-VL's chat turns), so the formats the evaluation asks in do not regress.
+
+Measured on the val split, before (the fine-tuned model) and after: exact-match accuracy per task on the
+`held_out` templates, which no stage trains on -> metrics/instruct.json (the tasks' mean before and after, each
+task after, the task scores) and metrics/details/instruct.json (per task and template before and after, the task
+scores per modality subset).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from model.families import load_pretrained
+from stages.common.atomic import write_json
+from stages.common.checkpoint import fingerprint
+from stages.common.distributed import launch
+from stages.common.instruction_tasks import instruct_step, template_scores
+from stages.common.instructions import TASKS, check_templates
+from stages.common.loader import read_index
+from stages.common.models import file_digest, save
+from stages.common.params import load_params
+from stages.common.predict import val_scores
+from stages.common.responses import is_vl
+from stages.common.scoring import headline
+from stages.common.supervised import finetune_step
+from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
+from stages.common.vl_tasks import sft_step, skipped, usable
+
+
+def held_out(model, tokenizer, params) -> dict:
+    asked = params.instructions
+    return template_scores(model, tokenizer, params.instruct.shards, "val", asked.templates, "held_out",
+                           asked.options, params.instruct.eval_batch_size, params.seed)
+
+
+def summary_of(before: dict, after: dict) -> dict:
+    """metrics/instruct.json: held-out template accuracy, the tasks' mean before and after, each task after."""
+    tasks = {f"held_out_{task}": after[task]["accuracy"] for task in TASKS if task in after}
+    return {"held_out_mean_before": before["mean"], "held_out_mean": after["mean"], **tasks}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    params = load_params("params.yaml", argv)
+    check_templates(params.instructions.templates, params.instructions.options)
+    if launch(params.trainer.devices, "stages.instruct", argv):
+        return
+    paths, p = params.paths, params.instruct
+    tokenizer = AutoTokenizer.from_pretrained(paths.finetuned)
+    model = load_pretrained(paths.finetuned)
+    vl = is_vl(model)
+    replay = sft_step(tokenizer) if vl else finetune_step
+    data = skipped(p.shards, "train") if vl else {}
+    step = instruct_step(tokenizer, params.instructions.templates, params.instructions.options, replay)
+    model = fit(model, step, p, params.trainer, params.seed,
+                "instruct", fingerprint(p, params.instructions, params.seed, read_index(p.shards),
+                                            file_digest(Path(paths.finetuned))),
+                paths, keep=usable if vl else None, summary=data)
+    if model is None:  # under torchrun, rank 0 alone evaluates and saves
+        return
+    before = held_out(load_pretrained(paths.finetuned).to(next(model.parameters()).device), tokenizer, params)
+    after = held_out(model, tokenizer, params)
+    scores = val_scores(model, tokenizer, p.shards)
+    write_json(Path(paths.details) / "instruct.json", {"held_out": {"before": before, "after": after},
+                                                       "val": scores})
+    summary = {**summary_of(before, after), **headline(scores["overall"]), **data}
+    write_json(Path(paths.metrics) / "instruct.json", summary)
+    save(model, tokenizer, Path(paths.instructed))
+    clear_checkpoints(checkpoint_dir(paths, "instruct"))
+    print("instruct: " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Stage `preferences`: the preference pairs table (stages/common/pairs.py) from the data and the instruction-tuned
+model (models/instruct) -> data/preferences/pairs.jsonl, which `align` trains on (docs/model.md "Alignment").
+
+Per readable record of `preferences.splits`, one pair, reproducibly (every choice a hash of (seed, record id)):
+one of the record's tasks (stages/common/instructions.py), asked with one of its templates (train templates for
+the train split, held-out ones for the others, so the held-out pairs are new prompts too), chosen = the
+record's answer, and rejected =
+    sample       the model's own greedy answer, when it is wrong: what preference tuning should push down
+    corruption   when the model is right (or answers nothing): a controlled wrong answer of the same kind, another
+                 record's caption / answer / class of the split, or another of the listed letters
+A record none of whose tasks offers a wrong answer of its kind gets no pair (counted in the log). Pairs,
+how many were the model's own answers, and the records the model cannot read, per split -> metrics/preferences.json.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from model.families import load_pretrained
+from stages.common.atomic import write_json
+from stages.common.batches import to_device
+from stages.common.instruction_tasks import BUDGETS
+from stages.common.instructions import LETTERS, Turn, check_templates, content, correct, tasks_of, turn
+from stages.common.loader import make_loader, read_meta
+from stages.common.pairs import write_pairs
+from stages.common.params import load_params
+from stages.common.responses import media_of, prompted, readable, respond
+from stages.common.vl_tasks import texts
+
+
+def alternatives(metas: list[dict]) -> dict[str, list[str]]:
+    """The split's wrong answers of each kind to draw corruptions from (sorted: the draw is reproducible)."""
+    return {"caption": sorted({m["caption"] for m in metas if m.get("caption")}),
+            "vqa": sorted({m["answer"] for m in metas if m.get("answer")}),
+            "classify": sorted({m["label"] for m in metas if m.get("label") and m.get("label_index", 0) >= 0})}
+
+
+def corruption(asked: Turn, pool: dict[str, list[str]], rng: random.Random) -> str | None:
+    """A wrong answer of the task's kind (None: the split has none)."""
+    if asked.task == "choice":
+        wrong = [letter for letter in LETTERS[: asked.options] if letter != asked.target]
+    else:
+        wrong = [a for a in pool[asked.task] if not correct(a, asked.target)]
+    return rng.choice(wrong) if wrong else None
+
+
+def target_of(meta: dict, task: str) -> str:
+    return meta[{"caption": "caption", "vqa": "answer", "classify": "label"}[task]]
+
+
+def asked_of(meta: dict, split: str, templates: dict, captions: list[str], pool: dict[str, list[str]],
+             n_options: int, seed: int) -> Turn | None:
+    """The record's one turn: task (one with a wrong answer to offer) and template drawn from (seed, record id)."""
+    # a task whose answer has no wrong alternative in the split (every answer "yes") could end without a pair
+    tasks = [t for t in tasks_of(meta, captions) if t == "choice" or any(not correct(a, target_of(meta, t))
+                                                                         for a in pool[t])]
+    if not tasks:
+        return None
+    rng = random.Random(f"{seed}:preferences:{meta['id']}")
+    task = tasks[rng.randrange(len(tasks))]
+    choices = templates[task]["train" if split == "train" else "held_out"]
+    return turn(meta, task, choices[rng.randrange(len(choices))], captions, n_options, rng)
+
+
+@torch.no_grad()
+def split_pairs(model, tokenizer, shards: str, split: str, templates: dict, n_options: int, batch_size: int,
+                seed: int) -> tuple[list[dict], Counter]:
+    """The split's pairs and counts (sample / corruption / no_alternative / unreadable)."""
+    metas = read_meta(shards, split)
+    captions, pool = [m.get("caption") for m in metas], alternatives(metas)
+    pairs, counts = [], Counter()
+    device = next(model.parameters()).device
+    for batch in tqdm(make_loader(shards, split, batch_size), desc=f"preferences ({split})", unit="batch"):
+        batch = to_device(batch, device)
+        rows, text = batch["meta"], texts(tokenizer, batch)
+        media = media_of(model, batch)
+        asked = {}
+        for i, meta in enumerate(rows):
+            if not readable(model, meta):
+                counts["unreadable"] += 1
+                continue
+            one = asked_of(meta, split, templates, captions, pool, n_options, seed)
+            if one is not None:
+                asked[i] = one
+        for task in {a.task for a in asked.values()}:
+            idx = [i for i, a in asked.items() if a.task == task]
+            answers = respond(model, tokenizer, prompted(model, tokenizer, batch, media, idx,
+                                                         [content(text[i], asked[i].prompt) for i in idx]),
+                              BUDGETS[task])
+            for i, answer in zip(idx, answers, strict=True):
+                one, meta = asked[i], rows[i]
+                if answer and not correct(answer, one.target):
+                    rejected, source = answer, "sample"
+                else:
+                    rejected = corruption(one, pool, random.Random(f"{seed}:corrupt:{meta['id']}"))
+                    source = "corruption"
+                if rejected is None:
+                    counts["no_alternative"] += 1
+                    continue
+                counts[source] += 1
+                pairs.append({"id": f"{meta['id']}:{task}", "inputs": meta["id"], "task": task,
+                              "prompt": one.prompt, "chosen": one.target, "rejected": rejected, "source": source})
+    return sorted(pairs, key=lambda p: p["id"]), counts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    params = load_params("params.yaml", sys.argv[1:] if argv is None else list(argv))
+    check_templates(params.instructions.templates, params.instructions.options)
+    paths, p = params.paths, params.preferences
+    tokenizer = AutoTokenizer.from_pretrained(paths.instructed)
+    model = load_pretrained(paths.instructed).eval()
+    pairs, summary = [], {}
+    for split in p.splits:
+        found, counts = split_pairs(model, tokenizer, p.shards, split, params.instructions.templates,
+                                    params.instructions.options, p.batch_size, params.seed)
+        pairs += found
+        summary.update({f"{split}_pairs": len(found), f"{split}_model_samples": counts["sample"],
+                        f"{split}_unreadable": counts["unreadable"]})
+        print(f"preferences: {split}: {len(found)} pairs, rejected = the model's own answer {counts['sample']}, a "
+              f"corruption {counts['corruption']}; records without a wrong alternative {counts['no_alternative']}, "
+              f"unreadable by the model {counts['unreadable']}")
+    write_pairs(Path(paths.preferences), pairs)
+    write_json(Path(paths.metrics) / "preferences.json", summary)
+    print("preferences: " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""stages/common/instructions.py: records as instructions (pure functions of a record's json)."""
+from __future__ import annotations
+
+import copy
+import random
+import re
+
+import pytest
+
+from stages.common.instructions import (
+    TASKS,
+    Turn,
+    check_templates,
+    content,
+    correct,
+    normalised,
+    options,
+    tasks_of,
+    turn,
+)
+from stages.common.params import defaults
+
+RECORD = {"id": "r1", "modalities": ["image", "text"], "caption": "a red circle", "question": "what color is it?",
+          "answer": "red", "label": "circle", "label_index": 0, "group": None}
+POOL = ["a red circle", "a blue square", "a green star", "a yellow moon", "a blue square", "", "a red circle"]
+OTHERS = {"a blue square", "a green star", "a yellow moon"}
+
+
+def record(**changes) -> dict:
+    return {**RECORD, **changes}
+
+
+def listed(prompt: str) -> dict[str, str]:
+    """letter -> caption of a choice prompt's "(a) ... (b) ..." list (the captions here hold no parentheses)."""
+    return dict(re.findall(r"\(([a-h])\) ([^()]+?)(?= \([a-h]\) |$)", prompt))
+
+
+# check_templates ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def default_templates() -> dict:
+    return defaults().instructions.templates
+
+
+@pytest.fixture
+def templates(default_templates) -> dict:
+    return copy.deepcopy(default_templates)
+
+
+def test_check_templates_accepts_the_default_templates(templates):
+    assert set(templates) == set(TASKS)
+    assert check_templates(templates) is None
+
+
+def test_check_templates_refuses_a_missing_task(templates):
+    del templates["classify"]
+    with pytest.raises(ValueError, match="no 'classify' task"):
+        check_templates(templates)
+
+
+def test_check_templates_refuses_a_task_without_held_out_templates(templates):
+    templates["caption"]["held_out"] = []
+    with pytest.raises(ValueError, match=r"templates\.caption needs at least one `train` and one `held_out`"):
+        check_templates(templates)
+
+
+def test_check_templates_refuses_a_task_without_train_templates(templates):
+    del templates["vqa"]["train"]
+    with pytest.raises(ValueError, match=r"templates\.vqa needs at least one `train`"):
+        check_templates(templates)
+
+
+def test_check_templates_refuses_a_template_that_is_both_train_and_held_out(templates):
+    shared = templates["classify"]["train"][0]
+    templates["classify"]["held_out"].append(shared)
+    with pytest.raises(ValueError, match="both train and held-out") as raised:
+        check_templates(templates)
+    assert shared in str(raised.value)
+
+
+def test_check_templates_refuses_a_vqa_template_lacking_the_question(templates):
+    templates["vqa"]["held_out"].append("Answer it.")
+    with pytest.raises(ValueError, match=r"templates\.vqa: 'Answer it\.' lacks \{question\}"):
+        check_templates(templates)
+
+
+def test_check_templates_refuses_a_choice_template_lacking_the_options(templates):
+    templates["choice"]["train"].append("Which caption fits?")
+    with pytest.raises(ValueError, match=r"templates\.choice: 'Which caption fits\?' lacks \{options\}"):
+        check_templates(templates)
+
+
+def test_check_templates_refuses_an_unknown_task(templates):
+    templates["translate"] = {"train": ["Translate it."], "held_out": ["Say it in French."]}
+    with pytest.raises(ValueError, match=r"unknown tasks \['translate'\]"):
+        check_templates(templates)
+
+
+# tasks_of -----------------------------------------------------------------------------------------------------------
+
+def test_tasks_of_a_full_record_with_other_captions_is_every_task_in_order():
+    assert tasks_of(RECORD, POOL) == ["caption", "vqa", "classify", "choice"]
+
+
+def test_tasks_of_offers_no_choice_without_another_different_caption():
+    assert tasks_of(RECORD, ["a red circle", "", "a red circle"]) == ["caption", "vqa", "classify"]
+    assert tasks_of(RECORD, []) == ["caption", "vqa", "classify"]
+
+
+def test_tasks_of_an_unknown_label_has_no_classify():
+    assert "classify" not in tasks_of(record(label_index=-1), POOL)
+    assert "classify" not in tasks_of(record(label=None, label_index=-1), POOL)
+
+
+def test_tasks_of_needs_both_question_and_answer_for_vqa():
+    assert "vqa" not in tasks_of(record(answer=None), POOL)
+    assert "vqa" not in tasks_of(record(question=""), POOL)
+
+
+def test_tasks_of_a_record_without_caption_has_neither_caption_nor_choice():
+    assert tasks_of(record(caption=None), POOL) == ["vqa", "classify"]
+
+
+# options ------------------------------------------------------------------------------------------------------------
+
+def test_options_hold_the_own_caption_exactly_once_among_distinct_others():
+    picked, own = options("a red circle", POOL, 3, random.Random(0))
+    assert len(picked) == 3
+    assert picked.count("a red circle") == 1
+    assert picked[own] == "a red circle"
+    assert len(set(picked)) == len(picked)
+    assert set(picked) - {"a red circle"} <= OTHERS  # never the empty caption
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_options_list_at_most_n(n):
+    picked, own = options("a red circle", POOL, n, random.Random(3))
+    assert len(picked) == n
+    assert picked[own] == "a red circle"
+
+
+def test_options_are_fewer_when_there_are_fewer_than_n_minus_one_other_captions():
+    picked, own = options("a red circle", POOL, 8, random.Random(1))
+    assert sorted(picked) == sorted(OTHERS | {"a red circle"})
+    assert picked[own] == "a red circle"
+
+
+def test_options_are_the_same_for_the_same_seed():
+    first = options("a red circle", POOL, 3, random.Random(42))
+    assert options("a red circle", POOL, 3, random.Random(42)) == first
+    # the pool's order does not matter either: the others are sorted before sampling
+    assert options("a red circle", list(reversed(POOL)), 3, random.Random(42)) == first
+
+
+def test_options_vary_with_the_seed():
+    draws = {tuple(options("a red circle", POOL, 3, random.Random(seed))[0]) for seed in range(20)}
+    assert len(draws) > 1
+
+
+# turn ---------------------------------------------------------------------------------------------------------------
+
+def test_turn_caption_keeps_the_template_and_answers_the_caption():
+    asked = turn(RECORD, "caption", "Describe it.", POOL, 3, random.Random(0))
+    assert asked == Turn("caption", "Describe it.", "a red circle", 0)
+
+
+def test_turn_vqa_fills_in_the_question_and_answers_the_answer():
+    asked = turn(RECORD, "vqa", "Question: {question} Answer briefly.", POOL, 3, random.Random(0))
+    assert asked == Turn("vqa", "Question: what color is it? Answer briefly.", "red", 0)
+
+
+def test_turn_classify_answers_the_label_name():
+    asked = turn(RECORD, "classify", "Name its class.", POOL, 3, random.Random(0))
+    assert asked == Turn("classify", "Name its class.", "circle", 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_turn_choice_targets_the_letter_of_the_records_caption(seed):
+    asked = turn(RECORD, "choice", "Pick the matching description: {options}", POOL, 3, random.Random(seed))
+    assert asked.task == "choice"
+    assert asked.prompt.startswith("Pick the matching description: (a) ")
+    choices = listed(asked.prompt)
+    assert list(choices) == ["a", "b", "c"]
+    assert choices[asked.target] == "a red circle"
+    assert list(choices.values()).count("a red circle") == 1
+    assert asked.options == 3
+
+
+def test_turn_choice_counts_the_options_it_could_list():
+    asked = turn(RECORD, "choice", "{options} Answer with the letter.", ["a red circle", "a blue square"], 4,
+                 random.Random(0))
+    choices = listed(asked.prompt.removesuffix(" Answer with the letter."))
+    assert sorted(choices.values()) == ["a blue square", "a red circle"]
+    assert asked.options == 2
+    assert choices[asked.target] == "a red circle"
+
+
+# content, normalised, correct -----------------------------------------------------------------------------------
+
+def test_content_puts_the_text_before_the_prompt():
+    assert content("there is a red circle", "Describe it.") == "there is a red circle Describe it."
+
+
+def test_content_of_an_empty_text_is_just_the_prompt():
+    assert content("", "Describe it.") == "Describe it."
+
+
+def test_content_is_stripped():
+    assert content(" hello ", "Describe it. ") == content(" hello ", "Describe it. ").strip()
+    assert content(" hello ", "Describe it. ").startswith("hello")
+    assert content(" hello ", "Describe it. ").endswith("Describe it.")
+
+
+@pytest.mark.parametrize("answer", ["red", "Red", "  RED  ", "red.", "Red. ", " red . "])
+def test_normalised_ignores_case_outer_spaces_and_a_final_full_stop(answer):
+    assert normalised(answer) == "red"
+
+
+def test_normalised_keeps_inner_full_stops_and_spaces():
+    assert normalised("e.g. A red circle.") == "e.g. a red circle"
+
+
+def test_correct_matches_up_to_normalisation_only():
+    assert correct("Red.", "red")
+    assert correct("  a Red circle ", "a red circle.")
+    assert not correct("blue", "red")
+    assert not correct("a red", "red")
+    assert not correct("redd", "red")
