@@ -14,7 +14,8 @@ yours) -> the teacher, models/teacher/ (+ tokenizer), which distill, quantize an
 Measured on the held-out (val) pairs, before (the reference) and after: preference accuracy (the chosen response
 more likely than the rejected), DPO's reward margin and accuracy; and the task scores on val against
 instruct's (metrics/details/instruct.json): `max_task_drop` is the largest fall of a headline score.
--> metrics/align.json, metrics/details/align.json (per task; quarantined rows of the table with their reasons).
+-> metrics/align.json, metrics/details/align.json (per task; quarantined rows of the table with their reasons), and
+the before / after tables in reports/alignment.md.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from transformers import AutoTokenizer
 
 from model.families import load_pretrained
 from model.preference import dpo_loss, group_advantages, implicit_rewards, ppo_clip_loss
-from stages.common.atomic import write_json
+from stages.common.atomic import atomic_open, write_json
 from stages.common.batches import to_device
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch
@@ -189,6 +190,32 @@ def task_changes(before: dict, after: dict) -> dict:
     return {"scores": changes, "max_task_drop": max(drops) if drops else 0.0}
 
 
+def table(rows: list[list], header: list[str]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)])
+
+
+def report(method: str, pairs: dict, changes: dict, templates: dict) -> str:
+    """reports/alignment.md: the before / after tables of instruct and align on the val split."""
+    before, after = templates["before"], templates["after"]
+    tasks = [t for t in after if t != "mean"]
+    return "\n\n".join([
+        f"# Alignment on val (align.method: {method})",
+        "## Held-out preference pairs (before: the instruction-tuned model, after: the teacher)",
+        table([[task, row["pairs"], row["preference_accuracy_before"], row["preference_accuracy"],
+                row["reward_margin"], row["reward_accuracy"]] for task, row in pairs.items()],
+              ["pairs", "n", "preference accuracy before", "after", "DPO reward margin", "reward accuracy"]),
+        "## Task scores (val, overall; before: instruct's model)",
+        table([[k, v["before"], v["after"]] for k, v in changes["scores"].items()], ["score", "before", "after"])
+        + f"\n\nLargest fall of an accuracy: {changes['max_task_drop']:.2f} points.",
+        "## Held-out instruction templates, exact match (before: instruct's model)",
+        table([[t, before.get(t, {}).get("accuracy"), after[t]["accuracy"], after[t]["n"]] for t in tasks]
+              + [["mean", before.get("mean"), after["mean"], None]], ["task", "before", "after", "n"]),
+    ]) + "\n"
+
+
 def train(params, model, reference, tokenizer, pairs: dict[str, list[dict]], summary: dict):
     paths, p = params.paths, params.align
     keep = lambda meta: meta["id"] in pairs  # noqa: E731
@@ -253,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                "max_task_drop": changes["max_task_drop"], "held_out_templates": templates["mean"],
                **headline(scores["overall"]), **summary}
     write_json(Path(paths.metrics) / "align.json", metrics)
+    with atomic_open(Path(paths.alignment_report), "w") as f:
+        f.write(report(p.method, pairs, changes, {"before": instructed["held_out"]["after"], "after": templates}))
     save(model, tokenizer, Path(paths.teacher))
     clear_checkpoints(checkpoint_dir(paths, "align"))
     print("align: " + json.dumps(metrics))

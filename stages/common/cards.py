@@ -28,7 +28,8 @@ MADE_BY = {"teacher": "align", "student": "distill", "student-int8": "quantize"}
 CODE = ("stages", "model", "conf", "params.yaml", "dvc.yaml")  # what decides a model besides its data
 ABOUT = {
     "teacher": "The teacher: the seed-001 trimodal encoder-decoder (image, audio and text in any combination; "
-               "captions, answers questions, classifies), pre-trained self-supervised then fine-tuned.",
+               "captions, answers questions, classifies), pre-trained self-supervised, fine-tuned, then "
+               "instruction-tuned and preference-tuned (DPO by default).",
     "student": "The student: a smaller trimodal model (fewer layers, narrower) distilled from the teacher with the "
                "KD loss of seed 001 section 2.4 on caption, answer and class logits.",
     "student-int8": "The INT8 student: the student with uniform affine INT8 weights (per channel) and calibrated "
@@ -37,7 +38,8 @@ ABOUT = {
 ABOUT_DEEPSEEK_VL = {
     "teacher": "The teacher: DeepSeek-VL (seed 002): a SigLIP + SAM-B hybrid vision encoder and an MLP adaptor in "
                "front of a Llama-architecture LLM (image and text; audio-only records are skipped), trained in "
-               "the seed's three stages: adaptor warm-up, joint pretraining, chat-format fine-tuning.",
+               "the seed's three stages: adaptor warm-up, joint pretraining, chat-format fine-tuning; then "
+               "instruction-tuned and preference-tuned (DPO by default).",
     "student": "The student: a shallower, narrower DeepSeek-VL distilled from the teacher with the KD loss of seed "
                "001 section 2.4 on the fine-tuning turns' next-token distributions.",
     "student-int8": "The INT8 DeepSeek-VL student: " + ABOUT["student-int8"].removeprefix("The INT8 student: "),

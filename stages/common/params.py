@@ -56,6 +56,7 @@ class PathsParams:
     student: str
     student_int8: str
     report: str
+    alignment_report: str
     metrics: str
     details: str
     checkpoints: str

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from stages.common.instructions import TASKS
 from stages.common.loader import read_meta
 from stages.common.params import defaults
-from tests.shard_fixtures import trained_project
 from tests.stage_runner import REPO, run_stage
 
 SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint_every=2", "shuffle=0"]
@@ -25,9 +24,8 @@ TEMPLATES = defaults().instructions.templates
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    return trained_project(tmp_path_factory.mktemp("align-data"), tmp_path_factory.mktemp("align"), SHORT,
-                           [*SHORT, "steps=20"], SHORT)
+def project(aligned_project):
+    return aligned_project  # tests/stages/conftest.py
 
 
 def pairs_of(root):
@@ -83,6 +81,8 @@ def test_dpo_measures_held_out_pairs_and_task_scores_before_and_after(project):
     assert metrics["max_task_drop"] == pytest.approx(max(drops))
     live = json.loads((project / "metrics/align/metrics.json").read_text())
     assert {"dpo", "reward_margin", "reward_accuracy"} <= set(live)
+    report = (project / "reports/alignment.md").read_text()  # the before / after tables
+    assert f"| overall | {metrics['held_out_pairs']} |" in report and "Largest fall of an accuracy" in report
 
 
 def copy_project(project, root):
@@ -130,7 +130,7 @@ def test_ppo_trains_a_reward_model_then_the_policy_on_its_own_samples(project, t
 
 
 def test_align_killed_then_rerun_is_bit_identical_to_an_uninterrupted_run(project, tmp_path):
-    overrides = ["align.steps=12", "align.checkpoint_every=4", "align.batch_size=4", "align.shuffle=0"]
+    overrides = ["align.steps=8", "align.checkpoint_every=4", "align.batch_size=4", "align.shuffle=0"]
     straight = copy_project(project, tmp_path / "straight")
     shutil.copytree(project / "data/preferences", straight / "data/preferences")
     run_stage("align", straight, *overrides)

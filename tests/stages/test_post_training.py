@@ -22,7 +22,7 @@ from stages.common.loader import read_meta
 from stages.common.params import defaults
 from stages.common.scoring import SUBSETS, headline, subset_name
 from stages.distill import init_from_teacher, student_config
-from tests.shard_fixtures import TINY_MODEL, trained_project
+from tests.shard_fixtures import TINY_MODEL
 from tests.stage_runner import make_project, run_stage
 from tests.test_pipeline_e2e import clone_worktree, dvc, set_params
 from trimodal.registry import PromoteError, production_version, promote
@@ -32,12 +32,8 @@ SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    # every fixture answer is "red": 20 finetune steps teach the teacher to say so (a VQA score above 0, which the
-    # promote test below needs)
-    # the teacher comes out of finetune -> instruct -> preferences -> align, as dvc.yaml chains them
-    return trained_project(tmp_path_factory.mktemp("post-data"), tmp_path_factory.mktemp("post"), SHORT,
-                           [*SHORT, "steps=20", "checkpoint_every=10"], SHORT)
+def project(aligned_project):
+    return aligned_project  # tests/stages/conftest.py: the teacher out of finetune -> instruct -> preferences -> align
 
 
 def test_each_training_stage_sets_its_own_loss_weights(project):

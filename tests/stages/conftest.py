@@ -1,0 +1,16 @@
+import pytest
+
+from tests.shard_fixtures import trained_project
+
+SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint_every=2", "shuffle=0"]
+
+
+@pytest.fixture(scope="session")
+def aligned_project(tmp_path_factory):
+    """A project trained through the DAG's training stages as dvc.yaml chains them (pretrain, finetune, instruct,
+    preferences, align) on the 28-record shard fixtures, once for the session: test_post_training goes on from its
+    teacher, test_alignment_stages reads what the alignment stages wrote (and works on copies). Every fixture
+    answer is "red": 20 finetune steps teach the teacher to say so (a VQA score above 0, which the promote test
+    needs)."""
+    return trained_project(tmp_path_factory.mktemp("aligned-data"), tmp_path_factory.mktemp("aligned"), SHORT,
+                           [*SHORT, "steps=20", "checkpoint_every=10"], SHORT)
