@@ -206,7 +206,7 @@ def report(method: str, pairs: dict, changes: dict, templates: dict) -> str:
         "## Held-out preference pairs (before: the instruction-tuned model, after: the teacher)",
         table([[task, row["pairs"], row["preference_accuracy_before"], row["preference_accuracy"],
                 row["reward_margin"], row["reward_accuracy"]] for task, row in pairs.items()],
-              ["pairs", "n", "preference accuracy before", "after", "DPO reward margin", "reward accuracy"]),
+              ["task", "pairs", "preference accuracy before", "after", "DPO reward margin", "reward accuracy"]),
         "## Task scores (val, overall; before: instruct's model)",
         table([[k, v["before"], v["after"]] for k, v in changes["scores"].items()], ["score", "before", "after"])
         + f"\n\nLargest fall of an accuracy: {changes['max_task_drop']:.2f} points.",

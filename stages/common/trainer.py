@@ -206,8 +206,12 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
             return train(model, step_fn, params, seed, checkpoints, logger, desc=f"{name}/{phase}" if phase else name,
                          fingerprint=fingerprint, strategy=trainer.strategy, world=world, keep=keep,
                          prefix=f"{phase}/" if phase else "", every_rank=every_rank, monitors=monitors)
-    finally:  # rank 0 evaluates and saves alone afterwards: no collective follows
-        teardown(world)
+    finally:
+        # rank 0 evaluates and saves alone afterwards: no collective follows. A phase that hands its model on
+        # (every_rank) keeps the process group for the next one: a second init after destroy_process_group can
+        # read the first group's stale gloo addresses from torchrun's store ("Connection refused")
+        if not every_rank:
+            teardown(world)
 
 
 def whole_model(model: nn.Module, objectives: nn.Module, world: World) -> nn.Module | None:
