@@ -129,8 +129,9 @@ def ppo_step(tokenizer, reference, reward_model, pairs: dict[str, list[dict]], b
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             model.eval()
-            samples = respond(model, tokenizer, prompted(model, tokenizer, batch, media_of(model, batch), rows,
-                                                         contents), max_new_tokens, sample=True)
+            with torch.no_grad():  # the sampling pass's encoding needs no graph
+                samples = respond(model, tokenizer, prompted(model, tokenizer, batch, media_of(model, batch), rows,
+                                                             contents), max_new_tokens, sample=True)
             model.train()
         asked = prompted(model, tokenizer, batch, media_of(model, batch), rows, contents)
         policy, _ = logprobs(model, tokenizer, asked, samples)
@@ -270,9 +271,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     changes = task_changes(instructed["val"]["overall"], scores["overall"])
     templates = template_scores(model, tokenizer, p.shards, "val", params.instructions.templates, "held_out",
                                 params.instructions.options, p.eval_batch_size, params.seed)
+    held_out_templates = {"before": instructed["held_out"]["after"], "after": templates}
     write_json(Path(paths.details) / "align.json", {
-        "method": p.method, "held_out_pairs": pairs, "tasks": changes,
-        "held_out_templates": {"before": instructed["held_out"]["after"], "after": templates},
+        "method": p.method, "held_out_pairs": pairs, "tasks": changes, "held_out_templates": held_out_templates,
         "val": scores, "quarantined": quarantined})
     overall = pairs["overall"]
     metrics = {"method": p.method, "held_out_pairs": overall["pairs"], **{k: v for k, v in overall.items()
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                **headline(scores["overall"]), **summary}
     write_json(Path(paths.metrics) / "align.json", metrics)
     with atomic_open(Path(paths.alignment_report), "w") as f:
-        f.write(report(p.method, pairs, changes, {"before": instructed["held_out"]["after"], "after": templates}))
+        f.write(report(p.method, pairs, changes, held_out_templates))
     save(model, tokenizer, Path(paths.teacher))
     clear_checkpoints(checkpoint_dir(paths, "align"))
     print("align: " + json.dumps(metrics))
