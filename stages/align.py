@@ -35,7 +35,7 @@ from stages.common.atomic import atomic_open, write_json
 from stages.common.batches import to_device
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch
-from stages.common.instruction_tasks import instruct_step, template_scores
+from stages.common.instruction_tasks import instruct_losses, template_scores
 from stages.common.instructions import check_templates, content
 from stages.common.loader import make_loader, read_index
 from stages.common.models import file_digest, save
@@ -44,9 +44,9 @@ from stages.common.params import load_params
 from stages.common.predict import val_scores
 from stages.common.responses import Prompted, is_vl, logprobs, media_of, prompted, readable, respond
 from stages.common.scoring import headline
-from stages.common.supervised import finetune_step
+from stages.common.supervised import finetune_losses
 from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
-from stages.common.vl_tasks import sft_step, texts, zero_loss
+from stages.common.vl_tasks import sft_losses, texts, zero_loss
 
 METHODS = ("dpo", "ppo")
 DPO_MONITORS = ("reward_margin", "reward_accuracy")
@@ -84,9 +84,10 @@ def asked_pairs(model, tokenizer, batch: dict, pairs: dict[str, list[dict]], gen
 
 
 def pair_logprobs(model, tokenizer, batch: dict, rows: list[int], contents: list[str], pairs: list[dict],
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(chosen), log pi(rejected) of each pair: the prompt is encoded once for both."""
-    asked = prompted(model, tokenizer, batch, media_of(model, batch), rows, contents)
+                  media=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(chosen), log pi(rejected) of each pair: the prompt is encoded once for both (`media`: the batch's,
+    already encoded by this model; None: encode them)."""
+    asked = prompted(model, tokenizer, batch, media_of(model, batch) if media is None else media, rows, contents)
     chosen, _ = logprobs(model, tokenizer, asked, [p["chosen"] for p in pairs])
     rejected, _ = logprobs(model, tokenizer, asked, [p["rejected"] for p in pairs])
     return chosen, rejected
@@ -95,15 +96,16 @@ def pair_logprobs(model, tokenizer, batch: dict, rows: list[int], contents: list
 def preference_step(tokenizer, reference, pairs: dict[str, list[dict]], beta: float, key: str,
                     replay: Callable | None = None) -> Callable:
     """DPO (key "dpo") or the reward model's Bradley-Terry loss on r = beta log(pi / pi_ref) (key "reward"): the
-    same loss (DPO's insight), logged as what it trains; reward margin and accuracy as monitors. `replay`: a
-    step whose losses are added (the fine-tuning objectives, so the evaluation's formats do not regress)."""
+    same loss (DPO's insight), logged as what it trains; reward margin and accuracy as monitors. `replay`:
+    losses to add and the media they encoded (instruction_tasks.instruct_losses: the instruction turns and the
+    fine-tuning objectives, so the evaluation's formats do not regress)."""
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        losses = dict(replay(model, batch, generator)) if replay is not None else {}
+        losses, media = replay(model, batch, generator) if replay is not None else ({}, None)
         rows, picked, contents = asked_pairs(model, tokenizer, batch, pairs, generator)
         if not rows:
             return {**losses, key: zero_loss(model)}
-        policy = pair_logprobs(model, tokenizer, batch, rows, contents, picked)
+        policy = pair_logprobs(model, tokenizer, batch, rows, contents, picked, media)
         with torch.no_grad():
             ref = pair_logprobs(frozen_copy(reference, batch["image"].device), tokenizer, batch, rows, contents,
                                 picked)
@@ -120,7 +122,7 @@ def ppo_step(tokenizer, reference, reward_model, pairs: dict[str, list[dict]], b
     minus the KL penalty, advantages against the batch's mean, the clipped surrogate (+ `replay`'s losses)."""
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        losses = dict(replay(model, batch, generator)) if replay is not None else {}
+        losses, media = replay(model, batch, generator) if replay is not None else ({}, None)
         rows, _, contents = asked_pairs(model, tokenizer, batch, pairs, generator)
         if not rows:
             return {**losses, "ppo": zero_loss(model)}
@@ -133,7 +135,7 @@ def ppo_step(tokenizer, reference, reward_model, pairs: dict[str, list[dict]], b
                 samples = respond(model, tokenizer, prompted(model, tokenizer, batch, media_of(model, batch), rows,
                                                              contents), max_new_tokens, sample=True)
             model.train()
-        asked = prompted(model, tokenizer, batch, media_of(model, batch), rows, contents)
+        asked = prompted(model, tokenizer, batch, media_of(model, batch) if media is None else media, rows, contents)
         policy, _ = logprobs(model, tokenizer, asked, samples)
         with torch.no_grad():
             ref = score(frozen_copy(reference, device), tokenizer, batch, rows, contents, samples)
@@ -224,8 +226,8 @@ def train(params, model, reference, tokenizer, pairs: dict[str, list[dict]], sum
                        Path(p.pairs).read_bytes())
     # the instruction turns and, through them, the fine-tuning objectives keep training (stages/instruct.py's
     # step): DPO alone on the pairs lowers what the model says to prompts outside them
-    replay = instruct_step(tokenizer, params.instructions.templates, params.instructions.options,
-                           sft_step(tokenizer) if is_vl(model) else finetune_step) if p.replay else None
+    replay = instruct_losses(tokenizer, params.instructions.templates, params.instructions.options,
+                             sft_losses(tokenizer) if is_vl(model) else finetune_losses) if p.replay else None
     if p.method == "dpo":
         return fit(model, preference_step(tokenizer, reference, pairs, p.beta, "dpo", replay), p, params.trainer,
                    params.seed, "align", base, paths, keep=keep, summary=summary, monitors=DPO_MONITORS), None

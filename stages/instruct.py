@@ -32,9 +32,9 @@ from stages.common.params import load_params
 from stages.common.predict import val_scores
 from stages.common.responses import is_vl
 from stages.common.scoring import headline
-from stages.common.supervised import finetune_step
+from stages.common.supervised import finetune_losses
 from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
-from stages.common.vl_tasks import sft_step, skipped, usable
+from stages.common.vl_tasks import sft_losses, skipped, usable
 
 
 def held_out(model, tokenizer, params) -> dict:
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(paths.finetuned)
     model = load_pretrained(paths.finetuned)
     vl = is_vl(model)
-    replay = sft_step(tokenizer) if vl else finetune_step
+    replay = sft_losses(tokenizer) if vl else finetune_losses
     data = skipped(p.shards, "train") if vl else {}
     step = instruct_step(tokenizer, params.instructions.templates, params.instructions.options, replay)
     model = fit(model, step, p, params.trainer, params.seed,

@@ -22,12 +22,26 @@ BUDGETS = {"caption": 16, "vqa": ANSWER_TOKENS, "classify": ANSWER_TOKENS, "choi
 
 
 def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable) -> Callable:
-    """The fine-tuning step (`replay`: its losses, so the evaluation's formats are kept) plus `instruct`: each
-    readable record asked one of its tasks with one of the task's train templates (both drawn from the step's
-    generator), cross-entropy on the answer's tokens."""
+    """The fine-tuning step (its losses, so the evaluation's formats are kept) plus `instruct`: each readable
+    record asked one of its tasks with one of the task's train templates (both drawn from the step's generator),
+    cross-entropy on the answer's tokens. `replay`: the family's fine-tuning losses and the media they encoded
+    (supervised.finetune_losses, vl_tasks.sft_losses)."""
+    losses_of = instruct_losses(tokenizer, templates, n_options, replay)
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        losses = dict(replay(model, batch, generator))
+        return losses_of(model, batch, generator)[0]
+
+    return step
+
+
+def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable) -> Callable:
+    """instruct_step's losses and the batch's media (responses.media_of; None when nothing encoded them): the
+    instruction turns read the media the replayed fine-tuning losses encoded, and so may a caller's own pass
+    (`align`'s preference pairs): one encoding of a batch's image and audio per step."""
+
+    def step(model, batch: dict, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], object]:
+        losses, media = replay(model, batch, generator)
+        losses = dict(losses)
         metas, text = batch["meta"], texts(tokenizer, batch)
         captions = [m.get("caption") for m in metas]
         draws = torch.randint(0, 2**30, (len(metas), 3), generator=generator).tolist()
@@ -44,11 +58,11 @@ def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable) 
             targets.append(asked.target)
         if not rows:
             losses["instruct"] = zero_loss(model)
-            return losses
-        logp, tokens = logprobs(model, tokenizer, prompted(model, tokenizer, batch, media_of(model, batch), rows,
-                                                           contents), targets)
+            return losses, media
+        media = media_of(model, batch) if media is None else media
+        logp, tokens = logprobs(model, tokenizer, prompted(model, tokenizer, batch, media, rows, contents), targets)
         losses["instruct"] = -logp.sum() / tokens.sum().clamp(min=1)
-        return losses
+        return losses, media
 
     return step
 

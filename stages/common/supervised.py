@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import torch
 
+from model.fusion import Stream
 from model.losses import cross_entropy
 from model.objectives import contrastive_losses
 from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question_streams
 
 
 def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return finetune_losses(model, batch, generator)[0]
+
+
+def finetune_losses(model, batch: dict, generator: torch.Generator
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Stream]]:
+    """finetune_step's losses and the batch's image and audio streams (what responses.media_of encodes), so a
+    step that asks more of the same media (`instruct`) does not run those encoders again."""
     streams = model.encoder.streams(**model_inputs(batch))
     caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
     encoded = model.encoder.fuse(streams)
@@ -28,4 +36,4 @@ def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, t
         vqa = model(encoder_outputs=model.encoder.fuse(with_question_streams(model.encoder, streams, batch)),
                     decoder_input_ids=model.shift_right(answer))
         losses["vqa"] = cross_entropy(vqa.logits, answer)
-    return losses
+    return losses, {m: s for m, s in streams.items() if m != "text"}

@@ -210,13 +210,24 @@ def joint_step(tokenizer) -> Callable:
 
 def sft_step(tokenizer) -> Callable:
     """Stage 3: the ce / vqa / cls chat turns of every record that has their targets, the images encoded once."""
+    losses_of = sft_losses(tokenizer)
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return losses_of(model, batch, generator)[0]
+
+    return step
+
+
+def sft_losses(tokenizer) -> Callable:
+    """sft_step's losses and the visual tokens they were computed on (None when no turn needed them), so a
+    step that asks more of the same images (`instruct`) does not encode them again."""
+
+    def step(model, batch: dict, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         text, device = texts(tokenizer, batch), batch["image"].device
         turns = {task: chat_turns(tokenizer, batch, task, text, device) for task in TASKS}
         visual = visual_of(model, batch) if any(turns.values()) else None
         losses = {task: lm_loss(model, t, visual, batch) for task, t in turns.items()}
-        return {task: loss for task, loss in losses.items() if loss is not None} or {"ce": zero_loss(model)}
+        return {task: loss for task, loss in losses.items() if loss is not None} or {"ce": zero_loss(model)}, visual
 
     return step
 
