@@ -8,21 +8,6 @@ import pytest
 
 from tests.s3_server import moto_s3
 
-# pytest-xdist (pyproject's addopts: `-n auto --dist loadgroup`) hands a worker whole groups: every module is one,
-# so a module's fixtures are built once, and modules that share a costly session fixture form one group with it.
-SHARED_FIXTURES = {"aligned_project": "aligned-project"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
-def pytest_collection_modifyitems(config, items):
-    group_of = {}
-    for item in items:
-        for fixture, group in SHARED_FIXTURES.items():
-            if fixture in item.fixturenames:
-                group_of[item.module.__name__] = group
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of.get(item.module.__name__, item.module.__name__)))
-
 
 @pytest.fixture(scope="session")
 def s3_server():
