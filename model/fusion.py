@@ -5,7 +5,8 @@ Gated cross-attention, exactly as the seed writes it, for target t and source s:
     g  = sigmoid(Linear([H_t, CA]))                                     (a gate per position and feature)
     H  = (1 - g) * H_t + g * Project(CA)
 Every ordered pair of present modalities has its own module; for a target, the sources are applied in turn
-(image <- text <- audio order, skipping itself). A sample that lacks the source gets g = 0, i.e. H = H_t.
+(image <- text <- audio order, skipping itself). A sample that lacks the source gets g = 0, i.e. H = H_t (so
+the pair runs on the samples holding both modalities only).
 Hierarchical joint fusion then runs Transformer blocks over the concatenation of the fused streams (with a
 learned modality embedding each), giving H_multi and its mask.
 """
@@ -63,6 +64,18 @@ class MultimodalFusion(nn.Module):
         self.joint = nn.ModuleList(EncoderBlock(c.d_model, c.fusion_heads, c.reasoning_ffn, c.hidden_act, c.dropout,
                                                 c.layer_norm_eps) for _ in range(c.joint_fusion_layers))
 
+    def cross(self, pair: str, target: torch.Tensor, target_present: torch.Tensor, source: Stream) -> torch.Tensor:
+        """One pair's gated cross-attention, run on the samples that hold both modalities only: where the source
+        is absent g = 0 leaves H_t as it is, and a sample without the target has no positions anything reads."""
+        both = target_present & source.present
+        if both.all():
+            return self.pairs[pair](target, source)
+        if not both.any():
+            return target
+        rows = both.nonzero().flatten()
+        attended = self.pairs[pair](target[rows], Stream(source.hidden[rows], source.mask[rows]))
+        return target.index_copy(0, rows, attended)
+
     def forward(self, streams: dict[str, Stream]) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
         """streams: the modalities present in the batch -> (H_multi [B, sum L, D], mask, slice per modality)."""
         fused = {}
@@ -70,7 +83,7 @@ class MultimodalFusion(nn.Module):
             h = stream.hidden
             for source in MODALITIES:
                 if source != target and source in streams:
-                    h = self.pairs[f"{source}_to_{target}"](h, streams[source])
+                    h = self.cross(f"{source}_to_{target}", h, stream.present, streams[source])
             fused[target] = h + self.modality_embedding.weight[MODALITIES.index(target)]
         order = [m for m in MODALITIES if m in fused]
         hidden = torch.cat([fused[m] for m in order], dim=1)

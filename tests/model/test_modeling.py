@@ -34,6 +34,35 @@ def test_one_batch_mixes_all_seven_subsets(tiny_model):
     assert present.tolist() == expected == [16, 5, 10, 22, 27, 14, 34]
 
 
+def test_encoders_and_fusion_pairs_run_on_the_samples_holding_their_inputs_only(tiny_model):
+    """A mixed batch gives every sample what it gets alone, while each encoder sees only the samples that have
+    its modality and each cross-attention pair only those that have both."""
+    inputs = make_inputs(SUBSETS)
+    dec = torch.tensor([[1, 7, 9, 11]] * len(SUBSETS))
+    seen: dict[str, list[int]] = {}
+    modules = {"image": tiny_model.encoder.vision, "text": tiny_model.encoder.text, "audio": tiny_model.encoder.audio,
+               **dict(tiny_model.encoder.fusion.pairs.items())}
+    handles = [m.register_forward_hook(lambda m, args, out, name=name: seen.setdefault(name, []).append(
+        len(args[0]))) for name, m in modules.items()]
+    try:
+        with torch.no_grad():
+            batched = tiny_model(**inputs, decoder_input_ids=dec)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen["image"] == seen["text"] == seen["audio"] == [4]  # 4 of the 7 subsets hold each modality
+    assert all(seen[f"{s}_to_{t}"] == [2] for s in ("image", "text", "audio") for t in ("image", "text", "audio")
+               if s != t)  # two subsets hold each pair: the pair itself and all three
+    keys = {"image": ("pixel_values", "image_present"), "audio": ("input_features", "mel_lengths"),
+            "text": ("text_ids", "text_mask")}
+    for i, subset in enumerate(SUBSETS):
+        alone = {k: inputs[k][i: i + 1] for m in subset for k in keys[m]}
+        with torch.no_grad():
+            single = tiny_model(**alone, decoder_input_ids=dec[:1])
+        torch.testing.assert_close(batched.logits[i], single.logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched.class_logits[i], single.class_logits[0], atol=1e-5, rtol=1e-5)
+
+
 def test_sample_without_any_input_is_an_error(tiny_model):
     inputs = make_inputs([("text",), ("audio",)])
     inputs["text_mask"][0] = False
