@@ -120,10 +120,12 @@ def test_fsdp_losses_match_ddp_on_two_processes(data, tmp_path):
         # same data, same initial weights: only the order of floating-point reductions differs
         assert fsdp == pytest.approx(ddp, rel=1e-4)
     # Weights: Adam turns float-level noise in near-zero gradients into +-lr steps, and under FSDP a parameter that
-    # no rank used in a step still gets its momentum and decay (DDP leaves its gradient None; AdamW skips it).
-    # Measured: 1.0% of elements differ by more than 1e-4, none by more than one lr step (2e-3).
+    # no rank used in a step still gets its momentum and decay (DDP leaves its gradient None; AdamW skips it). A
+    # cross-attention pair runs only on samples holding both its modalities (model/fusion.py), so in these
+    # 2-sample rank batches whole pairs go unused in a step. Measured: 7.1% of elements differ by more than 1e-4
+    # (1.0% when every pair ran on every sample), none by more than one lr step (max 9.6e-4; finetune's lr 1e-3).
     a, b = (load_file(runs[s] / "models/finetune/model.safetensors") for s in ("ddp", "fsdp"))
     assert a.keys() == b.keys()
-    assert sum(((a[k] - b[k]).abs() > 1e-4).sum().item() for k in a) / sum(v.numel() for v in a.values()) < 0.02
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 3 * 0.002 + 1e-6  # 3 steps at lr 2e-3
+    assert sum(((a[k] - b[k]).abs() > 1e-4).sum().item() for k in a) / sum(v.numel() for v in a.values()) < 0.1
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 2 * 0.001 + 1e-6  # 2 steps at lr 1e-3
     assert (runs["fsdp"] / "metrics/finetune.json").exists()
