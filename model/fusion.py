@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from model.configuration import TrimodalConfig
-from model.layers import EncoderBlock, MultiHeadAttention
+from model.layers import EncoderBlock, MultiHeadAttention, on_present
 
 MODALITIES = ("image", "text", "audio")
 
@@ -68,13 +68,10 @@ class MultimodalFusion(nn.Module):
         """One pair's gated cross-attention, run on the samples that hold both modalities only: where the source
         is absent g = 0 leaves H_t as it is, and a sample without the target has no positions anything reads."""
         both = target_present & source.present
-        if both.all():
-            return self.pairs[pair](target, source)
         if not both.any():
             return target
-        rows = both.nonzero().flatten()
-        attended = self.pairs[pair](target[rows], Stream(source.hidden[rows], source.mask[rows]))
-        return target.index_copy(0, rows, attended)
+        return on_present(lambda h, s, m: self.pairs[pair](h, Stream(s, m)), both, target, source.hidden,
+                          source.mask, into=target)
 
     def forward(self, streams: dict[str, Stream]) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
         """streams: the modalities present in the batch -> (H_multi [B, sum L, D], mask, slice per modality)."""

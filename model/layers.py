@@ -115,3 +115,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean(dim=1)
     weights = mask.to(x.dtype).unsqueeze(-1)
     return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def on_present(module, present: torch.Tensor, *inputs: torch.Tensor | None, into: torch.Tensor | None = None):
+    """module(*inputs) computed on the samples where `present` [B] holds, each output scattered back to B rows:
+    into `into` (a single output), else into zeros / False. Exact for a module whose samples do not see each other
+    (the encoders and cross-attentions here normalise per position: LayerNorm, no batch statistics)."""
+    if present.all():
+        return module(*inputs)
+    rows = present.nonzero().flatten()
+    out = module(*(x if x is None else x[rows] for x in inputs))
+
+    def scatter(y: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        return (y.new_zeros((len(present), *y.shape[1:])) if base is None else base).index_copy(0, rows, y)
+
+    return tuple(scatter(y) for y in out) if isinstance(out, tuple) else scatter(out, into)

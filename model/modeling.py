@@ -24,7 +24,7 @@ from transformers.modeling_outputs import ModelOutput
 from model.configuration import TrimodalConfig
 from model.decoders import ClassificationHead, GenerativeDecoder
 from model.fusion import GatedCrossAttention, MultimodalFusion, Stream
-from model.layers import masked_mean
+from model.layers import masked_mean, on_present
 from model.losses import cross_entropy, weighted_sum
 from model.pretrained import build_encoders
 from model.reasoning import ReasoningCore
@@ -80,21 +80,6 @@ class TrimodalPreTrainedModel(PreTrainedModel):
                     conv.reset_parameters()
         if isinstance(module, TrimodalForConditionalGeneration):
             nn.init.constant_(module.logit_scale, torch.log(torch.tensor(1 / 0.07)).item())
-
-
-def on_present(encoder: nn.Module, present: torch.Tensor, *inputs: torch.Tensor | None):
-    """encoder(*inputs) computed on the samples where `present` [B] holds, each output scattered back to B rows
-    (zeros / False elsewhere). Exact for an encoder whose samples do not see each other (the encoders here
-    normalise per position: LayerNorm, no batch statistics)."""
-    if present.all():
-        return encoder(*inputs)
-    rows = present.nonzero().flatten()
-    out = encoder(*(x if x is None else x[rows] for x in inputs))
-
-    def scatter(y: torch.Tensor) -> torch.Tensor:
-        return y.new_zeros((len(present), *y.shape[1:])).index_copy(0, rows, y)
-
-    return tuple(scatter(y) for y in out) if isinstance(out, tuple) else scatter(out)
 
 
 class TrimodalEncoder(nn.Module):
