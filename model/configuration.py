@@ -14,8 +14,11 @@ PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # The contrastive objectives weigh 0.1: at 1.0, with a few distinct contents per batch, they stall the
 # supervised heads that share the encoders (demo: classifier at chance for 300+ finetune steps; docs/model.md).
+# itm and view_image: the objectives that make fusion and the vision path learn on every run (docs/model.md);
+# view_audio / view_text are off: those paths learn from the mixed batches alone.
 DEFAULT_LOSS_WEIGHTS = {"mlm": 1.0, "mim": 1.0, "mam": 1.0, "itc": 0.1, "atc": 0.1, "vac": 0.1, "ce": 1.0, "vqa": 1.0,
-                        "cls": 1.0, **ALIGNMENT_LOSS_WEIGHTS}
+                        "cls": 1.0, "itm": 1.0, "view_image": 1.0, "view_audio": 0.0, "view_text": 0.0,
+                        **ALIGNMENT_LOSS_WEIGHTS}
 
 
 @strict
@@ -64,7 +67,9 @@ class TrimodalConfig(PreTrainedConfig):
     # fusion, reasoning core, decoders
     fusion_heads: int = 4
     joint_fusion_layers: int = 1
-    gate_bias_init: float | int = -2.0  # sigmoid(-2) = 0.12: gates start mostly closed, as Flamingo's tanh(0)
+    # every gate starts at sigmoid(gate_bias_init). Flamingo starts them closed (tanh(0)) to keep a pretrained
+    # language model intact; here fusion trains from scratch with everything else, so they start half open
+    gate_bias_init: float | int = 0.0
     reasoning_layers: int = 2
     reasoning_heads: int = 4
     reasoning_ffn: int = 128

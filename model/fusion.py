@@ -40,12 +40,14 @@ class GatedCrossAttention(nn.Module):
         super().__init__()
         self.cross_attn = MultiHeadAttention(dim, heads)
         self.gate = nn.Linear(2 * dim, dim)
+        self.gate.opening = gate_bias_init  # the model's _init_weights reads it (it visits Linears, not this module)
         self.project = nn.Linear(dim, dim)
-        self.gate_bias_init = gate_bias_init
+        self.reset_gate()
 
     def reset_gate(self) -> None:
+        """Every gate starts at g = sigmoid(gate_bias_init), whatever its inputs (zero weight)."""
         nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, self.gate_bias_init)
+        nn.init.constant_(self.gate.bias, self.gate.opening)
 
     def forward(self, target: torch.Tensor, source: Stream) -> torch.Tensor:
         ca = self.cross_attn(target, source.hidden, key_mask=source.mask)

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from model.configuration import TrimodalConfig
 from model.decoders import ClassificationHead, GenerativeDecoder
-from model.fusion import GatedCrossAttention, MultimodalFusion, Stream
+from model.fusion import MultimodalFusion, Stream
 from model.layers import masked_mean, on_present
 from model.losses import cross_entropy, weighted_sum
 from model.pretrained import build_encoders
@@ -60,7 +60,10 @@ class TrimodalPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+        if isinstance(module, nn.Linear) and hasattr(module, "opening"):  # a GatedCrossAttention's gate
+            nn.init.zeros_(module.weight)
+            nn.init.constant_(module.bias, module.opening)
+        elif isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
             nn.init.normal_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -71,8 +74,6 @@ class TrimodalPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-        if isinstance(module, GatedCrossAttention):
-            module.reset_gate()
         if isinstance(module, VisionEncoder):
             nn.init.normal_(module.pos, std=std)
             for conv in module.stem or ():  # PyTorch's default (Kaiming) init: at std 0.02 a conv stack starts dead
@@ -154,6 +155,7 @@ class TrimodalForConditionalGeneration(TrimodalPreTrainedModel, GenerationMixin)
         self.projections = nn.ModuleDict({m: nn.Linear(c.d_model, c.projection_dim, bias=False)
                                           for m in ("image", "text", "audio")})
         self.logit_scale = nn.Parameter(torch.zeros(3))  # log(1/tau) for itc, atc, vac
+        self.itm_head = nn.Linear(c.d_model, 2)  # do the inputs belong together (objectives.matching_loss)
         self.post_init()
 
     def get_encoder(self, modality=None):

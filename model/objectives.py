@@ -7,6 +7,8 @@ pretraining_losses: one forward pass over masked inputs gives
     itc / atc / vac  symmetric contrastive losses on pooled unimodal embeddings, over the samples that have
                      both modalities, each pair with its own learnable temperature (model.logit_scale)
 supervised_losses: decoder cross-entropy on target tokens and classification cross-entropy.
+matching_loss: itm, whether a sample's inputs belong together, from its fused representation (docs/model.md)
+view_losses: view_<m>, the caption and class from modality m alone on samples that also hold others
 total_loss: sum of lambda_k * L_k with lambda from config.loss_weights.
 Masked prediction runs through fusion and the reasoning core, so every modality can help fill in another.
 """
@@ -19,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from model.audio import SUBSAMPLING, frame_mask, subsampled_lengths
+from model.fusion import Stream
+from model.layers import masked_mean
 from model.losses import contrastive_loss, cross_entropy, mam_loss, masked_lm_loss, mim_loss, weighted_sum
 from model.masking import mask_spans, mask_tokens
 from model.visual_tokenizer import PatchHashTokenizer
@@ -105,6 +109,75 @@ def contrastive_losses(model, enc, positives: torch.Tensor | None = None,
                 pos = positives[both][:, both] if positives is not None else None
                 losses[name] = contrastive_loss(model.global_embedding(enc, a)[both],
                                                 model.global_embedding(enc, b)[both], model.logit_scale[scale], pos)
+    return losses
+
+
+def mismatched(streams: dict[str, Stream], rows: torch.Tensor, positives: torch.Tensor, donors: torch.Tensor,
+               generator: torch.Generator) -> tuple[dict[str, Stream], torch.Tensor]:
+    """Negatives for the matching objective: each sample of `rows` with one of its modalities (drawn uniformly)
+    taken from another sample (drawn uniformly among the `donors` that hold that modality and are not its
+    `positives`). Returns the streams of the negatives, in `rows` order, and the rows that found a donor."""
+    names = list(streams)
+    present = torch.stack([streams[m].present for m in names], 1).cpu()  # [B, M]
+    rows = rows.cpu()
+    pick = torch.multinomial(present[rows].float(), 1, generator=generator).squeeze(1)  # a modality per row
+    candidates = present[:, pick].T & ~positives.cpu()[rows] & donors.cpu()[None]  # [R, B]
+    found = candidates.any(1)
+    rows, pick, candidates = rows[found], pick[found], candidates[found]
+    if not len(rows):
+        return {}, rows
+    donor = torch.multinomial(candidates.float(), 1, generator=generator).squeeze(1)
+    negatives = {}
+    for k, m in enumerate(names):
+        source = torch.where(pick == k, donor, rows).to(streams[m].hidden.device)
+        if streams[m].mask[source].any():
+            negatives[m] = Stream(streams[m].hidden[source], streams[m].mask[source])
+    return negatives, rows
+
+
+def matching_loss(model, streams: dict[str, Stream], encoded, positives: torch.Tensor,
+                  pairable: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor | None:
+    """itm (image-text matching of ALBEF / BLIP, here for any pair of modalities): binary cross-entropy of
+    model.itm_head on the pooled fused representation R, 'these inputs belong together' for the samples holding
+    two or more modalities as they are (`encoded`, fused from `streams`), 'they do not' for the same samples with
+    one modality swapped for another sample's (`mismatched`). Only fusion and the reasoning core see both
+    inputs at once, so this is the objective that teaches them to compare modalities. positives [B, B]: samples
+    with the same content (never a negative of each other); pairable [B]: samples whose inputs are views of one
+    content (None = all). None when fewer than two samples qualify."""
+    present = torch.stack([s.present for s in streams.values()], 1)
+    ok = present.sum(1) >= 2
+    if pairable is not None:
+        ok = ok & pairable
+    if ok.sum() < 2:
+        return None
+    negatives, rows = mismatched(streams, ok.nonzero().flatten(), positives, ok, generator)
+    if not negatives:
+        return None
+    matched = masked_mean(encoded.last_hidden_state[ok], encoded.attention_mask[ok])
+    fused = model.encoder.fuse(negatives)
+    logits = model.itm_head(torch.cat([matched, masked_mean(fused.last_hidden_state, fused.attention_mask)]))
+    target = torch.cat([torch.ones(len(matched)), torch.zeros(len(rows))]).long().to(logits.device)
+    return cross_entropy(logits[:, None], target[:, None])
+
+
+def view_losses(model, streams: dict[str, Stream], caption: torch.Tensor, class_labels: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+    """view_<m> for each modality m whose weight is non-zero: the caption cross-entropy plus the class
+    cross-entropy from m alone, on the samples that hold m and at least one more modality (those answer from the
+    easiest input and teach m little; docs/model.md). The encoders' output is reused: only fusion, the core and
+    the heads run again. caption [B, T] decoder labels (-100 = ignore), class_labels [B] (-100 = none)."""
+    present = {m: s.present for m, s in streams.items()}
+    others = torch.stack(list(present.values())).sum(0) >= 2
+    targeted = caption.ne(-100).any(1) | class_labels.ne(-100)
+    losses = {}
+    for m, stream in streams.items():
+        rows = stream.present & others & targeted
+        if not model.config.loss_weights.get(f"view_{m}") or not rows.any():
+            continue
+        alone = model.encoder.fuse({m: Stream(stream.hidden[rows], stream.mask[rows])})
+        out = model(encoder_outputs=alone, decoder_input_ids=model.shift_right(caption[rows]))
+        losses[f"view_{m}"] = (cross_entropy(out.logits, caption[rows])
+                               + cross_entropy(out.class_logits[:, None], class_labels[rows][:, None]))
     return losses
 
 

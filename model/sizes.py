@@ -32,7 +32,7 @@ COMPONENTS = {
         "vision": ("encoder.vision",), "text": ("encoder.text",), "audio": ("encoder.audio",),
         "fusion": ("encoder.fusion",), "reasoning": ("encoder.core",), "decoder": ("decoder",),
         "classifier": ("classifier",),
-        "objective heads": ("mlm_head", "mim_head", "mam_head", "projections", "logit_scale"),
+        "objective heads": ("mlm_head", "mim_head", "mam_head", "itm_head", "projections", "logit_scale"),
     },
     DEEPSEEK_VL: {
         "low vision tower": ("vision.low",),

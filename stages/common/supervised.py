@@ -5,6 +5,9 @@ model keeps the formats the evaluation asks in):
     vqa  question answering as generation: the question joins the text input, the decoder produces the answer
     cls  classification cross-entropy on pooled R (the record's label)
     itc / atc / vac  the contrastive objectives of pretraining, kept so the embedding spaces stay aligned
+    itm  whether a sample's inputs belong together, against the same sample with one input swapped (fusion)
+    view_<m>  caption and class from modality m alone, on samples that also hold others (the vision path)
+Objectives whose weight is 0 are not computed.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 
 from model.fusion import Stream
 from model.losses import cross_entropy
-from model.objectives import contrastive_losses
+from model.objectives import contrastive_losses, matching_loss, view_losses
 from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question_streams
 
 
@@ -28,9 +31,15 @@ def finetune_losses(model, batch: dict, generator: torch.Generator
     caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
     encoded = model.encoder.fuse(streams)
     out = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
+    positives = same_caption(batch)
     losses = {"ce": cross_entropy(out.logits, caption),
               "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None]),
-              **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable"))}
+              **contrastive_losses(model, encoded, positives, batch.get("pairable")),
+              **view_losses(model, streams, caption, batch["label"])}
+    if model.config.loss_weights.get("itm"):
+        itm = matching_loss(model, streams, encoded, positives, batch.get("pairable"), generator)
+        if itm is not None:
+            losses["itm"] = itm
     answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
     if (answer != -100).any():
         vqa = model(encoder_outputs=model.encoder.fuse(with_question_streams(model.encoder, streams, batch)),

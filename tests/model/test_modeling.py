@@ -116,6 +116,18 @@ def test_gate_at_zero_returns_target_exactly():
     assert torch.equal(gca(target, absent), target)
 
 
+@pytest.mark.parametrize("bias", [-2.0, 0.0])
+def test_a_new_model_starts_every_gate_at_the_configured_opening(bias):
+    torch.manual_seed(0)
+    model = TrimodalForConditionalGeneration(tiny_config(gate_bias_init=bias))
+    gates = [pair.gate for pair in model.encoder.fusion.pairs.values()]
+    assert len(gates) == 6
+    for gate in gates:  # transformers' init visits the gate's Linear too: it must not redraw it
+        assert torch.equal(gate.weight, torch.zeros_like(gate.weight))
+        assert torch.equal(gate.bias, torch.full_like(gate.bias, bias))
+    assert model.encoder.fusion.pairs["text_to_image"].project.weight.std() > 0.01  # other Linears drawn as usual
+
+
 def test_gate_follows_the_seed_equation():
     torch.manual_seed(0)
     gca = GatedCrossAttention(8, 2, gate_bias_init=0.0)

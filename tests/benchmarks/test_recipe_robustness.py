@@ -1,0 +1,126 @@
+"""benchmarks/recipe_robustness.py without the DAG: the pure summary of hand-made runs, dvc's output parsed into
+stage seconds, the teacher target, and the arguments."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.recipe_robustness import (
+    TEACHER_TARGET,
+    TEACHER_TARGET_ALL,
+    headline,
+    markdown,
+    parse_args,
+    run_specs,
+    stage_seconds,
+    summarise,
+    teacher_targets,
+    terminal_view,
+)
+
+
+def teacher_rows(fusion_vqa: float) -> dict:
+    return {"overall": {"vqa_accuracy": 0.97, "cls_accuracy": 1.0, "caption_exact": 1.0},
+            "image": {"vqa_accuracy": 1.0, "cls_accuracy": 1.0, "caption_exact": 0.96},
+            "audio+text": {"vqa_accuracy": 0.98, "cls_accuracy": 1.0, "caption_exact": 1.0},
+            "group:fusion": {"vqa_accuracy": fusion_vqa}}
+
+
+def ok_run(seed: int, fusion_vqa: float, wall_s: float, student_met: bool) -> dict:
+    rows = teacher_rows(fusion_vqa)
+    return {"seed": seed, "threads": 1, "ok": True, "returncode": 0, "wall_s": wall_s,
+            "stage_s": {"demo": 10.0 + seed, "evaluate": 50.0}, "restored": [],
+            "metrics": {"teacher": rows, "student": rows, "student-int8": rows},
+            "targets": [{"name": "student vqa_accuracy >= 97% of teacher on every row", "value": "x",
+                         "met": student_met}, *teacher_targets(rows)]}
+
+
+def failed_run() -> dict:
+    return {"seed": 9, "threads": 2, "ok": False, "returncode": 1, "wall_s": 5.0, "stage_s": {"demo": 4.0},
+            "restored": [], "output_tail": "ERROR: failed to reproduce 'finetune'"}
+
+
+RUNS = [ok_run(0, 0.90, 600.0, True), ok_run(1, 0.99, 500.0, True), ok_run(2, 0.96, 700.0, False), failed_run()]
+
+
+def test_summary_spreads_metrics_over_the_successful_runs():
+    summary = summarise(RUNS)
+    fusion = summary["metrics"]["teacher"]["group:fusion"]["vqa_accuracy"]
+    assert fusion == {"min": 0.90, "median": 0.96, "max": 0.99, "n": 3}
+    assert summary["dag_wall_s"] == {"min": 500.0, "median": 600.0, "max": 700.0, "n": 3}
+    assert summary["stage_s"]["demo"] == {"min": 10.0, "median": 11.0, "max": 12.0, "n": 3}  # not the failed 4.0
+    assert list(summary["metrics"]["teacher"]) == ["overall", "audio+text", "image", "group:fusion"]
+    assert (summary["runs"], summary["failed"]) == (4, 1)
+
+
+def test_targets_count_every_run_and_a_failed_run_meets_none():
+    targets = summarise(RUNS)["targets"]
+    assert targets["student vqa_accuracy >= 97% of teacher on every row"]["fraction"] == "2/4"
+    assert targets[TEACHER_TARGET.format(key="vqa_accuracy")]["fraction"] == "2/4"  # fusion 0.90 misses
+    assert targets[TEACHER_TARGET.format(key="caption_exact")]["fraction"] == "3/4"
+    assert targets[TEACHER_TARGET_ALL] == {"met": 2, "of": 4, "fraction": "2/4"}
+
+
+def test_all_runs_failed():
+    summary = summarise([failed_run(), failed_run()])
+    assert summary["dag_wall_s"] is None and summary["targets"] == {} and summary["failed"] == 2
+    assert "No run succeeded; 2 of 2 run(s) failed." in markdown(summary)
+
+
+def test_teacher_target_skips_overall_and_rows_without_the_metric():
+    rows = teacher_rows(0.99)
+    rows["overall"]["cls_accuracy"] = 0.5  # overall is not a subset or group row
+    targets = {t["name"]: t for t in teacher_targets(rows)}
+    assert targets[TEACHER_TARGET.format(key="vqa_accuracy")]["value"] == "0.980 (audio+text)"
+    assert targets[TEACHER_TARGET.format(key="cls_accuracy")]["met"]
+    assert targets[TEACHER_TARGET.format(key="caption_exact")]["value"] == "0.960 (image)"
+    assert targets[TEACHER_TARGET_ALL]["met"]
+    assert teacher_targets({"overall": {"vqa_accuracy": 1.0}}) == []
+
+
+def test_markdown_lists_teacher_vqa_rows_and_targets():
+    table = markdown(summarise(RUNS))
+    assert "| group:fusion | 0.900 | 0.960 | 0.990 |" in table
+    assert f"| {TEACHER_TARGET.format(key='vqa_accuracy')} | 2/4 |" in table
+    assert "min 500 s, median 600 s, max 700 s; 1 of 4 run(s) failed." in table
+
+
+def test_stage_seconds_from_dvc_output():
+    lines = [(0.0, "Stage 'demo' is cached - skipping run, checking out outputs"),
+             (1.0, "Running stage 'pretrain':"), (2.0, "> python -m stages.pretrain"), (31.0, "step 10"),
+             (40.0, "Updating lock file 'dvc.lock'"), (41.0, "Stage 'tokenizer' didn't change, skipping"),
+             (42.0, "Running stage 'evaluate':"), (50.5, "")]
+    assert stage_seconds(lines) == ({"pretrain": 40.0, "evaluate": 8.5}, ["demo"])
+
+
+def test_arguments_defaults():
+    args = parse_args([])
+    assert (args.seeds, args.threads, args.parallel, args.rev) == ([0, 1, 2], [1, 2], 1, "HEAD")
+    assert (args.overrides, args.keep, args.reuse_cache) == ([], None, False)
+    assert args.out.endswith("benchmarks/results/recipe_robustness.json")
+
+
+def test_arguments_given():
+    args = parse_args(["--seeds", "3", "4", "--threads", "2", "--parallel", "2", "--set", "finetune.steps=20",
+                       "--set", "align.ppo.reward_steps=5", "--reuse-cache", "--keep", "/tmp/x", "--rev", "abc"])
+    assert (args.seeds, args.threads, args.parallel) == ([3, 4], [2], 2)
+    assert args.overrides == ["finetune.steps=20", "align.ppo.reward_steps=5"]
+    assert (args.reuse_cache, args.keep, args.rev) == (True, "/tmp/x", "abc")
+    assert [(s["seed"], s["threads"]) for s in run_specs([0, 1], [1, 2])] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("argv", [["--set", "finetune.steps"], ["--set", "seed=3"], ["--threads", "0"],
+                                  ["--parallel", "0"]])
+def test_arguments_refused(argv):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+
+
+def test_headline_of_a_failed_run_names_its_last_line():
+    assert headline(failed_run()).endswith("after 5 s: ERROR: failed to reproduce 'finetune'")
+    errored = {**failed_run(), "returncode": 0, "error": "KeyError: 'rows'"}
+    assert headline(errored).endswith(": KeyError: 'rows'")
+
+
+def test_terminal_view_keeps_the_last_redraw():
+    assert terminal_view("step 1\rstep 2\rRunning stage 'x':\n") == "Running stage 'x':"
+    assert terminal_view("done\r\n") == "done"
