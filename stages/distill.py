@@ -30,7 +30,7 @@ from model.losses import kd_loss
 from model.modeling import TrimodalForConditionalGeneration
 from model.objectives import contrastive_losses
 from stages.common.atomic import write_json
-from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question_streams
+from stages.common.batches import decoder_labels, model_inputs, question_prefixed, same_caption
 from stages.common.checkpoint import fingerprint
 from stages.common.distributed import launch, setup
 from stages.common.loader import read_index
@@ -96,22 +96,18 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
         caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
         decoder_input_ids = model.shift_right(caption)
         with torch.no_grad():
-            teacher_streams = teacher.encoder.streams(**inputs)
-            taught = teacher(encoder_outputs=teacher.encoder.fuse(teacher_streams), decoder_input_ids=decoder_input_ids)
-        streams = model.encoder.streams(**inputs)
-        encoded = model.encoder.fuse(streams)
+            teacher_encoded = teacher.encoder(**inputs)
+            taught = teacher(encoder_outputs=teacher_encoded, decoder_input_ids=decoder_input_ids)
+        encoded = model.encoder(**inputs)
         out = model(encoder_outputs=encoded, decoder_input_ids=decoder_input_ids)
         losses = {"ce": kd_loss(out.logits, taught.logits, caption, alpha, temperature),
                   "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature),
                   **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable"))}
-        answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
+        asked, answer = question_prefixed(batch, model.config)  # the question as the decoder's prefix
         if (answer != -100).any():
-            decoder_input_ids = model.shift_right(answer)
             with torch.no_grad():
-                asked = teacher.encoder.fuse(with_question_streams(teacher.encoder, teacher_streams, batch))
-                taught = teacher(encoder_outputs=asked, decoder_input_ids=decoder_input_ids)
-            asked = model.encoder.fuse(with_question_streams(model.encoder, streams, batch))
-            out = model(encoder_outputs=asked, decoder_input_ids=decoder_input_ids)
+                taught = teacher(encoder_outputs=teacher_encoded, decoder_input_ids=asked)
+            out = model(encoder_outputs=encoded, decoder_input_ids=asked)
             losses["vqa"] = kd_loss(out.logits, taught.logits, answer, alpha, temperature)
         return losses
 

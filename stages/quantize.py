@@ -3,7 +3,7 @@ student of either family (model/families.py).
 
 Activation ranges are calibrated on `quantize.calibration_batches` val batches, each seen as the passes the model
 meets, so every Linear, the decoder's included, sees the inputs it will meet. Trimodal: twice, as the captioning
-pass (record inputs, caption decoder inputs) and as the VQA pass (question joined to the text). DeepSeek-VL: as its
+pass (record inputs, caption decoder inputs) and as the VQA pass (the question as the decoder's prefix). DeepSeek-VL: as its
 fine-tuning chat turns (stages/common/vl_tasks.py: caption, VQA and class-name turns of the records it reads, the
 images in front). Optional L1 magnitude pruning of the Linear weights (torch.nn.utils.prune) runs first.
 
@@ -59,7 +59,7 @@ from model.quantization import (
     weight_only_linear,
 )
 from stages.common.atomic import atomic_dir, write_json
-from stages.common.batches import decoder_labels, model_inputs, with_question
+from stages.common.batches import decoder_labels, model_inputs, question_prefixed
 from stages.common.latency import inference, interleaved_ms, latency_ms, timing_batches
 from stages.common.loader import make_loader
 from stages.common.params import load_params
@@ -109,11 +109,9 @@ def trimodal_passes(model, batch: dict) -> list[dict]:
     if caption.ne(-100).any() or batch["label"].ge(0).any():
         passes.append({**inputs, "decoder_input_ids": model.shift_right(caption), "labels": caption,
                        "class_labels": batch["label"]})
-    answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
+    asked, answer = question_prefixed(batch, model.config)
     if answer.ne(-100).any():
-        text_ids, text_mask = with_question(batch, model.config.pad_token_id)
-        passes.append({**inputs, "text_ids": text_ids, "text_mask": text_mask,
-                       "decoder_input_ids": model.shift_right(answer), "labels": answer})
+        passes.append({**inputs, "decoder_input_ids": asked, "labels": answer})
     return passes
 
 

@@ -21,9 +21,9 @@ from transformers import AutoTokenizer
 
 from model.families import DEEPSEEK_VL, family_of_model
 from model.quantization import load_saved
-from stages.common.batches import model_inputs, with_question_streams
+from stages.common.batches import model_inputs, question_prompts
 from stages.common.features import image_to_array, log_mel, mel_filters, token_ids
-from stages.common.generation import ANSWER_TOKENS, greedy
+from stages.common.generation import ANSWER_TOKENS, answered, greedy
 from stages.common.loader import MODALITY_MEMBERS, collate
 from stages.common.media import decode_audio, decode_image
 from stages.common.params import defaults
@@ -114,16 +114,16 @@ class Predictor:
         batch = collate(samples, c.pad_token_id, c.image_size, c.n_mels)
         if self.deepseek_vl:
             return self._predict_vl(batch, caption_tokens, answer_tokens)
-        streams = self.model.encoder.streams(**model_inputs(batch))
-        encoded = self.model.encoder.fuse(streams)
+        encoded = self.model.encoder(**model_inputs(batch))
         probs = self.model(encoder_outputs=encoded).class_logits.float().softmax(-1)
         captions = greedy(self.model, self.tokenizer, encoded, caption_tokens)
         asked = [i for i, s in enumerate(samples) if "question" in s]
         answers: list[str | None] = [None] * len(samples)
-        if asked:  # media encoded once; the question joins the text stream
-            fused = self.model.encoder.fuse(with_question_streams(self.model.encoder, streams, batch))
-            for i, answer in zip(asked, greedy(self.model, self.tokenizer, _rows(fused, asked), answer_tokens),
-                                 strict=True):
+        if asked:  # from the same encoding, the question as the decoder's prefix
+            prompts = question_prompts(batch, self.model.config.decoder_start_token_id)
+            replies = answered(self.model, self.tokenizer, _rows(encoded, asked), [prompts[i] for i in asked],
+                               answer_tokens)
+            for i, answer in zip(asked, replies, strict=True):
                 answers[i] = answer
         return [Prediction(captions[i], answers[i], self._top(probs[i]), s["meta"]["modalities"])
                 for i, s in enumerate(samples)]

@@ -23,31 +23,32 @@ def decoder_labels(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ids[:, 1:].masked_fill(~mask[:, 1:], -100)
 
 
-def with_question(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text input followed by the question (its <s> dropped when text precedes it), re-padded, on the batch's
-    device."""
-    rows = []
-    for text, tmask, question, qmask in zip(batch["text_ids"], batch["text_mask"], batch["question_ids"],
-                                            batch["question_mask"], strict=True):
-        t, q = text[tmask], question[qmask]
-        rows.append(torch.cat([t, q[1:]]) if len(t) and len(q) else torch.cat([t, q]))
-    device = batch["text_ids"].device
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-    lengths = torch.tensor([len(r) for r in rows], device=device)
-    return ids, ids.ne(pad_id) & (torch.arange(width, device=device)[None] < lengths[:, None])
+def question_prompts(batch: dict, start_id: int) -> list[torch.Tensor]:
+    """Each sample's question tokens '<s> q </s>' ([start_id] without a question): the decoder's prefix in the VQA
+    pass. The question never joins the encoder's inputs, so the fused R that answers it is the one that captions and
+    classifies the same inputs (joined to the text, it hid the comparison fusion questions ask about; docs/model.md)."""
+    start = batch["question_ids"].new_tensor([start_id])
+    return [q[m] if m.any() else start for q, m in zip(batch["question_ids"], batch["question_mask"], strict=True)]
 
 
-def with_question_streams(encoder, streams: dict, batch: dict) -> dict:
-    """The unimodal streams of a batch (encoder.streams) with the text stream replaced by text + question
-    (with_question): the VQA pass reuses the image and audio encodings of the caption pass instead of running
-    those encoders again on the same media."""
-    text_ids, text_mask = with_question(batch, encoder.config.pad_token_id)
-    if not text_mask.any():  # neither text nor a question anywhere in the batch: nothing to swap
-        return streams
-    return {**streams, **encoder.streams(text_ids=text_ids, text_mask=text_mask)}
+def question_prefixed(batch: dict, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VQA pass's decoder inputs and labels [B, W]: '<s> q </s> a' in, and after the question's '</s>' the
+    answer 'a </s>' as labels (the question's positions, padding and samples without an answer: -100)."""
+    rows, labels = [], []
+    prompts = question_prompts(batch, config.decoder_start_token_id)
+    for prompt, a, am in zip(prompts, batch["answer_ids"], batch["answer_mask"], strict=True):
+        answer = a[am][1:]  # its <s> dropped: the question's </s> is where the answer starts
+        sequence = torch.cat([prompt, answer])
+        target = sequence[1:].clone()
+        target[: len(prompt) - 1] = -100
+        rows.append(sequence[:-1] if len(answer) else prompt)
+        labels.append(target if len(answer) else torch.full_like(prompt, -100))
+    width = max(len(r) for r in rows)
+    ids = batch["answer_ids"].new_full((len(rows), width), config.pad_token_id)
+    out = batch["answer_ids"].new_full((len(rows), width), -100)
+    for i, (r, t) in enumerate(zip(rows, labels, strict=True)):
+        ids[i, : len(r)], out[i, : len(t)] = r, t
+    return ids, out
 
 
 def pairable(batch: dict, skip_groups=()) -> torch.Tensor:

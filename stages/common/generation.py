@@ -2,6 +2,8 @@
 `trimodal` use it."""
 from __future__ import annotations
 
+import torch
+
 ANSWER_TOKENS = 6  # answers are a word or two
 
 
@@ -16,3 +18,27 @@ def decoded(model, tokenizer, encoded, max_new_tokens: int, sample: bool = False
     search = {"do_sample": True, "top_k": 0} if sample else {"do_sample": False}
     ids = model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens, num_beams=1, **search)
     return [s.strip() for s in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def answered(model, tokenizer, encoded, prompts: list[torch.Tensor], max_new_tokens: int) -> list[str]:
+    """Greedy continuation of each sample's decoder prompt (stages/common/batches.question_prompts), the words after
+    it: the VQA answers. Prompts differ in length, so each row is decoded right-padded and the whole prefix is
+    re-decoded every step (answers are a few tokens; causal attention keeps the padding after a row's end unseen)."""
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    device = encoded.last_hidden_state.device
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    ids = torch.full((len(prompts), int(lengths.max()) + max_new_tokens), pad, dtype=torch.long, device=device)
+    for i, prompt in enumerate(prompts):
+        ids[i, : len(prompt)] = prompt
+    rows, done = torch.arange(len(prompts), device=device), torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    position = lengths.clone()
+    for _ in range(max_new_tokens):
+        logits = model(encoder_outputs=encoded, decoder_input_ids=ids[:, : int(position.max())]).logits
+        token = logits[rows, position - 1].argmax(-1)
+        ids[rows, position] = torch.where(done, pad, token)
+        done |= token == eos
+        position += 1
+        if done.all():
+            break
+    return [tokenizer.decode(ids[i, int(n):], skip_special_tokens=True).strip() for i, n in enumerate(lengths)]

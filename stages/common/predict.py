@@ -2,8 +2,8 @@
 A DeepSeek-VL model's come from stages/common/vl_tasks.py (the same fields, no embeddings, audio-only records
 skipped); what follows is the trimodal family's.
 
-Per sample: the generated caption (greedy, from the record's inputs), the generated answer (greedy, the question
-joined to the text input), the predicted class, the teacher-forced caption NLL, and the contrastive embedding of
+Per sample: the generated caption (greedy, from the record's inputs), the generated answer (greedy, after the
+question as the decoder's prefix), the predicted class, the teacher-forced caption NLL, and the contrastive embedding of
 each modality it holds. Shared by the val scores of finetune / distill and the `evaluate` stage.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from model.families import DEEPSEEK_VL, family_of_model
-from stages.common.batches import decoder_labels, model_inputs, to_device, with_question_streams
-from stages.common.generation import ANSWER_TOKENS, greedy
+from stages.common.batches import decoder_labels, model_inputs, question_prompts, to_device
+from stages.common.generation import ANSWER_TOKENS, answered, greedy
 from stages.common.loader import make_loader
 from stages.common.records import MODALITIES
 from stages.common.scoring import by_subset, fill_cider, record_of
@@ -50,15 +50,14 @@ def predict(model, tokenizer, shards: str, split: str, batch_size: int, max_new_
                 out["embeddings"][modality].append(torch.zeros(len(records), 1))
                 out["present"][modality].append(torch.zeros(len(records), dtype=torch.bool))
             continue
-        streams = model.encoder.streams(**model_inputs(batch))
-        encoded = model.encoder.fuse(streams)
+        encoded = model.encoder(**model_inputs(batch))
         caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
         forced = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
         nll = F.cross_entropy(forced.logits.float().transpose(1, 2), caption, ignore_index=-100,
                               reduction="none").sum(1)
         generated = greedy(model, tokenizer, encoded, max_new_tokens) if captions else None
-        asked = model.encoder.fuse(with_question_streams(model.encoder, streams, batch))  # media encoded once
-        answers = greedy(model, tokenizer, asked, ANSWER_TOKENS)
+        answers = answered(model, tokenizer, encoded, question_prompts(batch, model.config.decoder_start_token_id),
+                           ANSWER_TOKENS)
         classes = forced.class_logits.argmax(-1).tolist()
         size = len(batch["ids"])
         for modality in MODALITIES:

@@ -2,7 +2,8 @@
 model keeps the formats the evaluation asks in):
 
     ce   captioning: decoder cross-entropy on the caption, conditioned on the record's inputs
-    vqa  question answering as generation: the question joins the text input, the decoder produces the answer
+    vqa  question answering as generation: the decoder reads the question as its prefix, then the answer, from the
+         same fused R as the caption (stages/common/batches.question_prefixed)
     cls  classification cross-entropy on pooled R (the record's label)
     itc / atc / vac  the contrastive objectives of pretraining, kept so the embedding spaces stay aligned
     itm  whether a sample's inputs belong together, against the same sample with one input swapped (fusion)
@@ -16,7 +17,7 @@ import torch
 from model.fusion import Stream
 from model.losses import cross_entropy
 from model.objectives import contrastive_losses, matching_loss, view_losses
-from stages.common.batches import decoder_labels, model_inputs, same_caption, with_question_streams
+from stages.common.batches import decoder_labels, model_inputs, question_prefixed, same_caption
 
 
 def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -40,9 +41,7 @@ def finetune_losses(model, batch: dict, generator: torch.Generator
         itm = matching_loss(model, streams, encoded, positives, batch.get("pairable"), generator)
         if itm is not None:
             losses["itm"] = itm
-    answer = decoder_labels(batch["answer_ids"], batch["answer_mask"])
+    asked, answer = question_prefixed(batch, model.config)
     if (answer != -100).any():
-        vqa = model(encoder_outputs=model.encoder.fuse(with_question_streams(model.encoder, streams, batch)),
-                    decoder_input_ids=model.shift_right(answer))
-        losses["vqa"] = cross_entropy(vqa.logits, answer)
+        losses["vqa"] = cross_entropy(model(encoder_outputs=encoded, decoder_input_ids=asked).logits, answer)
     return losses, {m: s for m, s in streams.items() if m != "text"}

@@ -8,10 +8,11 @@ from stages.common.batches import (
     model_inputs,
     pairable,
     present_modalities,
+    question_prefixed,
+    question_prompts,
     same_caption,
-    with_question,
-    with_question_streams,
 )
+from stages.common.generation import answered
 
 
 def batch_of(subsets, group=None):
@@ -26,15 +27,19 @@ def batch_of(subsets, group=None):
             "text_ids": torch.full((n, 3), 7), "text_mask": torch.tensor([[("text" in s)] * 3 for s in subsets])}
 
 
-def test_decoder_labels_and_question_join():
+def test_decoder_labels_and_the_question_as_the_decoders_prefix():
     ids = torch.tensor([[1, 10, 11, 2, 0]])
     assert decoder_labels(ids, ids.ne(0)).tolist() == [[10, 11, 2, -100]]
-    batch = {"text_ids": torch.tensor([[1, 5, 2, 0], [0, 0, 0, 0]]),
-             "text_mask": torch.tensor([[True, True, True, False], [False] * 4]),
-             "question_ids": torch.tensor([[1, 8, 2], [1, 9, 2]]), "question_mask": torch.ones(2, 3, dtype=torch.bool)}
-    joined, mask = with_question(batch, pad_id=0)
-    assert joined.tolist() == [[1, 5, 2, 8, 2], [1, 9, 2, 0, 0]]  # the question's <s> dropped after text
-    assert mask.tolist() == [[True] * 5, [True, True, True, False, False]]
+    config = TrimodalConfig.from_preset("tiny", vocab_size=40)  # pad 0, <s> 1, </s> 2
+    batch = {"question_ids": torch.tensor([[1, 8, 9, 2], [1, 5, 2, 0], [0, 0, 0, 0]]),
+             "question_mask": torch.tensor([[True] * 4, [True, True, True, False], [False] * 4]),
+             "answer_ids": torch.tensor([[1, 20, 2], [1, 21, 2], [1, 22, 2]]),
+             "answer_mask": torch.tensor([[True] * 3, [True] * 3, [False] * 3])}
+    assert [p.tolist() for p in question_prompts(batch, 1)] == [[1, 8, 9, 2], [1, 5, 2], [1]]
+    ids, labels = question_prefixed(batch, config)
+    assert ids.tolist() == [[1, 8, 9, 2, 20], [1, 5, 2, 21, 0], [1, 0, 0, 0, 0]]
+    # after the question's </s>: the answer and its </s>; nothing to learn where there is no answer
+    assert labels.tolist() == [[-100, -100, -100, 20, 2], [-100, -100, 21, 2, -100], [-100] * 5]
 
 
 def test_modality_dropout_keeps_a_non_empty_proper_subset():
@@ -75,28 +80,34 @@ def test_same_caption_marks_identical_captions_and_only_them():
     assert torch.equal(same, expected.bool())  # a sample without a caption matches only itself
 
 
-def test_the_question_pass_reuses_image_and_audio_encodings_and_matches_encoding_from_scratch():
+def test_answers_continue_each_samples_question_as_teacher_forcing_scores_them():
     torch.manual_seed(0)
     model = TrimodalForConditionalGeneration(TrimodalConfig.from_preset(
         "tiny", vocab_size=40, image_size=32, n_mels=16)).eval()
-    subsets = [("image",), ("audio", "text"), ("image", "audio", "text"), ("text",)]
-    batch = batch_of(subsets)
-    batch["image"] = torch.rand(4, 3, 32, 32) * batch["image"][:, :1, :1, :1]
-    batch["mel"] = torch.randn(4, 16, 20) * (batch["mel_lengths"] > 0)[:, None, None]
+    batch = batch_of([("image",), ("audio", "text"), ("text",)])
+    batch["image"] = torch.rand(3, 3, 32, 32) * batch["image"][:, :1, :1, :1]
+    batch["mel"] = torch.randn(3, 16, 20) * (batch["mel_lengths"] > 0)[:, None, None]
     batch["mel_lengths"] = batch["mel_lengths"] * 4
-    batch["question_ids"] = torch.tensor([[1, 8, 9, 2]] * 4)
-    batch["question_mask"] = torch.ones(4, 4, dtype=torch.bool)
-    calls = []
-    model.encoder.vision.register_forward_hook(lambda *a: calls.append("image"))
-    model.encoder.audio.register_forward_hook(lambda *a: calls.append("audio"))
+    batch["question_ids"] = torch.tensor([[1, 8, 9, 10, 2], [1, 5, 2, 0, 0], [1, 6, 7, 2, 0]])  # three lengths
+    batch["question_mask"] = batch["question_ids"].ne(0)
+
+    class Tokens:  # the ids, as text
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(str(i) for i in ids.tolist() if i > 2)
+
     with torch.no_grad():
-        streams = model.encoder.streams(**model_inputs(batch))
-        shared = model.encoder.fuse(with_question_streams(model.encoder, streams, batch))
-        assert calls == ["image", "audio"]  # the question pass ran only the text encoder
-        text_ids, text_mask = with_question(batch, model.config.pad_token_id)
-        scratch = model.encoder(**{**model_inputs(batch), "text_ids": text_ids, "text_mask": text_mask})
-    assert torch.equal(shared.attention_mask, scratch.attention_mask)
-    torch.testing.assert_close(shared.last_hidden_state, scratch.last_hidden_state, rtol=0, atol=1e-6)
+        encoded = model.encoder(**model_inputs(batch))
+        replies = answered(model, Tokens(), encoded, question_prompts(batch, 1), 4)
+        for i, prompt in enumerate(question_prompts(batch, 1)):  # each row decoded alone, one token at a time
+            ids = prompt[None]
+            one = model.encoder(**{k: v[i:i + 1] for k, v in model_inputs(batch).items()})
+            for _ in range(4):
+                token = model(encoder_outputs=one, decoder_input_ids=ids).logits[0, -1].argmax()
+                ids = torch.cat([ids, token[None, None]], 1)
+                if token == 2:
+                    break
+            assert replies[i] == Tokens().decode(ids[0, len(prompt):]), i
+
 
 
 def test_samples_of_a_skipped_group_are_not_pairable():
