@@ -3,9 +3,10 @@ student of either family (model/families.py).
 
 Activation ranges are calibrated on `quantize.calibration_batches` val batches, each seen as the passes the model
 meets, so every Linear, the decoder's included, sees the inputs it will meet. Trimodal: twice, as the captioning
-pass (record inputs, caption decoder inputs) and as the VQA pass (the question as the decoder's prefix). DeepSeek-VL: as its
-fine-tuning chat turns (stages/common/vl_tasks.py: caption, VQA and class-name turns of the records it reads, the
-images in front). Optional L1 magnitude pruning of the Linear weights (torch.nn.utils.prune) runs first.
+pass (record inputs, caption decoder inputs) and as the VQA pass (the question as the decoder's prefix).
+DeepSeek-VL: as its fine-tuning chat turns (stages/common/vl_tasks.py: caption, VQA and class-name turns of the
+records it reads, the images in front). Optional L1 magnitude pruning of the Linear weights (torch.nn.utils.prune)
+runs first.
 
 Sensitivity sweep: each Linear alone in INT8 (the rest float), scored by the KL divergence of its output
 distributions (next tokens at the target positions, and classes where the model has a classifier) from the float
