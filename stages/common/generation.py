@@ -21,10 +21,12 @@ def decoded(model, tokenizer, encoded, max_new_tokens: int, sample: bool = False
 
 
 @torch.no_grad()
-def answered(model, tokenizer, encoded, prompts: list[torch.Tensor], max_new_tokens: int) -> list[str]:
-    """Greedy continuation of each sample's decoder prompt (stages/common/batches.question_prompts), the words after
-    it: the VQA answers. Prompts differ in length, so each row is decoded right-padded and the whole prefix is
-    re-decoded every step (answers are a few tokens; causal attention keeps the padding after a row's end unseen)."""
+def answered(model, tokenizer, encoded, prompts: list[torch.Tensor], max_new_tokens: int, sample: bool = False
+             ) -> list[str]:
+    """Greedy (or with `sample`, drawn: temperature 1, torch's global generator) continuation of each sample's
+    decoder prompt (a question, stages/common/batches.question_prompts, or a chat turn), the words after it.
+    Prompts differ in length, so each row is decoded right-padded and the whole prefix is re-decoded every step
+    (answers are a few tokens; causal attention keeps the padding after a row's end unseen)."""
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
     device = encoded.last_hidden_state.device
     lengths = torch.tensor([len(p) for p in prompts], device=device)
@@ -35,7 +37,8 @@ def answered(model, tokenizer, encoded, prompts: list[torch.Tensor], max_new_tok
     position = lengths.clone()
     for _ in range(max_new_tokens):
         logits = model(encoder_outputs=encoded, decoder_input_ids=ids[:, : int(position.max())]).logits
-        token = logits[rows, position - 1].argmax(-1)
+        last = logits[rows, position - 1].float()
+        token = torch.multinomial(last.softmax(-1), 1).squeeze(1) if sample else last.argmax(-1)
         ids[rows, position] = torch.where(done, pad, token)
         done |= token == eos
         position += 1

@@ -2,12 +2,13 @@
 the tokenizer's chat template, and then the log-probability of a given response or a generated one. The alignment
 stages (`instruct`, `preferences`, `align`) are written once on top of these.
 
-    trimodal     the encoder reads the record's image and audio, and as its text input the chat prompt
-                 "<s>User: {text} {instruction}\\n\\nAssistant:"; the decoder writes the response
+    trimodal     the encoder reads the record's inputs (image, audio, text) as fine-tuning does; the decoder reads
+                 the chat prompt "<s>User: {text} {instruction}\\n\\nAssistant:" as its prefix and writes the response,
+                 as it answers questions (stages/common/batches.question_prefixed)
     deepseek_vl  the causal LM reads the visual tokens, then the same chat prompt, and continues with the response
                  (stages/common/vl_tasks.py: its records without an image or text are not `readable`)
 
-Media are encoded once per batch (`media_of`) and shared by every prompt asked of it; a `Prompted` is the rows'
+Inputs are encoded once per batch (`media_of`) and shared by every prompt asked of it; a `Prompted` is the rows'
 inputs with one prompt each, scored against several responses (a preference pair's two) without encoding again.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from model.families import DEEPSEEK_VL, family_of_model
 from model.fusion import Stream
 from model.preference import sequence_logprobs
-from stages.common.generation import decoded
+from stages.common.batches import model_inputs
+from stages.common.generation import answered
 from stages.common.vl_tasks import (
     Turns,
     chat_prompt_ids,
@@ -44,21 +46,17 @@ def readable(model, meta: dict) -> bool:
 
 
 def media_of(model, batch: dict):
-    """The batch's media, encoded once: the trimodal encoder's image and audio streams ({} when the batch has
-    neither), or DeepSeek-VL's visual tokens (None without an image)."""
+    """The batch's inputs, encoded once: the trimodal encoder's streams (image, audio, text), or DeepSeek-VL's
+    visual tokens (None without an image)."""
     if is_vl(model):
         return visual_of(model, batch)
-    audio = batch["mel_lengths"] > 0
-    if not batch["image_present"].any() and not audio.any():
-        return {}
-    return model.encoder.streams(pixel_values=batch["image"], image_present=batch["image_present"],
-                                 input_features=batch["mel"], mel_lengths=batch["mel_lengths"])
+    return model.encoder.streams(**model_inputs(batch))
 
 
 @dataclass
 class Prompted:
-    """Rows of a batch with one prompt each, ready for responses: `encoded` (trimodal: the fused encoder output
-    of the rows) or `prompts` + `visual` (DeepSeek-VL: the chat prompts' ids and the batch's visual tokens)."""
+    """Rows of a batch with one prompt each, ready for responses: the chat prompts' ids, and `encoded` (trimodal:
+    the fused encoder output of the rows) or `visual` (DeepSeek-VL: the batch's visual tokens)."""
     rows: list[int]
     batch: dict
     encoded: object = None
@@ -66,18 +64,14 @@ class Prompted:
     visual: torch.Tensor | None = None
 
 
-def _text_stream(model, tokenizer, contents: list[str], device: torch.device) -> Stream:
-    """The chat prompts as the trimodal encoder's text input, each cut to the encoder's positions (the start of
-    a long text goes, the instruction and "Assistant:" stay)."""
-    width = model.config.max_text_positions
-    rows = [[ids[0], *ids[1:][-(width - 1):]] for ids in chat_prompt_ids(tokenizer, contents)]
-    longest = max(len(r) for r in rows)
-    ids = torch.full((len(rows), longest), model.config.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), True
-    ids, mask = ids.to(device), mask.to(device)
-    return Stream(model.encoder.text(ids, mask), mask)
+RESPONSE_ROOM = 16  # decoder positions kept for the response after its prompt (captions are the longest asked)
+
+
+def _decoder_prompts(model, tokenizer, contents: list[str]) -> list[list[int]]:
+    """The chat prompts as the trimodal decoder's prefix, each cut to leave RESPONSE_ROOM of its positions (the
+    start of a long text goes; "<s>", the end of the instruction and "Assistant:" stay)."""
+    width = model.config.max_decoder_positions - RESPONSE_ROOM
+    return [[ids[0], *ids[1:][-(width - 1):]] for ids in chat_prompt_ids(tokenizer, contents)]
 
 
 def prompted(model, tokenizer, batch: dict, media, rows: list[int], contents: list[str]) -> Prompted:
@@ -87,8 +81,9 @@ def prompted(model, tokenizer, batch: dict, media, rows: list[int], contents: li
         return Prompted(rows, batch, prompts=chat_prompt_ids(tokenizer, contents), visual=media)
     index = torch.tensor(rows, device=batch["image"].device)
     streams = {m: Stream(s.hidden[index], s.mask[index]) for m, s in media.items()}
-    streams["text"] = _text_stream(model, tokenizer, contents, batch["image"].device)
-    return Prompted(rows, batch, encoded=model.encoder.fuse(streams))
+    streams = {m: s for m, s in streams.items() if s.mask.any()}
+    return Prompted(rows, batch, encoded=model.encoder.fuse(streams),
+                    prompts=_decoder_prompts(model, tokenizer, contents))
 
 
 def _targets(tokenizer, responses: list[str], vl: bool) -> list[list[int]]:
@@ -107,20 +102,18 @@ def logprobs(model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[t
                                          tokenizer.pad_token_id, device)
         logits, targets = shifted(run(model, Turns(asked.rows, ids, mask), asked.visual, asked.batch), labels)
         return sequence_logprobs(logits, targets)
-    targets = _targets(tokenizer, responses, False)
-    labels = torch.full((len(targets), max(len(t) for t in targets)), -100, dtype=torch.long)
-    for i, t in enumerate(targets):
-        labels[i, : len(t)] = torch.tensor(t)
-    labels = labels.to(device)
-    logits = model(encoder_outputs=asked.encoded, decoder_input_ids=model.shift_right(labels)).logits
-    return sequence_logprobs(logits, labels)
+    ids, _, labels = right_padded(asked.prompts, _targets(tokenizer, responses, False), model.config.pad_token_id,
+                                  device)
+    logits = model(encoder_outputs=asked.encoded, decoder_input_ids=ids).logits
+    return sequence_logprobs(*shifted(logits, labels))
 
 
 @torch.no_grad()
 def respond(model, tokenizer, asked: Prompted, max_new_tokens: int, sample: bool = False) -> list[str]:
     """Each row's response: greedy, or sampled (temperature 1, torch's global generator: seed it first)."""
     if not is_vl(model):
-        return decoded(model, tokenizer, asked.encoded, max_new_tokens, sample)
+        prompts = [torch.tensor(p, device=asked.batch["image"].device) for p in asked.prompts]
+        return answered(model, tokenizer, asked.encoded, prompts, max_new_tokens, sample)
     ids, mask = left_padded(asked.prompts, tokenizer.pad_token_id, asked.batch["image"].device)
     return generated(model, tokenizer, Turns(asked.rows, ids, mask), asked.visual, asked.batch, max_new_tokens,
                      sample)

@@ -26,8 +26,8 @@ def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, t
 
 def finetune_losses(model, batch: dict, generator: torch.Generator
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Stream]]:
-    """finetune_step's losses and the batch's image and audio streams (what responses.media_of encodes), so a
-    step that asks more of the same media (`instruct`) does not run those encoders again."""
+    """finetune_step's losses and the batch's streams (what responses.media_of encodes), so a step that asks more
+    of the same inputs (`instruct`) does not run the encoders again."""
     streams = model.encoder.streams(**model_inputs(batch))
     caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
     encoded = model.encoder.fuse(streams)
@@ -44,4 +44,4 @@ def finetune_losses(model, batch: dict, generator: torch.Generator
     asked, answer = question_prefixed(batch, model.config)
     if (answer != -100).any():
         losses["vqa"] = cross_entropy(model(encoder_outputs=encoded, decoder_input_ids=asked).logits, answer)
-    return losses, {m: s for m, s in streams.items() if m != "text"}
+    return losses, streams
