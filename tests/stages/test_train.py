@@ -117,15 +117,19 @@ def test_fsdp_losses_match_ddp_on_two_processes(data, tmp_path):
     for name in ("ce", "cls", "loss"):
         ddp, fsdp = logged(runs["ddp"], name), logged(runs["fsdp"], name)
         assert len(ddp) == len(fsdp) == 3
-        # same data, same initial weights: only the order of floating-point reductions differs
-        assert fsdp == pytest.approx(ddp, rel=1e-4)
+        # same data, same initial weights: the order of floating-point reductions differs, and from the second
+        # step the parameters no rank used (below: FSDP moves them, DDP does not; the matching head and the image
+        # views are skipped on a 2-sample rank batch without two qualifying samples) change the loss by ~1e-4
+        assert fsdp[0] == pytest.approx(ddp[0], rel=1e-4)
+        assert fsdp == pytest.approx(ddp, rel=3e-4)
     # Weights: Adam turns float-level noise in near-zero gradients into +-lr steps, and under FSDP a parameter that
     # no rank used in a step still gets its momentum and decay (DDP leaves its gradient None; AdamW skips it). A
     # cross-attention pair runs only on samples holding both its modalities (model/fusion.py), so in these
-    # 2-sample rank batches whole pairs go unused in a step. Measured: 7.1% of elements differ by more than 1e-4
-    # (1.0% when every pair ran on every sample), none by more than one lr step (max 9.6e-4; finetune's lr 1e-3).
+    # 2-sample rank batches whole pairs go unused in a step, and so do the matching head and the image views when
+    # a rank's batch has no two qualifying samples. Measured: 12.6% of elements differ by more than 1e-4 (7.1%
+    # before those objectives, 1.0% when every pair ran on every sample), none by more than two lr steps.
     a, b = (load_file(runs[s] / "models/finetune/model.safetensors") for s in ("ddp", "fsdp"))
     assert a.keys() == b.keys()
-    assert sum(((a[k] - b[k]).abs() > 1e-4).sum().item() for k in a) / sum(v.numel() for v in a.values()) < 0.1
+    assert sum(((a[k] - b[k]).abs() > 1e-4).sum().item() for k in a) / sum(v.numel() for v in a.values()) < 0.2
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 2 * 0.001 + 1e-6  # 2 steps at lr 1e-3
     assert (runs["fsdp"] / "metrics/finetune.json").exists()
