@@ -23,6 +23,18 @@ def decoder_labels(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ids[:, 1:].masked_fill(~mask[:, 1:], -100)
 
 
+def fitted(prompt, width: int):
+    """A decoder prompt (list or tensor) cut to `width` tokens from its start, its first token ("<s>") kept: the
+    decoder's positions are few, and the end of a prompt (the question, "Assistant:") matters most."""
+    if len(prompt) <= width:
+        return prompt
+    if width <= 1:
+        return prompt[:1]
+    if isinstance(prompt, list):
+        return [prompt[0], *prompt[1:][-(width - 1):]]
+    return torch.cat([prompt[:1], prompt[1:][-(width - 1):]])
+
+
 def question_prompts(batch: dict, start_id: int) -> list[torch.Tensor]:
     """Each sample's question tokens '<s> q </s>' ([start_id] without a question): the decoder's prefix in the VQA
     pass. The question never joins the encoder's inputs, so the fused R that answers it is the one that captions and
@@ -38,6 +50,7 @@ def question_prefixed(batch: dict, config) -> tuple[torch.Tensor, torch.Tensor]:
     prompts = question_prompts(batch, config.decoder_start_token_id)
     for prompt, a, am in zip(prompts, batch["answer_ids"], batch["answer_mask"], strict=True):
         answer = a[am][1:]  # its <s> dropped: the question's </s> is where the answer starts
+        prompt = fitted(prompt, config.max_decoder_positions + 1 - len(answer))  # the last token is not fed
         sequence = torch.cat([prompt, answer])
         target = sequence[1:].clone()
         target[: len(prompt) - 1] = -100

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from stages.common.batches import fitted
+
 ANSWER_TOKENS = 6  # answers are a word or two
 
 
@@ -28,6 +30,7 @@ def answered(model, tokenizer, encoded, prompts: list[torch.Tensor], max_new_tok
     Prompts differ in length, so each row is decoded right-padded and the whole prefix is re-decoded every step
     (answers are a few tokens; causal attention keeps the padding after a row's end unseen)."""
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    prompts = [fitted(p, model.config.max_decoder_positions - max_new_tokens) for p in prompts]
     device = encoded.last_hidden_state.device
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     ids = torch.full((len(prompts), int(lengths.max()) + max_new_tokens), pad, dtype=torch.long, device=device)

@@ -20,7 +20,7 @@ import torch
 from model.families import DEEPSEEK_VL, family_of_model
 from model.fusion import Stream
 from model.preference import sequence_logprobs
-from stages.common.batches import model_inputs
+from stages.common.batches import fitted, model_inputs
 from stages.common.generation import answered
 from stages.common.vl_tasks import (
     Turns,
@@ -70,8 +70,9 @@ RESPONSE_ROOM = 16  # decoder positions kept for the response after its prompt (
 def _decoder_prompts(model, tokenizer, contents: list[str]) -> list[list[int]]:
     """The chat prompts as the trimodal decoder's prefix, each cut to leave RESPONSE_ROOM of its positions (the
     start of a long text goes; "<s>", the end of the instruction and "Assistant:" stay)."""
-    width = model.config.max_decoder_positions - RESPONSE_ROOM
-    return [[ids[0], *ids[1:][-(width - 1):]] for ids in chat_prompt_ids(tokenizer, contents)]
+    return [fitted(ids, model.config.max_decoder_positions - RESPONSE_ROOM)
+            for ids in chat_prompt_ids(tokenizer, contents)]
+
 
 
 def prompted(model, tokenizer, batch: dict, media, rows: list[int], contents: list[str]) -> Prompted:
@@ -102,8 +103,9 @@ def logprobs(model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[t
                                          tokenizer.pad_token_id, device)
         logits, targets = shifted(run(model, Turns(asked.rows, ids, mask), asked.visual, asked.batch), labels)
         return sequence_logprobs(logits, targets)
-    ids, _, labels = right_padded(asked.prompts, _targets(tokenizer, responses, False), model.config.pad_token_id,
-                                  device)
+    targets, room = _targets(tokenizer, responses, False), model.config.max_decoder_positions
+    prompts = [fitted(p, room - len(t)) for p, t in zip(asked.prompts, targets, strict=True)]  # long responses too
+    ids, _, labels = right_padded(prompts, targets, model.config.pad_token_id, device)
     logits = model(encoder_outputs=asked.encoded, decoder_input_ids=ids).logits
     return sequence_logprobs(*shifted(logits, labels))
 
@@ -112,7 +114,8 @@ def logprobs(model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[t
 def respond(model, tokenizer, asked: Prompted, max_new_tokens: int, sample: bool = False) -> list[str]:
     """Each row's response: greedy, or sampled (temperature 1, torch's global generator: seed it first)."""
     if not is_vl(model):
-        prompts = [torch.tensor(p, device=asked.batch["image"].device) for p in asked.prompts]
+        room = model.config.max_decoder_positions - max_new_tokens
+        prompts = [torch.tensor(fitted(p, room), device=asked.batch["image"].device) for p in asked.prompts]
         return answered(model, tokenizer, asked.encoded, prompts, max_new_tokens, sample)
     ids, mask = left_padded(asked.prompts, tokenizer.pad_token_id, asked.batch["image"].device)
     return generated(model, tokenizer, Turns(asked.rows, ids, mask), asked.visual, asked.batch, max_new_tokens,

@@ -114,3 +114,14 @@ def test_samples_of_a_skipped_group_are_not_pairable():
     batch = {"meta": [{"group": "fusion"}, {}, {"group": "other"}], "caption_ids": torch.zeros(3, 2)}
     assert pairable(batch, ["fusion"]).tolist() == [False, True, True]
     assert pairable(batch, []).tolist() == [True, True, True]
+
+
+def test_a_long_question_is_cut_from_its_start_to_fit_the_decoder():
+    config = TrimodalConfig.from_preset("tiny", vocab_size=40, max_decoder_positions=8)
+    batch = {"question_ids": torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11, 2]]),
+             "question_mask": torch.ones(1, 9, dtype=torch.bool),
+             "answer_ids": torch.tensor([[1, 20, 21, 2]]), "answer_mask": torch.ones(1, 4, dtype=torch.bool)}
+    ids, labels = question_prefixed(batch, config)
+    # <s>, the question's last tokens and its </s>, then the answer: 8 positions
+    assert ids[0].tolist() == [1, 8, 9, 10, 11, 2, 20, 21]
+    assert labels[0].tolist() == [-100] * 5 + [20, 21, 2]

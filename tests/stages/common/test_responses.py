@@ -75,3 +75,13 @@ def test_the_greedy_response_is_the_likeliest_continuation_of_the_prompt(setting
             if token == tokenizer.eos_token_id:
                 break
     assert reply == tokenizer.decode(ids[0, len(asked.prompts[0]):], skip_special_tokens=True).strip()
+
+
+def test_a_long_prompt_gives_way_to_a_long_response_within_the_decoders_positions(setting):
+    model, tokenizer, batch = setting
+    long = " ".join(["Describe it."] * 40)
+    response = " ".join(["red"] * 30)  # longer than the room prompted() leaves
+    with torch.no_grad():
+        asked = prompted(model, tokenizer, batch, media_of(model, batch), [0], [long])
+        total, tokens = logprobs(model, tokenizer, asked, [response])
+    assert torch.isfinite(total).all() and tokens[0] == len(tokenizer(response)["input_ids"]) - 1
