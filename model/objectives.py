@@ -143,7 +143,9 @@ def matching_loss(model, streams: dict[str, Stream], encoded, positives: torch.T
     one modality swapped for another sample's (`mismatched`). Only fusion and the reasoning core see both
     inputs at once, so this is the objective that teaches them to compare modalities. positives [B, B]: samples
     with the same content (never a negative of each other); pairable [B]: samples whose inputs are views of one
-    content (None = all). None when fewer than two samples qualify."""
+    content (None = all). None when its weight is 0 or fewer than two samples qualify."""
+    if not model.config.loss_weights.get("itm"):
+        return None
     present = torch.stack([s.present for s in streams.values()], 1)
     ok = present.sum(1) >= 2
     if pairable is not None:

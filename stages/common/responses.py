@@ -74,15 +74,13 @@ def _decoder_prompts(model, tokenizer, contents: list[str]) -> list[list[int]]:
             for ids in chat_prompt_ids(tokenizer, contents)]
 
 
-
 def prompted(model, tokenizer, batch: dict, media, rows: list[int], contents: list[str]) -> Prompted:
     """The rows' inputs with one user turn each (`contents`, e.g. instructions.content), through the chat
     template."""
     if is_vl(model):
         return Prompted(rows, batch, prompts=chat_prompt_ids(tokenizer, contents), visual=media)
     index = torch.tensor(rows, device=batch["image"].device)
-    streams = {m: Stream(s.hidden[index], s.mask[index]) for m, s in media.items()}
-    streams = {m: s for m, s in streams.items() if s.mask.any()}
+    streams = {m: Stream(s.hidden[index], s.mask[index]) for m, s in media.items() if s.mask[index].any()}
     return Prompted(rows, batch, encoded=model.encoder.fuse(streams),
                     prompts=_decoder_prompts(model, tokenizer, contents))
 
@@ -114,9 +112,8 @@ def logprobs(model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[t
 def respond(model, tokenizer, asked: Prompted, max_new_tokens: int, sample: bool = False) -> list[str]:
     """Each row's response: greedy, or sampled (temperature 1, torch's global generator: seed it first)."""
     if not is_vl(model):
-        room = model.config.max_decoder_positions - max_new_tokens
-        prompts = [torch.tensor(fitted(p, room), device=asked.batch["image"].device) for p in asked.prompts]
-        return answered(model, tokenizer, asked.encoded, prompts, max_new_tokens, sample)
+        prompts = [torch.tensor(p, device=asked.batch["image"].device) for p in asked.prompts]
+        return answered(model, tokenizer, asked.encoded, prompts, max_new_tokens, sample)  # fits them itself
     ids, mask = left_padded(asked.prompts, tokenizer.pad_token_id, asked.batch["image"].device)
     return generated(model, tokenizer, Turns(asked.rows, ids, mask), asked.visual, asked.batch, max_new_tokens,
                      sample)

@@ -37,10 +37,9 @@ def finetune_losses(model, batch: dict, generator: torch.Generator
               "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None]),
               **contrastive_losses(model, encoded, positives, batch.get("pairable")),
               **view_losses(model, streams, caption, batch["label"])}
-    if model.config.loss_weights.get("itm"):
-        itm = matching_loss(model, streams, encoded, positives, batch.get("pairable"), generator)
-        if itm is not None:
-            losses["itm"] = itm
+    itm = matching_loss(model, streams, encoded, positives, batch.get("pairable"), generator)
+    if itm is not None:
+        losses["itm"] = itm
     asked, answer = question_prefixed(batch, model.config)
     if (answer != -100).any():
         losses["vqa"] = cross_entropy(model(encoder_outputs=encoded, decoder_input_ids=asked).logits, answer)
