@@ -102,12 +102,34 @@ def commit(root: Path, paths: Iterable[str], message: str) -> bool:
 
 
 def push(root: Path, branch: str, force: bool = False) -> None:
-    """Push HEAD to the run's branch; without force a concurrent writer makes this fail instead of being lost."""
-    git(root, "push", "--quiet", *(["--force"] if force else []), "origin", f"HEAD:refs/heads/{branch}")
+    """Push HEAD to the run's branch; without force a concurrent writer makes this fail instead of being lost.
+
+    One exception: when the branch moved on by exactly this commit's twin (same parent, same message: the same
+    stage of the same flow run, executed twice because a scheduler submitted it twice), that twin already
+    published the stage, so HEAD becomes the twin. Any other writer fails the push, naming the commits it added."""
+    try:
+        git(root, "push", "--quiet", *(["--force"] if force else []), "origin", f"HEAD:refs/heads/{branch}")
+    except GitFailed as err:
+        if force:
+            raise
+        theirs = fetch_ref(root, branch)
+        added = git(root, "log", "--format=%H %P %s", f"HEAD..{theirs}").splitlines()
+        ours = git(root, "log", "-1", "--format=%P %s", "HEAD")
+        if len(added) == 1 and added[0].split(" ", 1)[1] == ours:
+            git(root, "checkout", "--quiet", "--detach", theirs)
+            print(f"{branch}: the same stage of the same run was already published as {theirs}; using it")
+            return
+        listed = "\n".join(f"  {line.split(' ', 1)[0][:12]} {line.split(' ', 2)[-1]}" for line in added)
+        raise GitFailed(f"{err}\n{branch} moved on while this clone worked; the commits it gained:\n{listed}") from err
+
+
+def fetch_ref(root: Path, branch: str) -> str:
+    """The branch's head on the remote, fetched into origin/<branch>; returns its commit."""
+    git(root, "fetch", "--quiet", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
+    return git(root, "rev-parse", f"refs/remotes/origin/{branch}")
 
 
 def fetch(root: Path, branch: str) -> str:
     """Check out the newest commit of the run's branch (what the stages pushed); returns it."""
-    git(root, "fetch", "--quiet", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
-    git(root, "checkout", "--quiet", "--detach", f"origin/{branch}")
+    git(root, "checkout", "--quiet", "--detach", fetch_ref(root, branch))
     return head(root)
