@@ -5,7 +5,9 @@ The LLM reads [visual tokens; text]: the adaptor's S^2 tokens (576 at full size)
 embeddings; a sample without an image has its visual positions masked out of attention. Loss only on text labels.
 Each part is built from its sub-config (random init) or, where `low_vision_pretrained` / `high_vision_pretrained` /
 `text_pretrained` name a local checkpoint folder, loaded from it (model/deepseek_vl_pretrained.py); the adaptor
-and the high tower's two convolutions are always new.
+and the high tower's two convolutions are always new. `config.pretrained_parts` remembers which parts came from a
+folder, across saves: seed 002 freezes its vision towers because they arrive pretrained, and a tower that starts
+random only sees once it trains, so `frozen_for_recipe` never freezes one (docs/model.md "DeepSeek-VL: training").
 
     config = DeepSeekVLConfig(text={"vocab_size": 1024, "hidden_size": 64, ...}, low_vision={...}, high_vision={...})
     model = DeepSeekVLForCausalLM(config)
@@ -32,20 +34,23 @@ from model.vl_adaptor import HybridAdaptor
 
 IGNORE_INDEX = -100
 DEFAULT_LOSS_WEIGHTS = {"lm": 1.0, "ce": 1.0, "vqa": 1.0, "cls": 1.0, **ALIGNMENT_LOSS_WEIGHTS}
+TOWERS = {"low_vision": "vision.low", "high_vision": "vision.high"}  # part -> its parameters' prefix
 
 
 class DeepSeekVLConfig(PreTrainedConfig):
     """Three sub-configs as plain dicts (saved in config.json): `low_vision` (SiglipVisionConfig), `high_vision`
     (SamVisionConfig), `text` (LlamaConfig); `high_channels`: the two convolutions' output channels.
     `*_pretrained`: a local checkpoint folder to load that part from (None: random init); its config must match
-    the sub-config's sizes."""
+    the sub-config's sizes. `pretrained_parts`: the parts (low_vision, high_vision, text) loaded from a folder when
+    the model was first built, kept in config.json after the folders are forgotten."""
 
     model_type = "trimodal_deepseek_vl"
 
     def __init__(self, low_vision: dict | None = None, high_vision: dict | None = None,
                  high_channels: list[int] | tuple[int, int] = (512, 1024), text: dict | None = None,
                  low_vision_pretrained: str | None = None, high_vision_pretrained: str | None = None,
-                 text_pretrained: str | None = None, loss_weights: dict | None = None, **kwargs):
+                 text_pretrained: str | None = None, loss_weights: dict | None = None,
+                 pretrained_parts: list[str] | None = None, **kwargs):
         # the trainer's objectives (stages/common/trainer.py): lm = next-token loss of the warm-up and the joint
         # pretraining; ce / vqa / cls = the fine-tuning tasks' turns (stages/common/vl_tasks.py)
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
@@ -56,6 +61,7 @@ class DeepSeekVLConfig(PreTrainedConfig):
         self.low_vision_pretrained = low_vision_pretrained
         self.high_vision_pretrained = high_vision_pretrained
         self.text_pretrained = text_pretrained
+        self.pretrained_parts = sorted(pretrained_parts or [])
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if key in self.text:
                 kwargs.setdefault(key, self.text[key])
@@ -82,9 +88,29 @@ class DeepSeekVLForCausalLM(PreTrainedModel, GenerationMixin):
         self.adaptor = HybridAdaptor(low.hidden_size, config.high_channels[1], text.hidden_size)
         self.language_model = pretrained.language_model(text, config.text_pretrained)
         self.post_init()
+        loaded = {"low_vision": config.low_vision_pretrained, "high_vision": config.high_vision_pretrained,
+                  "text": config.text_pretrained}
+        config.pretrained_parts = sorted({*config.pretrained_parts, *(part for part, path in loaded.items() if path)})
         # the parts' weights now live in this model: a saved copy (config.json) must not load them again, nor need
         # the folders to exist where it is loaded
         config.low_vision_pretrained = config.high_vision_pretrained = config.text_pretrained = None
+
+    def frozen_for_recipe(self, prefixes: list[str]) -> list[str]:
+        """A stage's `frozen` prefixes as this model applies them: a vision tower that started random (not in
+        config.pretrained_parts) trains even where the recipe freezes it; a prefix above one (`vision`) still
+        freezes the rest under it. The trainer calls this (stages/common/trainer.py)."""
+        learning = [prefix for part, prefix in TOWERS.items() if part not in self.config.pretrained_parts]
+        kept = []
+        for prefix in prefixes:
+            below = [t for t in learning if t == prefix or t.startswith(prefix + ".")]
+            if not below:
+                kept.append(prefix)
+            elif prefix not in below:  # a parent of a learning tower: freeze its other parameters
+                module = self.get_submodule(prefix)
+                kept += [f"{prefix}.{name}" for name, _ in module.named_parameters(recurse=False)]
+                kept += [f"{prefix}.{name}" for name, child in module.named_children()
+                         if f"{prefix}.{name}" not in below and any(True for _ in child.parameters())]
+        return kept
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

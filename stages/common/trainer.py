@@ -239,11 +239,15 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
     if world.main:
         prepare_checkpoints(checkpoints, f"{fingerprint}:{world.size}:{strategy if world.size > 1 else 'single'}")
     barrier(world)
-    freeze(model, params.frozen)
+    # a model may train what the recipe freezes (DeepSeek-VL: a tower that starts random; model/deepseek_vl.py)
+    prefixes = model.frozen_for_recipe(params.frozen) if hasattr(model, "frozen_for_recipe") else params.frozen
+    freeze(model, prefixes)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters()) - trained
     if world.main:
-        print(f"{desc}: training {trained:,} parameters, {frozen:,} frozen ({', '.join(params.frozen) or 'none'})")
+        kept = "" if prefixes == params.frozen else \
+            f"; the recipe's {', '.join(params.frozen)}, less towers that start random"
+        print(f"{desc}: training {trained:,} parameters, {frozen:,} frozen ({', '.join(prefixes) or 'none'}{kept})")
     if live is not None:
         live.summary.update({f"{prefix}trained_parameters": trained, f"{prefix}frozen_parameters": frozen})
     objectives = wrap(Objectives(model, step_fn, touch=sharded, monitors=monitors), strategy, world)

@@ -112,3 +112,20 @@ def test_a_model_with_pretrained_parts_saves_and_reloads(folders, tmp_path):
     assert loaded.config.text_pretrained is None
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_the_recipe_freezes_pretrained_towers_and_trains_random_ones(folders, tmp_path):
+    """Seed 002 freezes towers that arrive pretrained; one that starts random must train to see anything."""
+    random = DeepSeekVLForCausalLM(config())
+    assert random.config.pretrained_parts == []
+    assert random.frozen_for_recipe(["vision", "language_model"]) == ["language_model"]
+    assert random.frozen_for_recipe(["vision.high"]) == []
+
+    model = DeepSeekVLForCausalLM(config(high_vision_pretrained=folders["high"], text_pretrained=folders["text"]))
+    assert model.config.pretrained_parts == ["high_vision", "text"]
+    assert model.frozen_for_recipe(["vision", "language_model"]) == ["vision.high", "language_model"]
+    assert model.frozen_for_recipe(["vision.high"]) == ["vision.high"]
+    model.save_pretrained(tmp_path / "vl")  # a later stage loads the saved model: the folders are forgotten
+    loaded = DeepSeekVLForCausalLM.from_pretrained(tmp_path / "vl")
+    assert loaded.config.high_vision_pretrained is None and loaded.config.pretrained_parts == ["high_vision", "text"]
+    assert loaded.frozen_for_recipe(["vision"]) == ["vision.high"]

@@ -44,8 +44,10 @@ def project(tmp_path_factory):
 def test_pretrain_warms_the_adaptor_alone_then_trains_the_llm_on_mixed_batches(project):
     metrics = json.loads((project / "metrics/pretrain/metrics.json").read_text())
     warm, joint = metrics["warmup"], metrics
-    # warm-up: the towers and the LLM frozen, the adaptor alone trains; joint: the LLM joins it
+    # warm-up: the LLM frozen, the adaptor trains; joint: the LLM joins it. The recipe freezes the towers too, but
+    # these start random (no pretrained folders), so they train in both phases: nothing is frozen in the joint one
     assert metrics["warmup/trained_parameters"] < metrics["trained_parameters"]
+    assert metrics["warmup/frozen_parameters"] > 0 and metrics["frozen_parameters"] == 0
     assert metrics["warmup/trained_parameters"] + metrics["warmup/frozen_parameters"] == \
         metrics["trained_parameters"] + metrics["frozen_parameters"]
     assert "lm" in warm and "lm" in joint
