@@ -13,6 +13,13 @@ the same shape, the second in the first's colour or (half the time) another one,
 colours match ("does the tone match the color of the shape?" -> yes / no). A model that ignores either input
 can only guess (50%). They carry no caption or label: those would be ambiguous when the two inputs disagree.
 
+Held-out records (`demo.n_ood_questions`, `demo.n_ood_renders`) pin the test split (`"split": "test"`): the
+training never sees them in their form, so their report rows (`group:ood-question`, `group:ood-render`) measure
+generalisation. ood-question records ask in phrasings no other record uses (OOD_QUESTIONS: "what color is it?",
+"name the shape."), over every input subset; ood-render records are image-only records drawn in renderings no other
+record has (RENDERS: other canvas sizes and aspect ratios, white or dark backgrounds, JPEG encoding), asking the
+usual questions.
+
 Only when `data.sources` names a table in data/sources/demo/: otherwise the stage writes nothing but UNUSED.txt
 there (its output must exist for DVC), in no time and with the same bytes whatever `demo` holds, so ingest, which
 hashes all of data/sources/, does not rerun when the demo's params change.
@@ -68,6 +75,15 @@ QUESTIONS = (("what color is the shape?", "color"), ("what color is the {s}?", "
 CORPUS_TEMPLATES = ("the {c} {s} is next to a {c2} {s2}", "a {c} {s} and a {c2} {s2}", "the {s} is {c}",
                     "there are {n} {c} {s}s", "a {c} {s} sits above a {c2} {s2}", "{c} is the color of the {s}")
 NUMBERS = ("two", "three", "four", "five")
+# Held-out phrasings: only ood-question records (test split) use them
+OOD_QUESTIONS = (("what color is it?", "color"), ("which colour is this shape?", "color"),
+                 ("tell me the color of the {s}.", "color"), ("name the shape.", "shape"),
+                 ("what is this shape called?", "shape"), ("which shape do you see here?", "shape"))
+# Held-out renderings: (what changes, canvas (width, height) or None for image_size square, background RGB or None
+# for the usual light grey, JPEG quality or None for PNG). Only ood-render records (test split) look like this.
+RENDERS = (("a larger canvas", (128, 128), None, None), ("a smaller canvas", (40, 40), None, None),
+           ("a wide canvas", (200, 150), None, None), ("a white background", None, (255, 255, 255), None),
+           ("a dark background", None, (40, 40, 48), None), ("JPEG, quality 60", None, None, 60))
 FUSION_PAIRS = (("image", "audio"), ("image", "text"), ("audio", "text"))
 FUSION_QUESTIONS = {("image", "audio"): "does the tone match the color of the shape?",
                     ("image", "text"): "does the sentence match the color of the shape?",
@@ -84,15 +100,21 @@ def regular_polygon(cx: float, cy: float, radius: float, corners: int, start: fl
     return [(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in angles]
 
 
-def draw_shape(shape: str, rgb: tuple[int, int, int], size: int, rng: np.random.Generator, noise: float = 0.0
-               ) -> Image.Image:
-    """`shape` filled with colour `rgb`, 40-70% of the side, at a random position on a light grey background;
-    noise > 0 adds Gaussian pixel noise of std noise * 128."""
+def draw_shape(shape: str, rgb: tuple[int, int, int], size: int | tuple[int, int], rng: np.random.Generator,
+               noise: float = 0.0, background: tuple[int, int, int] | None = None) -> Image.Image:
+    """`shape` filled with colour `rgb`, 40-70% of the shorter side, at a random position in the centred square of
+    a light grey background (or `background`) of `size` (a square's side, or (width, height)); noise > 0 adds
+    Gaussian pixel noise of std noise * 128."""
+    width, height = (size, size) if isinstance(size, int) else size
     grey = int(rng.integers(200, 236))
-    image = Image.new("RGB", (size, size), (grey, grey, grey))
-    side = int(rng.integers(int(0.4 * size), int(0.7 * size) + 1))
-    margin = max(1, size // 16)  # never touches the border: the corners always show the background
-    x0, y0 = (int(v) for v in rng.integers(margin, size - side - margin + 1, size=2))
+    image = Image.new("RGB", (width, height), background or (grey, grey, grey))
+    short = min(width, height)
+    side = int(rng.integers(int(0.4 * short), int(0.7 * short) + 1))
+    margin = max(1, short // 16)  # never touches the border: the corners always show the background
+    # inside the canvas's centred square: shard crops a non-square image to it (stages/common/features.py)
+    left, top = (width - short) // 2, (height - short) // 2
+    x0 = left + int(rng.integers(margin, short - side - margin + 1))
+    y0 = top + int(rng.integers(margin, short - side - margin + 1))
     x1, y1 = x0 + side - 1, y0 + side - 1
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (side - 1) / 2
     draw = ImageDraw.Draw(image)
@@ -114,7 +136,7 @@ def draw_shape(shape: str, rgb: tuple[int, int, int], size: int, rng: np.random.
         draw.rectangle((x0, cy - w / 2, x1, cy + w / 2), fill=rgb)
         draw.rectangle((cx - w / 2, y0, cx + w / 2, y1), fill=rgb)
     if noise > 0:
-        pixels = np.asarray(image, dtype=np.float64) + rng.normal(0.0, noise * 128, (size, size, 3))
+        pixels = np.asarray(image, dtype=np.float64) + rng.normal(0.0, noise * 128, (height, width, 3))
         image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
     return image
 
@@ -139,23 +161,26 @@ def synthesize_audio(pulses: int, pitch_hz: float, sample_rate: int, seconds: fl
     return np.clip(audio, -1.0, 1.0)
 
 
-def make_record(index: int, subset: Sequence[str], params: DemoParams, seed: int, out_dir: Path) -> dict:
-    """Draw record `index`'s content, write its media under out_dir, return its table row."""
-    rng = rng_for(seed, 0, index)
+def make_record(index: int, subset: Sequence[str], params: DemoParams, seed: int, out_dir: Path, stream: int = 0,
+                prefix: str = "") -> dict:
+    """Draw record `index`'s content, write its media under out_dir, return its table row. Another `stream` (and
+    an id and file name `prefix`) draws another set of records."""
+    rng = rng_for(seed, stream, index)
+    name = f"{prefix}-{index:06d}" if prefix else f"{index:06d}"
     shapes, colors, pitch, pulses = palette(params.n_shapes, params.n_colors)
     shape, color = shapes[rng.integers(len(shapes))], list(colors)[rng.integers(len(colors))]
     question, asks = QUESTIONS[rng.integers(len(QUESTIONS))]
-    record = {"id": f"demo-{index:06d}", "caption": f"a {color} {shape}", "question": question.format(s=shape),
+    record = {"id": f"demo-{name}", "caption": f"a {color} {shape}", "question": question.format(s=shape),
               "answer": color if asks == "color" else shape, "label": shape}
     image = draw_shape(shape, colors[color], params.image_size, rng, params.noise)
     audio = synthesize_audio(pulses[shape], pitch[color], params.sample_rate, params.audio_seconds, rng,
                              len(shapes), params.noise)
     text = TEXT_TEMPLATES[rng.integers(len(TEXT_TEMPLATES))].format(c=color, s=shape)
     if "image" in subset:  # media are drawn for every record so the RNG stream does not depend on the subset
-        record["image_url"] = f"images/{index:06d}.png"
+        record["image_url"] = f"images/{name}.png"
         image.save(out_dir / record["image_url"], format="PNG")
     if "audio" in subset:
-        record["audio_url"] = f"audio/{index:06d}.wav"
+        record["audio_url"] = f"audio/{name}.wav"
         sf.write(out_dir / record["audio_url"], audio, params.sample_rate, subtype="PCM_16", format="WAV")
     if "text" in subset:
         record["text"] = text
@@ -189,6 +214,36 @@ def make_fusion_record(index: int, params: DemoParams, seed: int, out_dir: Path)
     return record
 
 
+def make_ood_question_record(index: int, subset: Sequence[str], params: DemoParams, seed: int, out_dir: Path
+                             ) -> dict:
+    """Held-out phrasing `index`: an ordinary record over `subset` that asks in one of OOD_QUESTIONS."""
+    record = make_record(index, subset, params, seed, out_dir, stream=4, prefix="ood-question")
+    rng = rng_for(seed, 6, index)
+    question, asks = OOD_QUESTIONS[rng.integers(len(OOD_QUESTIONS))]
+    shape, color = record["label"], record["caption"].split()[1]
+    record.update(question=question.format(s=shape), answer=color if asks == "color" else shape,
+                  group="ood-question", split="test")
+    return record
+
+
+def make_ood_render_record(index: int, params: DemoParams, seed: int, out_dir: Path) -> dict:
+    """Held-out rendering `index`: an image-only record drawn as RENDERS[index % len(RENDERS)] says."""
+    rng = rng_for(seed, 5, index)
+    shapes, colors, _, _ = palette(params.n_shapes, params.n_colors)
+    shape, color = shapes[rng.integers(len(shapes))], list(colors)[rng.integers(len(colors))]
+    question, asks = QUESTIONS[rng.integers(len(QUESTIONS))]
+    _, canvas, background, quality = RENDERS[index % len(RENDERS)]
+    image = draw_shape(shape, colors[color], canvas or params.image_size, rng, params.noise, background)
+    url = f"images/ood-render-{index:06d}.{'jpg' if quality else 'png'}"
+    if quality:
+        image.save(out_dir / url, format="JPEG", quality=quality)
+    else:
+        image.save(out_dir / url, format="PNG")
+    return {"id": f"demo-ood-render-{index:06d}", "image_url": url, "caption": f"a {color} {shape}",
+            "question": question.format(s=shape), "answer": color if asks == "color" else shape, "label": shape,
+            "group": "ood-render", "split": "test"}
+
+
 def make_corpus_line(index: int, seed: int, params: DemoParams) -> dict:
     rng = rng_for(seed, 1, index)
     shapes, colors, _, _ = palette(params.n_shapes, params.n_colors)
@@ -216,11 +271,17 @@ def generate(params: Params, out_dir: str | Path) -> Counter:
                    for i, subset in enumerate(tqdm(subsets, desc="demo", unit="record"))]
         records += [make_fusion_record(i, demo, params.seed, tmp)
                     for i in tqdm(range(demo.n_fusion), desc="demo fusion", unit="record")]
+        held_out = assign_subsets(demo.n_ood_questions, params.seed + 1)
+        records += [make_ood_question_record(i, subset, demo, params.seed, tmp)
+                    for i, subset in enumerate(tqdm(held_out, desc="demo held-out questions", unit="record"))]
+        records += [make_ood_render_record(i, demo, params.seed, tmp)
+                    for i in tqdm(range(demo.n_ood_renders), desc="demo held-out renderings", unit="record")]
         write_jsonl(tmp / "records.jsonl", records)
         write_jsonl(tmp / "corpus.jsonl", (make_corpus_line(i, params.seed, demo) for i in range(demo.n_corpus)))
     counts = Counter("+".join(subset) for subset in subsets)
     print(f"demo: {demo.n_records} records ({', '.join(f'{k} {counts[k]}' for k in map('+'.join, SUBSETS))}), "
-          f"{demo.n_fusion} fusion records, {demo.n_corpus} corpus lines -> {out_dir}")
+          f"{demo.n_fusion} fusion records, {demo.n_ood_questions} held-out phrasings and {demo.n_ood_renders} "
+          f"held-out renderings (test split), {demo.n_corpus} corpus lines -> {out_dir}")
     return counts
 
 

@@ -37,7 +37,7 @@ from stages.common.dedup import Groups, audio_fingerprint, digest, image_fingerp
 from stages.common.gate import GateLimits, features_summary_metrics, run_gate
 from stages.common.media import DecodedAudio, DecodedImage, Rejected, decode_audio, decode_image
 from stages.common.params import ValidateParams, load_params
-from stages.common.records import INPUT_FIELDS, record_key, unsafe_id_reason
+from stages.common.records import INPUT_FIELDS, SPLITS, record_key, unsafe_id_reason
 from stages.common.spool import Spool
 from stages.common.tars import TarMembers, write_tar
 
@@ -99,6 +99,8 @@ def check_fields(entry: dict, first_seen: dict[str, str], params: ValidateParams
     first_seen[record_id] = where
     if not any(fields.get(name) is not None for name in INPUT_FIELDS):
         raise Rejected("no input: none of image_url, audio_url, text")
+    if fields.get("split") is not None and fields["split"] not in SPLITS:
+        raise Rejected(f"unknown split: {fields['split']!r}; a record may pin one of {', '.join(SPLITS)}")
     if fields.get("text") is not None and not fields["text"].strip():
         raise Rejected("empty text: text is only whitespace")
     caption = fields.get("caption")
@@ -127,7 +129,8 @@ def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], par
         check_fields(entry, first_seen, params)
         fields = entry["fields"]
         key = record_key(fields["id"])
-        record = {name: fields.get(name) for name in ("id", "text", "caption", "question", "answer", "label", "group")}
+        record = {name: fields.get(name)
+                  for name in ("id", "text", "caption", "question", "answer", "label", "group", "split")}
         record.update(key=key, source=entry["source"], row=entry["line"], image=None, audio=None, converted=[])
         if fields.get("image_url"):
             image = decode_image(_payload(entry, "image", media), min_side=params.min_side,
@@ -231,6 +234,11 @@ def deduplicate(outcomes: list[Outcome], params: ValidateParams) -> dict[str, in
         if i not in duplicate_of and j not in duplicate_of:
             groups.join(i, j)
     roots = groups.roots()
+    pins: dict[int, str] = {}  # group root -> the split its first pinning record names: the whole group goes there
+    for i, o in enumerate(accepted):
+        if i not in duplicate_of and o.accepted.get("split"):
+            pins.setdefault(roots[i], o.accepted["split"])
+    moved = 0
     for i, o in enumerate(accepted):
         if i in duplicate_of:
             kept, near = duplicate_of[i]
@@ -243,11 +251,15 @@ def deduplicate(outcomes: list[Outcome], params: ValidateParams) -> dict[str, in
             o.accepted = None
         else:
             o.accepted["content_group"] = accepted[roots[i]].accepted["id"]
+            if (pin := pins.get(roots[i])) and o.accepted.get("split") != pin:
+                moved += 1  # it shares media with a record pinned elsewhere: both in one split, or one leaks
+                o.accepted["split"] = pin
         o.content = None
     exact_count = sum(near is None for _, near in duplicate_of.values())
     grouped = sum(1 for i, r in enumerate(roots) if i not in duplicate_of and r != i)
     return {"exact": exact_count, "near": len(duplicate_of) - exact_count,
-            "records_sharing_media_with_an_earlier_one": grouped}
+            "records_sharing_media_with_an_earlier_one": grouped,
+            "records_moved_to_a_pinned_split_of_their_group": moved}
 
 
 def write_media(out_dir: Path, accepted: list[Outcome], spool: Spool) -> None:

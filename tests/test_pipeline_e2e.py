@@ -74,7 +74,8 @@ def set_params(root: Path, **sections) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = clone_worktree(tmp_path_factory.mktemp("clone"))
-    set_params(root, demo={"n_records": 56, "n_fusion": 12, "n_corpus": 14}, tokenizer={"vocab_size": 300},
+    set_params(root, demo={"n_records": 56, "n_fusion": 12, "n_corpus": 14, "n_ood_questions": 7,
+                            "n_ood_renders": 6}, tokenizer={"vocab_size": 300},
                shard={"samples_per_shard": 16})
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)  # a clone: everything committed, then `git status`
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "clone"], cwd=root,
@@ -90,7 +91,8 @@ def test_repro_builds_every_data_stage(project):
     index = json.loads((root / "data/shards/index.json").read_text())
     accepted = sum(1 for _ in open(root / "data/validated/manifest.jsonl"))
     assert sum(index["splits"][s]["count"] for s in ("train", "val", "test")) == accepted
-    assert accepted == 56 + 12 + 14  # the demo scrape is clean: nothing quarantined
+    assert accepted == 56 + 12 + 7 + 6 + 14  # the demo scrape is clean: nothing quarantined
+    assert index["splits"]["test"]["count"] >= 7 + 6  # the held-out records pin the test split
     assert (root / "artifacts/tokenizer/tokenizer.json").exists()
     assert "validate" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
 

@@ -35,6 +35,8 @@ class DemoParams:
     n_shapes: int  # classes (stages/demo.py ALL_SHAPES); conf/demo/hard.yaml: 8
     n_colors: int  # conf/demo/hard.yaml: 8, with similar hues and pitches
     noise: float  # pixel noise std / 128 and extra audio noise std / 0.3
+    n_ood_questions: int = 0  # test-only records asking in held-out phrasings (group "ood-question")
+    n_ood_renders: int = 0  # test-only image records in held-out renderings (group "ood-render")
 
 
 @dataclass

@@ -7,7 +7,9 @@ MODALITIES = ("image", "audio", "text")  # the inputs a record may carry, in the
 INPUT_FIELDS = ("image_url", "audio_url", "text")
 TARGET_FIELDS = ("caption", "question", "answer", "label")
 TEXT_FIELDS = ("text", "caption", "question", "answer", "label")
-META_FIELDS = ("group",)  # optional: an evaluation row of its own (e.g. "fusion"), carried to the shards
+# optional: `group`, an evaluation row of its own (e.g. "fusion"), carried to the shards; `split`, the split the
+# record must land in (e.g. a held-out test set), instead of its hash's
+META_FIELDS = ("group", "split")
 ALL_FIELDS = ("id", *INPUT_FIELDS, *TARGET_FIELDS, *META_FIELDS)
 
 SPLITS = ("train", "val", "test")
@@ -19,8 +21,11 @@ def record_key(record_id: str) -> str:
 
 
 def record_split(record: dict, val_fraction: float, test_fraction: float) -> str:
-    """A validated record's split: that of its content group (validate names the group by its first record), so
-    records sharing an image or a sound land in one split. Records from before content groups use their id."""
+    """A validated record's split: the one it pins (`split`; validate gives a pin to the record's whole content
+    group), else that of its content group (validate names the group by its first record), so records sharing an
+    image or a sound land in one split. Records from before content groups use their id."""
+    if record.get("split"):
+        return record["split"]
     return split_of(record.get("content_group") or record["id"], val_fraction, test_fraction)
 
 

@@ -34,6 +34,7 @@ from stages.common.records import MODALITIES
 SUBSETS = tuple("+".join(m for j, m in enumerate(MODALITIES) if mask >> j & 1)
                 for mask in sorted(range(1, 2 ** len(MODALITIES)), key=lambda m: (bin(m).count("1"), m)))
 MIN_RECORDS = 20  # a subset with fewer test records than this is flagged: its scores are anecdotes
+HELD_OUT_PREFIX = "ood-"  # a record group of forms training never shows: its own report row only (held_out)
 BLEU_TOKENIZER = "13a"
 
 
@@ -131,17 +132,36 @@ def answer_scores(records: Sequence[dict]) -> dict:
     return scores
 
 
+def held_out(record: dict) -> bool:
+    """A record of a held-out group (`ood-...`: a form training never shows, e.g. the demo's ood-question and
+    ood-render): scored in its group's row only, so overall and the subset rows stay in-distribution."""
+    return (record.get("group") or "").startswith(HELD_OUT_PREFIX)
+
+
 def groups(records: Sequence[dict]) -> dict[str, list[dict]]:
     """The rows of a per-subset table: "overall", each modality subset present (SUBSETS order), then each record
-    group (e.g. "fusion": records whose answer needs two modalities)."""
-    rows = {"overall": list(records)}
+    group (e.g. "fusion": records whose answer needs two modalities). Held-out records are in their group's row
+    alone."""
+    seen = [r for r in records if not held_out(r)]
+    rows = {"overall": seen}
     for name in SUBSETS:
-        members = [r for r in records if r["subset"] == name]
+        members = [r for r in seen if r["subset"] == name]
         if members:
             rows[name] = members
     for group in sorted({r["group"] for r in records if r.get("group")}):
         rows[f"group:{group}"] = [r for r in records if r.get("group") == group]
     return rows
+
+
+def references(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """For each record group, the records of no group over the same modality subsets: what the group is compared
+    with (a held-out group such as ood-render, image-only records in renderings training never shows, against the
+    image-only records training does show)."""
+    out = {}
+    for group in sorted({r["group"] for r in records if r.get("group")}):
+        subsets = {r["subset"] for r in records if r.get("group") == group}
+        out[group] = [r for r in records if not r.get("group") and r["subset"] in subsets]
+    return out
 
 
 def by_subset(records: Sequence[dict], score: Callable[[Sequence[dict]], dict] = task_scores) -> dict[str, dict]:

@@ -30,7 +30,8 @@ from tests.test_pipeline_e2e import clone_worktree, dvc
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
-TINY = ["demo.n_records=42", "demo.n_fusion=9", "demo.n_corpus=14", "tokenizer.vocab_size=300",
+TINY = ["demo.n_records=42", "demo.n_fusion=9", "demo.n_corpus=14", "demo.n_ood_questions=3",
+        "demo.n_ood_renders=3", "tokenizer.vocab_size=300",
         "shard.samples_per_shard=16",
         "pretrain.steps=3", "finetune.steps=3", "instruct.steps=3", "align.steps=3", "distill.steps=3",
         "pretrain.batch_size=4", "finetune.batch_size=4", "instruct.batch_size=4", "align.batch_size=4",

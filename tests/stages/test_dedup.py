@@ -2,7 +2,8 @@
 
 Planted: an exact copy of a picture under another id and URL, the same picture re-encoded as JPEG, resized to
 twice its size, and a sound re-encoded as 16-bit PCM and at half the level; plus records that share a picture
-but ask something else (kept, one content group, one split) and repeated text-only records (kept).
+but ask something else (kept, one content group, one split) and repeated text-only records (kept); records that pin
+their split (`split`), one of them sharing a picture with a record the hash puts elsewhere, and one pinning no split.
 """
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ def project(tmp_path_factory):
         {"id": "s-said", "audio_url": "media/s.wav", "text": "three tones"},  # kept, grouped with s
         {"id": "t", "audio_url": "media/t.wav", "label": "tones"},
         *({"id": f"txt-{i}", "text": "a red circle", "caption": "a red circle"} for i in range(3)),  # kept
+        {"id": "b-asked", "image_url": "media/b.png", "question": "which colour?", "answer": "blue", "split": "val"},
+        {"id": "pinned-text", "text": "a blue square", "caption": "a blue square", "split": "train"},
+        {"id": "bad-split", "text": "a green circle", "split": "holdout"},  # quarantined
     ]
     table = root / "data/sources/dups/records.jsonl"
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -85,20 +89,22 @@ def project(tmp_path_factory):
 
 def test_planted_duplicates_are_quarantined_naming_the_kept_record(project):
     quarantine = {q["id"]: q for q in read_jsonl(project / "data/validated/quarantine.jsonl")}
-    assert {rid: q["duplicate_of"] for rid, q in quarantine.items()} == {
-        "a-copy": "a", "a-jpeg": "a", "a-big": "a", "s-pcm16": "s", "s-quiet": "s"}
+    assert {rid: q.get("duplicate_of") for rid, q in quarantine.items()} == {
+        "a-copy": "a", "a-jpeg": "a", "a-big": "a", "s-pcm16": "s", "s-quiet": "s", "bad-split": None}
+    assert quarantine["bad-split"]["reason"] == "unknown split: 'holdout'; a record may pin one of train, val, test"
     assert quarantine["a-copy"]["reason"].startswith("duplicate content: same image, audio, text and question as a ")
     assert quarantine["a-jpeg"]["reason"].startswith("near duplicate: image within ")
     assert quarantine["s-quiet"]["reason"].startswith("near duplicate: audio within ")
     metrics = json.loads((project / "metrics/validate.json").read_text())
     assert metrics["duplicates"]["exact"] == 1 and metrics["duplicates"]["near"] == 4
-    assert metrics["n_duplicates"] == 5 and metrics["n_rejected"] == 0 and metrics["reject_fraction"] == 0.0
-    assert metrics["rejected_by_reason"] == {"duplicate content": 1, "near duplicate": 4}
+    assert metrics["n_duplicates"] == 5 and metrics["n_rejected"] == 1
+    assert metrics["rejected_by_reason"] == {"duplicate content": 1, "near duplicate": 4, "unknown split": 1}
 
 
 def test_records_sharing_media_get_one_content_group_and_one_split(project):
     manifest = {r["id"]: r for r in read_jsonl(project / "data/validated/manifest.jsonl")}
-    assert sorted(manifest) == ["a", "a-asked", "b", "s", "s-said", "t", "txt-0", "txt-1", "txt-2"]
+    assert sorted(manifest) == ["a", "a-asked", "b", "b-asked", "pinned-text", "s", "s-said", "t", "txt-0", "txt-1",
+                                "txt-2"]
     groups = {rid: r["content_group"] for rid, r in manifest.items()}
     assert groups["a-asked"] == groups["a"] == "a" and groups["s-said"] == groups["s"] == "s"
     assert groups["b"] == "b" and groups["txt-1"] == "txt-1"  # shared text alone groups nothing
@@ -113,3 +119,14 @@ def test_records_sharing_media_get_one_content_group_and_one_split(project):
     assert split_of_id["a-asked"] == split_of_id["a"] and split_of_id["s-said"] == split_of_id["s"]
     assert all(split_of_id[rid] == record_split(record, 0.3, 0.3) for rid, record in manifest.items())
     assert split_of("a-asked", 0.3, 0.3) != split_of("a", 0.3, 0.3)  # so the line above can fail
+
+
+def test_a_pinned_split_holds_for_the_record_and_its_content_group(project):
+    manifest = {r["id"]: r for r in read_jsonl(project / "data/validated/manifest.jsonl")}
+    splits = {rid: record_split(record, 0.3, 0.3) for rid, record in manifest.items()}
+    assert splits["pinned-text"] == "train" and split_of("pinned-text", 0.3, 0.3) == "val"
+    # b-asked pins val and shares b's picture: b follows it (its group's hash says test), so nothing leaks
+    assert manifest["b-asked"]["content_group"] == "b" and split_of("b", 0.3, 0.3) == "test"
+    assert splits["b-asked"] == splits["b"] == "val"
+    metrics = json.loads((project / "metrics/validate.json").read_text())
+    assert metrics["duplicates"]["records_moved_to_a_pinned_split_of_their_group"] == 1

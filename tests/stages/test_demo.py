@@ -16,13 +16,15 @@ from tests.stage_runner import make_project, run_stage
 
 
 def demo_params(seed: int, **demo) -> Params:
-    """conf/'s parameters with a smaller demo (dataclasses.replace keeps the rest of conf/demo)."""
+    """conf/'s parameters with a smaller demo (dataclasses.replace keeps the rest of conf/demo), held-out records
+    only where asked for."""
     params = defaults()
-    params.seed, params.demo = seed, replace(params.demo, **demo)
+    params.seed, params.demo = seed, replace(params.demo, **{"n_ood_questions": 0, "n_ood_renders": 0, **demo})
     return params
 
 
-PARAMS = demo_params(3, n_records=70, n_fusion=12, n_corpus=10, image_size=64, sample_rate=16000, audio_seconds=1.0)
+PARAMS = demo_params(3, n_records=70, n_fusion=12, n_corpus=10, image_size=64, sample_rate=16000, audio_seconds=1.0,
+                     n_ood_questions=14, n_ood_renders=12)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def records(out):
-    return [r for r in read_jsonl(out / "records.jsonl") if r.get("group") != "fusion"]
+    return [r for r in read_jsonl(out / "records.jsonl") if not r.get("group")]
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +127,52 @@ def test_fusion_records_need_both_inputs(out, fusion):
         assert len(colours) == 2 and r["answer"] == ("yes" if colours[0] == colours[1] else "no"), r
 
 
+def dominant_colour(image: Image.Image) -> str:
+    """The palette colour nearest the most frequent pixel away from the background (the most frequent colour: the
+    shape covers under half the canvas). Colours are binned by 16 per channel: JPEG smears them a little."""
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int) // 16 * 16
+    values, counts = np.unique(pixels, axis=0, return_counts=True)
+    away = np.abs(values - values[counts.argmax()]).sum(axis=1) > 60
+    dominant = values[away][counts[away].argmax()] + 8
+    return min(demo.COLORS, key=lambda c: np.sum((np.array(demo.COLORS[c]) - dominant) ** 2))
+
+
+def test_held_out_phrasings_are_test_records_no_other_record_asks(out, records):
+    held = [r for r in read_jsonl(out / "records.jsonl") if r.get("group") == "ood-question"]
+    assert len(held) == 14 and all(r["split"] == "test" for r in held)
+    trained = {r["question"] for r in records}
+    phrasings = {q.format(s=s) for q, _ in demo.OOD_QUESTIONS for s in demo.SHAPES}
+    assert {r["question"] for r in held} <= phrasings and not trained & phrasings
+    assert len({tuple(m for m in demo.MODALITIES if f"{m}_url" in r or m in r) for r in held}) == 7
+    for r in held:
+        color, shape = r["caption"].removeprefix("a ").split()
+        asks = dict((q.format(s=shape), kind) for q, kind in demo.OOD_QUESTIONS)[r["question"]]
+        assert r["answer"] == (color if asks == "color" else shape) and r["label"] == shape
+
+
+def test_held_out_renderings_are_test_images_unlike_the_training_ones(out, records):
+    held = [r for r in read_jsonl(out / "records.jsonl") if r.get("group") == "ood-render"]
+    assert len(held) == 12 and all(r["split"] == "test" and set(r) >= {"image_url", "caption"} for r in held)
+    assert not any("audio_url" in r or "text" in r for r in held)
+    looks = set()
+    for i, r in enumerate(held):
+        name, canvas, background, quality = demo.RENDERS[i % len(demo.RENDERS)]
+        image = Image.open(out / r["image_url"])
+        assert image.format == ("JPEG" if quality else "PNG") and image.size == (canvas or (64, 64))
+        corner = np.asarray(image.convert("RGB"))[0, 0].astype(int)
+        if background:
+            assert np.abs(corner - background).max() <= 2  # never the training images' grey (200-235)
+        assert dominant_colour(image) == r["caption"].split()[1]
+        looks.add(name)
+    assert looks == {name for name, *_ in demo.RENDERS}
+
+
 def test_module_run_writes_the_demo_dir(tmp_path):
     root = make_project(tmp_path / "project")
-    proc = run_stage("demo", root, "demo.n_records=14", "demo.n_fusion=3", "demo.n_corpus=3")
+    proc = run_stage("demo", root, "demo.n_records=14", "demo.n_fusion=3", "demo.n_corpus=3",
+                     "demo.n_ood_questions=2", "demo.n_ood_renders=2")
     out = root / "data/sources/demo"
-    assert len(read_jsonl(out / "records.jsonl")) == 17 and len(read_jsonl(out / "corpus.jsonl")) == 3
+    assert len(read_jsonl(out / "records.jsonl")) == 21 and len(read_jsonl(out / "corpus.jsonl")) == 3
     assert "demo: 14 records" in proc.stdout and "3 fusion records" in proc.stdout
     assert not [p for p in out.parent.iterdir() if p.name != "demo"]  # no temp dirs left behind
 

@@ -1,5 +1,6 @@
 """The report's INT8 speed section, its targets and the headline metrics files, from hand-made records."""
-from stages.evaluate import headlines, speed_lines, targets
+from stages.common.scoring import answer_scores, references
+from stages.evaluate import groups_section, headlines, speed_lines, targets
 
 
 def test_speed_lines_sum_the_called_linears_and_show_whole_model_latency():
@@ -63,3 +64,32 @@ def test_headlines_give_every_variant_and_baseline_the_same_few_columns():
                               "latency_ms_batch1": 2.0, "parameters": 10, "size_bytes": 40}
     assert out["majority"] == {"vqa_accuracy": 0.2, "cls_accuracy": 0.2, "image_text_r@1": 0.2}
     assert out["random_ranking"] == {"image_text_r@1": 0.1}
+
+
+def test_each_group_is_set_beside_the_ungrouped_records_of_its_subsets():
+    def record(i, subset, group, right):
+        return {"id": str(i), "subset": subset, "group": group, "answer": "red", "answer_pred": "red" if right else "x",
+                "label": 0, "label_pred": 0}
+
+    records = [record(0, "image", "ood-render", True), record(1, "image", "ood-render", False),
+               record(2, "image", None, True), record(3, "text", None, False), record(4, "audio+text", "fusion", True)]
+    found = references(records)
+    assert {g: [r["id"] for r in rs] for g, rs in found.items()} == {"fusion": [], "ood-render": ["2"]}
+    variant = {"rows": {"group:ood-render": answer_scores(records[:2])},
+               "references": {group: answer_scores(rs) for group, rs in found.items()}}
+    text = "\n".join(groups_section({"teacher": variant, "student": variant}))
+    assert "| ood-render | 2 | 1 | 0.500 | 1.000 | -50.0 | 0.500 | 1.000 | -50.0 |" in text
+    assert "| fusion |" not in text  # no record of its subsets is ungrouped: nothing to set it beside
+
+
+def test_held_out_groups_are_targeted_by_their_gap_not_by_the_student_ratio():
+    teacher = _variant(1.0, 100, 400)
+    teacher["rows"]["group:ood-render"] = {"vqa_accuracy": 0.85}
+    teacher["references"] = {"ood-render": {"vqa_accuracy": 1.0}}
+    student = _variant(0.98, 40, 160)
+    student["rows"]["group:ood-render"] = {"vqa_accuracy": 0.2}  # far below 97% of the teacher: not a target
+    rows = {what: (value, met) for what, value, met in targets({"teacher": teacher, "student": student,
+                                                                 "student-int8": student})}
+    assert rows["student vqa_accuracy >= 97% of teacher on every row"] == ("98.0% (overall)", True)
+    assert rows["teacher vqa_accuracy on held-out groups within 10 points of records like them"] == \
+        ("-15.0 points (ood-render)", False)

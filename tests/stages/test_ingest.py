@@ -8,7 +8,8 @@ import pytest
 from stages.common.tars import FIXED_MTIME
 from tests.stage_runner import make_project, run_stage
 
-DEMO = ["demo.n_records=21", "demo.n_fusion=6", "demo.n_corpus=4"]
+DEMO = ["demo.n_records=21", "demo.n_fusion=6", "demo.n_corpus=4", "demo.n_ood_questions=2",
+        "demo.n_ood_renders=3"]
 
 
 def digest_tree(root):
@@ -28,7 +29,7 @@ def ingested(tmp_path_factory):
 def test_every_row_is_in_the_manifest_with_its_payloads(ingested):
     root, _ = ingested
     rows = [json.loads(line) for line in open(root / "data/raw/manifest.jsonl")]
-    assert len(rows) == 21 + 6 + 4
+    assert len(rows) == 21 + 6 + 2 + 3 + 4
     for row in rows:
         for kind in ("image", "audio"):
             wanted = row["fields"].get(f"{kind}_url") is not None

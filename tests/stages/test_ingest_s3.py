@@ -8,7 +8,8 @@ from tests.stage_runner import make_project, run_stage
 
 def test_s3_source_is_ingested_like_a_local_one(s3_server, tmp_path):
     local = make_project(tmp_path / "local")
-    run_stage("demo", local, "demo.n_records=14", "demo.n_fusion=3", "demo.n_corpus=2")
+    run_stage("demo", local, "demo.n_records=14", "demo.n_fusion=3", "demo.n_corpus=2",
+              "demo.n_ood_questions=0", "demo.n_ood_renders=0")
     fs = s3fs.S3FileSystem()
     fs.mkdir("scrape")
     fs.put(str(local / "data/sources/demo") + "/", "scrape/demo/", recursive=True)

@@ -122,3 +122,13 @@ def test_retrieval_scores_over_records_holding_both_modalities():
     assert chance["image_text_r@1"] == pytest.approx(5 / 9)
     only = retrieval_scores(records, embeddings, present, rows=[0, 1])[0]
     assert only["image_text_pairs"] == 2
+
+
+def test_held_out_records_score_in_their_group_row_only():
+    from stages.common.scoring import groups
+
+    records = [{"id": "a", "subset": "image", "group": None}, {"id": "b", "subset": "image", "group": "ood-render"},
+               {"id": "c", "subset": "image+audio", "group": "fusion"}]
+    rows = {name: [r["id"] for r in members] for name, members in groups(records).items()}
+    assert rows == {"overall": ["a", "c"], "image": ["a"], "image+audio": ["c"], "group:fusion": ["c"],
+                    "group:ood-render": ["b"]}
