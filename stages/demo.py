@@ -70,8 +70,15 @@ SUBSETS = tuple(  # all 7 non-empty subsets of MODALITIES
 )
 TEXT_TEMPLATES = ("there is a {c} {s}", "a {s}, colored {c}", "the picture shows a {c} {s}",
                   "a {c} {s} on a grey background", "i can see one {c} {s}", "this {s} is {c}")
+# Eight phrasings per question kind, some naming the shape while asking its colour ("what is the color of this
+# shape?"): the word that says what is asked varies in place and spelling, so a model cannot answer by template
 QUESTIONS = (("what color is the shape?", "color"), ("what color is the {s}?", "color"),
-             ("what shape is it?", "shape"), ("which shape is shown?", "shape"))
+             ("which color does the {s} have?", "color"), ("what is the color of this shape?", "color"),
+             ("tell me its color.", "color"), ("what colour is the {s}?", "color"),
+             ("the shape has which color?", "color"), ("name the color of the shape.", "color"),
+             ("what shape is it?", "shape"), ("which shape is shown?", "shape"), ("what is the shape?", "shape"),
+             ("what kind of shape is shown?", "shape"), ("name the shape shown.", "shape"),
+             ("which shape is this?", "shape"), ("what shape do you see?", "shape"), ("tell me the shape.", "shape"))
 CORPUS_TEMPLATES = ("the {c} {s} is next to a {c2} {s2}", "a {c} {s} and a {c2} {s2}", "the {s} is {c}",
                     "there are {n} {c} {s}s", "a {c} {s} sits above a {c2} {s2}", "{c} is the color of the {s}")
 NUMBERS = ("two", "three", "four", "five")

@@ -67,7 +67,8 @@ def test_targets_are_consistent(records):
     for r in records:
         color, shape = r["caption"].removeprefix("a ").split()
         assert color in demo.COLORS and shape in demo.SHAPES and r["label"] == shape
-        assert r["answer"] == (color if "color" in r["question"] else shape)
+        asks = dict((q.format(s=shape), kind) for q, kind in demo.QUESTIONS)[r["question"]]
+        assert r["answer"] == (color if asks == "color" else shape)
         if "text" in r:
             assert color in r["text"] and shape in r["text"]
 
