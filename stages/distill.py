@@ -28,7 +28,7 @@ from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedModel
 from model.families import DEEPSEEK_VL, family_of_model, load_pretrained
 from model.losses import kd_loss
 from model.modeling import TrimodalForConditionalGeneration
-from model.objectives import contrastive_losses
+from model.objectives import contrastive_losses, view_losses
 from stages.common.atomic import write_json
 from stages.common.batches import decoder_labels, model_inputs, question_prefixed, same_caption
 from stages.common.checkpoint import fingerprint
@@ -89,7 +89,8 @@ def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> tup
 
 def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temperature: float) -> StepFn:
     """The KD objectives for `train`: ce (caption), vqa (answer) and cls, each soft (teacher) + hard (labels),
-    plus the student's own contrastive losses."""
+    plus the student's own contrastive losses and image views (caption and class from the image alone, on records
+    that also hold text or audio: the student's vision path idles beside them as the teacher's did)."""
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = model_inputs(batch)
@@ -98,11 +99,13 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
         with torch.no_grad():
             teacher_encoded = teacher.encoder(**inputs)
             taught = teacher(encoder_outputs=teacher_encoded, decoder_input_ids=decoder_input_ids)
-        encoded = model.encoder(**inputs)
+        streams = model.encoder.streams(**inputs)
+        encoded = model.encoder.fuse(streams)
         out = model(encoder_outputs=encoded, decoder_input_ids=decoder_input_ids)
         losses = {"ce": kd_loss(out.logits, taught.logits, caption, alpha, temperature),
                   "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature),
-                  **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable"))}
+                  **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable")),
+                  **view_losses(model, streams, caption, batch["label"])}
         asked, answer = question_prefixed(batch, model.config)  # the question as the decoder's prefix
         if (answer != -100).any():
             with torch.no_grad():
