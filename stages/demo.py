@@ -91,6 +91,18 @@ OOD_QUESTIONS = (("what color is it?", "color"), ("which colour is this shape?",
 RENDERS = (("a larger canvas", (128, 128), None, None), ("a smaller canvas", (40, 40), None, None),
            ("a wide canvas", (200, 150), None, None), ("a white background", None, (255, 255, 255), None),
            ("a dark background", None, (40, 40, 48), None), ("JPEG, quality 60", None, None, 60))
+# The described demo (`demo.captions: described`, conf/demo/described.yaml): each record also has a size and a
+# place, which every modality carries (image: the shape's size and where its centre lies across; audio: loudness
+# and when the tones start; text: the words), a caption of 10 words naming all four, and answers that are phrases.
+SIZES = {"small": ((0.25, 0.32), 0.12), "medium": ((0.38, 0.45), 0.3), "large": ((0.5, 0.57), 0.7)}  # side, loudness
+PLACES = {"left": ("on the left", (0.0, 0.38), (0.02, 0.06)), "middle": ("in the middle", (0.45, 0.55), (0.12, 0.16)),
+          "right": ("on the right", (0.62, 1.0), (0.22, 0.26))}  # words, centre x, onset
+DESCRIBED_TEXT = ("there is a {z} {c} {s} {p} of the picture", "a {c} {s}, {z}, {p}", "i can see one {z} {c} {s} {p}",
+                  "the picture shows a {z} {c} {s} {p}", "this {s} is {z} and {c}, {p}")
+DESCRIBED_QUESTIONS = (("what color is the shape?", "color"), ("which color does the {s} have?", "color"),
+                       ("what shape is it?", "shape"), ("which shape is shown?", "shape"),
+                       ("how big is the shape?", "size"), ("what size is the {s}?", "size"),
+                       ("where is the shape?", "place"), ("where is the {s} drawn?", "place"))
 FUSION_PAIRS = (("image", "audio"), ("image", "text"), ("audio", "text"))
 FUSION_QUESTIONS = {("image", "audio"): "does the tone match the color of the shape?",
                     ("image", "text"): "does the sentence match the color of the shape?",
@@ -108,19 +120,26 @@ def regular_polygon(cx: float, cy: float, radius: float, corners: int, start: fl
 
 
 def draw_shape(shape: str, rgb: tuple[int, int, int], size: int | tuple[int, int], rng: np.random.Generator,
-               noise: float = 0.0, background: tuple[int, int, int] | None = None) -> Image.Image:
+               noise: float = 0.0, background: tuple[int, int, int] | None = None,
+               layout: tuple[tuple[float, float], tuple[float, float]] | None = None) -> Image.Image:
     """`shape` filled with colour `rgb`, 40-70% of the shorter side, at a random position in the centred square of
     a light grey background (or `background`) of `size` (a square's side, or (width, height)); noise > 0 adds
-    Gaussian pixel noise of std noise * 128."""
+    Gaussian pixel noise of std noise * 128. `layout` ((side from, to), (centre x from, to)), fractions of the
+    shorter side, bounds the shape's size and where its centre lies across (the described demo's attributes)."""
     width, height = (size, size) if isinstance(size, int) else size
     grey = int(rng.integers(200, 236))
     image = Image.new("RGB", (width, height), background or (grey, grey, grey))
     short = min(width, height)
-    side = int(rng.integers(int(0.4 * short), int(0.7 * short) + 1))
+    sides = layout[0] if layout else (0.4, 0.7)
+    side = int(rng.integers(int(sides[0] * short), int(sides[1] * short) + 1))
     margin = max(1, short // 16)  # never touches the border: the corners always show the background
     # inside the canvas's centred square: shard crops a non-square image to it (stages/common/features.py)
     left, top = (width - short) // 2, (height - short) // 2
-    x0 = left + int(rng.integers(margin, short - side - margin + 1))
+    lo, hi = margin, short - side - margin
+    if layout:  # the left edges that put the centre inside layout[1] (the nearest one when none does)
+        lo = min(hi, max(lo, round(layout[1][0] * short - side / 2)))
+        hi = max(lo, min(hi, round(layout[1][1] * short - side / 2)))
+    x0 = left + int(rng.integers(lo, hi + 1))
     y0 = top + int(rng.integers(margin, short - side - margin + 1))
     x1, y1 = x0 + side - 1, y0 + side - 1
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (side - 1) / 2
@@ -149,9 +168,12 @@ def draw_shape(shape: str, rgb: tuple[int, int, int], size: int | tuple[int, int
 
 
 def synthesize_audio(pulses: int, pitch_hz: float, sample_rate: int, seconds: float, rng: np.random.Generator,
-                     max_pulses: int = 3, noise: float = 0.0) -> np.ndarray:
+                     max_pulses: int = 3, noise: float = 0.0, loudness: float | None = None,
+                     onset: tuple[float, float] | None = None) -> np.ndarray:
     """`pulses` tone bursts at pitch_hz, jittered in amplitude and onset, plus a little noise (std 0.01 + 0.3 *
-    noise). Bursts and gaps shrink so that max_pulses of them fit in 80% of the clip."""
+    noise). Bursts and gaps shrink so that max_pulses of them fit in 80% of the clip. `loudness` fixes the bursts'
+    amplitude and `onset` (fractions of the clip) bounds where the first starts: the described demo's size and
+    position."""
     n = round(sample_rate * seconds)
     k = max(3, max_pulses)
     pulse, gap = round(0.54 / k * n), round(0.24 / k * n)
@@ -160,11 +182,14 @@ def synthesize_audio(pulses: int, pitch_hz: float, sample_rate: int, seconds: fl
     envelope[:fade] = envelope[-fade:][::-1] = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
     tone = np.sin(2 * np.pi * pitch_hz * np.arange(pulse) / sample_rate) * envelope
     span = pulses * pulse + (pulses - 1) * gap
-    start = int(rng.integers(round(0.02 * n), n - span - round(0.02 * n) + 1))
+    lo, hi = round(0.02 * n), n - span - round(0.02 * n)
+    if onset:
+        lo, hi = min(hi, max(lo, round(onset[0] * n))), min(hi, round(onset[1] * n))
+    start = int(rng.integers(lo, max(lo, hi) + 1))
     audio = rng.normal(0.0, 0.01 + 0.3 * noise, n)
     for j in range(pulses):
         at = start + j * (pulse + gap)
-        audio[at:at + pulse] += rng.uniform(0.3, 0.6) * tone
+        audio[at:at + pulse] += (loudness if loudness else rng.uniform(0.3, 0.6)) * tone
     return np.clip(audio, -1.0, 1.0)
 
 
@@ -176,6 +201,8 @@ def make_record(index: int, subset: Sequence[str], params: DemoParams, seed: int
     name = f"{prefix}-{index:06d}" if prefix else f"{index:06d}"
     shapes, colors, pitch, pulses = palette(params.n_shapes, params.n_colors)
     shape, color = shapes[rng.integers(len(shapes))], list(colors)[rng.integers(len(colors))]
+    if params.captions == "described":
+        return described_record(index, subset, params, seed, out_dir, name, shape, color)
     question, asks = QUESTIONS[rng.integers(len(QUESTIONS))]
     record = {"id": f"demo-{name}", "caption": f"a {color} {shape}", "question": question.format(s=shape),
               "answer": color if asks == "color" else shape, "label": shape}
@@ -191,6 +218,33 @@ def make_record(index: int, subset: Sequence[str], params: DemoParams, seed: int
         sf.write(out_dir / record["audio_url"], audio, params.sample_rate, subtype="PCM_16", format="WAV")
     if "text" in subset:
         record["text"] = text
+    return record
+
+
+def described_record(index: int, subset: Sequence[str], params: DemoParams, seed: int, out_dir: Path, name: str,
+                     shape: str, color: str) -> dict:
+    """Record `index` of the described demo: `shape` in `color` with a size and a place (SIZES, PLACES), a caption
+    naming all four, a question about one of them answered in a phrase; its own random stream."""
+    rng = rng_for(seed, 7, index)
+    shapes, colors, pitch, pulses = palette(params.n_shapes, params.n_colors)
+    size, place = list(SIZES)[rng.integers(len(SIZES))], list(PLACES)[rng.integers(len(PLACES))]
+    (sides, loudness), (words, across, onset) = SIZES[size], PLACES[place]
+    question, asks = DESCRIBED_QUESTIONS[rng.integers(len(DESCRIBED_QUESTIONS))]
+    answer = {"color": f"it is {color}", "shape": f"it is a {shape}", "size": f"it is {size}", "place": words}[asks]
+    record = {"id": f"demo-{name}", "caption": f"a {size} {color} {shape} {words} of the picture",
+              "question": question.format(s=shape), "answer": answer, "label": shape}
+    if "image" in subset:
+        record["image_url"] = f"images/{name}.png"
+        draw_shape(shape, colors[color], params.image_size, rng, params.noise, layout=(sides, across)).save(
+            out_dir / record["image_url"], format="PNG")
+    if "audio" in subset:
+        record["audio_url"] = f"audio/{name}.wav"
+        audio = synthesize_audio(pulses[shape], pitch[color], params.sample_rate, params.audio_seconds, rng,
+                                 len(shapes), params.noise, loudness=loudness, onset=onset)
+        sf.write(out_dir / record["audio_url"], audio, params.sample_rate, subtype="PCM_16", format="WAV")
+    if "text" in subset:
+        template = DESCRIBED_TEXT[rng.integers(len(DESCRIBED_TEXT))]
+        record["text"] = template.format(z=size, c=color, s=shape, p=words)
     return record
 
 
@@ -270,6 +324,11 @@ def assign_subsets(n: int, seed: int) -> list[tuple[str, ...]]:
 def generate(params: Params, out_dir: str | Path) -> Counter:
     """Write the whole demo scrape to out_dir atomically; returns record counts per modality subset."""
     demo = params.demo
+    if demo.captions not in ("short", "described"):
+        raise ValueError(f"demo.captions must be 'short' or 'described', got {demo.captions!r}")
+    if demo.captions == "described" and (demo.n_ood_questions or demo.n_ood_renders):
+        raise ValueError("demo.captions=described has no held-out records: set demo.n_ood_questions=0 and "
+                         "demo.n_ood_renders=0 (conf/demo/described.yaml does)")
     subsets = assign_subsets(demo.n_records, params.seed)
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()

@@ -37,6 +37,7 @@ class DemoParams:
     noise: float  # pixel noise std / 128 and extra audio noise std / 0.3
     n_ood_questions: int = 0  # test-only records asking in held-out phrasings (group "ood-question")
     n_ood_renders: int = 0  # test-only image records in held-out renderings (group "ood-render")
+    captions: str = "short"  # "a red circle"; "described": size and place too, in 10 words (conf/demo/described.yaml)
 
 
 @dataclass

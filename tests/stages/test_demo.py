@@ -227,3 +227,41 @@ def test_demo_is_not_generated_when_no_source_names_it(tmp_path):
     assert list(written[14]) == ["UNUSED.txt"] and written[14] == written[21]
     assert demo.named(["file://" + str(root / "data/sources/demo/records.jsonl")], root / "data/sources/demo")
     assert not demo.named(["s3://bucket/data/sources/demo/records.jsonl"], root / "data/sources/demo")
+
+
+def test_the_described_variant_carries_size_and_place_in_every_modality_and_in_long_captions(tmp_path):
+    params = demo_params(4, n_records=42, n_fusion=3, n_corpus=2, captions="described")
+    demo.generate(params, tmp_path / "described")
+    records = [r for r in read_jsonl(tmp_path / "described/records.jsonl") if not r.get("group")]
+    assert len({r["caption"] for r in records}) > 10
+    for r in records:
+        words = r["caption"].split()
+        size, color, shape = words[1:4]
+        place = next(p for p, (phrase, *_) in demo.PLACES.items() if phrase in r["caption"])
+        assert len(words) == 10 and r["caption"] == f"a {size} {color} {shape} {demo.PLACES[place][0]} of the picture"
+        asks = dict((q.format(s=shape), kind) for q, kind in demo.DESCRIBED_QUESTIONS)[r["question"]]
+        assert r["answer"] == {"color": f"it is {color}", "shape": f"it is a {shape}", "size": f"it is {size}",
+                               "place": demo.PLACES[place][0]}[asks]
+        if "text" in r:
+            assert all(w in r["text"] for w in (size, color, shape, demo.PLACES[place][0]))
+        if "image_url" in r:
+            pixels = np.asarray(Image.open(tmp_path / "described" / r["image_url"])).astype(int)
+            ys, xs = np.nonzero((pixels != pixels[0, 0]).any(axis=2))
+            side, centre = (np.ptp(xs) + 1) / 64, xs.mean() / 64
+            (low, high), _ = demo.SIZES[size]
+            assert low - 0.03 <= side <= high + 0.03, (r, side)
+            assert {"left": centre < 0.45, "middle": 0.4 < centre < 0.6, "right": centre > 0.55}[place], (r, centre)
+        if "audio_url" in r:
+            audio, rate = sf.read(tmp_path / "described" / r["audio_url"])
+            loud = np.flatnonzero(np.abs(audio) > 0.05)
+            _, _, (first, last) = demo.PLACES[place]
+            assert first - 0.01 <= loud[0] / len(audio) <= last + 0.01, (r, loud[0] / len(audio))
+            assert abs(np.abs(audio).max() - demo.SIZES[size][1]) < 0.05, r  # the bursts' amplitude
+
+
+def test_the_described_variant_refuses_held_out_records_it_cannot_describe(tmp_path):
+    with pytest.raises(ValueError, match="demo.captions=described has no held-out records"):
+        demo.generate(demo_params(4, n_records=7, n_fusion=0, n_corpus=1, captions="described", n_ood_renders=2),
+                      tmp_path / "x")
+    with pytest.raises(ValueError, match="demo.captions must be"):
+        demo.generate(demo_params(4, n_records=7, n_fusion=0, n_corpus=1, captions="long"), tmp_path / "y")
