@@ -71,6 +71,9 @@ def set_params(root: Path, **sections) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+DEMO_RECORDS = 56 + 12 + 7 + 6 + 14  # records, fusion, held-out phrasings and renderings, corpus: as set below
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = clone_worktree(tmp_path_factory.mktemp("clone"))
@@ -91,7 +94,7 @@ def test_repro_builds_every_data_stage(project):
     index = json.loads((root / "data/shards/index.json").read_text())
     accepted = sum(1 for _ in open(root / "data/validated/manifest.jsonl"))
     assert sum(index["splits"][s]["count"] for s in ("train", "val", "test")) == accepted
-    assert accepted == 56 + 12 + 7 + 6 + 14  # the demo scrape is clean: nothing quarantined
+    assert accepted == DEMO_RECORDS  # the demo scrape is clean: nothing quarantined
     assert index["splits"]["test"]["count"] >= 7 + 6  # the held-out records pin the test split
     assert (root / "artifacts/tokenizer/tokenizer.json").exists()
     assert "validate" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
@@ -110,7 +113,7 @@ def assert_recovers_from_validate(root: Path) -> str:
     assert "Running stage 'validate'" in rerun or "Stage 'validate' is cached" in rerun, rerun
     assert "Stage 'ingest' didn't change" in rerun and "Stage 'demo' didn't change" in rerun, rerun
     assert "up to date" in dvc(root, "status", "--with-deps", "shard").stdout.lower()
-    assert len((root / "data/validated/manifest.jsonl").read_text().splitlines()) == 56 + 12 + 14
+    assert len((root / "data/validated/manifest.jsonl").read_text().splitlines()) == DEMO_RECORDS
     return rerun
 
 
