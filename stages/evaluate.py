@@ -48,6 +48,7 @@ from stages.common.scoring import (
     by_subset,
     fill_cider,
     headline,
+    held_out_row,
     record_of,
     references,
     retrieval_by_row,
@@ -185,7 +186,7 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
     rows = [("student parameters <= 0.5x teacher", f"{s['parameters'] / t['parameters']:.3f}x",
              s["parameters"] <= 0.5 * t["parameters"])]
     for key in ("vqa_accuracy", "cls_accuracy", "caption_exact"):
-        scored = [row for row in t["rows"] if key in t["rows"][row] and not row.startswith(f"group:{HELD_OUT_PREFIX}")]
+        scored = [row for row in t["rows"] if key in t["rows"][row] and not held_out_row(row)]
         worst = min(scored, key=lambda row: s["rows"][row][key] - 0.97 * t["rows"][row][key])
         student, teacher = s["rows"][worst][key], t["rows"][worst][key]
         shown = f"{student / teacher:.1%} ({worst})" if teacher else f"{student:.3f} vs teacher 0 ({worst})"

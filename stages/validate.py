@@ -37,7 +37,7 @@ from stages.common.dedup import Groups, audio_fingerprint, digest, image_fingerp
 from stages.common.gate import GateLimits, features_summary_metrics, run_gate
 from stages.common.media import DecodedAudio, DecodedImage, Rejected, decode_audio, decode_image
 from stages.common.params import ValidateParams, load_params
-from stages.common.records import INPUT_FIELDS, SPLITS, record_key, unsafe_id_reason
+from stages.common.records import INPUT_FIELDS, META_FIELDS, SPLITS, TARGET_FIELDS, record_key, unsafe_id_reason
 from stages.common.spool import Spool
 from stages.common.tars import TarMembers, write_tar
 
@@ -129,8 +129,7 @@ def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], par
         check_fields(entry, first_seen, params)
         fields = entry["fields"]
         key = record_key(fields["id"])
-        record = {name: fields.get(name)
-                  for name in ("id", "text", "caption", "question", "answer", "label", "group", "split")}
+        record = {name: fields.get(name) for name in ("id", "text", *TARGET_FIELDS, *META_FIELDS)}
         record.update(key=key, source=entry["source"], row=entry["line"], image=None, audio=None, converted=[])
         if fields.get("image_url"):
             image = decode_image(_payload(entry, "image", media), min_side=params.min_side,

@@ -1,5 +1,5 @@
-"""Text from an encoder output: greedy decoding (or sampling), as the val scores, the evaluate stage and
-`trimodal` use it."""
+"""Text from an encoder output: greedy captions, and greedy or sampled continuations of decoder prompts
+(answers, chat responses), as the val scores, the evaluate stage, the alignment stages and `trimodal` use them."""
 from __future__ import annotations
 
 import torch
@@ -11,14 +11,7 @@ ANSWER_TOKENS = 6  # answers are a word or two
 
 def greedy(model, tokenizer, encoded, max_new_tokens: int) -> list[str]:
     """One string per sample (special tokens and outer spaces dropped); the encoder does not run again."""
-    return decoded(model, tokenizer, encoded, max_new_tokens)
-
-
-def decoded(model, tokenizer, encoded, max_new_tokens: int, sample: bool = False) -> list[str]:
-    """greedy, or with `sample` drawn from the model's distribution (temperature 1, no top-k; torch's global
-    generator: seed it first)."""
-    search = {"do_sample": True, "top_k": 0} if sample else {"do_sample": False}
-    ids = model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens, num_beams=1, **search)
+    ids = model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
     return [s.strip() for s in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 

@@ -138,6 +138,12 @@ def held_out(record: dict) -> bool:
     return (record.get("group") or "").startswith(HELD_OUT_PREFIX)
 
 
+def held_out_row(row: str) -> bool:
+    """A report row of a held-out group (`group:ood-...`): judged by its gap to the records like it, not held to
+    the in-distribution targets."""
+    return row.startswith(f"group:{HELD_OUT_PREFIX}")
+
+
 def groups(records: Sequence[dict]) -> dict[str, list[dict]]:
     """The rows of a per-subset table: "overall", each modality subset present (SUBSETS order), then each record
     group (e.g. "fusion": records whose answer needs two modalities). Held-out records are in their group's row
