@@ -6,6 +6,8 @@ import torch
 
 from stages.common.records import MODALITIES
 
+SPECIAL_TOKENS = ("pad", "bos", "eos", "mask", "unk", "decoder_start")  # config.<name>_token_id: never a noise token
+
 
 def model_inputs(batch: dict) -> dict:
     """Loader batch (stages.common.loader) -> the model's encoder arguments."""
@@ -62,6 +64,63 @@ def question_prefixed(batch: dict, config) -> tuple[torch.Tensor, torch.Tensor]:
     for i, (r, t) in enumerate(zip(rows, labels, strict=True)):
         ids[i, : len(r)], out[i, : len(t)] = r, t
     return ids, out
+
+
+def noisy_questions(batch: dict, p: float, generator: torch.Generator, config) -> dict:
+    """Question noise: each word token of each question (between its '<s>' and '</s>'), with probability p, is
+    dropped or replaced by a random token that is none of `config`'s special ones (half each), at least one word
+    kept. A model trained on a
+    few question templates otherwise answers by template: a phrasing it never saw ("which colour is this
+    shape?") gets the answer of the template it looks like most; under noise no template is ever whole, and the
+    words that decide what is asked are what stays reliable (docs/model.md, "Held-out phrasings")."""
+    if p <= 0:  # off: not even a draw, so the step's generator is what it was without this feature
+        return batch
+    ids, mask = batch["question_ids"], batch["question_mask"]
+    draws = torch.rand(ids.shape, generator=generator)
+    replace = torch.rand(ids.shape, generator=generator) < 0.5
+    special = torch.tensor(sorted({getattr(config, f"{name}_token_id", None) for name in SPECIAL_TOKENS} - {None}),
+                           dtype=ids.dtype)
+    ordinary = torch.arange(config.vocab_size, dtype=ids.dtype)
+    ordinary = ordinary[~torch.isin(ordinary, special)]
+    tokens = ordinary[torch.randint(len(ordinary), ids.shape, generator=generator)]
+    rows = []
+    for i in range(len(ids)):
+        q = ids[i][mask[i]]
+        if len(q) <= 3:  # '<s> </s>' or a single word: nothing to spare
+            rows.append(q)
+            continue
+        words, hit, swap, new = q[1:-1], draws[i, 1:len(q) - 1] < p, replace[i, 1:len(q) - 1], tokens[i, 1:len(q) - 1]
+        words = torch.where(hit & swap, new, words)
+        keep = ~(hit & ~swap)
+        if not keep.any():
+            keep[0] = True
+        rows.append(torch.cat([q[:1], words[keep], q[-1:]]))
+    out_ids, out_mask = torch.zeros_like(ids), torch.zeros_like(mask)
+    for i, q in enumerate(rows):
+        out_ids[i, : len(q)], out_mask[i, : len(q)] = q, True
+    return {**batch, "question_ids": out_ids, "question_mask": out_mask}
+
+
+def random_backgrounds(batch: dict, p: float, generator: torch.Generator, tolerance: float = 0.15) -> dict:
+    """Background randomisation: with probability p, an image whose border is mostly one colour (an object on a
+    plain background; the median of its border pixels) gets a random colour there instead, in every pixel within
+    `tolerance` of it (max over channels, images in [0, 1]), its noise kept. Images of a plain background that
+    never varies otherwise teach a model to see an object by its contrast with that background: drawn on another
+    (a dark one), it is misread (docs/model.md, "Held-out renderings"). Images whose border is not mostly one
+    colour (photographs) are left as they are."""
+    if p <= 0:  # off: not even a draw, so the step's generator is what it was without this feature
+        return batch
+    image = batch["image"]
+    draws, colors = torch.rand(len(image), generator=generator), torch.rand(len(image), 3, generator=generator)
+    border = torch.cat([image[..., 0, :], image[..., -1, :], image[..., :, 0], image[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values  # [B, 3]
+    plain = (border - background[..., None]).abs().amax(1).lt(tolerance).float().mean(-1).ge(0.5)
+    chosen = batch["image_present"] & plain & (draws < p)
+    if not chosen.any():
+        return batch
+    near = (image - background[..., None, None]).abs().amax(1, keepdim=True).lt(tolerance) & chosen[:, None, None, None]
+    swapped = (image - background[..., None, None] + colors[..., None, None]).clamp(0.0, 1.0)
+    return {**batch, "image": torch.where(near, swapped, image)}
 
 
 def pairable(batch: dict, skip_groups=()) -> torch.Tensor:

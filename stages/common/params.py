@@ -141,6 +141,8 @@ class TrainStageParams:
     log_every: int
     modality_dropout: float  # a multi-input sample keeps a random proper subset of its inputs this often
     modality_dropout_keep_groups: list[str]  # never dropped
+    question_noise: float  # a question word is dropped or replaced by a random token this often
+    background_swap: float  # an image on a plain background gets a random one this often
     # records whose inputs are not views of one content: never a contrastive pair (model.objectives)
     contrastive_skip_groups: list[str]
     loss_weights: dict  # this stage's lambda overrides of model.config.loss_weights

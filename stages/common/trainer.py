@@ -33,7 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from model.flops import FlopCounter
 from model.losses import weighted_sum
-from stages.common.batches import drop_modalities, pairable, to_device
+from stages.common.batches import drop_modalities, noisy_questions, pairable, random_backgrounds, to_device
 from stages.common.checkpoint import full_weights, latest_checkpoint, load_checkpoint, save_checkpoint
 from stages.common.distributed import World, all_sum, barrier, setup, teardown, touch_all, wrap
 from stages.common.loader import make_loader
@@ -274,6 +274,8 @@ def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, che
             position, batch = next(stream)
             generator.manual_seed(hash((seed, world.rank, step, micro)) & 0x7FFF_FFFF_FFFF)
             batch = drop_modalities(batch, params.modality_dropout, generator, params.modality_dropout_keep_groups)
+            batch = noisy_questions(batch, params.question_noise, generator, model.config)
+            batch = random_backgrounds(batch, params.background_swap, generator)
             batch["pairable"] = pairable(batch, params.contrastive_skip_groups)  # for the contrastive objectives
             batch = to_device(batch, world.device)
             with counter:

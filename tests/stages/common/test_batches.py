@@ -6,8 +6,10 @@ from stages.common.batches import (
     decoder_labels,
     drop_modalities,
     model_inputs,
+    noisy_questions,
     pairable,
     present_modalities,
+    random_backgrounds,
     question_prefixed,
     question_prompts,
     same_caption,
@@ -69,6 +71,59 @@ def test_modality_dropout_rate_groups_and_determinism():
     assert all(len(m["modalities"]) == 2 for m in fusion["meta"])
     untouched = batch_of(subsets)
     assert drop_modalities(untouched, 0.0, torch.Generator()) is untouched
+
+
+def test_question_noise_drops_or_replaces_words_and_keeps_the_frame():
+    config = TrimodalConfig.from_preset("tiny", vocab_size=1000)  # specials: pad 0, <s> 1, </s> 2, <mask> 4
+    words = torch.arange(10, 30)
+    ids = torch.zeros(300, 23, dtype=torch.long)
+    ids[:, 0], ids[:, 1:21], ids[:, 21] = 1, words, 2
+    ids[1] = 0
+    ids[1, :3] = torch.tensor([1, 11, 2])  # a one-word question is left alone
+    mask = ids.ne(0)
+    batch = {"question_ids": ids, "question_mask": mask}
+    out = noisy_questions(batch, 0.2, torch.Generator().manual_seed(0), config)
+    lengths = out["question_mask"].sum(1)
+    assert out["question_ids"][1, :3].tolist() == [1, 11, 2] and lengths[1] == 3
+    kept = replaced = 0
+    for row, m in zip(out["question_ids"], out["question_mask"], strict=True):
+        q = row[m].tolist()
+        assert q[0] == 1 and q[-1] == 2 and 3 <= len(q) <= 22  # framed, at least one word
+        assert not {0, 1, 2, 4} & set(q[1:-1])  # a replacement is never a special token
+        assert m[: len(q)].all() and row[len(q):].eq(0).all()  # left-packed, then padding
+        kept += sum(10 <= t < 30 for t in q[1:-1])
+        replaced += sum(not 10 <= t < 30 for t in q[1:-1])
+    n = 298 * 20
+    assert 0.85 * n * 0.8 < kept < 1.15 * n * 0.8  # ~80% of the words stay as they were
+    assert 0.85 * n * 0.1 < replaced < 1.15 * n * 0.1  # ~10% replaced (a few by a word of the range: 2%)
+    again = noisy_questions(batch, 0.2, torch.Generator().manual_seed(0), config)
+    assert torch.equal(again["question_ids"], out["question_ids"])
+    assert noisy_questions(batch, 0.0, torch.Generator(), config) is batch
+    assert torch.equal(batch["question_ids"], ids)  # the input batch is not modified
+
+
+def test_random_backgrounds_recolour_plain_backgrounds_only():
+    n, size = 200, 16
+    image = torch.full((n, 3, size, size), 0.8)  # light grey
+    image[:, :, 5:11, 5:11] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]  # a red square
+    image += torch.randn(image.shape, generator=torch.Generator().manual_seed(0)) * 0.02
+    image[-20:] = torch.rand(20, 3, size, size, generator=torch.Generator().manual_seed(1))  # no plain border
+    present = torch.ones(n, dtype=torch.bool)
+    present[0] = False
+    batch = {"image": image.clone(), "image_present": present}
+    out = random_backgrounds(batch, 0.5, torch.Generator().manual_seed(2))
+    changed = (out["image"] - image).abs().flatten(1).amax(1).gt(1e-6)
+    assert 60 < changed[:180].sum() < 120  # about half of the plain ones
+    assert not changed[0] and not changed[-20:].any()  # no image, or a border that is not one colour
+    for i in changed.nonzero().flatten().tolist():
+        square, corner = out["image"][i, :, 5:11, 5:11], out["image"][i, :, :5, :5]
+        assert torch.equal(square, image[i, :, 5:11, 5:11])  # the object is untouched
+        shift = corner - image[i, :, :5, :5]
+        for c in range(3):  # the background moved by one colour shift, its noise kept (where not clamped to 0, 1)
+            free = shift[c][(corner[c] > 0) & (corner[c] < 1)]
+            assert len(free) > 0 and float(free.max() - free.min()) < 1e-5
+    assert torch.equal(batch["image"], image)  # the input batch is not modified
+    assert random_backgrounds(batch, 0.0, torch.Generator()) is batch
 
 
 def test_same_caption_marks_identical_captions_and_only_them():
