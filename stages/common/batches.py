@@ -102,12 +102,14 @@ def noisy_questions(batch: dict, p: float, generator: torch.Generator, config) -
 
 
 def random_backgrounds(batch: dict, p: float, generator: torch.Generator, tolerance: float = 0.15) -> dict:
-    """Background randomisation: with probability p, an image whose border is mostly one colour (an object on a
-    plain background; the median of its border pixels) gets a random colour there instead, in every pixel within
-    `tolerance` of it (max over channels, images in [0, 1]), its noise kept. Images of a plain background that
-    never varies otherwise teach a model to see an object by its contrast with that background: drawn on another
-    (a dark one), it is misread (docs/model.md, "Held-out renderings"). Images whose border is not mostly one
-    colour (photographs) are left as they are."""
+    """Background randomisation: with probability p, an image that is its sample's only input and whose border is
+    mostly one colour (an object on a plain background; the median of its border pixels) gets a random colour
+    there instead, in every pixel within `tolerance` of it (max over channels, images in [0, 1]), its noise kept.
+    Images of a plain background that never varies teach a model to see an object by its contrast with that
+    background: drawn on another (a dark one), it is misread. Samples with another input keep their images as
+    they are: swapped there too, the fusion records that compare the image's colours with a tone or a sentence
+    were learnt less well (docs/model.md, "Held-out renderings"). Images whose border is not mostly one colour
+    (photographs) are left as they are."""
     if p <= 0:  # off: not even a draw, so the step's generator is what it was without this feature
         return batch
     image = batch["image"]
@@ -115,7 +117,8 @@ def random_backgrounds(batch: dict, p: float, generator: torch.Generator, tolera
     border = torch.cat([image[..., 0, :], image[..., -1, :], image[..., :, 0], image[..., :, -1]], dim=-1)
     background = border.median(dim=-1).values  # [B, 3]
     plain = (border - background[..., None]).abs().amax(1).lt(tolerance).float().mean(-1).ge(0.5)
-    chosen = batch["image_present"] & plain & (draws < p)
+    alone = batch["mel_lengths"].eq(0) & ~batch["text_mask"].any(1)
+    chosen = batch["image_present"] & alone & plain & (draws < p)
     if not chosen.any():
         return batch
     near = (image - background[..., None, None]).abs().amax(1, keepdim=True).lt(tolerance) & chosen[:, None, None, None]

@@ -9,9 +9,9 @@ from stages.common.batches import (
     noisy_questions,
     pairable,
     present_modalities,
-    random_backgrounds,
     question_prefixed,
     question_prompts,
+    random_backgrounds,
     same_caption,
 )
 from stages.common.generation import answered
@@ -110,11 +110,14 @@ def test_random_backgrounds_recolour_plain_backgrounds_only():
     image[-20:] = torch.rand(20, 3, size, size, generator=torch.Generator().manual_seed(1))  # no plain border
     present = torch.ones(n, dtype=torch.bool)
     present[0] = False
-    batch = {"image": image.clone(), "image_present": present}
+    mel_lengths, text_mask = torch.zeros(n, dtype=torch.long), torch.zeros(n, 4, dtype=torch.bool)
+    mel_lengths[150:170], text_mask[170:180, :2] = 5, True  # the image beside audio or text
+    batch = {"image": image.clone(), "image_present": present, "mel_lengths": mel_lengths, "text_mask": text_mask}
     out = random_backgrounds(batch, 0.5, torch.Generator().manual_seed(2))
     changed = (out["image"] - image).abs().flatten(1).amax(1).gt(1e-6)
-    assert 60 < changed[:180].sum() < 120  # about half of the plain ones
+    assert 50 < changed[:150].sum() < 100  # about half of the plain ones that are their sample's only input
     assert not changed[0] and not changed[-20:].any()  # no image, or a border that is not one colour
+    assert not changed[150:180].any()  # an image beside another input keeps its background
     for i in changed.nonzero().flatten().tolist():
         square, corner = out["image"][i, :, 5:11, 5:11], out["image"][i, :, :5, :5]
         assert torch.equal(square, image[i, :, 5:11, 5:11])  # the object is untouched
