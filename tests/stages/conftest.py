@@ -10,7 +10,8 @@ def aligned_project(tmp_path_factory):
     """A project trained through the DAG's training stages as dvc.yaml chains them (pretrain, finetune, instruct,
     preferences, align) on the 28-record shard fixtures, once for the session: test_post_training goes on from its
     teacher, test_alignment_stages reads what the alignment stages wrote (and works on copies). Every fixture
-    answer is "red": 20 finetune steps teach the teacher to say so (a VQA score above 0, which the promote test
-    needs)."""
+    answer is "red": 20 finetune steps on the questions as they are teach the teacher to say so (a VQA score above
+    0, which the promote test needs; with question noise and background swap, 20 steps are too few)."""
     return trained_project(tmp_path_factory.mktemp("aligned-data"), tmp_path_factory.mktemp("aligned"), SHORT,
-                           [*SHORT, "steps=20", "checkpoint_every=10"], SHORT)
+                           [*SHORT, "steps=20", "checkpoint_every=10", "question_noise=0.0", "background_swap=0.0"],
+                           SHORT)
