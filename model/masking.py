@@ -25,6 +25,21 @@ def _at_least_one(mask: torch.Tensor, allowed: torch.Tensor, generator: torch.Ge
     return mask | one
 
 
+def special_ids(config) -> set[int]:
+    """The ids of `config`'s special tokens (pad, <s>, </s>, <mask>; those it has): never masked, dropped or drawn
+    as a random replacement."""
+    names = ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id")
+    return {getattr(config, name) for name in names if getattr(config, name, None) is not None}
+
+
+def random_ordinary_ids(shape, vocab_size: int, special: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Token ids of `shape` drawn uniformly from the vocabulary less `special` (on special's device)."""
+    ordinary = torch.arange(vocab_size, device=special.device)
+    ordinary = ordinary[~torch.isin(ordinary, special)]
+    pick = torch.randint(len(ordinary), shape, generator=generator, device=generator.device)
+    return ordinary[pick.to(special.device)]
+
+
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_token_id: int,
                 special_ids: Iterable[int], vocab_size: int, prob: float,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,10 +53,7 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_toke
     mlm_mask = (_rand(input_ids.shape, generator, input_ids.device) < prob) & maskable
     mlm_mask = _at_least_one(mlm_mask, maskable, generator)
     action = _rand(input_ids.shape, generator, input_ids.device)
-    ordinary = torch.arange(vocab_size, device=input_ids.device)
-    ordinary = ordinary[~torch.isin(ordinary, special)]  # a random replacement is never pad/bos/eos/mask
-    pick = torch.randint(len(ordinary), input_ids.shape, generator=generator, device=generator.device)
-    random_ids = ordinary[pick.to(input_ids.device)].to(input_ids.dtype)
+    random_ids = random_ordinary_ids(input_ids.shape, vocab_size, special, generator).to(input_ids.dtype)
     masked = torch.where(mlm_mask & (action < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
     masked = torch.where(mlm_mask & (action >= 0.8) & (action < 0.9), random_ids, masked)
     return masked, mlm_mask

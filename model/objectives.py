@@ -24,7 +24,7 @@ from model.audio import SUBSAMPLING, frame_mask, subsampled_lengths
 from model.fusion import Stream
 from model.layers import masked_mean
 from model.losses import contrastive_loss, cross_entropy, mam_loss, masked_lm_loss, mim_loss, weighted_sum
-from model.masking import mask_spans, mask_tokens
+from model.masking import mask_spans, mask_tokens, special_ids
 from model.visual_tokenizer import PatchHashTokenizer
 
 PAIRS = {"itc": ("image", "text", 0), "atc": ("audio", "text", 1), "vac": ("image", "audio", 2)}
@@ -62,8 +62,8 @@ def pretraining_losses(model, inputs: dict, generator: torch.Generator, masking:
     targets = {}
     if inputs.get("text_ids") is not None:
         text_mask = inputs.get("text_mask", inputs["text_ids"].ne(c.pad_token_id))
-        specials = {c.pad_token_id, c.bos_token_id, c.eos_token_id, c.mask_token_id}
-        enc_inputs["text_ids"], targets["mlm"] = mask_tokens(inputs["text_ids"], text_mask, c.mask_token_id, specials,
+        enc_inputs["text_ids"], targets["mlm"] = mask_tokens(inputs["text_ids"], text_mask, c.mask_token_id,
+                                                             special_ids(c),
                                                              c.vocab_size, m.mlm_prob, generator)
     if inputs.get("pixel_values") is not None:
         pixels = inputs["pixel_values"]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from model.masking import random_ordinary_ids, special_ids
 from stages.common.records import MODALITIES
-
-SPECIAL_TOKENS = ("pad", "bos", "eos", "mask", "unk", "decoder_start")  # config.<name>_token_id: never a noise token
 
 
 def model_inputs(batch: dict) -> dict:
@@ -69,34 +68,28 @@ def question_prefixed(batch: dict, config) -> tuple[torch.Tensor, torch.Tensor]:
 def noisy_questions(batch: dict, p: float, generator: torch.Generator, config) -> dict:
     """Question noise: each word token of each question (between its '<s>' and '</s>'), with probability p, is
     dropped or replaced by a random token that is none of `config`'s special ones (half each), at least one word
-    kept. A model trained on a
-    few question templates otherwise answers by template: a phrasing it never saw ("which colour is this
-    shape?") gets the answer of the template it looks like most; under noise no template is ever whole, and the
-    words that decide what is asked are what stays reliable (docs/model.md, "Held-out phrasings")."""
+    kept. A model trained on a few question templates otherwise answers by template: a phrasing it never saw
+    ("which colour is this shape?") gets the answer of the template it looks like most; under noise no template
+    is ever whole, and the words that decide what is asked are what stays reliable (docs/model.md, "Held-out
+    phrasings")."""
     if p <= 0:  # off: not even a draw, so the step's generator is what it was without this feature
         return batch
     ids, mask = batch["question_ids"], batch["question_mask"]
     draws = torch.rand(ids.shape, generator=generator)
     replace = torch.rand(ids.shape, generator=generator) < 0.5
-    special = torch.tensor(sorted({getattr(config, f"{name}_token_id", None) for name in SPECIAL_TOKENS} - {None}),
-                           dtype=ids.dtype)
-    ordinary = torch.arange(config.vocab_size, dtype=ids.dtype)
-    ordinary = ordinary[~torch.isin(ordinary, special)]
-    tokens = ordinary[torch.randint(len(ordinary), ids.shape, generator=generator)]
-    rows = []
+    special = torch.tensor(sorted(special_ids(config)), dtype=ids.dtype)
+    tokens = random_ordinary_ids(ids.shape, config.vocab_size, special, generator).to(ids.dtype)
+    out_ids, out_mask = torch.zeros_like(ids), torch.zeros_like(mask)
     for i in range(len(ids)):
         q = ids[i][mask[i]]
-        if len(q) <= 3:  # '<s> </s>' or a single word: nothing to spare
-            rows.append(q)
-            continue
-        words, hit, swap, new = q[1:-1], draws[i, 1:len(q) - 1] < p, replace[i, 1:len(q) - 1], tokens[i, 1:len(q) - 1]
-        words = torch.where(hit & swap, new, words)
-        keep = ~(hit & ~swap)
-        if not keep.any():
-            keep[0] = True
-        rows.append(torch.cat([q[:1], words[keep], q[-1:]]))
-    out_ids, out_mask = torch.zeros_like(ids), torch.zeros_like(mask)
-    for i, q in enumerate(rows):
+        if len(q) > 3:  # '<s> </s>' or a single word: nothing to spare
+            inner = slice(1, len(q) - 1)
+            hit, swap = draws[i, inner] < p, replace[i, inner]
+            keep = ~(hit & ~swap)
+            if not keep.any():
+                keep[0] = True
+            words = torch.where(hit & swap, tokens[i, inner], q[inner])
+            q = torch.cat([q[:1], words[keep], q[-1:]])
         out_ids[i, : len(q)], out_mask[i, : len(q)] = q, True
     return {**batch, "question_ids": out_ids, "question_mask": out_mask}
 
@@ -117,8 +110,8 @@ def random_backgrounds(batch: dict, p: float, generator: torch.Generator, tolera
     border = torch.cat([image[..., 0, :], image[..., -1, :], image[..., :, 0], image[..., :, -1]], dim=-1)
     background = border.median(dim=-1).values  # [B, 3]
     plain = (border - background[..., None]).abs().amax(1).lt(tolerance).float().mean(-1).ge(0.5)
-    alone = batch["mel_lengths"].eq(0) & ~batch["text_mask"].any(1)
-    chosen = batch["image_present"] & alone & plain & (draws < p)
+    present = present_modalities(batch)
+    chosen = present["image"] & ~present["audio"] & ~present["text"] & plain & (draws < p)
     if not chosen.any():
         return batch
     near = (image - background[..., None, None]).abs().amax(1, keepdim=True).lt(tolerance) & chosen[:, None, None, None]
