@@ -45,6 +45,11 @@ METRICS = ("vqa_accuracy", "cls_accuracy", "caption_exact")
 TEACHER_FLOOR = 0.95
 TEACHER_TARGET = "teacher {key} >= 0.95 on every modality subset and group"
 TEACHER_TARGET_ALL = "teacher >= 0.95 on every modality subset and group (vqa, cls, caption)"
+# issue 31's alignment goals, judged on the instruct and align stages' own metrics (val split)
+ALIGNMENT_TARGETS = ("align: held-out preference accuracy >= 0.85",
+                     "instruct: held-out instruction templates mean >= 0.80",
+                     "align: no held-out instruction template falls",
+                     "align: val task scores fall <= 1 point")
 DATA_STAGE = "shard"  # the last stage whose outputs do not depend on torch's thread count
 TAIL_LINES = 60
 STAGE_EVENT = re.compile(r"^(?:Running stage|Stage) '([^']+)'")
@@ -188,9 +193,50 @@ def repro(clone: Path, env: dict, reuse_cache: bool) -> tuple[int, float, dict, 
     return returncode, round(wall, 2), seconds, restored, output
 
 
+def clone_paths(clone: Path) -> dict:
+    return yaml.safe_load((Path(clone) / "params.yaml").read_text())["paths"]
+
+
 def eval_details(clone: Path) -> Path:
     """The clone's metrics/details/eval, as its params.yaml places it."""
-    return Path(clone) / yaml.safe_load((clone / "params.yaml").read_text())["paths"]["details"] / "eval"
+    return Path(clone) / clone_paths(clone)["details"] / "eval"
+
+
+def template_falls(held_out: dict) -> dict[str, float]:
+    """"task: template" -> accuracy before align minus after (positive: it fell), from the align stage's details."""
+    before, after = held_out["before"], held_out["after"]
+    return {f"{task}: {template}": scores["accuracy"] - after[task]["templates"][template]["accuracy"]
+            for task, per in before.items() if isinstance(per, dict)
+            for template, scores in per["templates"].items() if scores["accuracy"] is not None}
+
+
+def alignment(clone: Path) -> tuple[dict, list[dict]]:
+    """The alignment stages' scores ({"instruct": ..., "align": ...}) and ALIGNMENT_TARGETS on them; ({}, []) when
+    the revision's DAG has no align stage."""
+    paths = clone_paths(clone)
+    metrics, details = Path(clone) / paths["metrics"], Path(clone) / paths["details"]
+    if not (metrics / "align.json").exists() or not (metrics / "instruct.json").exists():
+        return {}, []
+    instruct, align = (json.loads((metrics / f"{n}.json").read_text()) for n in ("instruct", "align"))
+    falls = template_falls(json.loads((details / "align.json").read_text())["held_out_templates"])
+    worst = max(falls, key=falls.get)
+    scores = {"instruct": {k: v for k, v in instruct.items()
+                           if k.startswith("held_out_") and k != "held_out_mean_before"},
+              "align": {"preference_accuracy": align["preference_accuracy"],
+                        "preference_accuracy_before": align["preference_accuracy_before"],
+                        "held_out_templates": align["held_out_templates"],
+                        "largest_template_fall": falls[worst], "max_task_drop": align["max_task_drop"]}}
+    targets = [
+        {"name": ALIGNMENT_TARGETS[0], "value": f"{align['preference_accuracy']:.3f}",
+         "met": align["preference_accuracy"] >= 0.85},
+        {"name": ALIGNMENT_TARGETS[1], "value": f"{instruct['held_out_mean']:.3f}",
+         "met": instruct["held_out_mean"] >= 0.80},
+        {"name": ALIGNMENT_TARGETS[2], "value": f"largest fall {falls[worst]:+.3f} ({worst})",
+         "met": falls[worst] <= 0},
+        {"name": ALIGNMENT_TARGETS[3], "value": f"{align['max_task_drop']:.2f} points",  # align's unit: points
+         "met": align["max_task_drop"] <= 1.0},
+    ]
+    return scores, targets
 
 
 def row_metrics(details: dict) -> dict[str, dict[str, float]]:
@@ -228,7 +274,11 @@ def judge(clone: Path, env: dict) -> dict:
     details = eval_details(clone)
     loaded = {name: json.loads((details / f"{name}.json").read_text()) for name in VARIANTS}
     metrics = {name: row_metrics(d) for name, d in loaded.items()}
-    return {"metrics": metrics, "targets": project_targets(clone, env) + teacher_targets(metrics["teacher"])}
+    aligned, aligned_targets = alignment(clone)
+    if aligned:
+        metrics["alignment"] = aligned
+    return {"metrics": metrics,
+            "targets": project_targets(clone, env) + teacher_targets(metrics["teacher"]) + aligned_targets}
 
 
 def one_run(spec: dict, root: Path, commit: str, overrides: list[str], cache: Path | None, keep: bool,
@@ -311,13 +361,18 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    """The teacher's VQA accuracy per row (min / median / max over the successful runs), the targets as k/N, and
-    the DAG wall time."""
+    """The teacher's VQA accuracy per row and the alignment stages' scores (min / median / max over the successful
+    runs), the targets as k/N, and the DAG wall time."""
     lines = ["| teacher vqa_accuracy | min | median | max |", "| --- | ---: | ---: | ---: |"]
     for row, scores in summary["metrics"].get("teacher", {}).items():
         if "vqa_accuracy" in scores:
             s = scores["vqa_accuracy"]
             lines.append(f"| {row} | {s['min']:.3f} | {s['median']:.3f} | {s['max']:.3f} |")
+    aligned = summary["metrics"].get("alignment", {})
+    if aligned:
+        lines += ["", "| alignment (val) | min | median | max |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {stage} {key} | {s['min']:.3f} | {s['median']:.3f} | {s['max']:.3f} |"
+                  for stage, scores in aligned.items() for key, s in scores.items()]
     lines += ["", "| target | runs met |", "| --- | ---: |"]
     lines += [f"| {name} | {t['fraction']} |" for name, t in summary["targets"].items()]
     wall = summary["dag_wall_s"]

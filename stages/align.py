@@ -222,12 +222,14 @@ def report(method: str, pairs: dict, changes: dict, templates: dict) -> str:
 def train(params, model, reference, tokenizer, pairs: dict[str, list[dict]], summary: dict):
     paths, p = params.paths, params.align
     keep = lambda meta: meta["id"] in pairs  # noqa: E731
-    base = fingerprint(p, params.seed, read_index(p.shards), file_digest(Path(paths.instructed)),
+    base = fingerprint(p, params.instructions, params.seed, read_index(p.shards), file_digest(Path(paths.instructed)),
                        Path(p.pairs).read_bytes())
     # the instruction turns and, through them, the fine-tuning objectives keep training (stages/instruct.py's
     # step): DPO alone on the pairs lowers what the model says to prompts outside them
-    replay = instruct_losses(tokenizer, params.instructions.templates, params.instructions.options,
-                             sft_losses(tokenizer) if is_vl(model) else finetune_losses) if p.replay else None
+    asked = params.instructions
+    replay = instruct_losses(tokenizer, asked.templates, asked.options,
+                             sft_losses(tokenizer) if is_vl(model) else finetune_losses,
+                             asked.prompt_noise) if p.replay else None
     if p.method == "dpo":
         return fit(model, preference_step(tokenizer, reference, pairs, p.beta, "dpo", replay), p, params.trainer,
                    params.seed, "align", base, paths, keep=keep, summary=summary, monitors=DPO_MONITORS), None

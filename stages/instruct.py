@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     vl = is_vl(model)
     replay = sft_losses(tokenizer) if vl else finetune_losses
     data = skipped(p.shards, "train") if vl else {}
-    step = instruct_step(tokenizer, params.instructions.templates, params.instructions.options, replay)
+    asked = params.instructions
+    step = instruct_step(tokenizer, asked.templates, asked.options, replay, asked.prompt_noise)
     model = fit(model, step, p, params.trainer, params.seed,
                 "instruct", fingerprint(p, params.instructions, params.seed, read_index(p.shards),
                                             file_digest(Path(paths.finetuned))),

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from stages.common.batches import to_device
 from stages.common.generation import ANSWER_TOKENS
-from stages.common.instructions import TASKS, content, correct, tasks_of, turn
+from stages.common.instructions import TASKS, content, correct, instruction_words, noisy_prompt, tasks_of, turn
 from stages.common.loader import make_loader, read_meta
 from stages.common.responses import logprobs, media_of, prompted, readable, respond
 from stages.common.vl_tasks import texts, zero_loss
@@ -21,12 +21,12 @@ from stages.common.vl_tasks import texts, zero_loss
 BUDGETS = {"caption": 16, "vqa": ANSWER_TOKENS, "classify": ANSWER_TOKENS, "choice": 3}
 
 
-def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable) -> Callable:
+def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable, prompt_noise: float = 0.0) -> Callable:
     """The fine-tuning step (its losses, so the evaluation's formats are kept) plus `instruct`: each readable
     record asked one of its tasks with one of the task's train templates (both drawn from the step's generator),
-    cross-entropy on the answer's tokens. `replay`: the family's fine-tuning losses and the media they encoded
-    (supervised.finetune_losses, vl_tasks.sft_losses)."""
-    losses_of = instruct_losses(tokenizer, templates, n_options, replay)
+    its words under `prompt_noise` (instructions.noisy_prompt), cross-entropy on the answer's tokens. `replay`: the
+    family's fine-tuning losses and the media they encoded (supervised.finetune_losses, vl_tasks.sft_losses)."""
+    losses_of = instruct_losses(tokenizer, templates, n_options, replay, prompt_noise)
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return losses_of(model, batch, generator)[0]
@@ -34,10 +34,12 @@ def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable) 
     return step
 
 
-def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable) -> Callable:
+def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable,
+                    prompt_noise: float = 0.0) -> Callable:
     """instruct_step's losses and the batch's media (responses.media_of; None when nothing encoded them): the
     instruction turns read the media the replayed fine-tuning losses encoded, and so may a caller's own pass
     (`align`'s preference pairs): one encoding of a batch's image and audio per step."""
+    vocabulary = instruction_words(templates)
 
     def step(model, batch: dict, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], object]:
         losses, media = replay(model, batch, generator)
@@ -51,8 +53,9 @@ def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable
             if not tasks:
                 continue
             task = tasks[draws[i][0] % len(tasks)]
-            train = templates[task]["train"]
-            asked = turn(meta, task, train[draws[i][1] % len(train)], captions, n_options, random.Random(draws[i][2]))
+            train, rng = templates[task]["train"], random.Random(draws[i][2])
+            asked_meta, template = noisy_prompt(meta, train[draws[i][1] % len(train)], prompt_noise, vocabulary, rng)
+            asked = turn(asked_meta, task, template, captions, n_options, rng)
             rows.append(i)
             contents.append(content(text[i], asked.prompt))
             targets.append(asked.target)

@@ -84,6 +84,43 @@ def turn(meta: dict, task: str, template: str, captions: list[str], n_options: i
     return Turn(task, template.replace("{options}", listed), LETTERS[right], len(choices))
 
 
+def instruction_words(templates: dict[str, dict[str, list[str]]]) -> list[str]:
+    """The words of every task's train templates (placeholders left out), sorted: prompt noise's replacements."""
+    placeholders = set(PLACEHOLDERS.values())
+    return sorted({word for task in templates.values() for template in task["train"] for word in template.split()
+                   if word not in placeholders})
+
+
+def noisy_words(text: str, p: float, vocabulary: list[str], rng: random.Random) -> str:
+    """Each word of `text`, with probability p, dropped or replaced by a word of `vocabulary` (half each); at least
+    one word kept. Placeholders ({question}, {options}) are never touched."""
+    placeholders = set(PLACEHOLDERS.values())
+    words, out = text.split(), []
+    for word in words:
+        if any(mark in word for mark in placeholders) or rng.random() >= p:
+            out.append(word)
+        elif rng.random() < 0.5:
+            out.append(vocabulary[rng.randrange(len(vocabulary))])
+    if not out and words:
+        out.append(words[rng.randrange(len(words))])
+    return " ".join(out)
+
+
+def noisy_prompt(meta: dict, template: str, p: float, vocabulary: list[str],
+                 rng: random.Random) -> tuple[dict, str]:
+    """Prompt noise (instruct's training turns): the template's words and the record's question words, each dropped
+    or replaced by another train template's word with probability p. A model taught with a few templates per task
+    otherwise picks the task by a keyword: "{question} Keep the answer short." was answered with a caption, the
+    word "short" belonging to caption templates ("Write a short caption."); with words of every task's templates
+    strewn into every task's prompts, no single word decides the task (docs/model.md, "Alignment")."""
+    if p <= 0:  # off: no draw, so the turn's generator is what it was without this feature
+        return meta, template
+    template = noisy_words(template, p, vocabulary, rng)
+    if meta.get("question"):
+        meta = {**meta, "question": noisy_words(meta["question"], p, vocabulary, rng)}
+    return meta, template
+
+
 def content(text: str, prompt: str) -> str:
     """The user's turn: the record's text input (may be empty), then the instruction."""
     return f"{text} {prompt}".strip()

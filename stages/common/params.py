@@ -170,6 +170,8 @@ class InstructionsParams:
     """The tasks as instructions (stages/common/instructions.py), shared by instruct, preferences and align."""
 
     options: int  # captions listed by the choice task (the record's own among them)
+    # a training turn's template and question word is dropped or replaced by another template's word this often
+    prompt_noise: float
     templates: dict  # task -> {"train": [...], "held_out": [...]} (instructions.check_templates)
 
 

@@ -2,11 +2,16 @@
 stage seconds, the teacher target, and the arguments."""
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 
 from benchmarks.recipe_robustness import (
+    ALIGNMENT_TARGETS,
     TEACHER_TARGET,
     TEACHER_TARGET_ALL,
+    alignment,
     headline,
     markdown,
     parse_args,
@@ -14,6 +19,7 @@ from benchmarks.recipe_robustness import (
     stage_seconds,
     summarise,
     teacher_targets,
+    template_falls,
     terminal_view,
 )
 
@@ -125,3 +131,56 @@ def test_headline_of_a_failed_run_names_its_last_line():
 def test_terminal_view_keeps_the_last_redraw():
     assert terminal_view("step 1\rstep 2\rRunning stage 'x':\n") == "Running stage 'x':"
     assert terminal_view("done\r\n") == "done"
+
+
+# alignment: the instruct and align stages' metrics of a clone ---------------------------------------------------------
+
+def held_out(caption: float, vqa: float) -> dict:
+    return {"caption": {"accuracy": caption, "n": 10, "templates": {"Describe.": {"accuracy": caption, "n": 10}}},
+            "vqa": {"accuracy": vqa, "n": 20, "templates": {"{question} A:": {"accuracy": vqa, "n": 10},
+                                                            "Q: {question}": {"accuracy": None, "n": 0}}},
+            "mean": (caption + vqa) / 2}
+
+
+def aligned_clone(tmp_path, preference: float, instruct_mean: float, after_vqa: float, task_drop: float):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"metrics": "m", "details": "m/details"}}))
+    (tmp_path / "m/details").mkdir(parents=True)
+    (tmp_path / "m/instruct.json").write_text(json.dumps({"held_out_mean": instruct_mean, "held_out_mean_before": 0.1,
+                                                          "held_out_vqa": 0.9, "vqa_accuracy": 1.0}))
+    (tmp_path / "m/align.json").write_text(json.dumps({"preference_accuracy": preference,
+                                                       "preference_accuracy_before": 0.8, "held_out_templates": 0.9,
+                                                       "max_task_drop": task_drop}))
+    (tmp_path / "m/details/align.json").write_text(json.dumps(
+        {"held_out_templates": {"before": held_out(1.0, 0.9), "after": held_out(1.0, after_vqa)}}))
+    return tmp_path
+
+
+def test_alignment_targets_met(tmp_path):
+    scores, targets = alignment(aligned_clone(tmp_path, 0.9, 0.85, 0.95, 0.45))
+    assert [t["name"] for t in targets] == list(ALIGNMENT_TARGETS)
+    assert all(t["met"] for t in targets)
+    assert scores["instruct"] == {"held_out_mean": 0.85, "held_out_vqa": 0.9}
+    assert scores["align"]["largest_template_fall"] == 0.0  # caption stayed; vqa rose
+
+
+def test_alignment_targets_missed_name_the_template_that_fell(tmp_path):
+    scores, targets = alignment(aligned_clone(tmp_path, 0.84, 0.79, 0.7, 1.5))
+    assert not any(t["met"] for t in targets)
+    assert "vqa: {question} A:" in targets[2]["value"]
+    assert scores["align"]["largest_template_fall"] == pytest.approx(0.2)
+
+
+def test_alignment_of_a_dag_without_align(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"metrics": "m", "details": "m/details"}}))
+    assert alignment(tmp_path) == ({}, [])
+
+
+def test_template_falls_skip_templates_without_records():
+    falls = template_falls({"before": held_out(1.0, 0.5), "after": held_out(0.9, 0.6)})
+    assert falls == pytest.approx({"caption: Describe.": 0.1, "vqa: {question} A:": -0.1})
+
+
+def test_markdown_lists_alignment_scores():
+    run = ok_run(0, 0.99, 500.0, True)
+    run["metrics"]["alignment"] = {"align": {"preference_accuracy": 0.9}}
+    assert "| align preference_accuracy | 0.900 | 0.900 | 0.900 |" in markdown(summarise([run]))

@@ -13,6 +13,9 @@ from stages.common.instructions import (
     check_templates,
     content,
     correct,
+    instruction_words,
+    noisy_prompt,
+    noisy_words,
     normalised,
     options,
     tasks_of,
@@ -193,6 +196,73 @@ def test_turn_choice_counts_the_options_it_could_list():
     assert sorted(choices.values()) == ["a blue square", "a red circle"]
     assert asked.options == 2
     assert choices[asked.target] == "a red circle"
+
+
+# prompt noise -------------------------------------------------------------------------------------------------------
+
+VOCABULARY = ["caption", "short", "letter"]
+
+
+def test_instruction_words_are_the_train_templates_words_without_placeholders(default_templates):
+    words = instruction_words(default_templates)
+    assert words == sorted(set(words))
+    assert "{question}" not in words and "{options}" not in words
+    assert "short" in words  # "Write a short caption."
+    held_out_only = {w for task in default_templates.values() for t in task["held_out"] for w in t.split()}
+    held_out_only -= {w for task in default_templates.values() for t in task["train"] for w in t.split()}
+    assert held_out_only and not held_out_only & set(words)
+
+
+def test_noisy_words_at_zero_and_one():
+    text = "Which of these describes it? Answer with the letter."
+    assert noisy_words(text, 0.0, VOCABULARY, random.Random(0)) == text
+    for seed in range(20):
+        noisy = noisy_words(text, 1.0, VOCABULARY, random.Random(seed)).split()
+        assert noisy, "at least one word is kept"
+        assert set(noisy) <= set(VOCABULARY) | set(text.split())
+
+
+def test_noisy_words_drops_and_replaces_about_p_of_the_words():
+    text = " ".join(f"w{k}" for k in range(2000))
+    noisy = noisy_words(text, 0.2, VOCABULARY, random.Random(1)).split()
+    replaced = sum(w in VOCABULARY for w in noisy)
+    dropped = 2000 - len(noisy)
+    assert 150 < replaced < 250 and 150 < dropped < 250
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_noisy_words_keeps_placeholders(seed):
+    for template in ["{question} Be brief.", "Options: {options} Which one fits?", "Q: {question}? A:"]:
+        noisy = noisy_words(template, 1.0, VOCABULARY, random.Random(seed))
+        assert ("{question}" in noisy) == ("{question}" in template)
+        assert ("{options}" in noisy) == ("{options}" in template)
+
+
+def test_noisy_prompt_off_leaves_record_template_and_generator_alone():
+    rng = random.Random(3)
+    meta, template = noisy_prompt(RECORD, "Question: {question} Answer briefly.", 0.0, VOCABULARY, rng)
+    assert meta is RECORD and template == "Question: {question} Answer briefly."
+    assert rng.random() == random.Random(3).random()
+
+
+def test_noisy_prompt_noises_the_question_and_keeps_the_answer():
+    changed = 0
+    for seed in range(30):
+        meta, template = noisy_prompt(RECORD, "{question} Be brief.", 0.5, VOCABULARY, random.Random(seed))
+        asked = turn(meta, "vqa", template, POOL, 3, random.Random(0))
+        assert asked.target == "red" and meta["answer"] == "red" and meta["caption"] == RECORD["caption"]
+        changed += meta["question"] != RECORD["question"]
+    assert changed > 20
+    assert RECORD["question"] == "what color is it?"  # the record itself is not modified
+
+
+def test_noisy_prompt_keeps_the_choice_options_whole():
+    for seed in range(20):
+        meta, template = noisy_prompt(RECORD, "Pick the matching description: {options}", 1.0, VOCABULARY,
+                                      random.Random(seed))
+        asked = turn(meta, "choice", template, POOL, 3, random.Random(seed))
+        choices = listed(asked.prompt[asked.prompt.index("(a)"):])
+        assert choices[asked.target] == "a red circle"
 
 
 # content, normalised, correct -----------------------------------------------------------------------------------
