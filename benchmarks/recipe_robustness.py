@@ -48,7 +48,8 @@ TEACHER_TARGET_ALL = "teacher >= 0.95 on every modality subset and group (vqa, c
 # issue 31's alignment goals, judged on the instruct and align stages' own metrics (val split)
 ALIGNMENT_TARGETS = ("align: held-out preference accuracy >= 0.85",
                      "instruct: held-out instruction templates mean >= 0.80",
-                     "align: no held-out instruction template falls",
+                     "align: no task's held-out templates fall (per task, as reports/alignment.md)",
+                     "align: no single held-out template falls",
                      "align: val task scores fall <= 1 point")
 DATA_STAGE = "shard"  # the last stage whose outputs do not depend on torch's thread count
 TAIL_LINES = 60
@@ -202,12 +203,21 @@ def eval_details(clone: Path) -> Path:
     return Path(clone) / clone_paths(clone)["details"] / "eval"
 
 
-def template_falls(held_out: dict) -> dict[str, float]:
-    """"task: template" -> accuracy before align minus after (positive: it fell), from the align stage's details."""
+def template_falls(held_out: dict, per_template: bool = True) -> dict[str, float]:
+    """"task: template" (or "task", over its held-out templates) -> accuracy before align minus after (positive: it
+    fell), from the align stage's details."""
     before, after = held_out["before"], held_out["after"]
+    tasks = {task: per for task, per in before.items() if isinstance(per, dict)}
+    if not per_template:
+        return {task: per["accuracy"] - after[task]["accuracy"] for task, per in tasks.items()}
     return {f"{task}: {template}": scores["accuracy"] - after[task]["templates"][template]["accuracy"]
-            for task, per in before.items() if isinstance(per, dict)
+            for task, per in tasks.items()
             for template, scores in per["templates"].items() if scores["accuracy"] is not None}
+
+
+def worst_fall(falls: dict[str, float]) -> tuple[str, float]:
+    worst = max(falls, key=falls.get)
+    return worst, falls[worst]
 
 
 def alignment(clone: Path) -> tuple[dict, list[dict]]:
@@ -218,22 +228,25 @@ def alignment(clone: Path) -> tuple[dict, list[dict]]:
     if not (metrics / "align.json").exists() or not (metrics / "instruct.json").exists():
         return {}, []
     instruct, align = (json.loads((metrics / f"{n}.json").read_text()) for n in ("instruct", "align"))
-    falls = template_falls(json.loads((details / "align.json").read_text())["held_out_templates"])
-    worst = max(falls, key=falls.get)
+    held_out = json.loads((details / "align.json").read_text())["held_out_templates"]
+    task, task_fall = worst_fall(template_falls(held_out, per_template=False))
+    template, template_fall = worst_fall(template_falls(held_out))
     scores = {"instruct": {k: v for k, v in instruct.items()
                            if k.startswith("held_out_") and k != "held_out_mean_before"},
               "align": {"preference_accuracy": align["preference_accuracy"],
                         "preference_accuracy_before": align["preference_accuracy_before"],
                         "held_out_templates": align["held_out_templates"],
-                        "largest_template_fall": falls[worst], "max_task_drop": align["max_task_drop"]}}
+                        "largest_task_templates_fall": task_fall, "largest_template_fall": template_fall,
+                        "max_task_drop": align["max_task_drop"]}}
     targets = [
         {"name": ALIGNMENT_TARGETS[0], "value": f"{align['preference_accuracy']:.3f}",
          "met": align["preference_accuracy"] >= 0.85},
         {"name": ALIGNMENT_TARGETS[1], "value": f"{instruct['held_out_mean']:.3f}",
          "met": instruct["held_out_mean"] >= 0.80},
-        {"name": ALIGNMENT_TARGETS[2], "value": f"largest fall {falls[worst]:+.3f} ({worst})",
-         "met": falls[worst] <= 0},
-        {"name": ALIGNMENT_TARGETS[3], "value": f"{align['max_task_drop']:.2f} points",  # align's unit: points
+        {"name": ALIGNMENT_TARGETS[2], "value": f"largest fall {task_fall:+.3f} ({task})", "met": task_fall <= 0},
+        {"name": ALIGNMENT_TARGETS[3], "value": f"largest fall {template_fall:+.3f} ({template})",
+         "met": template_fall <= 0},
+        {"name": ALIGNMENT_TARGETS[4], "value": f"{align['max_task_drop']:.2f} points",  # align's unit: points
          "met": align["max_task_drop"] <= 1.0},
     ]
     return scores, targets

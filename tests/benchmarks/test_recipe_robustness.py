@@ -161,12 +161,13 @@ def test_alignment_targets_met(tmp_path):
     assert all(t["met"] for t in targets)
     assert scores["instruct"] == {"held_out_mean": 0.85, "held_out_vqa": 0.9}
     assert scores["align"]["largest_template_fall"] == 0.0  # caption stayed; vqa rose
+    assert scores["align"]["largest_task_templates_fall"] == 0.0
 
 
 def test_alignment_targets_missed_name_the_template_that_fell(tmp_path):
     scores, targets = alignment(aligned_clone(tmp_path, 0.84, 0.79, 0.7, 1.5))
     assert not any(t["met"] for t in targets)
-    assert "vqa: {question} A:" in targets[2]["value"]
+    assert "(vqa)" in targets[2]["value"] and "vqa: {question} A:" in targets[3]["value"]
     assert scores["align"]["largest_template_fall"] == pytest.approx(0.2)
 
 
@@ -178,6 +179,11 @@ def test_alignment_of_a_dag_without_align(tmp_path):
 def test_template_falls_skip_templates_without_records():
     falls = template_falls({"before": held_out(1.0, 0.5), "after": held_out(0.9, 0.6)})
     assert falls == pytest.approx({"caption: Describe.": 0.1, "vqa: {question} A:": -0.1})
+
+
+def test_template_falls_per_task():
+    falls = template_falls({"before": held_out(1.0, 0.5), "after": held_out(0.9, 0.6)}, per_template=False)
+    assert falls == pytest.approx({"caption": 0.1, "vqa": -0.1})
 
 
 def test_markdown_lists_alignment_scores():
