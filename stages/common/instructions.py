@@ -84,20 +84,24 @@ def turn(meta: dict, task: str, template: str, captions: list[str], n_options: i
     return Turn(task, template.replace("{options}", listed), LETTERS[right], len(choices))
 
 
+def holds_placeholder(word: str) -> bool:
+    """Whether a template word carries a placeholder ("{question}", or glued to punctuation: "{question}?")."""
+    return any(mark in word for mark in PLACEHOLDERS.values())
+
+
 def instruction_words(templates: dict[str, dict[str, list[str]]]) -> list[str]:
-    """The words of every task's train templates (placeholders left out), sorted: prompt noise's replacements."""
-    placeholders = set(PLACEHOLDERS.values())
+    """The words of every task's train templates (none holding a placeholder), sorted: prompt noise's
+    replacements."""
     return sorted({word for task in templates.values() for template in task["train"] for word in template.split()
-                   if word not in placeholders})
+                   if not holds_placeholder(word)})
 
 
 def noisy_words(text: str, p: float, vocabulary: list[str], rng: random.Random) -> str:
     """Each word of `text`, with probability p, dropped or replaced by a word of `vocabulary` (half each); at least
     one word kept. Placeholders ({question}, {options}) are never touched."""
-    placeholders = set(PLACEHOLDERS.values())
     words, out = text.split(), []
     for word in words:
-        if any(mark in word for mark in placeholders) or rng.random() >= p:
+        if holds_placeholder(word) or rng.random() >= p:
             out.append(word)
         elif rng.random() < 0.5:
             out.append(vocabulary[rng.randrange(len(vocabulary))])

@@ -213,6 +213,11 @@ def test_instruction_words_are_the_train_templates_words_without_placeholders(de
     assert held_out_only and not held_out_only & set(words)
 
 
+def test_instruction_words_leave_out_words_glued_to_a_placeholder():
+    words = instruction_words({"vqa": {"train": ["Q:{question}? Answer.", "{question} Be brief."], "held_out": []}})
+    assert words == ["Answer.", "Be", "brief."]
+
+
 def test_noisy_words_at_zero_and_one():
     text = "Which of these describes it? Answer with the letter."
     assert noisy_words(text, 0.0, VOCABULARY, random.Random(0)) == text
