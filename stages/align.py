@@ -34,6 +34,7 @@ from model.preference import dpo_loss, group_advantages, implicit_rewards, ppo_c
 from stages.common.atomic import atomic_open, write_json
 from stages.common.batches import to_device
 from stages.common.checkpoint import fingerprint
+from stages.common.config_errors import run_main
 from stages.common.distributed import launch
 from stages.common.instruction_tasks import instruct_losses, template_scores
 from stages.common.instructions import check_templates, content
@@ -293,4 +294,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

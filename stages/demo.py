@@ -42,6 +42,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from stages.common.atomic import atomic_dir, write_jsonl
+from stages.common.config_errors import run_main
 from stages.common.params import DemoParams, Params, load_params
 from stages.common.sources import local_table
 
@@ -374,4 +375,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

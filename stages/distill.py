@@ -32,6 +32,7 @@ from model.objectives import contrastive_losses, view_losses
 from stages.common.atomic import write_json
 from stages.common.batches import decoder_labels, model_inputs, question_prefixed, same_caption
 from stages.common.checkpoint import fingerprint
+from stages.common.config_errors import run_main
 from stages.common.distributed import launch, setup
 from stages.common.loader import read_index
 from stages.common.models import file_digest, parameter_count, save
@@ -162,4 +163,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -34,6 +34,7 @@ from model.quantization import SENSITIVITY, load_saved
 from stages.common.atomic import atomic_open, write_json
 from stages.common.baselines import majority_baseline, question_prior_baseline
 from stages.common.cards import card_text, provenance, write_card
+from stages.common.config_errors import run_main
 from stages.common.latency import latency_rounds, paired_ratio, timing_batches
 from stages.common.loader import read_index, read_meta
 from stages.common.params import EvaluateParams, Params, PathsParams, load_params
@@ -413,4 +414,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

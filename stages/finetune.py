@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from model.families import DEEPSEEK_VL, family_of_model, load_pretrained
 from stages.common.atomic import write_json
 from stages.common.checkpoint import fingerprint
+from stages.common.config_errors import run_main
 from stages.common.distributed import launch
 from stages.common.loader import read_index
 from stages.common.models import file_digest, parameter_count, save
@@ -57,4 +58,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

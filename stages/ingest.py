@@ -27,6 +27,7 @@ import aiohttp
 from tqdm import tqdm
 
 from stages.common.atomic import atomic_dir, write_json, write_jsonl
+from stages.common.config_errors import run_main
 from stages.common.fetch import Fetched, fetch_async
 from stages.common.fileserver import LoopbackServer
 from stages.common.params import IngestParams, load_params
@@ -217,4 +218,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

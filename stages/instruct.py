@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 from model.families import load_pretrained
 from stages.common.atomic import write_json
 from stages.common.checkpoint import fingerprint
+from stages.common.config_errors import run_main
 from stages.common.distributed import launch
 from stages.common.instruction_tasks import instruct_step, template_scores
 from stages.common.instructions import TASKS, check_templates
@@ -82,4 +83,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 from model.families import load_pretrained
 from stages.common.atomic import write_json
 from stages.common.batches import to_device
+from stages.common.config_errors import run_main
 from stages.common.instruction_tasks import BUDGETS
 from stages.common.instructions import LETTERS, Turn, check_templates, content, correct, tasks_of, turn
 from stages.common.loader import make_loader, read_meta
@@ -133,4 +134,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,7 @@ from model.families import DEEPSEEK_VL, build_config, family_of, model_class
 from model.objectives import pretraining_losses
 from stages.common.batches import model_inputs, same_caption
 from stages.common.checkpoint import fingerprint
+from stages.common.config_errors import run_main
 from stages.common.distributed import launch
 from stages.common.loader import read_index
 from stages.common.models import save
@@ -88,4 +89,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -61,6 +61,7 @@ from model.quantization import (
 )
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.batches import decoder_labels, model_inputs, question_prefixed
+from stages.common.config_errors import run_main
 from stages.common.latency import inference, interleaved_ms, latency_ms, timing_batches
 from stages.common.loader import make_loader
 from stages.common.params import load_params
@@ -349,4 +350,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from stages.common.atomic import atomic_dir, write_json
+from stages.common.config_errors import run_main
 from stages.common.features import image_to_array, log_mel, mel_filters, token_ids
 from stages.common.params import Params, ShardParams, load_params
 from stages.common.records import SPLITS, record_split
@@ -235,4 +236,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

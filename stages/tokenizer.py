@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from stages.common.atomic import atomic_dir, read_jsonl
+from stages.common.config_errors import run_main
 from stages.common.params import SplitParams, TokenizerParams, load_params
 from stages.common.records import TEXT_FIELDS, record_split
 
@@ -87,4 +88,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -33,6 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages.common.atomic import atomic_dir, write_json, write_jsonl
+from stages.common.config_errors import run_main
 from stages.common.dedup import Groups, audio_fingerprint, digest, image_fingerprint, near_pairs, normalise_text
 from stages.common.gate import GateLimits, features_summary_metrics, run_gate
 from stages.common.media import DecodedAudio, DecodedImage, Rejected, decode_audio, decode_image
@@ -333,4 +334,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,7 +8,8 @@
     trimodal promote student-int8        # production only if it beats the production model (trimodal/registry.py)
 
 Exit codes: 0 done, 2 bad input (a media file the validate stage would reject, with its reason; a missing file or
-model folder; a repository not in a state to promote), 1 a promotion refused (not better), or anything else.
+model folder; a repository not in a state to promote; a params.yaml or conf/ value of the wrong type or an unknown
+key, named in one line), 1 a promotion refused (not better), or anything else.
 `python -m stages.<name>` still runs each DAG stage.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from stages.common.config_errors import ConfigError
 
 BAD_INPUT = 2
 
@@ -85,7 +88,11 @@ def report(args: argparse.Namespace) -> int:
 
         if not Path("params.yaml").is_file():
             raise InputError("no params.yaml here: run from the project root, or give --metrics DIR")
-        paths = yaml.safe_load(Path("params.yaml").read_text())["paths"]
+        try:
+            paths = yaml.safe_load(Path("params.yaml").read_text())["paths"]
+        except (yaml.YAMLError, TypeError, KeyError):
+            raise ConfigError("params.yaml has no readable paths section: `python -m stages.common.params write` "
+                              "rewrites it from conf/") from None
         metrics = metrics or paths["metrics"]
     if args.compare:
         try:
@@ -166,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except InputError as e:
+    except (InputError, ConfigError) as e:
         print(f"trimodal {args.command}: {e}", file=sys.stderr)
         return BAD_INPUT
 

@@ -207,12 +207,16 @@ def promote(variant: str = "student-int8", repo: Path = Path("."), metrics: Sequ
     `push`: push the new tags to `origin`. `author`, `author_email`: the tagger (default: git's configuration).
     Returns a PromoteResult whose `message` says why, with every score; refusing is not an error (promoted=False).
     Raises PromoteError when the repository is not in a state to promote from (the message names the fix)."""
+    from stages.common.config_errors import ConfigError
     from stages.common.params import load_params
 
     repo = Path(repo).resolve()
     if not (repo / "dvc.yaml").is_file() or not (repo / "params.yaml").is_file():
         raise PromoteError(f"{repo} is not a trimodal project (no dvc.yaml / params.yaml): run from its root")
-    params = load_params(repo / "params.yaml")
+    try:
+        params = load_params(repo / "params.yaml")
+    except ConfigError as e:
+        raise PromoteError(f"{repo / 'params.yaml'}: {e}") from None
     metrics = list(metrics or params.promote.metrics)
     if unknown := [m for m in metrics if m not in SCORED]:
         raise PromoteError(f"promote.metrics: {unknown} are not scores promote computes ({', '.join(SCORED)})")

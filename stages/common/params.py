@@ -7,6 +7,9 @@ The dataclasses below hold no defaults: a value missing from params.yaml is an e
 Each stage reads params.yaml through `load_params` once, at its edge; OmegaConf merges it onto the schema, so a
 typo'd key or a wrong type fails loudly before any work starts. Command-line `key=value` overrides (OmegaConf
 dotlist) apply on top. `defaults(overrides)` gives the typed composition of conf/ itself (tests, benchmarks).
+`write` checks a composition against the schema too, so a wrong type is refused before params.yaml changes.
+Configuration mistakes (an unknown group choice or key, a wrong type, a missing value) raise `ConfigError`, one
+line naming the key (stages/common/config_errors.py); `run_main` prints it for an entry point, exit code 2.
 """
 from __future__ import annotations
 
@@ -18,10 +21,24 @@ from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from stages.common.config_errors import (
+    ConfigError,
+    dotted,
+    expected_type,
+    key_of,
+    one_line,
+    override_key,
+    run_main,
+    unknown_key,
+    yaml_problem,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 HEADER = ("# GENERATED from conf/ by `python -m stages.common.params write`: edit conf/, not this file.\n"
           "# DVC tracks it and `dvc repro` reads it; tests/test_params.py checks it against conf/.\n")
+WRITE = "python -m stages.common.params write"
 
 
 @dataclass
@@ -286,21 +303,70 @@ def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ())
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run stages from the repository root (where dvc.yaml is)")
-    return _typed(OmegaConf.load(path), overrides)
+    try:
+        values = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not YAML: {yaml_problem(e)} (`{WRITE}` rewrites it from conf/)") from None
+    return _typed(values, overrides)
 
 
 def _typed(values, overrides: Sequence[str] = ()) -> Params:
-    merged = OmegaConf.merge(OmegaConf.structured(Params), values, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    """`values` (then `overrides`) on the schema, as a `Params`; a mismatch is a ConfigError naming the key."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Params), values, _dotlist(overrides))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = override_key(e.full_key, overrides)
+        known = [*dotted(OmegaConf.to_container(OmegaConf.structured(Params))),
+                 *dotted(OmegaConf.to_container(OmegaConf.create(values)))]
+        raise unknown_key(key, [k for k in known if k != key and not k.startswith(key + ".")]) from None
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} has no value: set it in conf/, then `{WRITE}`") from None
+    except OmegaConfBaseException as e:  # a ValidationError, mostly: a value of the wrong type
+        expected = expected_type(Params, e.full_key) if e.full_key else None
+        if expected is None:
+            raise ConfigError(f"{e.full_key or 'params'}: {one_line(e.msg)}") from None
+        value = OmegaConf.to_container(e.value) if OmegaConf.is_config(e.value) else e.value
+        raise ConfigError(f"{e.full_key}: expected {expected}, got {value!r}") from None
+
+
+def _dotlist(overrides: Sequence[str]):
+    """`key=value` overrides as one config, each parsed alone so that an unreadable one is named."""
+    parsed = []
+    for override in overrides:
+        try:
+            parsed.append(OmegaConf.from_dotlist([override]))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {override!r} is not YAML: {yaml_problem(e)}") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {override!r}: {one_line(e.msg)}") from None
+    return OmegaConf.merge({}, *parsed)
 
 
 def compose(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> dict:
     """conf/ composed by Hydra with `overrides` (group choices such as model=small, or values): a plain dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
 
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
-        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=list(overrides)), resolve=True)
+    try:
+        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+            return OmegaConf.to_container(hydra_compose(config_name="config", overrides=list(overrides)),
+                                          resolve=True)
+    except MissingConfigException as e:  # a group choice without its yaml: name the ones there are
+        group, _, choice = (e.missing_cfg_file or "").rpartition("/")
+        if not e.options:
+            raise ConfigError(one_line(e)) from None
+        raise ConfigError(f"{group}={choice}: no conf/{group}/{choice}.yaml; {group} is one of "
+                          f"{', '.join(e.options)}") from None
+    except HydraException as e:
+        if not isinstance(e.__cause__, (ConfigKeyError, ConfigAttributeError)):
+            raise ConfigError(one_line(e)) from None
+        key = override_key(e.__cause__.full_key, overrides)  # a value override of a key conf/ lacks
+        others = [o for o in overrides if key_of(o) != key]
+        raise unknown_key(key, dotted(compose(others, conf_dir))) from None
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve
+        raise ConfigError(f"{e.full_key}: {one_line(e.msg)}") from None
 
 
 def defaults(overrides: Sequence[str] = ()) -> Params:
@@ -325,9 +391,10 @@ OVERRIDES_LINE = "# overrides: "
 
 def write(path: Path, values: dict, overrides: Sequence[str] = ()) -> None:
     """params.yaml from composed `values`, naming the Hydra `overrides` they were composed with (so `check` can
-    tell a composition from a hand edit)."""
+    tell a composition from a hand edit). Values the schema refuses raise ConfigError and leave `path` as it was."""
     from stages.common.atomic import atomic_open
 
+    _typed(values)  # a wrong type is told now, not when a stage reads params.yaml
     with atomic_open(path, "w") as f:
         f.write(HEADER + (OVERRIDES_LINE + shlex.join(overrides) + "\n" if overrides else ""))
         yaml.safe_dump(values, f, sort_keys=False)
@@ -376,4 +443,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

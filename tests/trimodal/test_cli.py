@@ -71,3 +71,17 @@ def test_a_missing_model_folder_exits_2(tmp_path, media, capsys):
 def test_the_console_script_exits_2_on_bad_input_without_a_traceback(models, media):
     proc = trimodal("predict", "--model", str(models["teacher"]), "--image", str(media / "broken.png"))
     assert proc.returncode == 2 and "image truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_params_yaml_that_does_not_fit_the_schema_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """`trimodal promote` reads params.yaml through the schema, `trimodal report` its paths."""
+    params = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(params.replace("max_pixels: 40000000", "max_pixels: abc"))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_main(capsys, "promote")
+    assert (code, stderr) == (2, f"{Path.cwd() / 'params.yaml'}: validate.max_pixels: expected int, got 'abc'\n")
+    (tmp_path / "params.yaml").write_text("paths: [\n")
+    code, _, stderr = run_main(capsys, "report")
+    assert (code, stderr) == (2, "trimodal report: params.yaml has no readable paths section: `python -m "
+                                 "stages.common.params write` rewrites it from conf/\n")
