@@ -48,6 +48,7 @@ from stages.common.scoring import (
     bleu_signature,
     by_subset,
     fill_cider,
+    group_subsets,
     headline,
     held_out_row,
     record_of,
@@ -75,7 +76,8 @@ def parameter_count(path: Path) -> int:
 
 def score_variant(model, tokenizer, shards: str, p: EvaluateParams, seed: int) -> dict:
     """One model on the split: {"rows": {row: task + retrieval + noise scores}, "records": its clean predicted
-    records, "random_ranking": {row: random-ranking recall@k over the same retrieval galleries}}."""
+    records, "random_ranking": {row: random-ranking recall@k over the same retrieval galleries}, "references":
+    {group: the scores of the records like it}, "group_subsets": {group: {subset: its records' scores}}}."""
     clean = predict(model, tokenizer, shards, p.split, p.batch_size, p.max_new_tokens, seed=seed)
     rows = by_subset(clean["records"], lambda rs: task_scores(rs, p.extra_bleu_order))
     retrieval, random_ranking = retrieval_by_row(clean["records"], clean["embeddings"], clean["present"])
@@ -87,7 +89,10 @@ def score_variant(model, tokenizer, shards: str, p: EvaluateParams, seed: int) -
         for name, scores in by_subset(noisy["records"], answer_scores).items():
             rows[name].update({f"{kind}_{k}": scores[k] for k in NOISE_KEYS if k in scores})
     like = {group: answer_scores(members) for group, members in references(clean["records"]).items()}
-    return {"rows": rows, "records": clean["records"], "random_ranking": random_ranking, "references": like}
+    split = {group: {name: answer_scores(members) for name, members in subsets.items()}
+             for group, subsets in group_subsets(clean["records"]).items()}
+    return {"rows": rows, "records": clean["records"], "random_ranking": random_ranking, "references": like,
+            "group_subsets": split}
 
 
 def score_baselines(shards: str, p: EvaluateParams, scored: dict) -> dict:
@@ -141,7 +146,8 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
     for name, path in variants.items():
         scored = score_variant(models[name], AutoTokenizer.from_pretrained(path), shards, p, seed)
         first = first or scored  # the test targets, and so the baselines, are the same for every variant
-        results[name] = {"rows": scored["rows"], "references": scored["references"], "family": saved_family(path),
+        results[name] = {"rows": scored["rows"], "references": scored["references"],
+                         "group_subsets": scored["group_subsets"], "family": saved_family(path),
                          "parameters": parameter_count(path), "size_bytes": weights_bytes(path)}
         if (path / SENSITIVITY).exists():  # the quantize stage's sweeps and speed measurements, in the report
             measured = json.loads(quantize_metrics.read_text()) if quantize_metrics.exists() else {}
@@ -246,6 +252,26 @@ def groups_section(results: dict) -> list[str]:
     return lines
 
 
+def group_subsets_section(results: dict) -> list[str]:
+    """VQA of each group that spans several modality subsets, per subset (scoring.group_subsets), per variant."""
+    names = _variants(results)
+    found = results[names[0]].get("group_subsets", {})
+    rows = [(group, subset, scores) for group, subsets in found.items() for subset, scores in subsets.items()
+            if "vqa_accuracy" in scores]
+    if not rows:
+        return []
+    lines = ["## Groups per modality subset", "",
+             "VQA accuracy of each group's records by the inputs they carry: a pair of inputs the model cannot "
+             "compare shows here, not in the group's row.", "",
+             "| group | subset | n | " + " | ".join(names) + " |", "| --- | --- | ---: |" + " ---: |" * len(names)]
+    for group, subset, scores in rows:
+        cells = [_fmt("vqa_accuracy", results[n].get("group_subsets", {}).get(group, {}).get(subset, {})
+                      .get("vqa_accuracy")) for n in names]
+        few = " *few*" if scores["n_vqa"] < MIN_RECORDS else ""
+        lines.append(f"| {group} | {subset} | {scores['n_vqa']}{few} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def sweep_section(results: dict, top: int = 10) -> list[str]:
     """The quantize stage's per-Linear sensitivity sweep (models/<int8>/sensitivity.json), most fragile first."""
     lines = []
@@ -348,6 +374,7 @@ def report(results: dict, p: EvaluateParams) -> str:
             lines.append(f"| {row} | {n}{few} | " + " | ".join(cell(row, key)[:-1]) + " |")
         lines.append("")
     lines += groups_section(results)
+    lines += group_subsets_section(results)
     lines += sweep_section(results)
     lines += ["## Targets", "", "| target | measured | met |", "| --- | ---: | :---: |"]
     lines += [f"| {what} | {value} | {'yes' if met else '**no**'} |" for what, value, met in targets(results)]

@@ -159,6 +159,19 @@ def groups(records: Sequence[dict]) -> dict[str, list[dict]]:
     return rows
 
 
+def group_subsets(records: Sequence[dict]) -> dict[str, dict[str, list[dict]]]:
+    """Each in-distribution record group whose records carry different modality subsets, split by subset (the
+    demo's fusion group: image+audio, image+text, audio+text). A pair of inputs a model cannot compare hides in its
+    group's row; the DeepSeek-VL family, which reads no audio, can only guess the audio pairs."""
+    out = {}
+    for group in sorted({r["group"] for r in records if r.get("group") and not held_out(r)}):
+        members = [r for r in records if r.get("group") == group]
+        subsets = [name for name in SUBSETS if any(r["subset"] == name for r in members)]
+        if len(subsets) > 1:
+            out[group] = {name: [r for r in members if r["subset"] == name] for name in subsets}
+    return out
+
+
 def references(records: Sequence[dict]) -> dict[str, list[dict]]:
     """For each record group, the records of no group over the same modality subsets: what the group is compared
     with (a held-out group such as ood-render, image-only records in renderings training never shows, against the

@@ -1,6 +1,6 @@
 """The report's INT8 speed section, its targets and the headline metrics files, from hand-made records."""
-from stages.common.scoring import answer_scores, references
-from stages.evaluate import groups_section, headlines, speed_lines, targets
+from stages.common.scoring import answer_scores, group_subsets, references
+from stages.evaluate import group_subsets_section, groups_section, headlines, speed_lines, targets
 
 
 def test_speed_lines_sum_the_called_linears_and_show_whole_model_latency():
@@ -93,3 +93,24 @@ def test_held_out_groups_are_targeted_by_their_gap_not_by_the_student_ratio():
     assert rows["student vqa_accuracy >= 97% of teacher on every row"] == ("98.0% (overall)", True)
     assert rows["teacher vqa_accuracy on held-out groups within 10 points of records like them"] == \
         ("-15.0 points (ood-render)", False)
+
+
+def test_a_group_over_several_subsets_is_shown_per_subset():
+    def record(i, subset, group, right):
+        return {"id": str(i), "subset": subset, "group": group, "answer": "yes",
+                "answer_pred": "yes" if right else "no"}
+
+    records = [record(0, "image+text", "fusion", True), record(1, "image+text", "fusion", True),
+               record(2, "image+audio", "fusion", False), record(3, "image+audio", "fusion", True),
+               record(4, "image", "ood-render", False), record(5, "text", "ood-render", True),  # held out: not split
+               record(6, "text", "one-subset", True), record(7, "text", None, True)]
+    found = group_subsets(records)
+    assert {g: {s: [r["id"] for r in rs] for s, rs in by.items()} for g, by in found.items()} == {
+        "fusion": {"image+audio": ["2", "3"], "image+text": ["0", "1"]}}  # SUBSETS order; one-subset: no split
+    scores = {g: {s: answer_scores(rs) for s, rs in by.items()} for g, by in found.items()}
+    worse = {"fusion": {"image+audio": answer_scores(records[2:3]), "image+text": answer_scores(records[:1])}}
+    text = "\n".join(group_subsets_section({"teacher": {"group_subsets": scores},
+                                              "student": {"group_subsets": worse}}))
+    assert "| fusion | image+audio | 2 *few* | 0.500 | 0.000 |" in text
+    assert "| fusion | image+text | 2 *few* | 1.000 | 1.000 |" in text
+    assert group_subsets_section({"teacher": {"group_subsets": {}}}) == []
