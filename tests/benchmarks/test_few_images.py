@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.few_images import LAMBDAS, logistic_regression, markdown, parse
+from benchmarks.few_images import LAMBDAS, logistic_regression, markdown, parse, summary
 
 
 def blobs(n: int, seed: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,19 +23,27 @@ def test_the_linear_baseline_separates_what_the_pixels_separate_and_nothing_else
     assert 0.4 < noise["test"] < 0.6  # chance
 
 
-def test_the_table_names_both_classifiers_and_the_records():
-    result = {"records": {"train": 160, "val": 240, "test": 400}, "train_per_class": {"a": 18, "b": 23},
-              "model": {"val": 0.9, "test": 0.875}, "logistic_regression": {"weight_decay": 0.01, "val": 0.5,
-                                                                            "test": 0.4}}
-    text = markdown(result)
-    assert "160 train images (18-23 per class), 240 val, 400 test" in text
-    assert "| trimodal (finetune, image alone) | 0.900 | 0.875 |" in text
-    assert "| logistic regression on the pixels (L2 0.01) | 0.500 | 0.400 |" in text
+def run_of(seed: int, model_test: float, linear_test: float) -> dict:
+    return {"config": {"seed": seed}, "records": {"train": 160, "val": 240, "test": 400},
+            "train_per_class": {"a": 18, "b": 23}, "model": {"val": 0.9, "test": model_test},
+            "logistic_regression": {"weight_decay": 0.01, "val": 0.5, "test": linear_test}}
+
+
+def test_the_verdict_is_on_test_over_the_seeds_and_the_table_names_both_classifiers():
+    runs = [run_of(0, 0.875, 0.4), run_of(1, 0.3, 0.35), run_of(2, 0.5, 0.5)]
+    s = summary(runs)
+    assert s["seeds"] == 3 and s["model_reaches_linear"] == 2  # a tie reaches it; 0.3 < 0.35 does not
+    assert s["model_test_min"] == 0.3 and abs(s["linear_test_mean"] - 1.25 / 3) < 1e-9
+    text = markdown({"runs": runs, "summary": s})
+    assert "| 0 | trimodal (finetune, image alone) | 0.900 | 0.875 | 160 (18-23 per class) / 240 / 400 |" in text
+    assert "| 1 | logistic regression on the pixels (L2 0.01) | 0.500 | 0.350 | |" in text
+    assert "the model reaches it in 2 of 3." in text
 
 
 def test_arguments():
     args = parse([])
-    assert (args.per_class, args.seed, args.threads, args.overrides) == (20, 0, 2, [])
+    assert (args.per_class, args.seeds, args.threads, args.overrides) == (20, [0], 2, [])
+    assert parse(["--seeds", "0", "1", "2"]).seeds == [0, 1, 2]
     assert parse(["--set", "finetune.steps=600", "--per-class", "10"]).overrides == ["finetune.steps=600"]
     with pytest.raises(SystemExit):
         parse(["--per-class", "0"])
