@@ -9,7 +9,8 @@ stages/common/supervised.py, DeepSeek-VL's chat turns), so the formats the evalu
 Measured on the val split, before (the fine-tuned model) and after: exact-match accuracy per task on the
 `held_out` templates, which no stage trains on -> metrics/instruct.json (the tasks' mean before and after, each
 task after, the task scores) and metrics/details/instruct.json (per task and template before and after, the task
-scores per modality subset).
+scores per modality subset, and `cut_prompts`: per template, how many val prompts are longer than the trimodal
+decoder reads whole, each also a line of the log).
 """
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ from stages.common.atomic import write_json
 from stages.common.checkpoint import fingerprint
 from stages.common.config_errors import run_main
 from stages.common.distributed import launch
-from stages.common.instruction_tasks import instruct_step, template_scores
+from stages.common.instruction_tasks import cut_lines, cut_prompts, instruct_step, template_scores
 from stages.common.instructions import TASKS, check_templates
 from stages.common.loader import read_index
 from stages.common.models import file_digest, save
 from stages.common.params import load_params
 from stages.common.predict import val_scores
-from stages.common.responses import is_vl
+from stages.common.responses import is_vl, prompt_width
 from stages.common.scoring import headline
 from stages.common.supervised import finetune_losses
 from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
@@ -63,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     replay = sft_losses(tokenizer) if vl else finetune_losses
     data = skipped(p.shards, "train") if vl else {}
     asked = params.instructions
+    cut = cut_prompts(model, tokenizer, p.shards, "val", asked.templates, asked.options, params.seed)
+    for line in cut_lines(cut, prompt_width(model), "val"):
+        print(f"instruct: {line}")
     step = instruct_step(tokenizer, asked.templates, asked.options, replay, asked.prompt_noise)
     model = fit(model, step, p, params.trainer, params.seed,
                 "instruct", fingerprint(p, params.instructions, params.seed, read_index(p.shards),
@@ -74,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     after = held_out(model, tokenizer, params)
     scores = val_scores(model, tokenizer, p.shards)
     write_json(Path(paths.details) / "instruct.json", {"held_out": {"before": before, "after": after},
-                                                       "val": scores})
+                                                       "val": scores, "cut_prompts": cut})
     summary = {**summary_of(before, after), **headline(scores["overall"]), **data}
     write_json(Path(paths.metrics) / "instruct.json", summary)
     save(model, tokenizer, Path(paths.instructed))

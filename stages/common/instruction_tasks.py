@@ -14,8 +14,8 @@ from stages.common.batches import to_device
 from stages.common.generation import ANSWER_TOKENS
 from stages.common.instructions import TASKS, content, correct, instruction_words, noisy_prompt, tasks_of, turn
 from stages.common.loader import make_loader, read_meta
-from stages.common.responses import logprobs, media_of, prompted, readable, respond
-from stages.common.vl_tasks import texts, zero_loss
+from stages.common.responses import logprobs, media_of, prompt_width, prompted, readable, respond
+from stages.common.vl_tasks import chat_prompt_ids, texts, zero_loss
 
 # new tokens a response may take: a caption is a short phrase, an answer or a class a word or two, a letter one
 BUDGETS = {"caption": 16, "vqa": ANSWER_TOKENS, "classify": ANSWER_TOKENS, "choice": 3}
@@ -106,3 +106,36 @@ def template_scores(model, tokenizer, shards: str, split: str, templates: dict, 
                          "templates": {t: {"accuracy": h / k if k else None, "n": k} for t, (h, k) in per.items()}}
     out["mean"] = sum(v["accuracy"] for v in out.values()) / len(out) if out else None
     return out
+
+
+def cut_prompts(model, tokenizer, shards: str, split: str, templates: dict, n_options: int, seed: int,
+                batch_size: int = 64) -> dict:
+    """How many of `split`'s prompts of each template, train and held-out, are longer than the model reads whole
+    (responses.prompt_width): such a prompt is answered from its end, its start (the record's text, the first
+    listed options) unseen. {task: {template: {"cut": k, "n": n}}} for the templates with k > 0; the prompts are
+    the ones template_scores asks (the same choice options). Nothing is cut for DeepSeek-VL: {}."""
+    width = prompt_width(model)
+    if width is None:
+        return {}
+    captions = [m.get("caption") for m in read_meta(shards, split)]
+    counts: dict = {}
+    for batch in make_loader(shards, split, batch_size):
+        metas, text = batch["meta"], texts(tokenizer, batch)
+        for task in TASKS:
+            rows = [i for i, m in enumerate(metas) if readable(model, m) and task in tasks_of(m, captions)]
+            for template in (*templates[task]["train"], *templates[task]["held_out"]):
+                turns = [turn(metas[i], task, template, captions, n_options,
+                              random.Random(f"{seed}:{metas[i]['id']}:{template}")) for i in rows]
+                ids = chat_prompt_ids(tokenizer, [content(text[i], t.prompt) for i, t in zip(rows, turns, strict=True)])
+                count = counts.setdefault(task, {}).setdefault(template, [0, 0])
+                count[0] += sum(len(p) > width for p in ids)
+                count[1] += len(ids)
+    return {task: {t: {"cut": k, "n": n} for t, (k, n) in per.items() if k}
+            for task, per in counts.items() if any(k for k, _ in per.values())}
+
+
+def cut_lines(cut: dict, width: int | None, split: str) -> list[str]:
+    """One line per template whose prompts are cut (cut_prompts), for a stage's log."""
+    return [f"{n_cut['cut']} of {n_cut['n']} {split} prompts of {task} template {template!r} are longer than the "
+            f"{width} tokens the decoder reads whole: it answers them from their end"
+            for task, per in cut.items() for template, n_cut in per.items()]

@@ -67,11 +67,16 @@ class Prompted:
 RESPONSE_ROOM = 16  # decoder positions kept for the response after its prompt (captions are the longest asked)
 
 
+def prompt_width(model) -> int | None:
+    """The tokens of a chat prompt the model reads whole (trimodal: its decoder's positions less RESPONSE_ROOM; a
+    longer prompt loses its start), None where prompts are not cut (DeepSeek-VL)."""
+    return None if is_vl(model) else model.config.max_decoder_positions - RESPONSE_ROOM
+
+
 def _decoder_prompts(model, tokenizer, contents: list[str]) -> list[list[int]]:
-    """The chat prompts as the trimodal decoder's prefix, each cut to leave RESPONSE_ROOM of its positions (the
-    start of a long text goes; "<s>", the end of the instruction and "Assistant:" stay)."""
-    return [fitted(ids, model.config.max_decoder_positions - RESPONSE_ROOM)
-            for ids in chat_prompt_ids(tokenizer, contents)]
+    """The chat prompts as the trimodal decoder's prefix, each cut to `prompt_width` (the start of a long text
+    goes; "<s>", the end of the instruction and "Assistant:" stay)."""
+    return [fitted(ids, prompt_width(model)) for ids in chat_prompt_ids(tokenizer, contents)]
 
 
 def prompted(model, tokenizer, batch: dict, media, rows: list[int], contents: list[str]) -> Prompted:

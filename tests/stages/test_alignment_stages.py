@@ -47,6 +47,9 @@ def test_instruct_scores_held_out_templates_before_and_after(project):
     summary = json.loads((project / "metrics/instruct.json").read_text())
     assert summary["held_out_mean"] == details["held_out"]["after"]["mean"]
     assert summary["held_out_mean_before"] == details["held_out"]["before"]["mean"]
+    for task, per in details["cut_prompts"].items():  # the val prompts too long for the decoder, per template
+        for template, count in per.items():
+            assert template in TEMPLATES[task]["train"] + TEMPLATES[task]["held_out"] and 0 < count["cut"] <= count["n"]
     assert (project / "models/instruct/model.safetensors").exists()
     live = json.loads((project / "metrics/instruct/metrics.json").read_text())
     assert "instruct" in live and "ce" in live  # the instruction turns and the replayed fine-tuning objectives
