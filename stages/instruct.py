@@ -64,9 +64,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     replay = sft_losses(tokenizer) if vl else finetune_losses
     data = skipped(p.shards, "train") if vl else {}
     asked = params.instructions
-    cut = cut_prompts(model, tokenizer, p.shards, "val", asked.templates, asked.options, params.seed)
-    for line in cut_lines(cut, prompt_width(model), "val"):
-        print(f"instruct: {line}")
     step = instruct_step(tokenizer, asked.templates, asked.options, replay, asked.prompt_noise)
     model = fit(model, step, p, params.trainer, params.seed,
                 "instruct", fingerprint(p, params.instructions, params.seed, read_index(p.shards),
@@ -74,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 paths, keep=usable if vl else None, summary=data)
     if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return
+    cut = cut_prompts(model, tokenizer, p.shards, "val", asked.templates, asked.options, params.seed)
+    for line in cut_lines(cut, prompt_width(model), "val"):
+        print(f"instruct: {line}")
     before = held_out(load_pretrained(paths.finetuned).to(next(model.parameters()).device), tokenizer, params)
     after = held_out(model, tokenizer, params)
     scores = val_scores(model, tokenizer, p.shards)

@@ -70,6 +70,20 @@ def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable
     return step
 
 
+def asked_rows(model, metas: list[dict], task: str, captions: list[str]) -> list[int]:
+    """The batch rows the model can read that have an answer for `task`."""
+    return [i for i, m in enumerate(metas) if readable(model, m) and task in tasks_of(m, captions)]
+
+
+def asked_turns(metas: list[dict], text: list[str], rows: list[int], task: str, template: str,
+                captions: list[str], n_options: int, seed: int) -> tuple[list, list[str]]:
+    """The rows' `task` turns in `template` and their user contents, as the scores ask them: a record's choice
+    options drawn from `captions` with (seed, record id, template), the same draw every time."""
+    turns = [turn(metas[i], task, template, captions, n_options, random.Random(f"{seed}:{metas[i]['id']}:{template}"))
+             for i in rows]
+    return turns, [content(text[i], t.prompt) for i, t in zip(rows, turns, strict=True)]
+
+
 @torch.no_grad()
 def template_scores(model, tokenizer, shards: str, split: str, templates: dict, which: str, n_options: int,
                     batch_size: int, seed: int) -> dict:
@@ -86,14 +100,12 @@ def template_scores(model, tokenizer, shards: str, split: str, templates: dict, 
         metas, text = batch["meta"], texts(tokenizer, batch)
         media = media_of(model, batch)
         for task in TASKS:
-            rows = [i for i, m in enumerate(metas) if readable(model, m) and task in tasks_of(m, captions)]
+            rows = asked_rows(model, metas, task, captions)
             if not rows:
                 continue
             for template in templates[task][which]:
-                turns = [turn(metas[i], task, template, captions, n_options,
-                              random.Random(f"{seed}:{metas[i]['id']}:{template}")) for i in rows]
-                asked = prompted(model, tokenizer, batch, media, rows,
-                                 [content(text[i], t.prompt) for i, t in zip(rows, turns, strict=True)])
+                turns, contents = asked_turns(metas, text, rows, task, template, captions, n_options, seed)
+                asked = prompted(model, tokenizer, batch, media, rows, contents)
                 answers = respond(model, tokenizer, asked, BUDGETS[task])
                 hits[task][template][0] += sum(correct(a, t.target) for a, t in zip(answers, turns, strict=True))
                 hits[task][template][1] += len(rows)
@@ -122,11 +134,10 @@ def cut_prompts(model, tokenizer, shards: str, split: str, templates: dict, n_op
     for batch in make_loader(shards, split, batch_size):
         metas, text = batch["meta"], texts(tokenizer, batch)
         for task in TASKS:
-            rows = [i for i, m in enumerate(metas) if readable(model, m) and task in tasks_of(m, captions)]
+            rows = asked_rows(model, metas, task, captions)
             for template in (*templates[task]["train"], *templates[task]["held_out"]):
-                turns = [turn(metas[i], task, template, captions, n_options,
-                              random.Random(f"{seed}:{metas[i]['id']}:{template}")) for i in rows]
-                ids = chat_prompt_ids(tokenizer, [content(text[i], t.prompt) for i, t in zip(rows, turns, strict=True)])
+                ids = chat_prompt_ids(tokenizer, asked_turns(metas, text, rows, task, template, captions, n_options,
+                                                             seed)[1])
                 count = counts.setdefault(task, {}).setdefault(template, [0, 0])
                 count[0] += sum(len(p) > width for p in ids)
                 count[1] += len(ids)
