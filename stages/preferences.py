@@ -7,7 +7,7 @@ the train split, held-out ones for the others, so the held-out pairs are new pro
 record's answer, and rejected =
     sample       the model's own greedy answer, when it is wrong: what preference tuning should push down
     corruption   when the model is right (or answers nothing): a controlled wrong answer of the same kind, another
-                 record's caption / answer / class of the split, or another of the listed letters
+                 record's caption / answer / class of the split, or another of the listed captions (choice)
 A record none of whose tasks offers a wrong answer of its kind gets no pair (counted in the log). Pairs,
 how many were the model's own answers, and the records the model cannot read, per split -> metrics/preferences.json.
 """
@@ -29,7 +29,7 @@ from stages.common.atomic import write_json
 from stages.common.batches import to_device
 from stages.common.config_errors import run_main
 from stages.common.instruction_tasks import BUDGETS
-from stages.common.instructions import LETTERS, Turn, check_templates, content, correct, tasks_of, turn
+from stages.common.instructions import Turn, check_templates, content, correct, tasks_of, turn
 from stages.common.loader import make_loader, read_meta
 from stages.common.pairs import write_pairs
 from stages.common.params import load_params
@@ -47,7 +47,7 @@ def alternatives(metas: list[dict]) -> dict[str, list[str]]:
 def corruption(asked: Turn, pool: dict[str, list[str]], rng: random.Random) -> str | None:
     """A wrong answer of the task's kind (None: the split has none)."""
     if asked.task == "choice":
-        wrong = [letter for letter in LETTERS[: asked.options] if letter != asked.target]
+        wrong = [c for c in asked.listed if not correct(c, asked.target)]
     else:
         wrong = [a for a in pool[asked.task] if not correct(a, asked.target)]
     return rng.choice(wrong) if wrong else None

@@ -17,8 +17,9 @@ from stages.common.loader import make_loader, read_meta
 from stages.common.responses import logprobs, media_of, prompt_width, prompted, readable, respond
 from stages.common.vl_tasks import chat_prompt_ids, texts, zero_loss
 
-# new tokens a response may take: a caption is a short phrase, an answer or a class a word or two, a letter one
-BUDGETS = {"caption": 16, "vqa": ANSWER_TOKENS, "classify": ANSWER_TOKENS, "choice": 3}
+# new tokens a response may take: a caption (or the chosen option, a caption) is a short phrase, an answer or a
+# class a word or two
+BUDGETS = {"caption": 16, "vqa": ANSWER_TOKENS, "classify": ANSWER_TOKENS, "choice": 16}
 
 
 def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable, prompt_noise: float = 0.0) -> Callable:

@@ -6,8 +6,9 @@ scores), `preferences` (the prompts of the pairs) and `align`.
     caption   target: the caption                  template as it is
     vqa       target: the answer                   {question} -> the record's question
     classify  target: the label's name              template as it is (only records with a known label)
-    choice    target: the letter of the caption     {options} -> "(a) ... (b) ... (c) ...": the record's caption
-              among `options` (retrieval-style)      and options - 1 other captions, in a random order
+    choice    target: the matching option's text    {options} -> "(a) ... (b) ... (c) ...": the record's caption
+              (retrieval-style: its caption among    and options - 1 other captions, in a random order
+              `options` listed ones)
 
 The record's own text input comes before the prompt (`content`); both families read the result through the
 tokenizer's chat template (stages/common/responses.py).
@@ -27,7 +28,7 @@ class Turn:
     task: str
     prompt: str
     target: str
-    options: int = 0  # the choice task: how many captions it lists
+    listed: tuple[str, ...] = ()  # the choice task: the captions it lists, in order (the target among them)
 
 
 def check_templates(templates: dict[str, dict[str, list[str]]], options: int | None = None) -> None:
@@ -81,7 +82,7 @@ def turn(meta: dict, task: str, template: str, captions: list[str], n_options: i
         return Turn(task, template, meta["label"])
     choices, right = options(meta["caption"], captions, n_options, rng)
     listed = " ".join(f"({LETTERS[k]}) {c}" for k, c in enumerate(choices))
-    return Turn(task, template.replace("{options}", listed), LETTERS[right], len(choices))
+    return Turn(task, template.replace("{options}", listed), choices[right], tuple(choices))
 
 
 def holds_placeholder(word: str) -> bool:

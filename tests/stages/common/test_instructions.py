@@ -164,38 +164,37 @@ def test_options_vary_with_the_seed():
 
 def test_turn_caption_keeps_the_template_and_answers_the_caption():
     asked = turn(RECORD, "caption", "Describe it.", POOL, 3, random.Random(0))
-    assert asked == Turn("caption", "Describe it.", "a red circle", 0)
+    assert asked == Turn("caption", "Describe it.", "a red circle")
 
 
 def test_turn_vqa_fills_in_the_question_and_answers_the_answer():
     asked = turn(RECORD, "vqa", "Question: {question} Answer briefly.", POOL, 3, random.Random(0))
-    assert asked == Turn("vqa", "Question: what color is it? Answer briefly.", "red", 0)
+    assert asked == Turn("vqa", "Question: what color is it? Answer briefly.", "red")
 
 
 def test_turn_classify_answers_the_label_name():
     asked = turn(RECORD, "classify", "Name its class.", POOL, 3, random.Random(0))
-    assert asked == Turn("classify", "Name its class.", "circle", 0)
+    assert asked == Turn("classify", "Name its class.", "circle")
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_turn_choice_targets_the_letter_of_the_records_caption(seed):
+def test_turn_choice_lists_the_records_caption_among_others_and_answers_it(seed):
     asked = turn(RECORD, "choice", "Pick the matching description: {options}", POOL, 3, random.Random(seed))
     assert asked.task == "choice"
     assert asked.prompt.startswith("Pick the matching description: (a) ")
     choices = listed(asked.prompt)
     assert list(choices) == ["a", "b", "c"]
-    assert choices[asked.target] == "a red circle"
-    assert list(choices.values()).count("a red circle") == 1
-    assert asked.options == 3
+    assert tuple(choices.values()) == asked.listed
+    assert asked.target == "a red circle"
+    assert asked.listed.count("a red circle") == 1 and set(asked.listed) - {"a red circle"} <= OTHERS
 
 
-def test_turn_choice_counts_the_options_it_could_list():
-    asked = turn(RECORD, "choice", "{options} Answer with the letter.", ["a red circle", "a blue square"], 4,
+def test_turn_choice_lists_only_the_captions_there_are():
+    asked = turn(RECORD, "choice", "{options} Reply with that caption.", ["a red circle", "a blue square"], 4,
                  random.Random(0))
-    choices = listed(asked.prompt.removesuffix(" Answer with the letter."))
-    assert sorted(choices.values()) == ["a blue square", "a red circle"]
-    assert asked.options == 2
-    assert choices[asked.target] == "a red circle"
+    choices = listed(asked.prompt.removesuffix(" Reply with that caption."))
+    assert sorted(choices.values()) == ["a blue square", "a red circle"] == sorted(asked.listed)
+    assert asked.target == "a red circle"
 
 
 # prompt noise -------------------------------------------------------------------------------------------------------
@@ -267,7 +266,7 @@ def test_noisy_prompt_keeps_the_choice_options_whole():
                                       random.Random(seed))
         asked = turn(meta, "choice", template, POOL, 3, random.Random(seed))
         choices = listed(asked.prompt[asked.prompt.index("(a)"):])
-        assert choices[asked.target] == "a red circle"
+        assert tuple(choices.values()) == asked.listed and asked.target == "a red circle" in asked.listed
 
 
 # content, normalised, correct -----------------------------------------------------------------------------------
