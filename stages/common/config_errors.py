@@ -44,8 +44,10 @@ def key_of(override: str) -> str:
 
 
 def override_key(key: str, overrides: Sequence[str]) -> str:
-    """The key of the override below `key` (OmegaConf names only the first unknown level), else `key`."""
-    return next((k for k in map(key_of, overrides) if k == key or k.startswith(key + ".")), key)
+    """The key of the override below `key` (OmegaConf names only the first unknown level) or above it (a mapping
+    value holding the unknown key), else `key`."""
+    return next((k for k in map(key_of, overrides) if k == key or k.startswith(key + ".") or key.startswith(k + ".")),
+                key)
 
 
 def expected_type(schema: type, key: str) -> str | None:

@@ -362,8 +362,12 @@ def compose(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> dict:
     except HydraException as e:
         if not isinstance(e.__cause__, (ConfigKeyError, ConfigAttributeError)):
             raise ConfigError(one_line(e)) from None
-        key = override_key(e.__cause__.full_key, overrides)  # a value override of a key conf/ lacks
+        full_key = e.__cause__.full_key
+        key = override_key(full_key, overrides)  # a value override of a key conf/ lacks
         others = [o for o in overrides if key_of(o) != key]
+        if len(others) == len(overrides) or full_key.startswith(key + "."):
+            # a mapping override (a.b={c: 1}) adding a key under a section conf/ holds: Hydra adds only with `+`
+            raise ConfigError(f"unknown key {full_key}; to add a key conf/ does not hold, write +{full_key}=VALUE")
         raise unknown_key(key, dotted(compose(others, conf_dir))) from None
     except OmegaConfBaseException as e:  # an interpolation that does not resolve
         raise ConfigError(f"{e.full_key}: {one_line(e.msg)}") from None

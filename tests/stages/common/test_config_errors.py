@@ -49,6 +49,14 @@ def test_a_mistyped_key_names_the_nearest_real_one(override, message):
         compose([override])
 
 
+def test_a_mapping_override_adding_a_key_names_it_and_the_plus_form():
+    """A mapping value (`a.b={c: 1}`) adds keys Hydra refuses without `+`: said in one line, the `+` form works."""
+    with pytest.raises(ConfigError, match=r"^unknown key align\.loss_weights\.dpo; to add a key conf/ does not "
+                                          r"hold, write \+align\.loss_weights\.dpo=VALUE$"):
+        compose(["align.loss_weights={dpo: 0.2}"])
+    assert compose(["+align.loss_weights.dpo=0.2"])["align"]["loss_weights"]["dpo"] == 0.2
+
+
 @pytest.mark.parametrize("override, message", [
     ("validat.max_pixels=5", "unknown key validat.max_pixels; did you mean validate.max_pixels?"),
     ("quantize.speed_batch_sizes=5", "quantize.speed_batch_sizes: expected a list of int, got 5"),
