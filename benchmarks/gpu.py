@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ import yaml  # noqa: E402
 from stages.common.distributed import barrier, setup  # noqa: E402
 from stages.common.mfu import peak_flops  # noqa: E402
 from stages.common.params import defaults  # noqa: E402
-from stages.common.trainer import train  # noqa: E402
+from stages.common.trainer import TrainJob, train  # noqa: E402
 from stages.pretrain import build_model, pretrain_step  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
 from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
@@ -68,8 +69,9 @@ def run(strategy: str, preset: dict, shards: Path, args, world) -> dict:
     if world.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(world.device)
     live = Recorder() if world.main else None
-    train(model, pretrain_step, params.pretrain, 0, Path(args.workdir) / f"ckpt-{strategy}", live, desc=strategy,
-          strategy=strategy, world=world)
+    job = TrainJob(strategy, params.pretrain, replace(params.trainer, devices=world.size, strategy=strategy), 0, "",
+                   replace(params.paths, checkpoints=str(Path(args.workdir) / "checkpoints")))
+    train(model, pretrain_step, job, live, world=world)
     peak_mem = torch.tensor(float(torch.cuda.max_memory_allocated(world.device)) if world.device.type == "cuda"
                             else 0.0, device=world.device)
     if world.size > 1:

@@ -8,7 +8,8 @@ params.yaml with `python -m stages.common.params write seed=<seed> [--set overri
 with OMP_NUM_THREADS = MKL_NUM_THREADS = <threads> (torch sizes its intra-op pool from OMP_NUM_THREADS; no stage
 sets it, except `evaluate.threads` when non-zero and shard's feature pass, which pins 1). It then reads the clone's
 metrics/details/eval/{teacher,student,student-int8}.json and judges them with the clone's own
-`stages.evaluate.targets()` plus the teacher target TEACHER_TARGET (>= 0.95 on every modality subset and group row).
+`stages.evaluate.targets()` (against its params.yaml's `evaluate.targets`) plus the teacher target TEACHER_TARGET
+(>= 0.95 on every modality subset and group row).
 
 `--parallel N` runs N at once (two 1-thread runs share 2 cores; timings then include the neighbour).
 `--reuse-cache` gives every clone one DVC cache: the data stages (up to DATA_STAGE) are restored from its run cache
@@ -58,13 +59,18 @@ RUNNING = re.compile(r"^Running stage '([^']+)'")
 RESTORED = re.compile(r"^Stage '([^']+)' is cached")
 
 # Runs in the clone, so the targets are those of the revision under test, whatever the working tree holds now.
+# Its goals are the clone's params.yaml `evaluate.targets` (--set overrides included); a revision from before
+# they moved to conf/ has none and judges by its own.
 TARGETS_SCRIPT = """
 import json, sys
 from pathlib import Path
+from stages.common.params import load_params
 from stages.evaluate import targets
 details = Path(sys.argv[1])
 results = {name: json.loads((details / f"{name}.json").read_text()) for name in sys.argv[2:]}
-print(json.dumps([{"name": what, "value": value, "met": bool(met)} for what, value, met in targets(results)]))
+goals = getattr(load_params("params.yaml").evaluate, "targets", None)
+judged = targets(results) if goals is None else targets(results, goals)
+print(json.dumps([{"name": what, "value": value, "met": bool(met)} for what, value, met in judged]))
 """
 
 

@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,10 +29,11 @@ from dvclive import Live  # noqa: E402
 
 from model.flops import FlopCounter  # noqa: E402
 from model.objectives import pretraining_losses, total_loss  # noqa: E402
+from stages.common.batches import model_inputs  # noqa: E402
 from stages.common.distributed import setup  # noqa: E402
 from stages.common.mfu import peak_flops  # noqa: E402
 from stages.common.params import defaults  # noqa: E402
-from stages.common.trainer import data_stream, model_inputs, train  # noqa: E402
+from stages.common.trainer import TrainJob, data_stream, train  # noqa: E402
 from stages.pretrain import build_model, pretrain_step  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
 from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
@@ -86,8 +88,10 @@ def main() -> None:
         def trainer(round_: int) -> float:
             model = build_model(params, params.pretrain.shards, tokenizer)
             start = time.perf_counter()
+            job = TrainJob("bench", params.pretrain, params.trainer, 0, "",
+                           replace(params.paths, checkpoints=str(root / f"ckpt{round_}")))
             with Live(str(root / f"live{round_}"), save_dvc_exp=False, dvcyaml=None) as live:  # as the stages log
-                train(model, pretrain_step, params.pretrain, 0, root / f"ckpt{round_}", live, desc="bench")
+                train(model, pretrain_step, job, live)
             return time.perf_counter() - start
 
         # one untimed step warms the process (allocator, kernels) for both; then each is timed from a cold model

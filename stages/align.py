@@ -46,7 +46,7 @@ from stages.common.predict import val_scores
 from stages.common.responses import Prompted, is_vl, logprobs, media_of, prompted, readable, respond
 from stages.common.scoring import headline
 from stages.common.supervised import finetune_losses
-from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
+from stages.common.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 from stages.common.vl_tasks import sft_losses, texts, zero_loss
 
 METHODS = ("dpo", "ppo")
@@ -232,15 +232,14 @@ def train(params, model, reference, tokenizer, pairs: dict[str, list[dict]], sum
                              sft_losses(tokenizer) if is_vl(model) else finetune_losses,
                              asked.prompt_noise) if p.replay else None
     if p.method == "dpo":
-        return fit(model, preference_step(tokenizer, reference, pairs, p.beta, "dpo", replay), p, params.trainer,
-                   params.seed, "align", base, paths, keep=keep, summary=summary, monitors=DPO_MONITORS), None
-    reward_model = fit(copy.deepcopy(model), preference_step(tokenizer, reference, pairs, p.beta, "reward"),
-                       replace(p, steps=p.ppo.reward_steps), params.trainer, params.seed, "align",
-                       fingerprint("reward", base), paths, phase="reward", keep=keep, summary=summary,
-                       every_rank=True, monitors=DPO_MONITORS)
+        return fit(model, preference_step(tokenizer, reference, pairs, p.beta, "dpo", replay),
+                   TrainJob.of(params, "align", base), keep=keep, summary=summary, monitors=DPO_MONITORS), None
+    reward = TrainJob.of(params, "align", fingerprint("reward", base), replace(p, steps=p.ppo.reward_steps))
+    reward_model = fit(copy.deepcopy(model), preference_step(tokenizer, reference, pairs, p.beta, "reward"), reward,
+                       phase="reward", keep=keep, summary=summary, every_rank=True, monitors=DPO_MONITORS)
     policy = fit(model, ppo_step(tokenizer, reference, reward_model, pairs, p.beta, p.ppo.kl_coef, p.ppo.clip,
-                                 p.ppo.max_new_tokens, replay), p, params.trainer, params.seed, "align",
-                 fingerprint("ppo", base), paths, phase="ppo", keep=keep, monitors=PPO_MONITORS)
+                                 p.ppo.max_new_tokens, replay), TrainJob.of(params, "align", fingerprint("ppo", base)),
+                 phase="ppo", keep=keep, monitors=PPO_MONITORS)
     return policy, reward_model
 
 

@@ -39,7 +39,7 @@ from stages.common.models import file_digest, parameter_count, save
 from stages.common.params import DistillParams, load_params
 from stages.common.predict import val_scores
 from stages.common.scoring import headline
-from stages.common.trainer import StepFn, checkpoint_dir, clear_checkpoints, fit
+from stages.common.trainer import StepFn, TrainJob, checkpoint_dir, clear_checkpoints, fit
 from stages.common.vl_tasks import kd_step, skipped, usable
 
 LAYER = re.compile(r"^(.*\.(?:blocks|joint|layers))\.(\d+)\.(.*)$")  # numbered stacks: model/, transformers'
@@ -145,10 +145,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     step = (kd_step(teacher, tokenizer, params.distill.alpha, params.distill.temperature) if deepseek_vl
             else distill_step(teacher, params.distill.alpha, params.distill.temperature))
     data = skipped(params.distill.shards, "train") if deepseek_vl else {}
-    student = fit(student, step, params.distill, params.trainer, params.seed, "distill",
-                  fingerprint(params.distill, params.seed, read_index(params.distill.shards),
-                              file_digest(Path(paths.teacher))), paths, keep=usable if deepseek_vl else None,
-                  summary=data)
+    job = TrainJob.of(params, "distill", fingerprint(params.distill, params.seed, read_index(params.distill.shards),
+                                                     file_digest(Path(paths.teacher))))
+    student = fit(student, step, job, keep=usable if deepseek_vl else None, summary=data)
     if student is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     # the teacher's val scores were measured by align (which made it) on the same split: read, not recomputed

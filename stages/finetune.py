@@ -27,7 +27,7 @@ from stages.common.params import load_params
 from stages.common.predict import val_scores
 from stages.common.scoring import headline
 from stages.common.supervised import finetune_step
-from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
+from stages.common.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 from stages.common.vl_tasks import sft_step, skipped, usable
 
 
@@ -42,9 +42,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # DeepSeek-VL: seed 002's stage 3, supervised fine-tuning on chat turns (stages/common/vl_tasks.py)
     deepseek_vl = family_of_model(model) == DEEPSEEK_VL
     data = skipped(params.finetune.shards, "train") if deepseek_vl else {}
-    model = fit(model, sft_step(tokenizer) if deepseek_vl else finetune_step, params.finetune, params.trainer,
-                params.seed, "finetune", fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
-                                                     file_digest(Path(paths.pretrained))), paths,
+    job = TrainJob.of(params, "finetune", fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
+                                                      file_digest(Path(paths.pretrained))))
+    model = fit(model, sft_step(tokenizer) if deepseek_vl else finetune_step, job,
                 keep=usable if deepseek_vl else None, summary=data)
     if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return

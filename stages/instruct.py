@@ -35,7 +35,7 @@ from stages.common.predict import val_scores
 from stages.common.responses import is_vl, prompt_width
 from stages.common.scoring import headline
 from stages.common.supervised import finetune_losses
-from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
+from stages.common.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 from stages.common.vl_tasks import sft_losses, skipped, usable
 
 
@@ -65,10 +65,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = skipped(p.shards, "train") if vl else {}
     asked = params.instructions
     step = instruct_step(tokenizer, asked.templates, asked.options, replay, asked.prompt_noise)
-    model = fit(model, step, p, params.trainer, params.seed,
-                "instruct", fingerprint(p, params.instructions, params.seed, read_index(p.shards),
-                                            file_digest(Path(paths.finetuned))),
-                paths, keep=usable if vl else None, summary=data)
+    job = TrainJob.of(params, "instruct", fingerprint(p, params.instructions, params.seed, read_index(p.shards),
+                                                      file_digest(Path(paths.finetuned))))
+    model = fit(model, step, job, keep=usable if vl else None, summary=data)
     if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     cut = cut_prompts(model, tokenizer, p.shards, "val", asked.templates, asked.options, params.seed)

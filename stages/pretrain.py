@@ -23,7 +23,7 @@ from stages.common.distributed import launch
 from stages.common.loader import read_index
 from stages.common.models import save
 from stages.common.params import Params, load_params
-from stages.common.trainer import checkpoint_dir, clear_checkpoints, fit
+from stages.common.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 from stages.common.vl_tasks import captioned_image, joint_step, skipped, usable, warmup_step
 
 
@@ -55,11 +55,11 @@ def pretrain_deepseek_vl(model: nn.Module, tokenizer, params: Params, index: dic
     p, warm = params.pretrain, params.pretrain.adaptor_warmup
     summary = skipped(p.shards, "train")
     if warm is not None and warm.steps > 0:
-        model = fit(model, warmup_step(tokenizer), warm, params.trainer, params.seed, "pretrain",
-                    fingerprint("warmup", warm, params.model, params.seed, index), params.paths, phase="warmup",
-                    keep=captioned_image, summary=summary, every_rank=True)
-    return fit(model, joint_step(tokenizer), p, params.trainer, params.seed, "pretrain",
-               fingerprint(p, params.model, params.seed, index), params.paths, keep=usable, summary=summary)
+        warmup = TrainJob.of(params, "pretrain", fingerprint("warmup", warm, params.model, params.seed, index), warm)
+        model = fit(model, warmup_step(tokenizer), warmup, phase="warmup", keep=captioned_image, summary=summary,
+                    every_rank=True)
+    joint = TrainJob.of(params, "pretrain", fingerprint(p, params.model, params.seed, index))
+    return fit(model, joint_step(tokenizer), joint, keep=usable, summary=summary)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if family_of(params.model) == DEEPSEEK_VL:
         model = pretrain_deepseek_vl(model, tokenizer, params, index)
     else:
-        model = fit(model, pretrain_step, params.pretrain, params.trainer, params.seed, "pretrain",
-                    fingerprint(params.pretrain, params.model, params.seed, index), paths)
+        model = fit(model, pretrain_step,
+                    TrainJob.of(params, "pretrain", fingerprint(params.pretrain, params.model, params.seed, index)))
     if model is None:  # under torchrun, rank 0 alone saves
         return
     save(model, tokenizer, Path(paths.pretrained))

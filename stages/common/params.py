@@ -244,6 +244,19 @@ class QuantizeParams:
 
 
 @dataclass
+class TargetsParams:
+    """The project's distillation and quantization targets, which evaluate's report judges (met or not)."""
+
+    student_parameters: float  # the student's parameters at most this share of the teacher's
+    student_accuracy: float  # on every row, the student's accuracy at least this share of the teacher's
+    student_speedup: float  # the student at least this many times faster than the teacher ...
+    speedup_batch_size: int  # ... at this batch size (one of latency_batch_sizes; absent: not judged)
+    int8_size: float  # the INT8 weights file at most this share of the FP32 student's
+    int8_drop_points: float  # on every row, INT8 accuracy at most this many points below the FP32 student's
+    held_out_gap_points: float  # the teacher on a held-out group at most this many points below records like it
+
+
+@dataclass
 class EvaluateParams:
     shards: str  # the shard stage's output (local folder or s3://)
     split: str
@@ -256,6 +269,7 @@ class EvaluateParams:
     threads: int  # torch intra-op threads for the latency measurement; 0 = torch's default
     extra_bleu_order: int  # an extra, labelled BLEU column with n-grams up to this order (0 = none)
     question_type_words: int  # the question-type prior baseline keys questions by their first words
+    targets: TargetsParams
 
 
 @dataclass

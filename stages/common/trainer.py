@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from stages.common.checkpoint import full_weights, latest_checkpoint, load_check
 from stages.common.distributed import World, all_sum, barrier, setup, teardown, touch_all, wrap
 from stages.common.loader import make_loader
 from stages.common.mfu import mfu, peak_flops
-from stages.common.params import PathsParams, TrainerParams
+from stages.common.params import Params, PathsParams, TrainerParams
 from stages.common.params import TrainStageParams as TrainParams
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
@@ -172,11 +173,38 @@ def checkpoint_dir(paths: PathsParams, name: str) -> Path:
     return Path(paths.checkpoints) / name
 
 
-def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: TrainerParams, seed: int, name: str,
-        fingerprint: str, paths: PathsParams, phase: str | None = None, keep: Keep | None = None,
+@dataclass(frozen=True)
+class TrainJob:
+    """What a training stage hands `fit` besides its model and step, built once per stage (`TrainJob.of`): the
+    stage's name (its dvclive folder <paths.metrics>/<name>/ and checkpoint_dir(paths, name)), its training settings,
+    the trainer's, the seed, and the fingerprint its checkpoints must match to be resumed. A phase with settings of
+    its own (DeepSeek-VL's adaptor warm-up, PPO's reward model) is a job of the same stage with those settings."""
+
+    name: str
+    params: TrainParams
+    trainer: TrainerParams
+    seed: int
+    fingerprint: str
+    paths: PathsParams
+
+    @classmethod
+    def of(cls, params: Params, name: str, fingerprint: str, settings: TrainParams | None = None) -> TrainJob:
+        """The job of stage `name`, trained with `settings` (None: its own section of params, params.<name>)."""
+        settings = getattr(params, name) if settings is None else settings
+        return cls(name, settings, params.trainer, params.seed, fingerprint, params.paths)
+
+    def checkpoints(self, phase: str | None = None) -> Path:
+        """A phase checkpoints in a folder of its own inside the stage's."""
+        return checkpoint_dir(self.paths, self.name) / phase if phase else checkpoint_dir(self.paths, self.name)
+
+    def desc(self, phase: str | None = None) -> str:
+        return f"{self.name}/{phase}" if phase else self.name
+
+
+def fit(model: nn.Module, step_fn: StepFn, job: TrainJob, *, phase: str | None = None, keep: Keep | None = None,
         summary: dict | None = None, every_rank: bool = False, monitors: tuple[str, ...] = ()) -> nn.Module | None:
     """A training stage's loop: dvclive metrics in <paths.metrics>/<name>/ and resumable checkpoints in
-    checkpoint_dir(paths, name), as dvc.yaml declares them. Returns the trained model on rank 0 (which alone
+    job.checkpoints(phase), as dvc.yaml declares them. Returns the trained model on rank 0 (which alone
     goes on to evaluate and save) and None on the other ranks. The stage's `loss_weights` overrides go into the
     model's config first (and so into the saved model's config.json).
     A stage of several phases (DeepSeek-VL's pretrain: adaptor warm-up, then joint pretraining) fits each: a
@@ -186,6 +214,7 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
     `keep`: the train records the steps take (None: all); `summary`: numbers about the data (e.g. records skipped)
     for the stage's dvclive summary; `monitors`: numbers the step returns beside its losses that are logged, not
     trained on (e.g. DPO's reward margin)."""
+    name, params = job.name, job.params
     unknown = set(params.loss_weights) - set(model.config.loss_weights)
     if unknown:
         raise ValueError(f"{name}.loss_weights names no objective: {sorted(unknown)} "
@@ -193,7 +222,7 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
     model.config.loss_weights.update({k: float(v) for k, v in params.loss_weights.items()})
     world = setup()
     try:
-        live = (Live(str(Path(paths.metrics) / name), resume=True, save_dvc_exp=False, dvcyaml=None)
+        live = (Live(str(Path(job.paths.metrics) / name), resume=True, save_dvc_exp=False, dvcyaml=None)
                 if world.main else nullcontext())
     except SCMError as e:  # dvclive reads the git HEAD, which a `git init` without a commit lacks
         raise RuntimeError(f"{name}: dvclive needs the project's git repository to have a commit "
@@ -202,10 +231,8 @@ def fit(model: nn.Module, step_fn: StepFn, params: TrainParams, trainer: Trainer
         with live as logger:  # None on ranks > 0 (nullcontext)
             if logger is not None and summary:
                 logger.summary.update({f"{phase}/{k}" if phase else k: v for k, v in summary.items()})
-            checkpoints = checkpoint_dir(paths, name) / phase if phase else checkpoint_dir(paths, name)
-            return train(model, step_fn, params, seed, checkpoints, logger, desc=f"{name}/{phase}" if phase else name,
-                         fingerprint=fingerprint, strategy=trainer.strategy, world=world, keep=keep,
-                         prefix=f"{phase}/" if phase else "", every_rank=every_rank, monitors=monitors)
+            return train(model, step_fn, job, logger, phase=phase, world=world, keep=keep, every_rank=every_rank,
+                         monitors=monitors)
     finally:
         # rank 0 evaluates and saves alone afterwards: no collective follows. A phase that hands its model on
         # (every_rank) keeps the process group for the next one: a second init after destroy_process_group can
@@ -224,20 +251,23 @@ def whole_model(model: nn.Module, objectives: nn.Module, world: World) -> nn.Mod
     return whole.to(world.device)
 
 
-def train(model: nn.Module, step_fn: StepFn, params: TrainParams, seed: int, checkpoints: Path,
-          live=None, desc: str = "train", fingerprint: str = "", strategy: str = "ddp",
-          world: World | None = None, keep: Keep | None = None, prefix: str = "",
-          every_rank: bool = False, monitors: tuple[str, ...] = ()) -> nn.Module | None:
-    """Train to params.steps, resuming from the latest checkpoint in `checkpoints` made with `fingerprint` and the
-    same number of processes and strategy. Returns the model on rank 0, None on the others. `keep`: the records
-    taken (data_stream); `prefix`: before each logged metric's name."""
+def train(model: nn.Module, step_fn: StepFn, job: TrainJob, live=None, *, phase: str | None = None,
+          world: World | None = None, keep: Keep | None = None, every_rank: bool = False,
+          monitors: tuple[str, ...] = ()) -> nn.Module | None:
+    """Train to job.params.steps, resuming from the latest checkpoint in job.checkpoints(phase) made with
+    job.fingerprint and the same number of processes and strategy. Returns the model on rank 0, None on the others.
+    `live`: the dvclive logger (None: none), where a phase's metrics are `<phase>/<metric>`; `keep`: the records
+    taken (data_stream)."""
+    params, seed, strategy = job.params, job.seed, job.trainer.strategy
+    checkpoints, desc, prefix = job.checkpoints(phase), job.desc(phase), f"{phase}/" if phase else ""
     world = world or setup()
     if params.batch_size % world.size:
         raise ValueError(f"batch_size {params.batch_size} is not divisible by {world.size} processes")
     sharded = strategy == "fsdp" and world.size > 1
     model.to(world.device)
     if world.main:
-        prepare_checkpoints(checkpoints, f"{fingerprint}:{world.size}:{strategy if world.size > 1 else 'single'}")
+        prepare_checkpoints(checkpoints,
+                            f"{job.fingerprint}:{world.size}:{strategy if world.size > 1 else 'single'}")
     barrier(world)
     # a model may train what the recipe freezes (DeepSeek-VL: a tower that starts random; model/deepseek_vl.py)
     prefixes = model.frozen_for_recipe(params.frozen) if hasattr(model, "frozen_for_recipe") else params.frozen

@@ -1,6 +1,24 @@
-"""The report's INT8 speed section, its targets and the headline metrics files, from hand-made records."""
+"""The report's INT8 speed section, its targets (evaluate.targets) and the headline metrics files, from hand-made
+records."""
+from pathlib import Path
+
+import pytest
+
+from stages.common.config_errors import ConfigError
+from stages.common.params import load_params
 from stages.common.scoring import answer_scores, group_subsets, references
-from stages.evaluate import group_subsets_section, groups_section, headlines, speed_lines, targets
+from stages.evaluate import (
+    batch_size_of,
+    group_subsets_section,
+    groups_section,
+    headlines,
+    report,
+    speed_lines,
+    targets,
+)
+
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+GOALS = load_params(PARAMS).evaluate.targets
 
 
 def test_speed_lines_sum_the_called_linears_and_show_whole_model_latency():
@@ -39,7 +57,7 @@ def test_latency_targets_read_the_paired_ratios():
                                  latency_ratio_batch32={"q1": 1.03, "median": 1.05, "q3": 1.08}),
     }
     rows = {what.split(" (")[0] + (" b32" if "batch32" in what else ""): (value, met)
-            for what, value, met in targets(results)}
+            for what, value, met in targets(results, GOALS)}
     assert rows["student >= 1.8x faster than teacher b32"] == ("2.00x", True)
     assert rows["INT8 latency not above FP32 student"] == ("1.02x [0.97-1.06]", True)  # within the noise
     assert rows["INT8 latency not above FP32 student b32"] == ("1.05x [1.03-1.08]", False)  # slower in > 3/4 rounds
@@ -89,7 +107,7 @@ def test_held_out_groups_are_targeted_by_their_gap_not_by_the_student_ratio():
     student = _variant(0.98, 40, 160)
     student["rows"]["group:ood-render"] = {"vqa_accuracy": 0.2}  # far below 97% of the teacher: not a target
     rows = {what: (value, met) for what, value, met in targets({"teacher": teacher, "student": student,
-                                                                 "student-int8": student})}
+                                                                 "student-int8": student}, GOALS)}
     assert rows["student vqa_accuracy >= 97% of teacher on every row"] == ("98.0% (overall)", True)
     assert rows["teacher vqa_accuracy on held-out groups within 10 points of records like them"] == \
         ("-15.0 points (ood-render)", False)
@@ -114,3 +132,57 @@ def test_a_group_over_several_subsets_is_shown_per_subset():
     assert "| fusion | image+audio | 2 *few* | 0.500 | 0.000 |" in text
     assert "| fusion | image+text | 2 *few* | 1.000 | 1.000 |" in text
     assert group_subsets_section({"teacher": {"group_subsets": {}}}) == []
+
+
+def test_latency_keys_sort_by_their_batch_size_not_their_spelling():
+    keys = ["latency_ms_batch32", "latency_ratio_batch4", "latency_ms_batch128", "latency_ms_batch1"]
+    assert sorted(keys, key=batch_size_of) == ["latency_ms_batch1", "latency_ratio_batch4", "latency_ms_batch32",
+                                               "latency_ms_batch128"]
+
+
+def _results() -> dict:
+    """Three variants and the baselines, as report() reads them: the student 2x faster at batch 32."""
+    def counted(variant: dict) -> dict:
+        variant["rows"]["overall"].update(n=40, n_vqa=40, n_cls=40, n_caption=40)
+        return variant
+
+    baseline = {"rows": {"overall": {"vqa_accuracy": 0.2}}, "train_records": 100}
+    return {
+        "teacher": counted(_variant(1.0, 100, 400, latency_ms_batch1=2.0, latency_ms_batch32=20.0)),
+        "student": counted(_variant(0.98, 40, 160, latency_ms_batch1=1.0, latency_ms_batch32=10.0,
+                                    latency_ratio_batch1={"q1": 0.6, "median": 0.7, "q3": 0.8},
+                                    latency_ratio_batch32={"q1": 0.45, "median": 0.5, "q3": 0.55})),
+        "student-int8": counted(_variant(0.98, 40, 44, latency_ms_batch1=1.0, latency_ms_batch32=10.0,
+                                         latency_ratio_batch32={"q1": 0.9, "median": 1.0, "q3": 1.1})),
+        "baselines": {"majority": baseline, "question_prior": baseline, "random_ranking": {"rows": {}}}}
+
+
+def test_the_report_judges_by_the_targets_in_params_so_a_changed_target_changes_the_verdict():
+    default = report(_results(), load_params(PARAMS).evaluate)
+    assert "| student >= 1.8x faster than teacher (batch32) | 2.00x | yes |" in default
+    assert "| student vqa_accuracy >= 97% of teacher on every row | 98.0% (overall) | yes |" in default
+    assert "| INT8 file <= 30% of FP32 | 27.5% | yes |" in default
+    # as a stage reads its command line: `python -m stages.evaluate evaluate.targets.student_speedup=100`
+    harder = load_params(PARAMS, ["evaluate.targets.student_speedup=100", "evaluate.targets.int8_size=0.25",
+                                  "evaluate.targets.student_accuracy=0.99"]).evaluate
+    text = report(_results(), harder)
+    assert "| student >= 100x faster than teacher (batch32) | 2.00x | **no** |" in text
+    assert "| student vqa_accuracy >= 99% of teacher on every row | 98.0% (overall) | **no** |" in text
+    assert "| INT8 file <= 25% of FP32 | 27.5% | **no** |" in text
+    assert "| student parameters <= 0.5x teacher | 0.400x | yes |" in text  # the others as they were
+    at_batch1 = load_params(PARAMS, ["evaluate.targets.speedup_batch_size=1"]).evaluate
+    assert "| student >= 1.8x faster than teacher (batch1) | 1.43x | **no** |" in report(_results(), at_batch1)
+    untimed = load_params(PARAMS, ["evaluate.targets.speedup_batch_size=8"]).evaluate
+    assert "faster than teacher" not in report(_results(), untimed)  # not timed at that batch size: not judged
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluate.targets.student_speedup=fast", "evaluate.targets.student_speedup: expected float, got 'fast'"),
+    ("evaluate.targets.speedup_batch_size=1.5", "evaluate.targets.speedup_batch_size: expected int, got 1.5"),
+    ("evaluate.targets.speedup=2", "unknown key evaluate.targets.speedup; did you mean "
+                                   "evaluate.targets.student_speedup?"),
+])
+def test_a_target_that_does_not_fit_the_schema_is_one_line_naming_it(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_params(PARAMS, [override])
+    assert str(e.value) == message

@@ -1,9 +1,13 @@
 """The training loop's data and freezing (stages/common/trainer.py): language-only / image batches mixed at a set
-share, resumable from a position; filtered record streams; `frozen` prefixes. The loop's resume exactness and
-distributed runs: tests/stages/test_train.py."""
+share, resumable from a position; filtered record streams; `frozen` prefixes; a stage's job and the folders fit
+writes for it. The loop's resume exactness and distributed runs: tests/stages/test_train.py."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +15,7 @@ from torch import nn
 
 from stages.common.distributed import World
 from stages.common.params import defaults
-from stages.common.trainer import data_stream, freeze, language_only, with_image
+from stages.common.trainer import TrainJob, data_stream, fit, freeze, language_only, with_image
 from tests.shard_fixtures import sharded
 
 ONE = World(0, 1, torch.device("cpu"))
@@ -70,3 +74,54 @@ def test_a_mix_without_enough_records_of_a_kind_names_the_kind_and_the_fix(shard
     p.batch_size = 64  # more than the fixture's language-only train records
     with pytest.raises(ValueError, match=r"language-only records \(text, no image\).*lower the stage's batch_size"):
         list(itertools.islice(data_stream(p, 0, {}, ONE), 10))
+
+
+def test_a_job_trains_its_stages_section_unless_a_phase_gives_its_own():
+    params = defaults()
+    job = TrainJob.of(params, "finetune", "abc")
+    assert (job.name, job.params, job.trainer, job.seed, job.fingerprint, job.paths) == (
+        "finetune", params.finetune, params.trainer, params.seed, "abc", params.paths)
+    reward = TrainJob.of(params, "align", "def", dataclasses.replace(params.align, steps=3))
+    assert (reward.params.steps, reward.params.lr) == (3, params.align.lr) and params.align.steps != 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.seed = 1  # built once per stage: a phase is a job of its own
+
+
+def test_a_jobs_checkpoints_are_dvc_yamls_folder_and_a_phase_nests_inside_it():
+    params = defaults()
+    job = TrainJob.of(params, "pretrain", "abc")
+    assert job.checkpoints() == Path(params.paths.checkpoints) / "pretrain"  # dvc.yaml: ${paths.checkpoints}/pretrain
+    assert job.checkpoints("warmup") == Path(params.paths.checkpoints) / "pretrain" / "warmup"
+    assert (job.desc(), job.desc("warmup")) == ("pretrain", "pretrain/warmup")
+
+
+class Toy(nn.Module):
+    """The least a model needs to be fitted: a config with loss weights, and parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(loss_weights={"mse": 1.0})
+        self.w = nn.Linear(1, 1)
+
+
+def toy_step(model: Toy, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"mse": model.w(torch.ones(len(batch["ids"]), 1)).pow(2).mean()}
+
+
+def test_fit_logs_a_phase_under_its_prefix_and_checkpoints_it_inside_the_stages_folder(shards, tmp_path):
+    params = defaults()
+    p = dataclasses.replace(params.pretrain, shards=shards, steps=2, batch_size=2, checkpoint_every=1, log_every=1,
+                            warmup_steps=0, frozen=[], language_fraction=None, modality_dropout=0.0,
+                            question_noise=0.0, background_swap=0.0, loss_weights={}, num_workers=0)
+    paths = dataclasses.replace(params.paths, metrics=str(tmp_path / "metrics"),
+                                checkpoints=str(tmp_path / "checkpoints"))
+    job = TrainJob("toy", p, params.trainer, 0, "abc", paths)
+    model = fit(Toy(), toy_step, job, phase="warm", summary={"skipped": 3})
+    assert isinstance(model, Toy) and not model.training
+    folder = tmp_path / "checkpoints" / "toy" / "warm"
+    assert (folder / "fingerprint").read_text() == "abc:1:single"  # job.fingerprint, one process
+    assert sorted(d.name for d in folder.glob("step-*")) == ["step-00000001", "step-00000002"]
+    summary = json.loads((tmp_path / "metrics" / "toy" / "metrics.json").read_text())
+    # dvclive nests a logged `warm/mse` under "warm"; the summaries fit adds keep their flat names
+    assert summary["step"] == 2 and "mse" in summary["warm"]
+    assert (summary["warm/skipped"], summary["warm/trained_parameters"]) == (3, 2)
