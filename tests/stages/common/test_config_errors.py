@@ -51,10 +51,10 @@ def test_a_mistyped_key_names_the_nearest_real_one(override, message):
 
 def test_a_mapping_override_adding_a_key_names_it_and_the_plus_form():
     """A mapping value (`a.b={c: 1}`) adds keys Hydra refuses without `+`: said in one line, the `+` form works."""
-    with pytest.raises(ConfigError, match=r"^unknown key align\.loss_weights\.dpo; to add a key conf/ does not "
-                                          r"hold, write \+align\.loss_weights\.dpo=VALUE$"):
-        compose(["align.loss_weights={dpo: 0.2}"])
-    assert compose(["+align.loss_weights.dpo=0.2"])["align"]["loss_weights"]["dpo"] == 0.2
+    with pytest.raises(ConfigError, match=r"^unknown key align\.loss_weights\.ppo; to add a key conf/ does not "
+                                          r"hold, write \+align\.loss_weights\.ppo=VALUE$"):
+        compose(["align.loss_weights={ppo: 0.5}"])
+    assert compose(["+align.loss_weights.ppo=0.5"])["align"]["loss_weights"]["ppo"] == 0.5
 
 
 @pytest.mark.parametrize("override, message", [
