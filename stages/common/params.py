@@ -381,7 +381,8 @@ def compose(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> dict:
         others = [o for o in overrides if key_of(o) != key]
         if len(others) == len(overrides) or full_key.startswith(key + "."):
             # a mapping override (a.b={c: 1}) adding a key under a section conf/ holds: Hydra adds only with `+`
-            raise ConfigError(f"unknown key {full_key}; to add a key conf/ does not hold, write +{full_key}=VALUE")
+            raise ConfigError(f"unknown key {full_key}; to add a key conf/ does not hold, "
+                              f"write +{full_key}=VALUE") from None
         raise unknown_key(key, dotted(compose(others, conf_dir))) from None
     except OmegaConfBaseException as e:  # an interpolation that does not resolve
         raise ConfigError(f"{e.full_key}: {one_line(e.msg)}") from None

@@ -65,6 +65,10 @@ def test_a_mapping_override_adding_a_key_names_it_and_the_plus_form():
     ("validate.dedup_text_only=maybe", "validate.dedup_text_only: expected bool, got 'maybe'"),
     ("validate.max_pixels=[1", "override 'validate.max_pixels=[1' is not YAML: expected ',' or ']', "
                                "but got '<stream end>' at line 1"),
+    ("evaluate.targets.student_speedup=fast", "evaluate.targets.student_speedup: expected float, got 'fast'"),
+    ("evaluate.targets.speedup_batch_size=1.5", "evaluate.targets.speedup_batch_size: expected int, got 1.5"),
+    ("evaluate.targets.speedup=2", "unknown key evaluate.targets.speedup; did you mean "
+                                   "evaluate.targets.student_speedup?"),
 ])
 def test_a_stage_override_that_does_not_fit_the_schema_is_named(override, message):
     with pytest.raises(ConfigError) as e:
