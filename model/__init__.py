@@ -1,4 +1,5 @@
-"""The multimodal network of seed 001 (encoders, gated cross-attention fusion, reasoning core, decoders).
+"""The trimodal network: encoders, gated cross-attention fusion, reasoning core, decoders (docs/model.md
+"Architecture").
 
 Importing the package registers `trimodal` with transformers' AutoConfig / AutoModel / AutoModelForSeq2SeqLM.
 """

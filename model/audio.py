@@ -1,4 +1,4 @@
-"""Audio encoder (seed 001 sections 2.1, 4.1): log-Mel -> conv subsampling (x4) -> Conformer blocks.
+"""Audio encoder (docs/model.md "Encoders"): log-Mel -> conv subsampling (x4) -> Conformer blocks.
 
 Conformer block (Gulati et al. 2020): x + 1/2 FFN(x); x + MHSA(LN(x)); x + ConvModule(x); x + 1/2 FFN(x); LN.
 The conv module normalises with LayerNorm rather than BatchNorm, and padded frames are zeroed before every

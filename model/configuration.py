@@ -1,4 +1,5 @@
-"""TrimodalConfig: every size and loss weight of the seed-001 model; presets live in conf/model/<name>.yaml."""
+"""TrimodalConfig: every size and loss weight of the trimodal model (docs/model.md "Architecture"); presets live
+in conf/model/<name>.yaml."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -80,7 +81,7 @@ class TrimodalConfig(PreTrainedConfig):
     num_classes: int = 3
     projection_dim: int = 64  # shared space of the contrastive objectives
     mim_bits: int = 8  # visual-token vocabulary = 2**mim_bits (model/visual_tokenizer.py)
-    loss_weights: dict | None = None  # lambda per objective (seed 001 section 4.3); missing keys -> 1.0
+    loss_weights: dict | None = None  # lambda per objective (docs/model.md "Objectives"); missing keys -> 1.0
     # optional local transformers checkpoint folders to initialise the encoders from
     vision_pretrained: str | None = None
     text_pretrained: str | None = None

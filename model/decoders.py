@@ -1,5 +1,5 @@
-"""Output decoders (seed 001 sections 2.2, 4.1): a causal generative decoder cross-attending to R, and a
-classification head on pooled R. P(y_t | y_<t, R) = softmax(Linear(DecoderState_t))."""
+"""Output decoders (docs/model.md "Reasoning core and decoders"): a causal generative decoder cross-attending
+to R, and a classification head on pooled R. P(y_t | y_<t, R) = softmax(Linear(DecoderState_t))."""
 from __future__ import annotations
 
 import torch

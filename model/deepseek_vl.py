@@ -1,4 +1,4 @@
-"""DeepSeek-VL (seed 002, docs/model.md "DeepSeek-VL"): the hybrid vision encoder and adaptor in front of a
+"""DeepSeek-VL (docs/model.md "DeepSeek-VL"): the hybrid vision encoder and adaptor in front of a
 Llama-architecture language model (pre-norm RMSNorm, SwiGLU, rotary positions: transformers' LlamaForCausalLM).
 
 The LLM reads [visual tokens; text]: the adaptor's S^2 tokens (576 at full size) come first, then the text's
@@ -6,7 +6,7 @@ embeddings; a sample without an image has its visual positions masked out of att
 Each part is built from its sub-config (random init) or, where `low_vision_pretrained` / `high_vision_pretrained` /
 `text_pretrained` name a local checkpoint folder, loaded from it (model/deepseek_vl_pretrained.py); the adaptor
 and the high tower's two convolutions are always new. `config.pretrained_parts` remembers which parts came from a
-folder, across saves: seed 002 freezes its vision towers because they arrive pretrained, and a tower that starts
+folder, across saves: the paper freezes its vision towers because they arrive pretrained, and a tower that starts
 random only sees once it trains, so `frozen_for_recipe` never freezes one (docs/model.md "DeepSeek-VL: training").
 
     config = DeepSeekVLConfig(text={"vocab_size": 1024, "hidden_size": 64, ...}, low_vision={...}, high_vision={...})

@@ -1,7 +1,9 @@
 """The two model families and how a preset, the params or a saved folder names one.
 
-    trimodal     seed 001: model/configuration.py TrimodalConfig, model/modeling.py (conf/model/tiny.yaml ...)
-    deepseek_vl  seed 002: model/deepseek_vl.py (conf/model/deepseek_vl*.yaml, whose `family: deepseek_vl` says so)
+    trimodal     model/configuration.py TrimodalConfig, model/modeling.py (conf/model/tiny.yaml ...);
+                 docs/model.md "Architecture"
+    deepseek_vl  model/deepseek_vl.py (conf/model/deepseek_vl*.yaml, whose `family: deepseek_vl` says so);
+                 docs/model.md "DeepSeek-VL"
 
 A preset of the second family is a Hydra `_global_` file (it also chooses that family's pretrain / finetune /
 distill recipes), so its model settings sit under a `model:` key; `read_preset` reads either layout.

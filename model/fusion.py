@@ -1,6 +1,6 @@
-"""Multimodal fusion (seed 001 sections 2.2, 4.1): pairwise gated cross-attention, then hierarchical joint fusion.
+"""Multimodal fusion (docs/model.md "Fusion"): pairwise gated cross-attention, then hierarchical joint fusion.
 
-Gated cross-attention, exactly as the seed writes it, for target t and source s:
+Gated cross-attention, as docs/model.md "Fusion" writes it, for target t and source s:
     CA = softmax((H_t W_Q)(H_s W_K)^T / sqrt(d_k)) (H_s W_V)           (multi-head, then W_O)
     g  = sigmoid(Linear([H_t, CA]))                                     (a gate per position and feature)
     H  = (1 - g) * H_t + g * Project(CA)

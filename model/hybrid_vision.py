@@ -1,4 +1,4 @@
-"""DeepSeek-VL's hybrid vision encoder (seed 002, docs/model.md "DeepSeek-VL"): two towers over one image.
+"""DeepSeek-VL's hybrid vision encoder (docs/model.md "DeepSeek-VL"): two towers over one image.
 
     low  (semantic): a SigLIP ViT at low resolution (384 px, patch 16 at full size)  -> S x S tokens, S = 24
     high (detail):   a SAM-B ViTDet at high resolution (1024 px, patch 16)           -> 256 x 64 x 64 map

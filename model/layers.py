@@ -1,4 +1,4 @@
-"""Blocks shared by every part of the network (seed 001 section 2.2): MHSA / cross-attention, FFN, pre-LN blocks.
+"""Blocks shared by every part of the network (docs/model.md "Blocks"): MHSA / cross-attention, FFN, pre-LN blocks.
 
 Masks are boolean [B, L] "key is real" masks (True = attend). A row whose keys are all padding (a modality
 the sample does not have) attends to everything instead of producing NaN; callers ignore those outputs.
@@ -65,7 +65,7 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """act(x W1 + b1) W2 + b2 (the seed writes ReLU; the activation is config.hidden_act)."""
+    """act(x W1 + b1) W2 + b2 (the activation is config.hidden_act)."""
 
     def __init__(self, dim: int, hidden: int, act: str = "gelu", dropout: float = 0.0):
         super().__init__()
@@ -77,7 +77,7 @@ class FeedForward(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN Transformer block: Z' = MHSA(LN(Z)) + Z; Z_out = FFN(LN(Z')) + Z' (seed 001 section 2.2)."""
+    """Pre-LN Transformer block: Z' = MHSA(LN(Z)) + Z; Z_out = FFN(LN(Z')) + Z' (docs/model.md "Blocks")."""
 
     def __init__(self, dim: int, heads: int, ffn: int, act: str = "gelu", dropout: float = 0.0, eps: float = 1e-5):
         super().__init__()

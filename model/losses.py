@@ -1,6 +1,6 @@
-"""The losses of seed 001 sections 2.3 (training) and 2.4 (knowledge distillation), as pure functions on tensors.
+"""The training and distillation losses (docs/model.md "Objectives", "Distillation and quantization") on tensors.
 
-The seed writes each loss as a sum over tokens / pairs / patches; every function here divides that sum by the
+Each loss is a sum over tokens / pairs / patches; every function here divides that sum by the
 number of terms it ran over, so a loss's scale does not depend on batch size or sequence length and the
 lambda_k of `weighted_sum` mean the same thing for every batch. Losses over an empty set (all labels ignored,
 nothing masked, fewer than two pairs) are a 0.0 tensor still connected to the graph, never NaN, so
@@ -16,7 +16,7 @@ MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) = 1/tau at 100 so traini
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """L_CE of seed 2.3: -sum_t log P(y_t | y_<t, context), divided by the number of non-ignored tokens.
+    """L_CE: -sum_t log P(y_t | y_<t, context), divided by the number of non-ignored tokens.
 
     logits [..., V], labels [...] int64 with -100 = ignore (padding, unlabelled samples).
     """
@@ -28,7 +28,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
                      positives: torch.Tensor | None = None) -> torch.Tensor:
-    """L_ITC of seed 2.3: 1/2 (L_i2t + L_t2i), symmetric InfoNCE over N pairs (a_i, b_i), divided by N.
+    """L_ITC: 1/2 (L_i2t + L_t2i), symmetric InfoNCE over N pairs (a_i, b_i), divided by N.
 
     s_ij = exp(logit_scale) * cos(a_i, b_j): sim = cosine similarity, logit_scale = log(1/tau) is learnable and
     exp(logit_scale) is clamped at 100 (CLIP). a, b [N, D]. With N < 2 there are no negatives: returns 0.0.
@@ -49,7 +49,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor
 
 
 def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L_MLM of seed 2.3: -sum over masked tokens of log P(y_m | Y_obs, context), divided by the masked count.
+    """L_MLM: -sum over masked tokens of log P(y_m | Y_obs, context), divided by the masked count.
 
     logits [B, L, V], targets [B, L] (the original token ids), mask [B, L] bool (True = masked). 0.0 if none.
     """
@@ -57,7 +57,7 @@ def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tens
 
 
 def mim_loss(logits: torch.Tensor, visual_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L_MIM of seed 2.3 (BEiT): -sum over masked patches of log P(tokenizer(p) | Patches_obs, context), mean.
+    """L_MIM (BEiT): -sum over masked patches of log P(tokenizer(p) | Patches_obs, context), mean.
 
     logits [B, N, K], visual_tokens [B, N] (model/visual_tokenizer.py), mask [B, N] bool. 0.0 if none masked.
     """
@@ -65,7 +65,7 @@ def mim_loss(logits: torch.Tensor, visual_tokens: torch.Tensor, mask: torch.Tens
 
 
 def mam_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked audio modelling (the audio analogue of seed 2.3's MLM/MIM): squared error of the predicted
+    """Masked audio modelling (the audio analogue of MLM/MIM): squared error of the predicted
     log-Mel features at masked frames, averaged over masked frames and features. pred, target [B, T, F],
     mask [B, T] bool. 0.0 if none masked."""
     per_frame = (pred.float() - target.float()).pow(2).mean(-1)
@@ -97,7 +97,7 @@ def weighted_sum(losses: dict, weights: dict[str, float]):
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float,
             temperature: float) -> torch.Tensor:
-    """L_KD of seed 2.4: alpha L_CE(softmax(z_S/tau), softmax(z_T/tau)) + (1 - alpha) L_Hard(softmax(z_S), y).
+    """L_KD: alpha L_CE(softmax(z_S/tau), softmax(z_T/tau)) + (1 - alpha) L_Hard(softmax(z_S), y).
 
     Soft term: cross-entropy -sum_v p_T log p_S of the tempered distributions, averaged over non-ignored
     positions and multiplied by tau^2 (Hinton et al. 2015) so its gradient magnitude does not shrink as 1/tau^2

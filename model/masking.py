@@ -1,4 +1,4 @@
-"""Which inputs are hidden for the self-supervised losses of seed 001 section 2.3 (L_MLM, L_MIM, masked audio).
+"""Which inputs are hidden for the self-supervised losses (docs/model.md "Objectives": L_MLM, L_MIM, masked audio).
 
 Every function draws from an explicit torch.Generator, so a seed fixes the masks whatever else uses the global
 RNG. Random numbers are drawn on the generator's device and moved to the inputs' device.

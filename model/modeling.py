@@ -1,4 +1,4 @@
-"""The whole seed-001 network as a transformers model: save/from_pretrained (safetensors), generate(), Auto*.
+"""The whole trimodal network as a transformers model: save/from_pretrained (safetensors), generate(), Auto*.
 
     encoder (TrimodalEncoder): vision / text / audio encoders -> MultimodalFusion -> ReasoningCore -> R
     TrimodalForConditionalGeneration: encoder + GenerativeDecoder (LM head) + ClassificationHead
@@ -148,7 +148,7 @@ class TrimodalForConditionalGeneration(TrimodalPreTrainedModel, GenerationMixin)
         self.encoder = TrimodalEncoder(c)
         self.decoder = GenerativeDecoder(c)
         self.classifier = ClassificationHead(c)
-        # pre-training heads on R's segments and the contrastive projections (seed 001 section 2.3)
+        # pre-training heads on R's segments and the contrastive projections (docs/model.md "Objectives")
         self.mlm_head = nn.Linear(c.d_model, c.vocab_size)
         self.mim_head = nn.Linear(c.d_model, 2 ** c.mim_bits)
         self.mam_head = nn.Linear(c.d_model, 4 * c.n_mels)  # the 4 log-Mel frames behind a subsampled frame

@@ -1,4 +1,4 @@
-"""The training objectives of seed 001 section 4.3 on a TrimodalForConditionalGeneration.
+"""The training objectives (docs/model.md "Objectives") on a TrimodalForConditionalGeneration.
 
 pretraining_losses: one forward pass over masked inputs gives
     mlm  masked text tokens predicted from R's text positions          (model.mlm_head)

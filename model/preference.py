@@ -1,4 +1,4 @@
-"""The losses of seed 001 section 4.4 (alignment: preference tuning), as pure functions on tensors; docs/model.md
+"""The losses of preference tuning (alignment), as pure functions on tensors; docs/model.md
 "Alignment" writes them out. A response's log-probability is the sum of its tokens' log-probabilities given the
 inputs and the prompt (`sequence_logprobs`); everything here works on those per-response sums.
 

@@ -1,5 +1,5 @@
-"""Uniform affine INT8 of seed 001 section 2.4 (q = round(r / S) + Z, r' = S (q - Z)) for either model family
-(model/families.py): the trimodal model and DeepSeek-VL.
+"""Uniform affine INT8 (q = round(r / S) + Z, r' = S (q - Z); docs/model.md "Distillation and quantization")
+for either model family (model/families.py): the trimodal model and DeepSeek-VL.
 
 Scheme (torch.ao eager mode, x86 backend):
     nn.Linear      weights per output channel, symmetric qint8; input and output activations per tensor,

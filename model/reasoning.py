@@ -1,4 +1,4 @@
-"""Reasoning core (seed 001 sections 2.2, 4.1): a non-causal Transformer stack over H_multi -> R."""
+"""Reasoning core (docs/model.md "Reasoning core and decoders"): a non-causal Transformer stack over H_multi -> R."""
 from __future__ import annotations
 
 import torch

@@ -6,8 +6,9 @@ device (no memory, no init), for both model families (model/families.py).
     python -m model.sizes --memory [--gpus 1 2 4 8] [PRESET ...]
 
 Every DeepSeek-VL table ends with a line per preset whose name gives a size (deepseek_vl_1.3b: 1.3B, deepseek_vl_7b:
-7B; seed 002's names refer to the LLM) comparing it with the measured LLM and total. A preset that leaves the
-vocabulary to the tokenizer (the deepseek_vl demo size) is counted at conf/tokenizer/default.yaml's vocab_size.
+7B; the DeepSeek-VL paper's names refer to the LLM) comparing it with the measured LLM and total. A preset that
+leaves the vocabulary to the tokenizer (the deepseek_vl demo size) is counted at conf/tokenizer/default.yaml's
+vocab_size.
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def named_size(preset: str) -> float | None:
 def seed_size_line(preset: str, counts: dict[str, int]) -> str:
     llm = sum(counts[row] for row in LLM_ROWS)
     layers = counts["LLM decoder layers + norm"]
-    return (f"{preset}: the seed's {named_size(preset) / 1e9:g}B names the LLM; measured LLM {llm / 1e9:.2f}B "
+    return (f"{preset}: the paper's {named_size(preset) / 1e9:g}B names the LLM; measured LLM {llm / 1e9:.2f}B "
             f"({layers / 1e9:.2f}B in its decoder layers, {(llm - layers) / 1e9:.2f}B in embeddings + lm_head), "
             f"total with both vision towers and the adaptor {counts['total'] / 1e9:.2f}B")
 

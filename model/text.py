@@ -1,4 +1,4 @@
-"""Text encoder (seed 001 sections 2.1, 4.1): bidirectional Transformer over BPE tokens (RoBERTa-like)."""
+"""Text encoder (docs/model.md "Encoders"): bidirectional Transformer over BPE tokens (RoBERTa-like)."""
 from __future__ import annotations
 
 import torch

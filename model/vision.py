@@ -1,4 +1,4 @@
-"""Vision encoder (seed 001 sections 2.1, 4.1): ViT. Patches -> linear projection + positions -> pre-LN blocks."""
+"""Vision encoder (docs/model.md "Encoders"): ViT. Patches -> linear projection + positions -> pre-LN blocks."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Discrete visual tokens for L_MIM (seed 001 section 2.3: log P(tokenizer(p) | Patches_obs, context)).
+"""Discrete visual tokens for L_MIM (docs/model.md "Objectives": log P(tokenizer(p) | Patches_obs, context)).
 
 BEiT takes its targets from a pretrained dVAE; nothing may be downloaded here, so the tokenizer is a
 random-hyperplane locality-sensitive hash instead. Each patch is contrast-normalised (minus its mean, divided by

@@ -1,4 +1,4 @@
-"""DeepSeek-VL's hybrid MLP adaptor (seed 002, docs/model.md "DeepSeek-VL"): vision tokens -> the LLM's input space.
+"""DeepSeek-VL's hybrid MLP adaptor (docs/model.md "DeepSeek-VL"): vision tokens -> the LLM's input space.
 
     a = W_high h + b_high          one single-layer MLP per resolution, each to d/2 features
     b = W_low  l + b_low

@@ -1,4 +1,4 @@
-"""Stage `align`: preference tuning (seed 001 section 4.4; docs/model.md "Alignment") of the instruction-tuned
+"""Stage `align`: preference tuning (docs/model.md "Alignment") of the instruction-tuned
 model (models/instruct) on the pairs table `align.pairs` (stages/common/pairs.py: the preferences stage's, or
 yours) -> the teacher, models/teacher/ (+ tokenizer), which distill, quantize and evaluate take from here.
 

@@ -2,10 +2,10 @@
 A DeepSeek-VL teacher distils on its fine-tuning turns (stages/common/vl_tasks.py kd_step), the rest is the same.
 
 The student is the teacher's config with `distill.student` overrides (fewer layers, narrower widths). Every
-supervised output is distilled with the KD loss of seed 001 section 2.4 (model.losses.kd_loss): the decoder's
-caption and VQA-answer logits and the classifier's logits, each mixing the teacher's tempered distribution
-(alpha) with the hard labels (1 - alpha). The teacher runs in eval mode on the very batch the student sees.
-The student also keeps the contrastive objectives (itc / atc / vac), which retrieval needs.
+supervised output is distilled with the KD loss (docs/model.md "Distillation and quantization";
+model.losses.kd_loss): the decoder's caption and VQA-answer logits and the classifier's logits, each mixing the
+teacher's tempered distribution (alpha) with the hard labels (1 - alpha). The teacher runs in eval mode on the very
+batch the student sees. The student also keeps the contrastive objectives (itc / atc / vac), which retrieval needs.
 
 With `distill.init_from_teacher` the student starts from the teacher's weights: student layer i of a stack of
 S takes teacher layer i * T // S (DistilBERT keeps every other layer), and a narrower tensor takes the

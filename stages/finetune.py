@@ -1,7 +1,7 @@
 """Stage `finetune`: supervised objectives from models/pretrain -> models/finetune/ (+ tokenizer), which `instruct`
 and `align` turn into the teacher. The trimodal family's objectives (ce, vqa, cls, itc / atc / vac) are
 stages/common/supervised.py's. A DeepSeek-VL model (`model=deepseek_vl`) is fine-tuned on chat turns instead:
-seed 002's stage 3 (stages/common/vl_tasks.py), and the records it skips (audio only) are counted in
+DeepSeek-VL's stage 3 (stages/common/vl_tasks.py), and the records it skips (audio only) are counted in
 metrics/finetune.json.
 After training, the val split is scored, overall and per modality subset (stages/common/predict.py,
 stages/common/scoring.py) -> metrics/details/finetune.json, and its headline (overall scores, parameters) ->
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = params.paths
     tokenizer = AutoTokenizer.from_pretrained(paths.pretrained)
     model = load_pretrained(paths.pretrained)
-    # DeepSeek-VL: seed 002's stage 3, supervised fine-tuning on chat turns (stages/common/vl_tasks.py)
+    # DeepSeek-VL's stage 3, supervised fine-tuning on chat turns (stages/common/vl_tasks.py)
     deepseek_vl = family_of_model(model) == DEEPSEEK_VL
     data = skipped(params.finetune.shards, "train") if deepseek_vl else {}
     job = TrainJob.of(params, "finetune", fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),

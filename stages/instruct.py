@@ -1,4 +1,4 @@
-"""Stage `instruct`: instruction tuning (seed 001 section 4.4; docs/model.md "Alignment") of the fine-tuned model
+"""Stage `instruct`: instruction tuning (docs/model.md "Alignment") of the fine-tuned model
 (models/finetune) -> models/instruct/ (+ tokenizer), which `align` tunes on preferences into the teacher.
 
 Every record is asked its tasks (caption, VQA, class name, which-of-these caption) as natural-language

@@ -1,6 +1,6 @@
 """Stage `pretrain`: self-supervised + contrastive objectives (MLM, MIM, MAM, ITC/ATC/VAC, weighted by
 model.loss_weights) on the train shards -> models/pretrain/ (save_pretrained + tokenizer). With `model=deepseek_vl`,
-seed 002's first two stages instead (pretrain_deepseek_vl).
+DeepSeek-VL's first two stages instead (pretrain_deepseek_vl; docs/model.md "DeepSeek-VL: training").
 
 Checkpoints go to checkpoints/pretrain/ (kept across runs: a rerun resumes); metrics to metrics/pretrain/ (dvclive).
 """
@@ -49,7 +49,7 @@ def pretrain_step(model, batch: dict, generator: torch.Generator) -> dict[str, t
 
 
 def pretrain_deepseek_vl(model: nn.Module, tokenizer, params: Params, index: dict) -> nn.Module | None:
-    """Seed 002's stages 1 and 2: the adaptor warm-up (pretrain.adaptor_warmup: captions after images, only the
+    """DeepSeek-VL's stages 1 and 2: the adaptor warm-up (pretrain.adaptor_warmup: captions after images, only the
     adaptor trains), then joint pretraining (language-only and image batches mixed by pretrain.language_fraction).
     Records with audio only are skipped, counted in metrics/pretrain/metrics.json."""
     p, warm = params.pretrain, params.pretrain.adaptor_warmup

@@ -27,18 +27,18 @@ LOCK = Path("dvc.lock")  # evaluate runs from the repository root, as every stag
 MADE_BY = {"teacher": "align", "student": "distill", "student-int8": "quantize"}  # variant -> its dvc stage
 CODE = ("stages", "model", "conf", "params.yaml", "dvc.yaml")  # what decides a model besides its data
 ABOUT = {
-    "teacher": "The teacher: the seed-001 trimodal encoder-decoder (image, audio and text in any combination; "
+    "teacher": "The teacher: the trimodal encoder-decoder (image, audio and text in any combination; "
                "captions, answers questions, classifies), pre-trained self-supervised, fine-tuned, then "
                "instruction-tuned and preference-tuned (DPO by default).",
     "student": "The student: a smaller trimodal model (fewer layers, narrower) distilled from the teacher with the "
-               "KD loss of seed 001 section 2.4 on caption, answer and class logits.",
+               "KD loss (Hinton et al. 2015) on caption, answer and class logits.",
     "student-int8": "The INT8 student: the student with uniform affine INT8 weights (per channel) and calibrated "
                     "activation scales (torch.ao); narrow and fragile Linears compute in float from int8 weights.",
 }
 ABOUT_DEEPSEEK_VL = {
-    "teacher": "The teacher: DeepSeek-VL (seed 002): a SigLIP + SAM-B hybrid vision encoder and an MLP adaptor in "
-               "front of a Llama-architecture LLM (image and text; audio-only records are skipped), trained in "
-               "the seed's three stages: adaptor warm-up, joint pretraining, chat-format fine-tuning; then "
+    "teacher": "The teacher: DeepSeek-VL (Lu et al. 2024): a SigLIP + SAM-B hybrid vision encoder and an MLP adaptor "
+               "in front of a Llama-architecture LLM (image and text; audio-only records are skipped), trained in "
+               "the paper's three stages: adaptor warm-up, joint pretraining, chat-format fine-tuning; then "
                "instruction-tuned and preference-tuned (DPO by default).",
     "student": "The student: a shallower, narrower DeepSeek-VL distilled from the teacher with the KD loss of seed "
                "001 section 2.4 on the fine-tuning turns' next-token distributions.",
@@ -197,7 +197,7 @@ def card_text(variant: str, model_dir: Path, result: dict, baselines: dict, spli
         "## Intended use", "",
         "Answering questions about, classifying and captioning inputs like the training data (an image, a sound, a "
         "text, or any combination); a measured baseline for the pipeline that made it, and a starting point for "
-        "training on your own sources (README.md, \"Use your own data\").", "",
+        "training on your own sources (docs/data.md, \"Use your own data\").", "",
         "## Limitations", "",
         f"- It knows only its training data's distribution, answers and {len(classes)} classes "
         f"({', '.join(classes) or 'none'}); its scores say nothing about other data.",

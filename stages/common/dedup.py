@@ -1,5 +1,5 @@
 """Content identity of records: exact digests and near-duplicate fingerprints of their media, and the groups of
-records that share media (README, "Duplicates and splits").
+records that share media (docs/data.md "Duplicates and splits").
 
 Exact: the sha256 of the decoded, normalised media bytes validate writes (PNG of the RGB pixels, float WAV of the
 mono samples at the target rate), so the same picture or sound re-encoded, re-wrapped or converted is the same

@@ -1,4 +1,4 @@
-"""A record as natural-language instructions (seed 001 section 4.4, instruction tuning): per task, a prompt from
+"""A record as natural-language instructions (instruction tuning, docs/model.md "Alignment"): per task, a prompt from
 one of the task's templates (conf/instruct/default.yaml `templates`, split into `train` and `held_out`) and the
 answer the record holds. Pure functions of a record's json (meta), shared by `instruct` (training and the held-out
 scores), `preferences` (the prompts of the pairs) and `align`.

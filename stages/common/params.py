@@ -167,14 +167,14 @@ class TrainStageParams:
 
 @dataclass
 class PretrainParams(TrainStageParams):
-    """`pretrain`, plus DeepSeek-VL's adaptor warm-up (seed 002 stage 1), run first when set (null: none)."""
+    """`pretrain`, plus DeepSeek-VL's adaptor warm-up (the paper's stage 1), run first when set (null: none)."""
 
     adaptor_warmup: TrainStageParams | None
 
 
 @dataclass
 class DistillParams(TrainStageParams):
-    """A training stage plus the KD loss of seed 001 section 2.4 and the student's shape."""
+    """A training stage plus the KD loss (docs/model.md "Distillation and quantization") and the student's shape."""
 
     alpha: float  # weight of the soft (teacher) term; 1 - alpha goes to the hard labels
     temperature: float

@@ -1,4 +1,5 @@
-"""The record contract (shared/DESIGN.md "Input contract") and the keys derived from a record id."""
+"""The record contract (docs/data.md "Use your own data": a source row's columns) and the keys derived from a
+record id."""
 from __future__ import annotations
 
 import hashlib

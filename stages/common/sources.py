@@ -52,7 +52,7 @@ def untracked_table(source: str, tracked: Path) -> str | None:
     """Why a local table outside `tracked` (ingest's dvc.yaml dep, data/sources/) cannot be used: DVC would not
     hash it, so appending rows to it would leave `dvc status` clean and the new rows unread. None if fine."""
     if (path := local_table(source)) is None:
-        return None  # remote tables: read at run time, not hashed (README, "Remote tables")
+        return None  # remote tables: read at run time, not hashed (docs/data.md "Use your own data")
     if path.is_relative_to(tracked.resolve()):
         return None
     return (f"local table {source!r} is outside {tracked}/, so DVC does not track it (edits to it would not rerun "

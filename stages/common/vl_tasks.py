@@ -1,5 +1,5 @@
-"""The DeepSeek-VL family on the shards (seed 002; docs/model.md "DeepSeek-VL"): a record as text for a causal LM,
-the seed's three training stages' steps, the distillation step, and predictions as the records that
+"""The DeepSeek-VL family on the shards (docs/model.md "DeepSeek-VL"): a record as text for a causal LM,
+the paper's three training stages' steps, the distillation step, and predictions as the records that
 stages/common/scoring.py scores, so the family is trained and scored on the same data as the trimodal one.
 
 The family reads an image and text, not audio: a record's audio is ignored, and a record with audio only offers
@@ -234,8 +234,8 @@ def sft_losses(tokenizer) -> Callable:
 
 def kd_step(teacher, tokenizer, alpha: float, temperature: float) -> Callable:
     """Distillation on the fine-tuning turns: each task's next-token distributions, the teacher's tempered ones
-    (alpha) and the targets (1 - alpha), with model.losses.kd_loss (seed 001 section 2.4). Teacher and student
-    share the tokenizer, so their vocabularies and positions line up."""
+    (alpha) and the targets (1 - alpha), with model.losses.kd_loss (docs/model.md "Distillation and
+    quantization"). Teacher and student share the tokenizer, so their vocabularies and positions line up."""
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         text, device = texts(tokenizer, batch), batch["image"].device

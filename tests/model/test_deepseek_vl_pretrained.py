@@ -115,7 +115,7 @@ def test_a_model_with_pretrained_parts_saves_and_reloads(folders, tmp_path):
 
 
 def test_the_recipe_freezes_pretrained_towers_and_trains_random_ones(folders, tmp_path):
-    """Seed 002 freezes towers that arrive pretrained; one that starts random must train to see anything."""
+    """The paper freezes towers that arrive pretrained; one that starts random must train to see anything."""
     random = DeepSeekVLForCausalLM(config())
     assert random.config.pretrained_parts == []
     assert random.frozen_for_recipe(["vision", "language_model"]) == ["language_model"]

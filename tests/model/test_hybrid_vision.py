@@ -1,5 +1,5 @@
 """DeepSeek-VL's hybrid vision encoder and adaptor (model/hybrid_vision.py, model/vl_adaptor.py): shapes at tiny and
-at the seed's full size (meta device), gradients through both towers, clear errors."""
+at the paper's full size (meta device), gradients through both towers, clear errors."""
 import pytest
 import torch
 from transformers import SamVisionConfig, SiglipVisionConfig
@@ -32,8 +32,8 @@ def test_both_towers_give_one_token_per_cell_of_the_low_towers_grid():
 
 
 def test_the_seeds_sizes_576_tokens_into_a_2048_wide_llm():
-    """Seed 002: SigLIP at 384 px and SAM-B at 1024 px (64x64x256 map -> 96x96 -> two convolutions) both give 576
-    tokens; the adaptor maps them to the 1.3B LLM's width 2048."""
+    """At the paper's sizes, SigLIP at 384 px and SAM-B at 1024 px (64x64x256 map -> 96x96 -> two convolutions) both
+    give 576 tokens; the adaptor maps them to the 1.3B LLM's width 2048."""
     with torch.device("meta"):
         low = SiglipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                  num_attention_heads=16, image_size=384, patch_size=16)  # SigLIP-L

@@ -71,7 +71,7 @@ def test_without_memory_the_parameter_table_is_unchanged(capsys):
     assert lines[-1].startswith("| total | 1.06 M |")
 
 
-# DeepSeek-VL (seed 002): the family's presets in the same tool
+# DeepSeek-VL (docs/model.md "DeepSeek-VL"): the family's presets in the same tool
 
 FAMILY_PRESETS = ["deepseek_vl_1.3b", "deepseek_vl_7b"]
 
@@ -124,9 +124,9 @@ def test_family_table_names_its_components_and_compares_the_seeds_sizes(capsys):
     assert [line.split(" | ")[0] for line in lines[2:9]] == [
         "| low vision tower", "| high vision tower", "| adaptor", "| LLM embeddings", "| LLM decoder layers + norm",
         "| lm_head", "| total"]
-    assert lines[10].startswith("deepseek_vl_1.3b: the seed's 1.3B names the LLM; measured LLM 1.65B (1.23B in its "
+    assert lines[10].startswith("deepseek_vl_1.3b: the paper's 1.3B names the LLM; measured LLM 1.65B (1.23B in its "
                                 "decoder layers")
-    assert lines[11].startswith("deepseek_vl_7b: the seed's 7B names the LLM; measured LLM 6.91B")
+    assert lines[11].startswith("deepseek_vl_7b: the paper's 7B names the LLM; measured LLM 6.91B")
     assert lines[11].endswith("total with both vision towers and the adaptor 7.33B")
 
 

@@ -1,4 +1,4 @@
-"""instruct -> preferences -> align (seed 001 section 4.4), each run as dvc.yaml runs it, on the 28-record shard
+"""instruct -> preferences -> align (docs/model.md "Alignment"), each run as dvc.yaml runs it, on the 28-record shard
 fixtures: what each writes and measures, the pairs table's contract (yours replaces ours; bad rows quarantined),
 DPO and reward model + PPO, and align's exact resume after a kill -9."""
 import json

@@ -1,4 +1,4 @@
-"""A stage never imports another stage (STYLE.md): shared code lives in stages/common or model/, so a stage's
+"""A stage never imports another stage: shared code lives in stages/common or model/, so a stage's
 dvc.yaml deps can list what it really uses and editing one stage's code reruns only what depends on it."""
 import ast
 from pathlib import Path
