@@ -17,6 +17,7 @@ LONGEST_FIRST = (
     "tests/stages/test_train.py",
     "tests/stages/test_deepseek_vl_stages.py",
     "tests/stages/test_post_training.py",
+    "tests/test_readme.py",  # the whole DAG at small sizes, then README's blocks: 3-5 min
     "tests/stages/test_alignment_stages.py",
     "tests/trimodal/test_server.py",
     "tests/trimodal/test_cli.py",
