@@ -5,6 +5,7 @@
 # handler exists, makes its dictConfig harmless.
 import gto.log  # noqa: F401  (first: see above)
 import pytest
+from _pytest.mark import deselect_by_mark  # parses and checks `-m` (pytest is pinned)
 
 from tests.s3_server import moto_s3
 
@@ -26,7 +27,19 @@ LONGEST_FIRST = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # --strict-markers makes pytest refuse an unregistered name in `-m`, but under xdist only the workers collect
+    # and apply `-m`: each one died of that usage error and the controller reported an INTERNALERROR naming a
+    # test. Checked here, in the controller, a typo in `-m` is pytest's one-line usage error (exit 4) instead.
+    if not hasattr(config, "workerinput"):
+        deselect_by_mark([], config)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook applies `-m`, so that `-m "not slow"` sees the mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest as collected
 

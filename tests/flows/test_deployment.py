@@ -28,6 +28,8 @@ from flows.dvc_stages import apply_overrides
 from tests.s3_server import free_port
 from tests.test_pipeline_e2e import clone_worktree, dvc
 
+pytestmark = pytest.mark.slow  # a Prefect server and workers running the DAG
+
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 TINY = ["demo.n_records=42", "demo.n_fusion=9", "demo.n_corpus=14", "demo.n_ood_questions=3",

@@ -26,6 +26,8 @@ from flows.dvc_stages import (
     use_remote,
 )
 
+pytestmark = pytest.mark.slow  # a dvc repository, clones and stage runs per test
+
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@127.0.0.1"]
 PIPELINE = {"stages": {
     "make": {"cmd": "mkdir -p out src/gen && echo a > out/x && echo b > out/y && echo c > src/gen/z",

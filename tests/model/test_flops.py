@@ -80,7 +80,7 @@ def training_step(model, step_fn, batch) -> None:
     total_loss(model, step_fn(model, batch, torch.Generator().manual_seed(0))).backward()
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("small", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("step_fn", [pretrain_step, finetune_step], ids=["pretrain", "finetune"])
 def test_counts_a_training_step_within_10_percent_of_flop_counter_mode(preset, step_fn):
     model, batch = build(preset), loader_batch(SUBSETS)

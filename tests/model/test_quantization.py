@@ -1,5 +1,6 @@
 """INT8 export: what is written is what is loaded back, the integers follow q = round(r / S) + Z, size shrinks;
 for either family (the trimodal model, DeepSeek-VL)."""
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -45,6 +46,7 @@ def test_per_channel_is_symmetric_affine_and_idempotent():
     assert torch.equal(again_q, q) and torch.allclose(again_scale, scale)
 
 
+@pytest.mark.slow
 def test_int8_round_trip_is_exact_and_close_to_fp32(tmp_path):
     model = tiny()
     with torch.no_grad():
@@ -76,6 +78,7 @@ def test_load_int8_names_missing_tensors(tmp_path):
         raise AssertionError("a file missing a tensor loaded silently")
 
 
+@pytest.mark.slow
 def test_keep_fp32_linears_stay_float_and_round_trip(tmp_path):
     from model.quantization import Int8Linear
     keep = ["decoder.lm_head", "classifier.out"]  # the LM head is tied to the decoder embedding
@@ -104,6 +107,7 @@ def test_keep_fp32_linears_stay_float_and_round_trip(tmp_path):
         raise AssertionError("an unknown keep_fp32 name must be refused")
 
 
+@pytest.mark.slow
 def test_layer_sensitivity_scores_each_linear_alone_and_restores_the_model():
     from model.quantization import int8_linears, layer_sensitivity, round_weight_only
     fp32 = round_weight_only(tiny())
@@ -158,6 +162,7 @@ def test_a_deepseek_vl_calibration_pass_runs_every_linear():
             "adaptor.out.1", "language_model.lm_head"} <= called  # both towers, the adaptor and the LLM
 
 
+@pytest.mark.slow
 def test_deepseek_vl_int8_round_trip_is_exact_and_stores_the_tied_head_once(tmp_path):
     model = tiny_vl()
     assert _tied(model.config) == {"language_model.model.embed_tokens": "language_model.lm_head"}
@@ -183,6 +188,7 @@ def test_deepseek_vl_int8_round_trip_is_exact_and_stores_the_tied_head_once(tmp_
     assert new[0].shape == (3, 3) and torch.equal(*new)
 
 
+@pytest.mark.slow
 def test_a_deepseek_vl_head_kept_in_float_round_trips_and_load_saved_reads_float_folders(tmp_path):
     keep = ["language_model.lm_head", "adaptor.out.1"]
     quantized = quantize_model(tiny_vl(), [vl_inputs(seed=s) for s in range(2)], keep_fp32=keep)

@@ -19,6 +19,8 @@ from stages.common.loader import read_meta
 from stages.common.params import defaults
 from tests.stage_runner import REPO, run_stage
 
+pytestmark = pytest.mark.slow  # instruct, preferences and align stage runs
+
 SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint_every=2", "shuffle=0"]
 TEMPLATES = defaults().instructions.templates
 

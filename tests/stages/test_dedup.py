@@ -20,6 +20,8 @@ from stages.common.atomic import read_jsonl
 from stages.common.records import record_split, split_of
 from tests.stage_runner import make_project, run_stage
 
+pytestmark = pytest.mark.slow  # ingest, validate, tokenizer and shard stage runs
+
 SPLIT = ["split.val_fraction=0.3", "split.test_fraction=0.3"]
 
 

@@ -12,6 +12,8 @@ from stages.common.params import compose, write
 from tests.shard_fixtures import TINY_DEEPSEEK_VL, sharded
 from tests.stage_runner import make_project, run_stage
 
+pytestmark = pytest.mark.slow  # every stage run on the DeepSeek-VL family
+
 SHORT = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 2, "shuffle": 0}
 
 

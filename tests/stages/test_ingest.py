@@ -26,6 +26,7 @@ def ingested(tmp_path_factory):
     return root, first
 
 
+@pytest.mark.slow
 def test_every_row_is_in_the_manifest_with_its_payloads(ingested):
     root, _ = ingested
     rows = [json.loads(line) for line in open(root / "data/raw/manifest.jsonl")]
@@ -38,11 +39,13 @@ def test_every_row_is_in_the_manifest_with_its_payloads(ingested):
     assert summary["images_failed"] == summary["audio_failed"] == 0
 
 
+@pytest.mark.slow
 def test_rerun_gives_byte_identical_outputs(ingested):
     root, first = ingested
     assert digest_tree(root / "data/raw") == first
 
 
+@pytest.mark.slow
 def test_shards_are_canonical(ingested):
     root, _ = ingested
     for shard in sorted((root / "data/raw").glob("*.tar")):

@@ -16,6 +16,8 @@ from stages.common.atomic import read_jsonl
 from tests.hostile_server import hostile_server
 from tests.stage_runner import make_project, run_stage
 
+pytestmark = pytest.mark.slow  # ingest waits out a fetch budget per hostile URL
+
 BUDGET = ["ingest.fetch_timeout_s=2", "ingest.threads=4", "validate.max_reject_fraction=1.0"]
 
 

@@ -1,9 +1,12 @@
 """An s3:// source (table + media in a bucket) through a real local S3 server (moto, 127.0.0.1)."""
 import json
 
+import pytest
 import s3fs
 
 from tests.stage_runner import make_project, run_stage
+
+pytestmark = pytest.mark.slow  # demo + two ingests, one through a local S3 server
 
 
 def test_s3_source_is_ingested_like_a_local_one(s3_server, tmp_path):

@@ -36,6 +36,7 @@ def project(aligned_project):
     return aligned_project  # tests/stages/conftest.py: the teacher out of finetune -> instruct -> preferences -> align
 
 
+@pytest.mark.slow
 def test_each_training_stage_sets_its_own_loss_weights(project):
     pretrained = json.loads((project / "models/pretrain/config.json").read_text())["loss_weights"]
     teacher = json.loads((project / "models/teacher/config.json").read_text())["loss_weights"]
@@ -47,6 +48,7 @@ def test_each_training_stage_sets_its_own_loss_weights(project):
     assert proc.returncode != 0 and "bogus" in proc.stderr
 
 
+@pytest.mark.slow
 def test_distill_quantize_evaluate_write_their_artifacts(project):
     run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
     distilled = json.loads((project / "metrics/details/distill.json").read_text())
@@ -74,6 +76,7 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     assert quantized["speed"] == [] and quantized["latency"] == {} and quantized["kept_fp32_narrow"] == []
 
 
+@pytest.mark.slow
 def test_quantize_computes_narrow_linears_in_float_measures_speed_and_is_deterministic(project):
     if not (project / "models/student").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
@@ -105,6 +108,7 @@ def test_quantize_computes_narrow_linears_in_float_measures_speed_and_is_determi
     assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
 
 
+@pytest.mark.slow
 def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
     if not (project / "models/student").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
@@ -156,6 +160,7 @@ def test_quantize_keeps_the_most_fragile_linears_in_float_when_asked(project):
     assert (project / "metrics/eval/plots/scores.csv").read_text().startswith("variant,metric,value")
 
 
+@pytest.mark.slow
 def test_quantize_prunes_before_quantizing(project, tmp_path):
     if not (project / "models/student").exists():
         run_stage("distill", project, *[f"distill.{s}" for s in SHORT])
@@ -167,6 +172,7 @@ def test_quantize_prunes_before_quantizing(project, tmp_path):
     assert pruned["round_trip_max_difference"] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["prune_amount=1.5", "sensitivity_batches=0"])
 def test_quantize_rejects_a_bad_setting_naming_it(project, setting):
     proc = run_stage("quantize", project, f"quantize.{setting}", check=False)
@@ -194,6 +200,7 @@ def test_student_takes_the_teachers_leading_layers_and_slices():
         student_config(teacher.config, {"no_such_setting": 1})
 
 
+@pytest.mark.slow
 def test_distill_under_fsdp_on_two_processes_saves_one_whole_student(project, tmp_path):
     root = make_project(tmp_path / "fsdp")
     for folder in ("data/shards", "models/teacher"):
@@ -252,6 +259,7 @@ def tracked(project, tmp_path_factory):
     return root, trained
 
 
+@pytest.mark.slow
 def test_model_folders_hold_exactly_the_files_dvc_yaml_declares(tracked):
     """Each training stage declares its model's files one by one and evaluate the card beside them (dvc.yaml): a
     file a stage writes undeclared (a new transformers version's extra file) would leave DVC blind to it."""
@@ -272,6 +280,7 @@ def flat(data: dict, prefix: str = "") -> set[str]:
             for key in (flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"})}
 
 
+@pytest.mark.slow
 def test_cards_leave_dvc_clean_and_a_second_repro_does_nothing(tracked):
     root, trained = tracked
     status = dvc(root, "status", *TRAINED, "evaluate").stdout
@@ -289,6 +298,7 @@ def test_cards_leave_dvc_clean_and_a_second_repro_does_nothing(tracked):
     assert test.dataset_split == "test" and test.metric_value == round(scores["vqa_accuracy"], 4)
 
 
+@pytest.mark.slow
 def test_the_train_flow_finds_each_card_and_its_md5_for_its_artifacts(tracked):
     from flows.cards import card_outs, cards_index
 
@@ -303,6 +313,7 @@ def test_the_train_flow_finds_each_card_and_its_md5_for_its_artifacts(tracked):
     assert "`dvc artifacts get git@example:trimodal.git student-int8 --stage prod`" in index
 
 
+@pytest.mark.slow
 def test_dvc_metrics_show_is_a_few_columns_shared_by_the_models(tracked):
     root, _ = tracked
     (workspace,) = json.loads(dvc(root, "metrics", "show", "--json").stdout).values()
@@ -326,6 +337,7 @@ def speechless(folder: Path) -> None:
     model.save_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_promote_takes_the_first_model_then_a_better_one_and_refuses_a_worse_one(tracked):
     root, _ = tracked
     good = git(root, "rev-parse", "HEAD")

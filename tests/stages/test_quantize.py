@@ -33,6 +33,7 @@ def latency_batch(b: int) -> dict:
             "mel_lengths": x["mel_lengths"], "text_ids": x["text_ids"], "text_mask": x["text_mask"]}
 
 
+@pytest.mark.slow
 def test_linear_calls_records_every_call_of_an_inference_and_unhooks():
     _, quantized = quantized_pair()
     shapes = linear_calls(quantized, inference(quantized, latency_batch(3), max_new_tokens=4))
@@ -46,6 +47,7 @@ def test_linear_calls_records_every_call_of_an_inference_and_unhooks():
     assert all(s[0] == 1 for s in again["decoder.lm_head"])
 
 
+@pytest.mark.slow
 def test_speed_sweep_times_called_linears_in_both_precisions():
     fp32, quantized = quantized_pair()
     speed = speed_sweep(fp32, quantized, {"b2": inference(quantized, latency_batch(2), 3), "none": lambda: None},
@@ -83,6 +85,7 @@ def vl_tokenizer(vl_data):
     return AutoTokenizer.from_pretrained(vl_data / "tokenizer")
 
 
+@pytest.mark.slow
 def test_deepseek_vl_calibration_passes_are_its_chat_turns_scored_where_the_family_scores_them(vl_data, vl_tokenizer):
     model = tiny_model(vl_tokenizer).eval()
     shards = str(vl_data / "shards")
@@ -106,6 +109,7 @@ def test_deepseek_vl_calibration_passes_are_its_chat_turns_scored_where_the_fami
         assert torch.allclose(tokens_ref, log_probs, atol=1e-5) and classes is None
 
 
+@pytest.mark.slow
 def test_a_deepseek_vl_inference_is_a_prompt_forward_then_exactly_n_greedy_tokens(vl_data, vl_tokenizer):
     shards = str(vl_data / "shards")
     readable = timing_batches(shards, "test", [1, 2], chat_tokenizer=vl_tokenizer)
@@ -126,6 +130,7 @@ def test_a_deepseek_vl_inference_is_a_prompt_forward_then_exactly_n_greedy_token
         inference(model, timing_batches(shards, "test", [1])["batch1"], max_new_tokens=3)
 
 
+@pytest.mark.slow
 def test_quantize_stage_ships_a_deepseek_vl_student_that_reads_back(vl_data, vl_tokenizer, tmp_path):
     project = make_project(tmp_path)
     shutil.copytree(vl_data / "shards", project / "data/shards")

@@ -17,6 +17,8 @@ from stages.shard import run as shard
 from tests.shard_fixtures import build_validated, shard_params
 from tests.stage_runner import REPO, make_project, run_stage
 
+pytestmark = pytest.mark.slow  # training runs killed and rerun, on one and two processes
+
 MODEL = ["model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
 TRAIN = ["pretrain.steps=30", "pretrain.checkpoint_every=4", "pretrain.batch_size=4", "pretrain.warmup_steps=3",
          "pretrain.shuffle=8", *MODEL]

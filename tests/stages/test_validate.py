@@ -18,6 +18,8 @@ from stages.common.tars import read_tar
 from tests import hostile_corpus
 from tests.stage_runner import make_project, run_stage, snapshot
 
+pytestmark = pytest.mark.slow  # ingest + validate of the hostile corpus
+
 OUTPUT_ROOTS = ("data/raw/", "data/validated/", "metrics/", "reports/")
 
 

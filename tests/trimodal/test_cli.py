@@ -30,6 +30,7 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_predict_answers_about_an_image_an_audio_file_and_a_text(models, media, capsys):
     runs = {"image": ["--image", str(media / "red.png")], "audio": ["--audio", str(media / "tone.wav")],
             "text": ["--text", "there is a red circle 3"]}
@@ -42,6 +43,7 @@ def test_predict_answers_about_an_image_an_audio_file_and_a_text(models, media, 
         assert len(out["labels"]) == 2 and out["labels"][0]["probability"] >= out["labels"][1]["probability"]
 
 
+@pytest.mark.slow
 def test_predict_prints_a_readable_answer(models, media):
     proc = trimodal("predict", "--model", str(models["teacher"]), "--image", str(media / "red.png"),
                     "--question", "what color is it?", "--top-k", "1")
@@ -51,6 +53,7 @@ def test_predict_prints_a_readable_answer(models, media):
     assert lines[3].startswith("labels:   ") and lines[3].count(",") == 0  # top-1 only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), [
     (["--image", "broken.png"], "image truncated"),
     (["--image", "missing.png"], "missing.png: no such file"),
@@ -68,6 +71,7 @@ def test_a_missing_model_folder_exits_2(tmp_path, media, capsys):
     assert code == 2 and "not a saved model folder" in stderr
 
 
+@pytest.mark.slow
 def test_the_console_script_exits_2_on_bad_input_without_a_traceback(models, media):
     proc = trimodal("predict", "--model", str(models["teacher"]), "--image", str(media / "broken.png"))
     assert proc.returncode == 2 and "image truncated" in proc.stderr and "Traceback" not in proc.stderr

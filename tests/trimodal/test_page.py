@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.stage_runner import REPO
 from tests.trimodal.conftest import png
+
+pytestmark = pytest.mark.slow  # trains the models it serves, then drives chromium
 
 SCREENSHOT = REPO / "test-output" / "demo-page.png"
 

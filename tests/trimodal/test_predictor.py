@@ -10,6 +10,7 @@ REQUESTS = [Inputs(image=png(), question="what color is it?"), Inputs(audio=wav(
             Inputs(image=png((50, 50)), audio=wav(0.5)), Inputs(text="there is a red circle 1")]
 
 
+@pytest.mark.slow  # the session fixture `models` trains them
 @pytest.mark.parametrize("variant", ["teacher", "student-int8"])
 def test_a_batch_gives_each_request_what_it_gets_alone(models, variant):
     predictor = Predictor.load(models[variant])
@@ -29,6 +30,7 @@ def test_a_batch_gives_each_request_what_it_gets_alone(models, variant):
         assert {x["label"] for x in p.labels} == labels_of(models[variant])
 
 
+@pytest.mark.slow  # the session fixture `models` trains them
 @pytest.mark.parametrize(("inputs", "reason"), [
     (Inputs(image=png((8, 8))), "image too small: 8x8, smallest side must be >= 16"),
     (Inputs(image=b"<html>not an image</html>"), "image undecodable: not a recognised image format"),
@@ -40,6 +42,7 @@ def test_bad_media_get_the_validate_stages_reason(models, inputs, reason):
         Predictor.load(models["teacher"]).prepare(inputs)
 
 
+@pytest.mark.slow  # the session fixture `models` trains them
 def test_a_question_alone_is_refused(models):
     with pytest.raises(ValueError, match="no input"):
         Predictor.load(models["teacher"]).prepare(Inputs(question="what color is it?", text="  "))

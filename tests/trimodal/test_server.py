@@ -13,6 +13,8 @@ import pytest
 from tests.hostile_server import hostile_server
 from tests.trimodal.conftest import LIMIT_MB, png, wav
 
+pytestmark = pytest.mark.slow  # trains the models it serves
+
 QUESTION = {"type": "text", "text": "what color is it?"}
 
 

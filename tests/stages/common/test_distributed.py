@@ -23,6 +23,7 @@ def gradient_gaps(mode: str, tmp_path: Path) -> dict[str, float]:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # two processes under torch.distributed.run
 def test_fsdp_gradients_equal_one_process_only_when_every_rank_touches_every_parameter(tmp_path):
     touched = gradient_gaps("touch", tmp_path)
     assert max(touched.values()) < 1e-6, touched
