@@ -6,8 +6,12 @@ one of the record's tasks (stages/common/instructions.py), asked with one of its
 the train split, held-out ones for the others, so the held-out pairs are new prompts too), chosen = the
 record's answer, and rejected =
     sample       the model's own greedy answer, when it is wrong: what preference tuning should push down
-    corruption   when the model is right (or answers nothing): a controlled wrong answer of the same kind, another
-                 record's caption / answer / class of the split, or another of the listed captions (choice)
+    corruption   when the model is right (or answers nothing): a controlled wrong answer. With probability
+                 `other_task`, the record's own answer to another of its tasks (its caption asked for a colour,
+                 its class asked for a caption), or the right answer run on into it ("blue circle" for "blue"):
+                 the task confusions a model taught several tasks makes on a prompt it has not seen; otherwise
+                 one of the same kind: another record's caption / answer / class of the split, or another of the
+                 listed captions (choice)
 A record none of whose tasks offers a wrong answer of its kind gets no pair (counted in the log). Pairs,
 how many were the model's own answers, and the records the model cannot read, per split -> metrics/preferences.json.
 """
@@ -27,7 +31,7 @@ from transformers import AutoTokenizer
 from model.families import load_pretrained
 from stages.common.atomic import write_json
 from stages.common.batches import to_device
-from stages.common.config_errors import run_main
+from stages.common.config_errors import ConfigError, run_main
 from stages.common.instruction_tasks import BUDGETS
 from stages.common.instructions import Turn, check_templates, content, correct, tasks_of, turn
 from stages.common.loader import make_loader, read_meta
@@ -35,6 +39,8 @@ from stages.common.pairs import write_pairs
 from stages.common.params import load_params
 from stages.common.responses import media_of, prompted, readable, respond
 from stages.common.vl_tasks import texts
+
+ANSWER_KEYS = {"caption": "caption", "vqa": "answer", "classify": "label"}  # a task -> the record's key answering it
 
 
 def alternatives(metas: list[dict]) -> dict[str, list[str]]:
@@ -44,17 +50,41 @@ def alternatives(metas: list[dict]) -> dict[str, list[str]]:
             "classify": sorted({m["label"] for m in metas if m.get("label") and m.get("label_index", 0) >= 0})}
 
 
-def corruption(asked: Turn, pool: dict[str, list[str]], rng: random.Random) -> str | None:
-    """A wrong answer of the task's kind (None: the split has none)."""
+def target_of(meta: dict, task: str) -> str:
+    return meta[ANSWER_KEYS[task]]
+
+
+def run_on(target: str, other: str) -> str:
+    """`other` from the target's words on, when it holds them and goes on after them ("blue", "a blue circle" ->
+    "blue circle": the right answer that does not stop), else `other` as it is."""
+    words, said = other.split(), target.split()
+    for i in range(len(words) - len(said)):
+        if [w.lower() for w in words[i:i + len(said)]] == [w.lower() for w in said]:
+            return " ".join(words[i:])
+    return other
+
+
+def other_answers(meta: dict, task: str) -> list[str]:
+    """The record's answers to its other tasks, wrong for `task`: a question answered with the caption or the class,
+    or answered right and run on into the caption."""
+    target = target_of(meta, task)
+    found = [run_on(target, meta[key]) for other, key in ANSWER_KEYS.items()
+             if other != task and meta.get(key) and (other != "classify" or meta.get("label_index", 0) >= 0)]
+    return sorted({a for a in found if not correct(a, target)})
+
+
+def corruption(asked: Turn, meta: dict, pool: dict[str, list[str]], other_task: float,
+               rng: random.Random) -> str | None:
+    """A wrong answer: with probability `other_task` the record's answer to another of its tasks, else one of the
+    task's own kind (None: the split has none)."""
     if asked.task == "choice":
         wrong = [c for c in asked.listed if not correct(c, asked.target)]
-    else:
-        wrong = [a for a in pool[asked.task] if not correct(a, asked.target)]
+        return rng.choice(wrong) if wrong else None
+    confused = other_answers(meta, asked.task)
+    if confused and rng.random() < other_task:
+        return rng.choice(confused)
+    wrong = [a for a in pool[asked.task] if not correct(a, asked.target)]
     return rng.choice(wrong) if wrong else None
-
-
-def target_of(meta: dict, task: str) -> str:
-    return meta[{"caption": "caption", "vqa": "answer", "classify": "label"}[task]]
 
 
 def asked_of(meta: dict, split: str, templates: dict, captions: list[str], pool: dict[str, list[str]],
@@ -73,7 +103,7 @@ def asked_of(meta: dict, split: str, templates: dict, captions: list[str], pool:
 
 @torch.no_grad()
 def split_pairs(model, tokenizer, shards: str, split: str, templates: dict, n_options: int, batch_size: int,
-                seed: int) -> tuple[list[dict], Counter]:
+                other_task: float, seed: int) -> tuple[list[dict], Counter]:
     """The split's pairs and counts (sample / corruption / no_alternative / unreadable)."""
     metas = read_meta(shards, split)
     captions, pool = [m.get("caption") for m in metas], alternatives(metas)
@@ -101,7 +131,7 @@ def split_pairs(model, tokenizer, shards: str, split: str, templates: dict, n_op
                 if answer and not correct(answer, one.target):
                     rejected, source = answer, "sample"
                 else:
-                    rejected = corruption(one, pool, random.Random(f"{seed}:corrupt:{meta['id']}"))
+                    rejected = corruption(one, meta, pool, other_task, random.Random(f"{seed}:corrupt:{meta['id']}"))
                     source = "corruption"
                 if rejected is None:
                     counts["no_alternative"] += 1
@@ -116,12 +146,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else list(argv))
     check_templates(params.instructions.templates, params.instructions.options)
     paths, p = params.paths, params.preferences
+    if not 0 <= p.other_task <= 1:
+        raise ConfigError(f"preferences.other_task must be within [0, 1], got {p.other_task}")
     tokenizer = AutoTokenizer.from_pretrained(paths.instructed)
     model = load_pretrained(paths.instructed).eval()
     pairs, summary = [], {}
     for split in p.splits:
         found, counts = split_pairs(model, tokenizer, p.shards, split, params.instructions.templates,
-                                    params.instructions.options, p.batch_size, params.seed)
+                                    params.instructions.options, p.batch_size, p.other_task, params.seed)
         pairs += found
         summary.update({f"{split}_pairs": len(found), f"{split}_model_samples": counts["sample"],
                         f"{split}_unreadable": counts["unreadable"]})

@@ -204,6 +204,7 @@ class PreferencesParams:
     shards: str
     batch_size: int
     splits: list[str]  # the splits whose records get a pair: train teaches align, val measures it
+    other_task: float  # the share of corruptions that are the record's answer to another of its tasks
 
 
 @dataclass
