@@ -44,12 +44,12 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages.common.atomic import write_jsonl  # noqa: E402
-from stages.common.params import load_params  # noqa: E402
 from stages.demo import ALL_SHAPES, draw_shape, rng_for, synthesize_audio  # noqa: E402
 from stages.ingest import img2dataset_args  # noqa: E402
 from tests.s3_server import free_port  # noqa: E402
 from tests.test_pipeline_e2e import clone_worktree  # noqa: E402
+from trimodal.atomic import write_jsonl  # noqa: E402
+from trimodal.params import load_params  # noqa: E402
 
 TABLE = "data/sources/bench/records.jsonl"  # ingest reads tables under data/sources/ only
 SAMPLE_RATE, AUDIO_SECONDS, IMAGE_SIZE = 16000, 0.5, 64

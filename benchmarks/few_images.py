@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from stages.common.atomic import write_json  # noqa: E402
-from stages.common.loader import make_loader, read_meta  # noqa: E402
+from trimodal.atomic import write_json  # noqa: E402
+from trimodal.data.loader import make_loader, read_meta  # noqa: E402
 
 STAGES = ("demo", "ingest", "validate", "tokenizer", "shard", "pretrain", "finetune")
 IMAGE_SUBSETS = 4 / 7  # the demo spreads records evenly over the 7 subsets; 4 of them carry an image
@@ -130,7 +130,7 @@ def measure(root: Path, args: argparse.Namespace, seed: int) -> dict:
         seconds[stage] = round(time.perf_counter() - began, 1)
         print(f"{stage}: {seconds[stage]} s", flush=True)
     torch.set_num_threads(args.threads)
-    from model.families import load_pretrained
+    from trimodal.model.families import load_pretrained
 
     shards = str(root / "data/shards")
     train, val, test = (images(shards, split) for split in ("train", "val", "test"))

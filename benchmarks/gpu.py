@@ -3,8 +3,8 @@
 Usage (under torchrun, one process per device): python benchmarks/gpu.py --workdir DIR [--preset small]
     [--steps 60] [--batch-per-device 32] [--strategies ddp fsdp] [--out benchmarks/results/gpu.json]
 Rank 0 builds synthetic shards (all modality subsets) at the preset's image size and Mel bins in --workdir; then
-every strategy trains a fresh model of the preset with stages.common.trainer.train (bf16 autocast on CUDA) for
---steps steps. samples/s and MFU are the trainer's own figures (model/flops.py over stages/common/mfu.py's peak),
+every strategy trains a fresh model of the preset with trimodal.training.trainer.train (bf16 autocast on CUDA) for
+--steps steps. samples/s and MFU are the trainer's own figures (model/flops.py over trimodal/training/mfu.py's peak),
 averaged over the logged windows after the first (warm-up: allocator, kernels, loader start).
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from stages.common.distributed import barrier, setup  # noqa: E402
-from stages.common.mfu import peak_flops  # noqa: E402
-from stages.common.params import defaults  # noqa: E402
-from stages.common.trainer import TrainJob, train  # noqa: E402
 from stages.pretrain import build_model, pretrain_step  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
 from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
+from trimodal.params import defaults  # noqa: E402
+from trimodal.training.distributed import barrier, setup  # noqa: E402
+from trimodal.training.mfu import peak_flops  # noqa: E402
+from trimodal.training.trainer import TrainJob, train  # noqa: E402
 
 
 class Recorder:

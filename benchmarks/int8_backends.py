@@ -23,7 +23,7 @@ batch and the decoder's sequence dimension dynamic. Backends (fp32 always runs: 
     onnxruntime_int8  that ONNX through quantize_static: QDQ, per-channel int8 weights, uint8 activations (MinMax
                       on the calibration batches), MatMul / Gemm / Conv with constant weights only;
                       onnxruntime_int8_dynamic (quantize_dynamic) is measured too when static quantization fails
-Every variant of a preset and batch size is timed in one stages.common.latency.interleaved_ms call (after a first
+Every variant of a preset and batch size is timed in one trimodal.evaluation.latency.interleaved_ms call (after a first
 call per batch size, `first_call_s_*`, which for the compiled backends includes inductor compiling: minutes per
 preset on 2 cores, less once its on-disk cache is warm). A backend that cannot be built or run gets {"error": ...}.
 Agreement with fp32 is on a held-out batch; with random weights it only shows that a pipeline is numerically sane,
@@ -50,11 +50,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.int8_latency import batch, calibration, config_for  # noqa: E402
-from model.fusion import Stream  # noqa: E402
-from model.modeling import TrimodalForConditionalGeneration  # noqa: E402
-from model.quantization import Int8Linear, quantize_model  # noqa: E402
-from stages.common.latency import interleaved_ms  # noqa: E402
 from stages.quantize import narrow_linears, slower_in_int8, speed_sweep  # noqa: E402
+from trimodal.evaluation.latency import interleaved_ms  # noqa: E402
+from trimodal.model.quantization import Int8Linear, quantize_model  # noqa: E402
+from trimodal.model.trimodal.fusion import Stream  # noqa: E402
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration  # noqa: E402
 
 NEW_TOKENS = 12
 BATCH_SIZES = (1, 32)

@@ -22,11 +22,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from model.configuration import TrimodalConfig  # noqa: E402
-from model.modeling import TrimodalForConditionalGeneration  # noqa: E402
-from model.quantization import WEIGHTS, export_int8, load_int8, quantize_model  # noqa: E402
-from stages.common.latency import inference, interleaved_ms  # noqa: E402
-from stages.common.params import defaults, load_params  # noqa: E402
+from trimodal.evaluation.latency import inference, interleaved_ms  # noqa: E402
+from trimodal.model.quantization import WEIGHTS, export_int8, load_int8, quantize_model  # noqa: E402
+from trimodal.model.trimodal.configuration import TrimodalConfig  # noqa: E402
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration  # noqa: E402
+from trimodal.params import defaults, load_params  # noqa: E402
 
 
 def config_for(preset: str) -> TrimodalConfig:

@@ -39,7 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages.common.scoring import held_out_row  # noqa: E402
+from trimodal.evaluation.scoring import held_out_row  # noqa: E402
 
 VARIANTS = ("teacher", "student", "student-int8")
 METRICS = ("vqa_accuracy", "cls_accuracy", "caption_exact")
@@ -64,7 +64,7 @@ RESTORED = re.compile(r"^Stage '([^']+)' is cached")
 TARGETS_SCRIPT = """
 import json, sys
 from pathlib import Path
-from stages.common.params import load_params
+from trimodal.params import load_params
 from stages.evaluate import targets
 details = Path(sys.argv[1])
 results = {name: json.loads((details / f"{name}.json").read_text()) for name in sys.argv[2:]}

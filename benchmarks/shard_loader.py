@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages.common.loader import make_loader  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
 from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
+from trimodal.data.loader import make_loader  # noqa: E402
 
 BATCH, SHUFFLE = 32, 256
 

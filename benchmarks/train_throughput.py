@@ -5,9 +5,10 @@ Builds synthetic shards (all modality subsets) in a temp dir, then, side by side
   loader       batches/s of make_loader alone (decode + collate, no model)
   bare         a plain loop: pretraining_losses -> backward -> grad clip -> AdamW step, over the trainer's batches,
                pre-loaded
-  trainer      stages.common.trainer.train on the same shards (loader, checkpoint at the end, logging)
+  trainer      trimodal.training.trainer.train on the same shards (loader, checkpoint at the end, logging)
 bare and trainer alternate over --rounds rounds; trainer_vs_bare_ratio is the median of the per-round ratios.
-FLOPs are counted by model/flops.py on the bare loop (the same model and batches), the peak is stages/common/mfu.py's.
+FLOPs are counted by model/flops.py on the bare loop (the same model and batches), the peak is
+trimodal/training/mfu.py's.
 """
 from __future__ import annotations
 
@@ -27,16 +28,16 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from dvclive import Live  # noqa: E402
 
-from model.flops import FlopCounter  # noqa: E402
-from model.objectives import pretraining_losses, total_loss  # noqa: E402
-from stages.common.batches import model_inputs  # noqa: E402
-from stages.common.distributed import setup  # noqa: E402
-from stages.common.mfu import peak_flops  # noqa: E402
-from stages.common.params import defaults  # noqa: E402
-from stages.common.trainer import TrainJob, data_stream, train  # noqa: E402
 from stages.pretrain import build_model, pretrain_step  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
 from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
+from trimodal.data.batches import model_inputs  # noqa: E402
+from trimodal.model.flops import FlopCounter  # noqa: E402
+from trimodal.model.trimodal.objectives import pretraining_losses, total_loss  # noqa: E402
+from trimodal.params import defaults  # noqa: E402
+from trimodal.training.distributed import setup  # noqa: E402
+from trimodal.training.mfu import peak_flops  # noqa: E402
+from trimodal.training.trainer import TrainJob, data_stream, train  # noqa: E402
 
 
 def main() -> None:

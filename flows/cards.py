@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flows.dvc_stages import lock_outs
-from stages.common.cards import CARD
+from trimodal.cards import CARD
 from trimodal.registry import artifacts
 
 

@@ -3,7 +3,7 @@ another one.
 
 While `dvc repro` runs a stage with persistent outs (dvc.yaml `persist: true`: checkpoints/<stage>/), a thread
 copies every finished checkpoint to a store every few seconds, and before the stage runs its latest copies come back
-into the fresh clone, where the trainer resumes from them (stages/common/trainer.py checks their fingerprint).
+into the fresh clone, where the trainer resumes from them (trimodal/training/trainer.py checks their fingerprint).
 
     <store>/<stage>/<key>/<out>/step-00000050/...    a checkpoint directory, copied file by file
     <store>/<stage>/<key>/<out>/step-00000050.done   written after its last file: the copy is whole

@@ -18,9 +18,9 @@ from dvc.repo import Repo
 from dvc.stage import PipelineStage
 
 from stages.common.params import check as check_params
-from stages.common.params import compose as compose_params
 from stages.common.params import merged_overrides, recorded_overrides
 from stages.common.params import write as write_params
+from trimodal.params import compose as compose_params
 
 DEFAULT_POOL = "cpu"  # a stage without `meta: {pool: ...}` in dvc.yaml
 RUN_REMOTE = "trimodal"  # the name a run's DVC remote gets in a clone's .dvc/config.local

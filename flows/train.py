@@ -36,7 +36,7 @@ from flows.dvc_stages import (
     stage_pools,
     use_remote,
 )
-from stages.common.params import load_params
+from trimodal.params import load_params
 
 POLL_S = 2  # seconds between looks at a running stage: stages take seconds to hours, the API call is cheap
 

@@ -27,7 +27,7 @@ fi
 # the lock may still hold it.
 .venv/bin/python -m pip uninstall -y -q dataclasses 2>/dev/null || true
 .venv/bin/python -c "import dataclasses, sys; assert 'site-packages' not in dataclasses.__file__, dataclasses.__file__"
-# The demo page's test drives Debian's chromium through Playwright (tests/trimodal/test_page.py); Playwright's own
+# The demo page's test drives Debian's chromium through Playwright (tests/trimodal/serving/test_page.py); Playwright's own
 # browser download is not used (no network beyond the package registries).
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -1,9 +1,19 @@
-"""The trimodal network: encoders, gated cross-attention fusion, reasoning core, decoders (docs/model.md
-"Architecture").
+"""trimodal.model: the networks, one folder per family (as transformers keeps one folder per model), and what the
+families share. Installed, this folder is trimodal/model/ (pyproject.toml's package-dir mapping); in the repository
+trimodal/__init__.py maps `trimodal.model` to it.
+
+    families.py      the `Family` interface and the two families behind it; how a preset, the params or a saved
+                     folder names one
+    trimodal/        the trimodal family: configuration, modeling (encoders, fusion, reasoning core, decoders),
+                     pretrained encoders, pretraining objectives, its supervised tasks (docs/model.md "Architecture")
+    deepseek_vl/     the DeepSeek-VL family: configuration and modeling, hybrid vision and adaptor, its chat-turn
+                     tasks (docs/model.md "DeepSeek-VL")
+    layers.py, losses.py, masking.py, preference.py   shared building blocks and losses
+    quantization.py, sizes.py, flops.py               INT8, parameter counts per preset, FLOPs
 
 Importing the package registers `trimodal` with transformers' AutoConfig / AutoModel / AutoModelForSeq2SeqLM.
 """
-from model.configuration import TrimodalConfig
-from model.modeling import TrimodalForConditionalGeneration
+from trimodal.model.trimodal.configuration import TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 
 __all__ = ["TrimodalConfig", "TrimodalForConditionalGeneration"]

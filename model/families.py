@@ -1,8 +1,8 @@
 """The two model families and how a preset, the params or a saved folder names one.
 
-    trimodal     model/configuration.py TrimodalConfig, model/modeling.py (conf/model/tiny.yaml ...);
+    trimodal     model/trimodal/configuration.py TrimodalConfig, model/trimodal/modeling.py (conf/model/tiny.yaml ...);
                  docs/model.md "Architecture"
-    deepseek_vl  model/deepseek_vl.py (conf/model/deepseek_vl*.yaml, whose `family: deepseek_vl` says so);
+    deepseek_vl  model/deepseek_vl/modeling.py (conf/model/deepseek_vl*.yaml, whose `family: deepseek_vl` says so);
                  docs/model.md "DeepSeek-VL"
 
 A preset of the second family is a Hydra `_global_` file (it also chooses that family's pretrain / finetune /
@@ -17,9 +17,9 @@ import yaml
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from model.configuration import PRESETS_DIR, TrimodalConfig
-from model.deepseek_vl import DeepSeekVLConfig, DeepSeekVLForCausalLM
-from model.modeling import TrimodalForConditionalGeneration
+from trimodal.model.deepseek_vl.modeling import DeepSeekVLConfig, DeepSeekVLForCausalLM
+from trimodal.model.trimodal.configuration import PRESETS_DIR, TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 
 TRIMODAL, DEEPSEEK_VL = "trimodal", "deepseek_vl"
 CLASSES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {

@@ -12,7 +12,7 @@ bias and element-wise work not counted), on the padded tensors the module really
                         and again for the weight gradient (weight requires grad)
     nn.Conv1d/2d        forward 2 out_elements (in/groups) kernel; backward likewise. FlopCounterMode counts a
                         grouped conv's weight gradient `groups` times over (its formula drops groups): the
-                        depthwise convs of model/audio.py do that work once, and so does this count.
+                        depthwise convs of model/trimodal/audio.py do that work once, and so does this count.
     MultiHeadAttention  QK^T and AV only (its projections are Linears): forward 4 B Lq Lk dim; backward twice that
                         (dS, dQ, dK, dV: the math path's four bmm). FlopCounterMode counts nothing for the kernel
                         SDPA picks on CPU without dropout (aten._scaled_dot_product_flash_attention_for_cpu is not
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from model.layers import MultiHeadAttention
+from trimodal.model.layers import MultiHeadAttention
 
 
 def backward_passes(output: torch.Tensor, *operands: torch.Tensor) -> int:

@@ -59,7 +59,7 @@ def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tens
 def mim_loss(logits: torch.Tensor, visual_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """L_MIM (BEiT): -sum over masked patches of log P(tokenizer(p) | Patches_obs, context), mean.
 
-    logits [B, N, K], visual_tokens [B, N] (model/visual_tokenizer.py), mask [B, N] bool. 0.0 if none masked.
+    logits [B, N, K], visual_tokens [B, N] (model/trimodal/visual_tokenizer.py), mask [B, N] bool. 0.0 if none masked.
     """
     return cross_entropy(logits, visual_tokens.masked_fill(~mask, IGNORE_INDEX))
 

@@ -29,8 +29,8 @@ from torch import nn
 from torch.ao.quantization import QuantWrapper, convert, get_default_qconfig, prepare
 from transformers import LlamaForCausalLM, PreTrainedConfig
 
-from model.families import BY_MODEL_TYPE, CLASSES, DEEPSEEK_VL, TRIMODAL, load_pretrained, saved_family
-from model.modeling import TrimodalForConditionalGeneration
+from trimodal.model.families import BY_MODEL_TYPE, CLASSES, DEEPSEEK_VL, TRIMODAL, load_pretrained, saved_family
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 
 WEIGHTS = "model.int8.safetensors"
 SENSITIVITY = "sensitivity.json"  # written beside WEIGHTS by stages/quantize.py: which Linears stayed float, why

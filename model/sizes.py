@@ -1,9 +1,9 @@
 """Parameter counts per component of a model preset, and per-GPU memory of its training state, built on the meta
 device (no memory, no init), for both model families (model/families.py).
 
-    python -m model.sizes                       the trimodal presets, then the DeepSeek-VL presets: one table each
-    python -m model.sizes [PRESET ...]          those presets, one table per family they belong to
-    python -m model.sizes --memory [--gpus 1 2 4 8] [PRESET ...]
+    python -m trimodal.model.sizes                  the trimodal presets, then the DeepSeek-VL presets: one table each
+    python -m trimodal.model.sizes [PRESET ...]     those presets, one table per family they belong to
+    python -m trimodal.model.sizes --memory [--gpus 1 2 4 8] [PRESET ...]
 
 Every DeepSeek-VL table ends with a line per preset whose name gives a size (deepseek_vl_1.3b: 1.3B, deepseek_vl_7b:
 7B; the DeepSeek-VL paper's names refer to the LLM) comparing it with the measured LLM and total. A preset that
@@ -20,8 +20,8 @@ import torch
 import yaml
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from model.configuration import PRESETS_DIR
-from model.families import DEEPSEEK_VL, TRIMODAL, build_config, family_of, model_class, read_preset
+from trimodal.model.families import DEEPSEEK_VL, TRIMODAL, build_config, family_of, model_class, read_preset
+from trimodal.model.trimodal.configuration import PRESETS_DIR
 
 PRESETS = {TRIMODAL: ["tiny", "small", "base", "full"],
            DEEPSEEK_VL: ["deepseek_vl", "deepseek_vl_1.3b", "deepseek_vl_7b"]}
@@ -59,7 +59,7 @@ allocator slack.
                  root: 16 bytes / N, plus the root unit (everything outside blocks: embeddings, heads, necks,
                  adaptors) gathered with its gradient through the step, plus the largest block gathered twice
                  (itself and the next, prefetched) and its gradient before the reduce-scatter
-  fsdp, one unit fully_shard on the root only, as stages/common/distributed.py wraps today: 16 bytes / N, plus
+  fsdp, one unit fully_shard on the root only, as trimodal/training/distributed.py wraps today: 16 bytes / N, plus
                  the whole model and its gradient gathered for the step
   1 GPU          one process, nothing wrapped: 16 bytes per parameter"""
 
@@ -169,7 +169,7 @@ def by_family(presets: list[str]) -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.sizes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trimodal.model.sizes", description=__doc__.splitlines()[0])
     parser.add_argument("presets", nargs="*", help="conf/model presets of either family (default: all of both)")
     parser.add_argument("--memory", action="store_true", help="per-GPU memory of the training state")
     parser.add_argument("--gpus", nargs="+", default=["1", "2", "4", "8"])

@@ -1,5 +1,5 @@
 """Stage `align`: preference tuning (docs/model.md "Alignment") of the instruction-tuned
-model (models/instruct) on the pairs table `align.pairs` (stages/common/pairs.py: the preferences stage's, or
+model (models/instruct) on the pairs table `align.pairs` (trimodal/alignment/pairs.py: the preferences stage's, or
 yours) -> the teacher, models/teacher/ (+ tokenizer), which distill, quantize and evaluate take from here.
 
     method: dpo (default)  DPO against the frozen instruction-tuned model (the reference): per train pair, the
@@ -29,25 +29,25 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from model.families import load_pretrained
-from model.preference import dpo_loss, group_advantages, implicit_rewards, ppo_clip_loss
-from stages.common.atomic import atomic_open, write_json
-from stages.common.batches import to_device
-from stages.common.checkpoint import fingerprint
-from stages.common.config_errors import run_main
-from stages.common.distributed import launch
-from stages.common.instruction_tasks import instruct_losses, template_scores
-from stages.common.instructions import check_templates, content
-from stages.common.loader import make_loader, read_index
-from stages.common.models import file_digest, save
-from stages.common.pairs import read_pairs, reasons
-from stages.common.params import load_params
-from stages.common.predict import val_scores
-from stages.common.responses import Prompted, is_vl, logprobs, media_of, prompted, readable, respond
-from stages.common.scoring import headline
-from stages.common.supervised import finetune_losses
-from stages.common.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
-from stages.common.vl_tasks import sft_losses, texts, zero_loss
+from trimodal.alignment.instruction_tasks import instruct_losses, template_scores
+from trimodal.alignment.instructions import check_templates, content
+from trimodal.alignment.pairs import read_pairs, reasons
+from trimodal.alignment.responses import Prompted, is_vl, logprobs, media_of, prompted, readable, respond
+from trimodal.atomic import atomic_open, write_json
+from trimodal.config_errors import run_main
+from trimodal.data.batches import to_device
+from trimodal.data.loader import make_loader, read_index
+from trimodal.evaluation.predict import val_scores
+from trimodal.evaluation.scoring import headline
+from trimodal.model.deepseek_vl.tasks import sft_losses, texts, zero_loss
+from trimodal.model.families import load_pretrained
+from trimodal.model.preference import dpo_loss, group_advantages, implicit_rewards, ppo_clip_loss
+from trimodal.model.trimodal.tasks import finetune_losses
+from trimodal.params import load_params
+from trimodal.training.checkpoint import fingerprint
+from trimodal.training.distributed import launch
+from trimodal.training.models import file_digest, save
+from trimodal.training.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 
 METHODS = ("dpo", "ppo")
 DPO_MONITORS = ("reward_margin", "reward_accuracy")

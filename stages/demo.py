@@ -41,10 +41,10 @@ import soundfile as sf
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from stages.common.atomic import atomic_dir, write_jsonl
-from stages.common.config_errors import run_main
-from stages.common.params import DemoParams, Params, load_params
-from stages.common.sources import local_table
+from trimodal.atomic import atomic_dir, write_jsonl
+from trimodal.config_errors import run_main
+from trimodal.data.sources import local_table
+from trimodal.params import DemoParams, Params, load_params
 
 # demo.n_shapes / demo.n_colors take the first n of these; the defaults (3, 4) are the easy demo, 8 and 8 the
 # fine-grained one (conf/demo/hard.yaml: similar hues such as orange/red, close pitches, more tone pulses)
@@ -134,7 +134,7 @@ def draw_shape(shape: str, rgb: tuple[int, int, int], size: int | tuple[int, int
     sides = layout[0] if layout else (0.4, 0.7)
     side = int(rng.integers(int(sides[0] * short), int(sides[1] * short) + 1))
     margin = max(1, short // 16)  # never touches the border: the corners always show the background
-    # inside the canvas's centred square: shard crops a non-square image to it (stages/common/features.py)
+    # inside the canvas's centred square: shard crops a non-square image to it (trimodal/data/features.py)
     left, top = (width - short) // 2, (height - short) // 2
     lo, hi = margin, short - side - margin
     if layout:  # the left edges that put the centre inside layout[1] (the nearest one when none does)

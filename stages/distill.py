@@ -1,5 +1,5 @@
 """Stage `distill`: the teacher (models/teacher) trains a smaller student -> models/student/ (+ tokenizer).
-A DeepSeek-VL teacher distils on its fine-tuning turns (stages/common/vl_tasks.py kd_step), the rest is the same.
+A DeepSeek-VL teacher distils on its fine-tuning turns (model/deepseek_vl/tasks.py kd_step), the rest is the same.
 
 The student is the teacher's config with `distill.student` overrides (fewer layers, narrower widths). Every
 supervised output is distilled with the KD loss (docs/model.md "Distillation and quantization";
@@ -25,22 +25,22 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
-from model.families import DEEPSEEK_VL, family_of_model, load_pretrained
-from model.losses import kd_loss
-from model.modeling import TrimodalForConditionalGeneration
-from model.objectives import contrastive_losses, view_losses
-from stages.common.atomic import write_json
-from stages.common.batches import decoder_labels, model_inputs, question_prefixed, same_caption
-from stages.common.checkpoint import fingerprint
-from stages.common.config_errors import run_main
-from stages.common.distributed import launch, setup
-from stages.common.loader import read_index
-from stages.common.models import file_digest, parameter_count, save
-from stages.common.params import DistillParams, load_params
-from stages.common.predict import val_scores
-from stages.common.scoring import headline
-from stages.common.trainer import StepFn, TrainJob, checkpoint_dir, clear_checkpoints, fit
-from stages.common.vl_tasks import kd_step, skipped, usable
+from trimodal.atomic import write_json
+from trimodal.config_errors import run_main
+from trimodal.data.batches import decoder_labels, model_inputs, question_prefixed, same_caption
+from trimodal.data.loader import read_index
+from trimodal.evaluation.predict import val_scores
+from trimodal.evaluation.scoring import headline
+from trimodal.model.deepseek_vl.tasks import kd_step, skipped, usable
+from trimodal.model.families import DEEPSEEK_VL, family_of_model, load_pretrained
+from trimodal.model.losses import kd_loss
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
+from trimodal.model.trimodal.objectives import contrastive_losses, view_losses
+from trimodal.params import DistillParams, load_params
+from trimodal.training.checkpoint import fingerprint
+from trimodal.training.distributed import launch, setup
+from trimodal.training.models import file_digest, parameter_count, save
+from trimodal.training.trainer import StepFn, TrainJob, checkpoint_dir, clear_checkpoints, fit
 
 LAYER = re.compile(r"^(.*\.(?:blocks|joint|layers))\.(\d+)\.(.*)$")  # numbered stacks: model/, transformers'
 FREE_DICTS = {"loss_weights", "id2label", "label2id"}  # dicts whose keys are data, not settings

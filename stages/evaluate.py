@@ -2,18 +2,19 @@
 baselines learnt from the train split -> metrics/details/eval/<variant>.json and baselines.json (everything),
 metrics/eval/<name>.json (the headline `dvc metrics show` lists: one file per variant and baseline, the same
 columns), metrics/eval/plots/scores.csv, reports/report.md, and each model's card models/<variant>/README.md
-(stages/common/cards.py).
+(trimodal/cards.py).
 
-Per variant (metrics: stages/common/scoring.py; what they mean: docs/evaluation.md):
+Per variant (metrics: trimodal/evaluation/scoring.py; what they mean: docs/evaluation.md):
     tasks        vqa_accuracy, cls_accuracy, cls_macro_f1, caption_exact, bleu4 (+ bleu<k>), rouge_l, cider,
                  perplexity: for "overall", each of the 7 modality subsets present and each record group
                  (e.g. fusion records), every row with its record count and a flag below 20 records
     retrieval    R@1/5/10 both ways for image-text, audio-text, image-audio over the records holding both
     robustness   vqa / cls accuracy with Gaussian noise on pixels, then on log-Mel features, per row as well
-    latency      median ms of one inference at each batch size, the variants interleaved (stages/common/latency.py),
-                 and the quartiles of the per-round ratio to the variant it is compared with (LATENCY_VS)
+    latency      median ms of one inference at each batch size, the variants interleaved
+                 (trimodal/evaluation/latency.py), and the quartiles of the per-round ratio to the variant it is
+                 compared with (LATENCY_VS)
     size         parameters and bytes of the weights file
-Baselines (stages/common/baselines.py): the train split's majority answer / label / caption, a question-type
+Baselines (trimodal/evaluation/baselines.py): the train split's majority answer / label / caption, a question-type
 prior for VQA, and a random ranking for retrieval, scored by the same functions on the same test records.
 """
 from __future__ import annotations
@@ -29,17 +30,14 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from model.families import CLASSES, DEEPSEEK_VL, model_class, saved_family
-from model.quantization import SENSITIVITY, load_saved
-from stages.common.atomic import atomic_open, write_json
-from stages.common.baselines import majority_baseline, question_prior_baseline
-from stages.common.cards import card_text, provenance, write_card
-from stages.common.config_errors import run_main
-from stages.common.latency import latency_rounds, paired_ratio, timing_batches
-from stages.common.loader import read_index, read_meta
-from stages.common.params import EvaluateParams, Params, PathsParams, TargetsParams, load_params
-from stages.common.predict import predict
-from stages.common.scoring import (
+from trimodal.atomic import atomic_open, write_json
+from trimodal.cards import card_text, provenance, write_card
+from trimodal.config_errors import run_main
+from trimodal.data.loader import read_index, read_meta
+from trimodal.evaluation.baselines import majority_baseline, question_prior_baseline
+from trimodal.evaluation.latency import latency_rounds, paired_ratio, timing_batches
+from trimodal.evaluation.predict import predict
+from trimodal.evaluation.scoring import (
     HELD_OUT_PREFIX,
     MIN_RECORDS,
     PAIRS,
@@ -56,6 +54,9 @@ from stages.common.scoring import (
     retrieval_by_row,
     task_scores,
 )
+from trimodal.model.families import CLASSES, DEEPSEEK_VL, model_class, saved_family
+from trimodal.model.quantization import SENSITIVITY, load_saved
+from trimodal.params import EvaluateParams, Params, PathsParams, TargetsParams, load_params
 
 BASELINES = ("majority", "question_prior")
 MEASURED = ("speed", "slower_in_int8", "latency")
@@ -186,7 +187,8 @@ def _variants(results: dict) -> list[str]:
 
 
 def batch_size_of(key: str) -> int:
-    """The batch size a latency key was timed at: "latency_ms_batch32" -> 32 (stages/common/latency.py's labels)."""
+    """The batch size a latency key was timed at: "latency_ms_batch32" -> 32 (the labels of
+    trimodal/evaluation/latency.py)."""
     return int(key.rpartition("_batch")[2])
 
 
@@ -243,7 +245,7 @@ def targets(results: dict, goals: TargetsParams) -> list[tuple[str, str, bool]]:
 
 
 def groups_section(results: dict) -> list[str]:
-    """Each record group against the records of no group over the same modality subsets (stages/common/scoring.py
+    """Each record group against the records of no group over the same modality subsets (trimodal/evaluation/scoring.py
     `references`): for a held-out group (ood-question, ood-render), how far the unseen form costs."""
     names = _variants(results)
     found = results[names[0]].get("references", {})
@@ -434,7 +436,7 @@ def headlines(results: dict) -> dict[str, dict]:
 
 
 def write_cards(results: dict, params: Params) -> None:
-    """models/<variant>/README.md for each variant (stages/common/cards.py)."""
+    """models/<variant>/README.md for each variant (trimodal/cards.py)."""
     paths, p = params.paths, params.evaluate
     for name, path in variant_paths(paths).items():
         origin = provenance(name, paths.shards)

@@ -1,10 +1,10 @@
 """Stage `finetune`: supervised objectives from models/pretrain -> models/finetune/ (+ tokenizer), which `instruct`
 and `align` turn into the teacher. The trimodal family's objectives (ce, vqa, cls, itc / atc / vac) are
-stages/common/supervised.py's. A DeepSeek-VL model (`model=deepseek_vl`) is fine-tuned on chat turns instead:
-DeepSeek-VL's stage 3 (stages/common/vl_tasks.py), and the records it skips (audio only) are counted in
+model/trimodal/tasks.py's. A DeepSeek-VL model (`model=deepseek_vl`) is fine-tuned on chat turns instead:
+DeepSeek-VL's stage 3 (model/deepseek_vl/tasks.py), and the records it skips (audio only) are counted in
 metrics/finetune.json.
-After training, the val split is scored, overall and per modality subset (stages/common/predict.py,
-stages/common/scoring.py) -> metrics/details/finetune.json, and its headline (overall scores, parameters) ->
+After training, the val split is scored, overall and per modality subset (trimodal/evaluation/predict.py,
+trimodal/evaluation/scoring.py) -> metrics/details/finetune.json, and its headline (overall scores, parameters) ->
 metrics/finetune.json.
 """
 from __future__ import annotations
@@ -16,19 +16,19 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from model.families import DEEPSEEK_VL, family_of_model, load_pretrained
-from stages.common.atomic import write_json
-from stages.common.checkpoint import fingerprint
-from stages.common.config_errors import run_main
-from stages.common.distributed import launch
-from stages.common.loader import read_index
-from stages.common.models import file_digest, parameter_count, save
-from stages.common.params import load_params
-from stages.common.predict import val_scores
-from stages.common.scoring import headline
-from stages.common.supervised import finetune_step
-from stages.common.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
-from stages.common.vl_tasks import sft_step, skipped, usable
+from trimodal.atomic import write_json
+from trimodal.config_errors import run_main
+from trimodal.data.loader import read_index
+from trimodal.evaluation.predict import val_scores
+from trimodal.evaluation.scoring import headline
+from trimodal.model.deepseek_vl.tasks import sft_step, skipped, usable
+from trimodal.model.families import DEEPSEEK_VL, family_of_model, load_pretrained
+from trimodal.model.trimodal.tasks import finetune_step
+from trimodal.params import load_params
+from trimodal.training.checkpoint import fingerprint
+from trimodal.training.distributed import launch
+from trimodal.training.models import file_digest, parameter_count, save
+from trimodal.training.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = params.paths
     tokenizer = AutoTokenizer.from_pretrained(paths.pretrained)
     model = load_pretrained(paths.pretrained)
-    # DeepSeek-VL's stage 3, supervised fine-tuning on chat turns (stages/common/vl_tasks.py)
+    # DeepSeek-VL's stage 3, supervised fine-tuning on chat turns (model/deepseek_vl/tasks.py)
     deepseek_vl = family_of_model(model) == DEEPSEEK_VL
     data = skipped(params.finetune.shards, "train") if deepseek_vl else {}
     job = TrainJob.of(params, "finetune", fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),

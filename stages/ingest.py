@@ -1,6 +1,6 @@
 """Stage `ingest`: every row of every source table -> data/raw/ (canonical media shards + manifest).
 
-Images are fetched by img2dataset through a loopback HTTP server (stages/common/fileserver.py) that fetches
+Images are fetched by img2dataset through a loopback HTTP server (trimodal/data/fileserver.py) that fetches
 each source, local or remote, within `ingest.fetch_timeout_s`; audio through the same bounded fetch with a
 thread pool; text is inline. Nothing is
 judged here beyond "could it be fetched": decoding and rejection are validate's job, so every input row
@@ -26,14 +26,14 @@ from pathlib import Path
 import aiohttp
 from tqdm import tqdm
 
-from stages.common.atomic import atomic_dir, write_json, write_jsonl
-from stages.common.config_errors import run_main
-from stages.common.fetch import Fetched, fetch_async
-from stages.common.fileserver import LoopbackServer
-from stages.common.params import IngestParams, load_params
-from stages.common.sources import SourceError, SourceRow, read_table, resolve_url, scheme_of, untracked_table
-from stages.common.spool import Spool
-from stages.common.tars import write_tar
+from trimodal.atomic import atomic_dir, write_json, write_jsonl
+from trimodal.config_errors import run_main
+from trimodal.data.fetch import Fetched, fetch_async
+from trimodal.data.fileserver import LoopbackServer
+from trimodal.data.sources import SourceError, SourceRow, read_table, resolve_url, scheme_of, untracked_table
+from trimodal.data.spool import Spool
+from trimodal.data.tars import write_tar
+from trimodal.params import IngestParams, load_params
 
 FETCHABLE = ("", "file", "http", "https", "s3")
 LOOPBACK_SLACK_S = 5  # img2dataset waits this much longer than the loopback server's own fetch may take
@@ -116,7 +116,7 @@ def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path, spoo
 
 def fetch_audio(todo: dict[str, str], params: IngestParams, spool: Spool) -> dict[str, str]:
     """Fetch audio into `spool`, each result as it comes, `threads` at a time on one event loop (http(s) through one
-    aiohttp session: stages/common/fetch.py); returns row_key -> why not, for every other key of `todo`."""
+    aiohttp session: trimodal/data/fetch.py); returns row_key -> why not, for every other key of `todo`."""
     async def fetch_all() -> dict[str, str]:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max(params.threads, 1)))  # local, s3
         gate, errors = asyncio.Semaphore(max(params.threads, 1)), {}
@@ -168,7 +168,7 @@ def manifest_rows(rows: list[SourceRow], media: dict[str, tuple[dict[str, str], 
 
 def spool_beside(out_dir: Path) -> tempfile.TemporaryDirectory:
     """Scratch space on the output's disk (a scrape may not fit in /tmp) for img2dataset's output and the spools,
-    named so that a killed run's is removed with its other temps (stages/common/atomic.py remove_stale_temps)."""
+    named so that a killed run's is removed with its other temps (trimodal/atomic.py remove_stale_temps)."""
     return tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.spool-", suffix=".tmp")
 
 
@@ -188,7 +188,7 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Pa
           f"fetching {len(image_todo)} images, {len(audio_todo)} audio files")
     with (atomic_dir(out_dir) as tmp, spool_beside(out_dir) as work,
           tempfile.TemporaryFile(dir=work) as image_file, tempfile.TemporaryFile(dir=work) as audio_file):
-        images, audio = Spool(image_file), Spool(audio_file)  # stages/common/spool.py: memory flat in the rows
+        images, audio = Spool(image_file), Spool(audio_file)  # trimodal/data/spool.py: memory flat in the rows
         with ThreadPoolExecutor(1) as beside:  # audio meanwhile: img2dataset leaves a core idle much of the time
             audio_job = beside.submit(fetch_audio, audio_todo, params, audio)
             image_errors = {**fetch_images(image_todo, params, Path(work), images), **image_failed}

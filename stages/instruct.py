@@ -2,9 +2,9 @@
 (models/finetune) -> models/instruct/ (+ tokenizer), which `align` tunes on preferences into the teacher.
 
 Every record is asked its tasks (caption, VQA, class name, which-of-these caption) as natural-language
-instructions from conf's `instruct.templates` through the tokenizer's chat template (stages/common/instructions.py,
-stages/common/instruction_tasks.py); the fine-tuning objectives keep training beside them (the trimodal family's
-stages/common/supervised.py, DeepSeek-VL's chat turns), so the formats the evaluation asks in do not regress.
+instructions from conf's `instruct.templates` through the tokenizer's chat template (trimodal/alignment/instructions.py,
+trimodal/alignment/instruction_tasks.py); the fine-tuning objectives keep training beside them (the trimodal family's
+model/trimodal/tasks.py, DeepSeek-VL's chat turns), so the formats the evaluation asks in do not regress.
 
 Measured on the val split, before (the fine-tuned model) and after: exact-match accuracy per task on the
 `held_out` templates, which no stage trains on -> metrics/instruct.json (the tasks' mean before and after, each
@@ -21,22 +21,22 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from model.families import load_pretrained
-from stages.common.atomic import write_json
-from stages.common.checkpoint import fingerprint
-from stages.common.config_errors import run_main
-from stages.common.distributed import launch
-from stages.common.instruction_tasks import cut_lines, cut_prompts, instruct_step, template_scores
-from stages.common.instructions import TASKS, check_templates
-from stages.common.loader import read_index
-from stages.common.models import file_digest, save
-from stages.common.params import load_params
-from stages.common.predict import val_scores
-from stages.common.responses import is_vl, prompt_width
-from stages.common.scoring import headline
-from stages.common.supervised import finetune_losses
-from stages.common.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
-from stages.common.vl_tasks import sft_losses, skipped, usable
+from trimodal.alignment.instruction_tasks import cut_lines, cut_prompts, instruct_step, template_scores
+from trimodal.alignment.instructions import TASKS, check_templates
+from trimodal.alignment.responses import is_vl, prompt_width
+from trimodal.atomic import write_json
+from trimodal.config_errors import run_main
+from trimodal.data.loader import read_index
+from trimodal.evaluation.predict import val_scores
+from trimodal.evaluation.scoring import headline
+from trimodal.model.deepseek_vl.tasks import sft_losses, skipped, usable
+from trimodal.model.families import load_pretrained
+from trimodal.model.trimodal.tasks import finetune_losses
+from trimodal.params import load_params
+from trimodal.training.checkpoint import fingerprint
+from trimodal.training.distributed import launch
+from trimodal.training.models import file_digest, save
+from trimodal.training.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 
 
 def held_out(model, tokenizer, params) -> dict:

@@ -1,8 +1,8 @@
-"""Stage `preferences`: the preference pairs table (stages/common/pairs.py) from the data and the instruction-tuned
+"""Stage `preferences`: the preference pairs table (trimodal/alignment/pairs.py) from the data and the instruction-tuned
 model (models/instruct) -> data/preferences/pairs.jsonl, which `align` trains on (docs/model.md "Alignment").
 
 Per readable record of `preferences.splits`, one pair, reproducibly (every choice a hash of (seed, record id)):
-one of the record's tasks (stages/common/instructions.py), asked with one of its templates (train templates for
+one of the record's tasks (trimodal/alignment/instructions.py), asked with one of its templates (train templates for
 the train split, held-out ones for the others, so the held-out pairs are new prompts too), chosen = the
 record's answer, and rejected =
     sample       the model's own greedy answer, when it is wrong: what preference tuning should push down
@@ -28,17 +28,17 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from model.families import load_pretrained
-from stages.common.atomic import write_json
-from stages.common.batches import to_device
-from stages.common.config_errors import ConfigError, run_main
-from stages.common.instruction_tasks import BUDGETS
-from stages.common.instructions import Turn, check_templates, content, correct, tasks_of, turn
-from stages.common.loader import make_loader, read_meta
-from stages.common.pairs import write_pairs
-from stages.common.params import load_params
-from stages.common.responses import media_of, prompted, readable, respond
-from stages.common.vl_tasks import texts
+from trimodal.alignment.instruction_tasks import BUDGETS
+from trimodal.alignment.instructions import Turn, check_templates, content, correct, tasks_of, turn
+from trimodal.alignment.pairs import write_pairs
+from trimodal.alignment.responses import media_of, prompted, readable, respond
+from trimodal.atomic import write_json
+from trimodal.config_errors import ConfigError, run_main
+from trimodal.data.batches import to_device
+from trimodal.data.loader import make_loader, read_meta
+from trimodal.model.deepseek_vl.tasks import texts
+from trimodal.model.families import load_pretrained
+from trimodal.params import load_params
 
 ANSWER_KEYS = {"caption": "caption", "vqa": "answer", "classify": "label"}  # a task -> the record's key answering it
 

@@ -14,17 +14,17 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
-from model.families import DEEPSEEK_VL, build_config, family_of, model_class
-from model.objectives import pretraining_losses
-from stages.common.batches import model_inputs, same_caption
-from stages.common.checkpoint import fingerprint
-from stages.common.config_errors import run_main
-from stages.common.distributed import launch
-from stages.common.loader import read_index
-from stages.common.models import save
-from stages.common.params import Params, load_params
-from stages.common.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
-from stages.common.vl_tasks import captioned_image, joint_step, skipped, usable, warmup_step
+from trimodal.config_errors import run_main
+from trimodal.data.batches import model_inputs, same_caption
+from trimodal.data.loader import read_index
+from trimodal.model.deepseek_vl.tasks import captioned_image, joint_step, skipped, usable, warmup_step
+from trimodal.model.families import DEEPSEEK_VL, build_config, family_of, model_class
+from trimodal.model.trimodal.objectives import pretraining_losses
+from trimodal.params import Params, load_params
+from trimodal.training.checkpoint import fingerprint
+from trimodal.training.distributed import launch
+from trimodal.training.models import save
+from trimodal.training.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 
 
 def build_model(params: Params, shards: str, tokenizer) -> nn.Module:

@@ -4,7 +4,7 @@ student of either family (model/families.py).
 Activation ranges are calibrated on `quantize.calibration_batches` val batches, each seen as the passes the model
 meets, so every Linear, the decoder's included, sees the inputs it will meet. Trimodal: twice, as the captioning
 pass (record inputs, caption decoder inputs) and as the VQA pass (the question as the decoder's prefix).
-DeepSeek-VL: as its fine-tuning chat turns (stages/common/vl_tasks.py: caption, VQA and class-name turns of the
+DeepSeek-VL: as its fine-tuning chat turns (model/deepseek_vl/tasks.py: caption, VQA and class-name turns of the
 records it reads, the images in front). Optional L1 magnitude pruning of the Linear weights (torch.nn.utils.prune)
 runs first.
 
@@ -26,7 +26,7 @@ Width rule: INT8 pays only where the GEMM outweighs quantizing the input and deq
 is fixed, not timed, so the artifact is the same on every run and machine.
 
 Speed, measured and reported (metrics/details/quantize.json only, never deciding): each INT8 Linear's calls in one
-inference (stages/common/latency.py's workload at each of `quantize.speed_batch_sizes`, shapes recorded by a
+inference (trimodal/evaluation/latency.py's workload at each of `quantize.speed_batch_sizes`, shapes recorded by a
 hook) replayed in INT8 and in float, interleaved, and the Linears found slower in INT8 (`slower_in_int8`: where
 the rule may be wrong for this CPU); then the float model, the all-INT8 model and the shipped one timed whole,
 interleaved (`latency`).
@@ -46,8 +46,14 @@ from torch import nn
 from torch.nn.utils import prune
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from model.families import DEEPSEEK_VL, family_of_model, load_pretrained
-from model.quantization import (
+from trimodal.atomic import atomic_dir, write_json
+from trimodal.config_errors import run_main
+from trimodal.data.batches import decoder_labels, model_inputs, question_prefixed
+from trimodal.data.loader import make_loader
+from trimodal.evaluation.latency import inference, interleaved_ms, latency_ms, timing_batches
+from trimodal.model.deepseek_vl.tasks import IGNORE, TASKS, chat_turns, texts, usable
+from trimodal.model.families import DEEPSEEK_VL, family_of_model, load_pretrained
+from trimodal.model.quantization import (
     SENSITIVITY,
     WEIGHTS,
     export_int8,
@@ -59,13 +65,7 @@ from model.quantization import (
     swap_in,
     weight_only_linear,
 )
-from stages.common.atomic import atomic_dir, write_json
-from stages.common.batches import decoder_labels, model_inputs, question_prefixed
-from stages.common.config_errors import run_main
-from stages.common.latency import inference, interleaved_ms, latency_ms, timing_batches
-from stages.common.loader import make_loader
-from stages.common.params import load_params
-from stages.common.vl_tasks import IGNORE, TASKS, chat_turns, texts, usable
+from trimodal.params import load_params
 
 
 def calibration_inputs(model, shards: str, batch_size: int, batches: int,

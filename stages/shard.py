@@ -2,11 +2,11 @@
 
 Per sample (key = the record's dot-free key; members only for what the record has):
   json         {"id", "modalities", "caption", "question", "answer", "label", "label_index", "group"}
-  image.npy    uint8 [S, S, 3]                   (stages.common.features.image_to_array)
-  mel.npy      float32 [n_mels, frames] log-Mel  (stages.common.features.log_mel)
+  image.npy    uint8 [S, S, 3]                   (trimodal.data.features.image_to_array)
+  mel.npy      float32 [n_mels, frames] log-Mel  (trimodal.data.features.log_mel)
   text.npy, caption.npy, question.npy, answer.npy   int32 token ids, <s> ... </s>, <= max_text_tokens
 
-Splits come from a hash of the record's content group (stages/common/records.record_split: stable across runs
+Splits come from a hash of the record's content group (trimodal/data/records.record_split: stable across runs
 and source order; records sharing media stay together). One pass over the manifest, read line by line, featurises
 each record once and writes it to its split's shard (three writers open at once), so memory is flat in the number
 of records and each media tar is read once. Shards are written with a fixed mtime in manifest order, so identical
@@ -34,12 +34,12 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from stages.common.atomic import atomic_dir, write_json
-from stages.common.config_errors import run_main
-from stages.common.features import image_to_array, log_mel, mel_filters, token_ids
-from stages.common.params import Params, ShardParams, load_params
-from stages.common.records import SPLITS, record_split
-from stages.common.tars import FIXED_MTIME
+from trimodal.atomic import atomic_dir, write_json
+from trimodal.config_errors import run_main
+from trimodal.data.features import image_to_array, log_mel, mel_filters, token_ids
+from trimodal.data.records import SPLITS, record_split
+from trimodal.data.tars import FIXED_MTIME
+from trimodal.params import Params, ShardParams, load_params
 
 TOKEN_FIELDS = ("text", "caption", "question", "answer")
 RECORDS_PER_TOKENIZER_CALL = 256  # a batch of records' texts share one call; the records themselves are small
@@ -54,7 +54,7 @@ def npy(array: np.ndarray) -> bytes:
 class MediaReader:
     """Payloads at 'media-NNNNNN.tar:member' under `root`, read member by member from the one tar open: the pass
     walks the manifest in tar order (validate writes it so), so each tar is opened once and none is held in memory
-    (stages.common.tars.TarMembers keeps whole tars: two in memory while the next one loads)."""
+    (trimodal.data.tars.TarMembers keeps whole tars: two in memory while the next one loads)."""
 
     def __init__(self, root: Path):
         self.root, self.name = root, None

@@ -1,7 +1,7 @@
 """Stage `tokenizer`: train a byte-level BPE on the validated text -> artifacts/tokenizer/ (PreTrainedTokenizerFast).
 
 Every text field (inputs, captions, questions, answers, labels) of the accepted records of the **train** split
-(stages/common/records.record_split, as shard assigns them) is training text, so the vocabulary covers what the
+(trimodal/data/records.record_split, as shard assigns them) is training text, so the vocabulary covers what the
 decoders must generate and nothing of the val/test text leaks into it.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from stages.common.atomic import atomic_dir, read_jsonl
-from stages.common.config_errors import run_main
-from stages.common.params import SplitParams, TokenizerParams, load_params
-from stages.common.records import TEXT_FIELDS, record_split
+from trimodal.atomic import atomic_dir, read_jsonl
+from trimodal.config_errors import run_main
+from trimodal.data.records import TEXT_FIELDS, record_split
+from trimodal.params import SplitParams, TokenizerParams, load_params
 
 SPECIAL_TOKENS = {
     "pad_token": "<pad>",
@@ -28,7 +28,7 @@ SPECIAL_TOKENS = {
     "sep_token": "</s>",
 }
 SPECIALS_IN_ORDER = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]  # ids 0..4, stable across vocab sizes
-# The chat format of the turns a causal LM is fine-tuned on (the DeepSeek-VL family, stages/common/vl_tasks.py),
+# The chat format of the turns a causal LM is fine-tuned on (the DeepSeek-VL family, model/deepseek_vl/tasks.py),
 # DeepSeek-VL's own "User: ...\n\nAssistant: ..." layout; `add_generation_prompt` opens the assistant's turn.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"

@@ -9,7 +9,7 @@
 Record-level problems quarantine one row; the Great Expectations suites then judge the batch and
 fail the stage (non-zero exit, readable summary) when, e.g., too many rows were rejected.
 
-Duplicates (stages/common/dedup.py): a record whose inputs (image, audio, text and question) are the same content
+Duplicates (trimodal/data/dedup.py): a record whose inputs (image, audio, text and question) are the same content
 as an earlier accepted record's, or near duplicates of them with the rest equal, is quarantined with status
 "duplicate" and `duplicate_of` naming the kept record (duplicates do not count as rejections). Records that share
 an image or a sound (exact or near) but differ otherwise are kept, with one `content_group` (the id of the group's
@@ -32,15 +32,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.common.atomic import atomic_dir, write_json, write_jsonl
-from stages.common.config_errors import run_main
-from stages.common.dedup import Groups, audio_fingerprint, digest, image_fingerprint, near_pairs, normalise_text
-from stages.common.gate import GateLimits, features_summary_metrics, run_gate
-from stages.common.media import DecodedAudio, DecodedImage, Rejected, decode_audio, decode_image
-from stages.common.params import ValidateParams, load_params
-from stages.common.records import INPUT_FIELDS, META_FIELDS, SPLITS, TARGET_FIELDS, record_key, unsafe_id_reason
-from stages.common.spool import Spool
-from stages.common.tars import TarMembers, write_tar
+from trimodal.atomic import atomic_dir, write_json, write_jsonl
+from trimodal.config_errors import run_main
+from trimodal.data.dedup import Groups, audio_fingerprint, digest, image_fingerprint, near_pairs, normalise_text
+from trimodal.data.gate import GateLimits, features_summary_metrics, run_gate
+from trimodal.data.media import DecodedAudio, DecodedImage, Rejected, decode_audio, decode_image
+from trimodal.data.records import INPUT_FIELDS, META_FIELDS, SPLITS, TARGET_FIELDS, record_key, unsafe_id_reason
+from trimodal.data.spool import Spool
+from trimodal.data.tars import TarMembers, write_tar
+from trimodal.params import ValidateParams, load_params
 
 RECORDS_PER_MEDIA_TAR = 1000
 

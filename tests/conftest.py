@@ -1,6 +1,6 @@
 # gto (DVC's model-registry library, trimodal/registry.py) runs logging.config.dictConfig when first imported, and
 # dictConfig closes every logging handler made before it. Under pytest one of those is absl's (rouge-score, via
-# stages/common/scoring.py), whose close() closes its stream when that is not sys.stderr itself: here DVC's
+# trimodal/evaluation/scoring.py), whose close() closes its stream when that is not sys.stderr itself: here DVC's
 # colorama wrapper around pytest's capture, so pytest loses stderr mid-run. Importing gto first, before any such
 # handler exists, makes its dictConfig harmless.
 import gto.log  # noqa: F401  (first: see above)
@@ -20,7 +20,7 @@ LONGEST_FIRST = (
     "tests/stages/test_post_training.py",
     "tests/test_readme.py",  # the whole DAG at small sizes, then README's blocks: 3-5 min
     "tests/stages/test_alignment_stages.py",
-    "tests/trimodal/test_server.py",
+    "tests/trimodal/serving/test_server.py",
     "tests/trimodal/test_cli.py",
     "tests/stages/test_quantize.py",
     "tests/model/test_quantization.py",

@@ -10,12 +10,12 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from stages.common.params import Params, TokenizerParams, defaults
-from stages.common.records import record_key
-from stages.common.tars import write_tar
 from stages.shard import run as shard
 from stages.tokenizer import train_tokenizer
 from tests.stage_runner import make_project, run_stage
+from trimodal.data.records import record_key
+from trimodal.data.tars import write_tar
+from trimodal.params import Params, TokenizerParams, defaults
 
 TINY_MODEL = ["model.image_size=16", "model.patch_size=8", "model.n_mels=20"]
 # DeepSeek-VL sizes for the fixture's 16 px images (merged over conf/model/deepseek_vl.yaml): 4 visual tokens
@@ -81,7 +81,7 @@ def tiny_deepseek_vl(tokenizer, labels=("circle", "square"), **features):
     (image_size, n_mels, ...), as the pretrain stage stores them in the config."""
     import torch
 
-    from model.families import build_config, model_class, read_preset
+    from trimodal.model.families import build_config, model_class, read_preset
 
     config = build_config({**read_preset("deepseek_vl"), **TINY_DEEPSEEK_VL}, vocab_size=len(tokenizer),
                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,

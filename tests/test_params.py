@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from flows.dvc_stages import ParamsDiverged, apply_overrides
-from stages.common.params import Params, check, compose, defaults, load_params, write
+from stages.common.params import check, write
+from trimodal.params import Params, compose, defaults, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -153,7 +153,7 @@ def test_a_kill_during_validate_then_repro_reruns_from_validate_only(project):
 
 def test_editing_shared_code_marks_only_the_stages_that_import_it(project):
     root, _ = project
-    gate = root / "stages/common/gate.py"
+    gate = root / "trimodal/data/gate.py"
     original = gate.read_text()
     gate.write_text(original + "\n# an edit\n")
     try:

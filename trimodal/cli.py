@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stages.common.config_errors import ConfigError
+from trimodal.config_errors import ConfigError
 
 BAD_INPUT = 2
 
@@ -32,9 +32,9 @@ class InputError(Exception):
 def read_media(source: str) -> bytes:
     """A media file's bytes from a local path or a URL fsspec opens (http(s), s3, file), the URL within the ingest
     stage's total time budget (ingest.fetch_timeout_s)."""
-    from stages.common.fetch import fetch_one
-    from stages.common.params import defaults
-    from stages.common.sources import scheme_of
+    from trimodal.data.fetch import fetch_one
+    from trimodal.data.sources import scheme_of
+    from trimodal.params import defaults
 
     if scheme_of(source) in ("", "file"):
         path = Path(source.removeprefix("file://"))
@@ -54,8 +54,8 @@ def predict(args: argparse.Namespace) -> int:
     # torch and transformers only now: a mistyped path is told at once, not after seconds of imports
     from transformers.utils import logging as hf_logging
 
-    from stages.common.media import Rejected
-    from trimodal.predictor import Inputs, Predictor
+    from trimodal.data.media import Rejected
+    from trimodal.serving.predictor import Inputs, Predictor
 
     inputs = Inputs(image=image, audio=audio, text=args.text, question=args.question)
     hf_logging.disable_progress_bar()  # no "Loading weights" bar around a one-line answer
@@ -80,7 +80,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from trimodal.report import compare, read_headlines, table
+    from trimodal.evaluation.report import compare, read_headlines, table
 
     metrics = args.metrics
     if metrics is None or args.compare:  # only the paths: a params.yaml of an older commit may lack newer settings
@@ -116,7 +116,7 @@ def promote(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from trimodal.server import ServerSettings, run
+    from trimodal.serving.server import ServerSettings, run
 
     run(ServerSettings(models=[Path(m) for m in args.model], host=args.host, port=args.port,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,

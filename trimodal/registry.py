@@ -72,7 +72,7 @@ def model_files(repo: Path, path: str) -> tuple[str, list[str]]:
     them is not the model."""
     from dvc.repo import Repo
 
-    from stages.common.cards import CARD
+    from trimodal.cards import CARD
 
     with Repo(str(repo)) as dvc:
         for stage in dvc.index.stages:
@@ -89,7 +89,7 @@ def check_workspace(repo: Path, stage: str, files: Sequence[str]) -> dict[str, s
     if git(repo, "status", "--porcelain", "--", LOCK):
         raise PromoteError(f"{LOCK} has uncommitted changes: commit it (git add {LOCK} && git commit) so the version "
                            "tag points at the lock that records this model")
-    from stages.common.cards import lock_md5s
+    from trimodal.cards import lock_md5s
 
     md5s = lock_md5s(yaml.safe_load(git(repo, "show", f"HEAD:{LOCK}")))
     for name in files:
@@ -105,12 +105,13 @@ def check_workspace(repo: Path, stage: str, files: Sequence[str]) -> dict[str, s
 
 def score(model_dir: Path, repo: Path, params) -> dict[str, float]:
     """The model's task scores on `evaluate.split` of the repository's shards, overall, as evaluate computes them
-    (stages/common/predict.py, stages/common/scoring.py), with the evaluate stage's batch size and token budget."""
+    (trimodal/evaluation/predict.py, trimodal/evaluation/scoring.py), with the evaluate stage's batch size and
+    token budget."""
     from transformers import AutoTokenizer
 
-    from model.quantization import load_saved
-    from stages.common.predict import predict
-    from stages.common.scoring import task_scores
+    from trimodal.evaluation.predict import predict
+    from trimodal.evaluation.scoring import task_scores
+    from trimodal.model.quantization import load_saved
 
     p = params.evaluate
     shards = p.shards if "://" in p.shards else str(repo / p.shards)
@@ -207,8 +208,8 @@ def promote(variant: str = "student-int8", repo: Path = Path("."), metrics: Sequ
     `push`: push the new tags to `origin`. `author`, `author_email`: the tagger (default: git's configuration).
     Returns a PromoteResult whose `message` says why, with every score; refusing is not an error (promoted=False).
     Raises PromoteError when the repository is not in a state to promote from (the message names the fix)."""
-    from stages.common.config_errors import ConfigError
-    from stages.common.params import load_params
+    from trimodal.config_errors import ConfigError
+    from trimodal.params import load_params
 
     repo = Path(repo).resolve()
     if not (repo / "dvc.yaml").is_file() or not (repo / "params.yaml").is_file():

@@ -1,7 +1,7 @@
 """dvc.yaml's code deps, written from each stage's import closure, never by hand.
 
-A stage's code deps are the repository files (stages/, model/) that `stages.<name>` imports, directly or through
-each other, lazy imports inside functions included: editing a file reruns exactly the stages that run it.
+A stage's code deps are the repository files (stages/, trimodal/, model/) that `stages.<name>` imports, directly or
+through each other, lazy imports inside functions included: editing a file reruns exactly the stages that run it.
 `python -m stages.common.code_deps write` rewrites them in every stage of dvc.yaml: the stage's module first, the
 rest sorted, one file per line and never a folder (a folder would rerun the stage for files it does not import).
 They go where the stage's first code dep was; every other dep (data, conf files) keeps its place, and the
@@ -19,12 +19,14 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from stages.common.atomic import atomic_open
-from stages.common.config_errors import ConfigError, run_main
+from trimodal.atomic import atomic_open
+from trimodal.config_errors import ConfigError, run_main
 
 REPO = Path(__file__).resolve().parents[2]
 DVC_YAML = REPO / "dvc.yaml"
-CODE_ROOTS = ("stages", "model")
+CODE_ROOTS = ("stages", "trimodal")  # import roots; trimodal.model is the model/ folder
+CODE_FOLDERS = ("stages", "trimodal", "model")  # the folders their files are in
+MODEL = "trimodal.model"
 USAGE = "usage: python -m stages.common.code_deps write|check [dvc.yaml]"
 
 
@@ -42,6 +44,9 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def module_file(name: str, root: Path = REPO) -> Path | None:
+    """The repository file of module `name`; trimodal.model's are model/'s (installed, its package-dir mapping)."""
+    if name == MODEL or name.startswith(MODEL + "."):
+        name = "model" + name[len(MODEL):]
     for path in (root / (name.replace(".", "/") + ".py"), root / name.replace(".", "/") / "__init__.py"):
         if path.exists():
             return path
@@ -49,8 +54,8 @@ def module_file(name: str, root: Path = REPO) -> Path | None:
 
 
 def code_closure(module: str, root: Path = REPO) -> set[str]:
-    """Repository files (stages/, model/) that `module` imports, directly or through each other, itself included;
-    lazy imports inside functions count too."""
+    """Repository files (stages/, trimodal/, model/) that `module` imports, directly or through each other, itself
+    included; lazy imports inside functions count too."""
     seen: set[Path] = set()
     todo = [module]
     while todo:
@@ -71,7 +76,7 @@ def stage_code_deps(stage: str, root: Path = REPO) -> list[str]:
 
 
 def is_code_dep(dep: object) -> bool:
-    return isinstance(dep, str) and dep.startswith(tuple(f"{r}/" for r in CODE_ROOTS))
+    return isinstance(dep, str) and dep.startswith(tuple(f"{r}/" for r in CODE_FOLDERS))
 
 
 def yaml() -> YAML:

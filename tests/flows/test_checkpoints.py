@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from flows.checkpoints import DONE, Mirror, store_url
-from stages.common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from stages.common.distributed import World
+from trimodal.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trimodal.training.distributed import World
 
 OUT = "checkpoints/pretrain"
 WORLD = World(0, 1, torch.device("cpu"))

@@ -51,7 +51,7 @@ HEARTBEAT_S, ZOMBIE_AFTER_S = 30, 90  # Prefect's minimum heartbeat period; the 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@127.0.0.1"]
 # Outputs whose bytes hold wall-clock readings, so no two runs agree on them: samples/s and MFU (dvclive), latency
 # (evaluate, report), Data Docs run times (GX), and the PEAK chunk soundfile writes into float WAVs (validate's
-# media tars: stages/common/media.py). Everything else must match to the byte.
+# media tars: trimodal/data/media.py). Everything else must match to the byte.
 WALL_CLOCK = {"data/validated", "reports/validate", "reports/report.md", "metrics/details/quantize.json",
               "metrics/details/eval",
               *(f"metrics/{stage}/{out}" for stage in GPU_STAGES for out in ("metrics.json", "plots/metrics")),

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from model.configuration import TrimodalConfig
-from model.modeling import TrimodalForConditionalGeneration
+from trimodal.model.trimodal.configuration import TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 
 SUBSETS = [("image",), ("text",), ("audio",), ("image", "text"), ("image", "audio"), ("text", "audio"),
            ("image", "text", "audio")]

@@ -3,9 +3,9 @@ and the trimodal config refusing them."""
 import pytest
 import yaml
 
-from model.configuration import PRESETS_DIR, TrimodalConfig
-from model.deepseek_vl import DeepSeekVLConfig, DeepSeekVLForCausalLM
-from model.families import DEEPSEEK_VL, build_config, family_of, model_class, read_preset
+from trimodal.model.deepseek_vl.modeling import DeepSeekVLConfig, DeepSeekVLForCausalLM
+from trimodal.model.families import DEEPSEEK_VL, build_config, family_of, model_class, read_preset
+from trimodal.model.trimodal.configuration import PRESETS_DIR, TrimodalConfig
 
 FAMILY_PRESETS = ["deepseek_vl", "deepseek_vl_1.3b", "deepseek_vl_7b"]
 

@@ -16,15 +16,15 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from model.configuration import TrimodalConfig
-from model.flops import FlopCounter
-from model.layers import MultiHeadAttention
-from model.modeling import TrimodalForConditionalGeneration
-from model.objectives import total_loss
-from stages.common.supervised import finetune_step
 from stages.distill import distill_step
 from stages.pretrain import pretrain_step
 from tests.model.conftest import SUBSETS, make_inputs
+from trimodal.model.flops import FlopCounter
+from trimodal.model.layers import MultiHeadAttention
+from trimodal.model.trimodal.configuration import TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
+from trimodal.model.trimodal.objectives import total_loss
+from trimodal.model.trimodal.tasks import finetune_step
 
 aten = torch.ops.aten
 
@@ -32,7 +32,7 @@ aten = torch.ops.aten
 def grouped_conv_backward(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups,
                           output_mask, out_shape=None, **kwargs) -> int:
     """Each gradient of a conv costs what its forward did; FlopCounterMode's own formula multiplies the weight
-    gradient of a grouped conv by `groups` (64x-256x for the depthwise convs of model/audio.py)."""
+    gradient of a grouped conv by `groups` (64x-256x for the depthwise convs of model/trimodal/audio.py)."""
     return conv_flop_count(x, w, grad_out, transposed) * (output_mask[0] + output_mask[1])
 
 
@@ -62,7 +62,7 @@ def ragged_tokens(b: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, tor
 
 
 def loader_batch(subsets, seed: int = 0) -> dict:
-    """A batch as stages/common/loader.py yields it: mixed modality subsets, captions, labels, some VQA."""
+    """A batch as trimodal/data/loader.py yields it: mixed modality subsets, captions, labels, some VQA."""
     inputs = make_inputs(subsets, text_len=8, frames=48, seed=seed)
     g, b = torch.Generator().manual_seed(seed), len(subsets)
     caption_ids, caption_mask = ragged_tokens(b, 7, g)

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from model.losses import contrastive_loss, cross_entropy, kd_loss, mam_loss, masked_lm_loss, mim_loss, weighted_sum
+from trimodal.model.losses import (
+    contrastive_loss,
+    cross_entropy,
+    kd_loss,
+    mam_loss,
+    masked_lm_loss,
+    mim_loss,
+    weighted_sum,
+)
 
 
 def log_softmax_row(row: list[float]) -> list[float]:

@@ -1,6 +1,6 @@
 import torch
 
-from model.masking import mask_spans, mask_tokens
+from trimodal.model.masking import mask_spans, mask_tokens
 
 PAD, BOS, EOS, MASK, VOCAB = 0, 1, 2, 3, 50
 SPECIALS = {PAD, BOS, EOS, MASK}

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from model import configuration, deepseek_vl
-from model.preference import (
+from trimodal.model.deepseek_vl import modeling as deepseek_vl
+from trimodal.model.preference import (
     ALIGNMENT_LOSS_WEIGHTS,
     bradley_terry_loss,
     dpo_loss,
@@ -16,6 +16,7 @@ from model.preference import (
     ppo_clip_loss,
     sequence_logprobs,
 )
+from trimodal.model.trimodal import configuration
 
 
 def sigmoid(x: float) -> float:

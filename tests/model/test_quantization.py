@@ -4,10 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.configuration import TrimodalConfig
-from model.deepseek_vl import DeepSeekVLConfig, DeepSeekVLForCausalLM
-from model.modeling import TrimodalForConditionalGeneration
-from model.quantization import (
+from tests.model.deepseek_vl.test_deepseek_vl import HIGH, LOW, TEXT
+from trimodal.model.deepseek_vl.modeling import DeepSeekVLConfig, DeepSeekVLForCausalLM
+from trimodal.model.quantization import (
     WEIGHTS,
     _dequantize,
     _per_channel,
@@ -18,7 +17,8 @@ from model.quantization import (
     load_saved,
     quantize_model,
 )
-from tests.model.test_deepseek_vl import HIGH, LOW, TEXT
+from trimodal.model.trimodal.configuration import TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 
 
 def inputs(b=4, seed=0):
@@ -80,7 +80,7 @@ def test_load_int8_names_missing_tensors(tmp_path):
 
 @pytest.mark.slow
 def test_keep_fp32_linears_stay_float_and_round_trip(tmp_path):
-    from model.quantization import Int8Linear
+    from trimodal.model.quantization import Int8Linear
     keep = ["decoder.lm_head", "classifier.out"]  # the LM head is tied to the decoder embedding
     quantized = quantize_model(tiny(), [inputs(seed=s) for s in range(2)], keep_fp32=keep)
     assert all(type(quantized.get_submodule(k)) is torch.nn.Linear for k in keep)
@@ -109,7 +109,7 @@ def test_keep_fp32_linears_stay_float_and_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_layer_sensitivity_scores_each_linear_alone_and_restores_the_model():
-    from model.quantization import int8_linears, layer_sensitivity, round_weight_only
+    from trimodal.model.quantization import int8_linears, layer_sensitivity, round_weight_only
     fp32 = round_weight_only(tiny())
     quantized = quantize_model(tiny(), [inputs(seed=s) for s in range(2)])
     x = inputs(seed=9)

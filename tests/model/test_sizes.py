@@ -1,13 +1,10 @@
 import pytest
 import torch
 
-from model import sizes
-from model.audio import ConformerBlock
-from model.configuration import TrimodalConfig
-from model.deepseek_vl import DeepSeekVLForCausalLM
-from model.families import read_preset
-from model.modeling import TrimodalForConditionalGeneration
-from model.sizes import (
+from trimodal.model import sizes
+from trimodal.model.deepseek_vl.modeling import DeepSeekVLForCausalLM
+from trimodal.model.families import read_preset
+from trimodal.model.sizes import (
     Units,
     ddp_bytes,
     fsdp_block_bytes,
@@ -18,6 +15,9 @@ from model.sizes import (
     parameter_counts,
     preset_config,
 )
+from trimodal.model.trimodal.audio import ConformerBlock
+from trimodal.model.trimodal.configuration import TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.common.instructions import TASKS
-from stages.common.loader import read_meta
-from stages.common.params import defaults
 from tests.stage_runner import REPO, run_stage
+from trimodal.alignment.instructions import TASKS
+from trimodal.data.loader import read_meta
+from trimodal.params import defaults
 
 pytestmark = pytest.mark.slow  # instruct, preferences and align stage runs
 

@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 from PIL import Image, ImageDraw
 
-from stages.common.atomic import read_jsonl
-from stages.common.records import record_split, split_of
 from tests.stage_runner import make_project, run_stage
+from trimodal.atomic import read_jsonl
+from trimodal.data.records import record_split, split_of
 
 pytestmark = pytest.mark.slow  # ingest, validate, tokenizer and shard stage runs
 

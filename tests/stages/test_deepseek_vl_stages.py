@@ -7,10 +7,11 @@ import json
 import pytest
 import yaml
 
-from model.families import saved_family
-from stages.common.params import compose, write
+from stages.common.params import write
 from tests.shard_fixtures import TINY_DEEPSEEK_VL, sharded
 from tests.stage_runner import make_project, run_stage
+from trimodal.model.families import saved_family
+from trimodal.params import compose
 
 pytestmark = pytest.mark.slow  # every stage run on the DeepSeek-VL family
 
@@ -83,7 +84,7 @@ def test_instruct_and_align_tune_the_family_on_instructions_and_its_own_pairs(pr
 
 
 def _train_metas(project):
-    from stages.common.loader import read_meta
+    from trimodal.data.loader import read_meta
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     return read_meta(params["paths"]["shards"], "train")

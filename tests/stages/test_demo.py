@@ -10,9 +10,9 @@ import soundfile as sf
 from PIL import Image
 
 from stages import demo
-from stages.common.atomic import read_jsonl
-from stages.common.params import Params, defaults
 from tests.stage_runner import make_project, run_stage
+from trimodal.atomic import read_jsonl
+from trimodal.params import Params, defaults
 
 
 def demo_params(seed: int, **demo) -> Params:

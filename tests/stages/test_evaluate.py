@@ -2,8 +2,6 @@
 records."""
 from pathlib import Path
 
-from stages.common.params import load_params
-from stages.common.scoring import answer_scores, group_subsets, references
 from stages.evaluate import (
     batch_size_of,
     group_subsets_section,
@@ -13,6 +11,8 @@ from stages.evaluate import (
     speed_lines,
     targets,
 )
+from trimodal.evaluation.scoring import answer_scores, group_subsets, references
+from trimodal.params import load_params
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 GOALS = load_params(PARAMS).evaluate.targets

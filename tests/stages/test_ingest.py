@@ -5,8 +5,8 @@ import tarfile
 
 import pytest
 
-from stages.common.tars import FIXED_MTIME
 from tests.stage_runner import make_project, run_stage
+from trimodal.data.tars import FIXED_MTIME
 
 DEMO = ["demo.n_records=21", "demo.n_fusion=6", "demo.n_corpus=4", "demo.n_ood_questions=2",
         "demo.n_ood_renders=3"]

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from stages.common.atomic import read_jsonl
 from tests.hostile_server import hostile_server
 from tests.stage_runner import make_project, run_stage
+from trimodal.atomic import read_jsonl
 
 pytestmark = pytest.mark.slow  # ingest waits out a fetch budget per hostile URL
 

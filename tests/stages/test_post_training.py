@@ -13,18 +13,18 @@ from dvc.repo import Repo
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from model.configuration import TrimodalConfig
-from model.modeling import TrimodalForConditionalGeneration
-from model.quantization import WEIGHTS, load_int8
-from stages.common.baselines import majority
-from stages.common.cards import CARD
-from stages.common.loader import read_meta
-from stages.common.params import defaults
-from stages.common.scoring import SUBSETS, headline, subset_name
 from stages.distill import init_from_teacher, student_config
 from tests.shard_fixtures import TINY_MODEL
 from tests.stage_runner import make_project, run_stage
 from tests.test_pipeline_e2e import clone_worktree, dvc, set_params
+from trimodal.cards import CARD
+from trimodal.data.loader import read_meta
+from trimodal.evaluation.baselines import majority
+from trimodal.evaluation.scoring import SUBSETS, headline, subset_name
+from trimodal.model.quantization import WEIGHTS, load_int8
+from trimodal.model.trimodal.configuration import TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
+from trimodal.params import defaults
 from trimodal.registry import PromoteError, production_version, promote
 
 MODEL = TINY_MODEL

@@ -2,8 +2,8 @@
 to another of its tasks."""
 import random
 
-from stages.common.instructions import turn
 from stages.preferences import alternatives, corruption, other_answers
+from trimodal.alignment.instructions import turn
 
 METAS = [{"id": "r1", "caption": "a red circle", "answer": "red", "label": "circle", "label_index": 0},
          {"id": "r2", "caption": "a blue square", "answer": "blue", "label": "square", "label_index": 1},

@@ -10,16 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer
 
-from model.deepseek_vl import DeepSeekVLForCausalLM
-from model.quantization import Int8Linear, load_saved, quantize_model
-from stages.common import vl_tasks
-from stages.common.latency import PROMPTS, inference, timing_batches
-from stages.common.loader import make_loader
 from stages.quantize import calibration_inputs, linear_calls, reference, slower_in_int8, speed_sweep
 from tests.model.test_quantization import inputs, tiny
 from tests.shard_fixtures import sharded
 from tests.shard_fixtures import tiny_deepseek_vl as tiny_model
 from tests.stage_runner import make_project, run_stage
+from trimodal.data.loader import make_loader
+from trimodal.evaluation.latency import PROMPTS, inference, timing_batches
+from trimodal.model.deepseek_vl import tasks as vl_tasks
+from trimodal.model.deepseek_vl.modeling import DeepSeekVLForCausalLM
+from trimodal.model.quantization import Int8Linear, load_saved, quantize_model
 
 
 def quantized_pair() -> tuple[nn.Module, nn.Module]:

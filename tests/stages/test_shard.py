@@ -11,12 +11,12 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 import stages.shard
-from stages.common.atomic import read_jsonl, write_jsonl
-from stages.common.features import image_to_array, log_mel
-from stages.common.records import split_of
-from stages.common.tars import read_tar, write_tar
 from stages.shard import Featurizer, run
 from tests.shard_fixtures import build_validated, shard_params
+from trimodal.atomic import read_jsonl, write_jsonl
+from trimodal.data.features import image_to_array, log_mel
+from trimodal.data.records import split_of
+from trimodal.data.tars import read_tar, write_tar
 
 
 @pytest.fixture(scope="module")

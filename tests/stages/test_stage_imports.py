@@ -1,4 +1,4 @@
-"""A stage never imports another stage: shared code lives in stages/common or model/, so a stage's
+"""A stage never imports another stage: shared code lives in the library (trimodal/, model/), so a stage's
 dvc.yaml deps can list what it really uses and editing one stage's code reruns only what depends on it."""
 import ast
 from pathlib import Path
@@ -18,7 +18,7 @@ def test_no_stage_imports_another_stage():
         hits = imported_modules(REPO / "stages" / f"{stage}.py") & others
         if hits:
             offenders[stage] = sorted(hits)
-    assert not offenders, f"stages importing other stages (move the shared code to stages/common): {offenders}"
+    assert not offenders, f"stages importing other stages (move the shared code to the library, trimodal/): {offenders}"
 
 
 def test_dvc_deps_name_no_other_stage_module():
@@ -30,11 +30,11 @@ def test_dvc_deps_name_no_other_stage_module():
 
 
 def test_dvc_code_deps_are_exactly_what_each_stage_imports():
-    """Editing a file reruns exactly the stages that run it: stages/common/gate.py -> validate (and what follows
+    """Editing a file reruns exactly the stages that run it: trimodal/data/gate.py -> validate (and what follows
     once validate's outputs change), never pretrain. The code deps are written, not edited: `code_deps write`."""
     assert differences() == [], "run `python -m stages.common.code_deps write`"
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    validate_only = [n for n, s in stages.items() if "stages/common/gate.py" in s.get("deps", [])]
+    validate_only = [n for n, s in stages.items() if "trimodal/data/gate.py" in s.get("deps", [])]
     assert validate_only == ["validate"]
 
 
@@ -93,7 +93,7 @@ def test_every_path_a_stage_reads_is_a_dep_or_an_output():
     a stage run in a fresh clone that pulls only its deps (flows/stage.py) would not find it otherwise."""
     from dvc.repo import Repo
 
-    from stages.common.params import defaults
+    from trimodal.params import defaults
 
     paths = defaults().paths
     with Repo(str(REPO)) as repo:

@@ -2,9 +2,9 @@ import json
 
 from transformers import AutoTokenizer
 
-from stages.common.params import SplitParams, TokenizerParams
-from stages.common.records import record_split
 from stages.tokenizer import SPECIALS_IN_ORDER, run
+from trimodal.data.records import record_split
+from trimodal.params import SplitParams, TokenizerParams
 
 
 def test_tokenizer_trains_on_every_text_field_and_round_trips(tmp_path):

@@ -126,7 +126,7 @@ def test_fsdp_losses_match_ddp_on_two_processes(data, tmp_path):
         assert fsdp == pytest.approx(ddp, rel=3e-4)
     # Weights: Adam turns float-level noise in near-zero gradients into +-lr steps, and under FSDP a parameter that
     # no rank used in a step still gets its momentum and decay (DDP leaves its gradient None; AdamW skips it). A
-    # cross-attention pair runs only on samples holding both its modalities (model/fusion.py), so in these
+    # cross-attention pair runs only on samples holding both its modalities (model/trimodal/fusion.py), so in these
     # 2-sample rank batches whole pairs go unused in a step, and so do the matching head and the image views when
     # a rank's batch has no two qualifying samples. Measured: 12.6% of elements differ by more than 1e-4 (7.1%
     # before those objectives, 1.0% when every pair ran on every sample), none by more than two lr steps.

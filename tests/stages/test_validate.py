@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from stages.common.atomic import read_jsonl
-from stages.common.tars import read_tar
 from tests import hostile_corpus
 from tests.stage_runner import make_project, run_stage, snapshot
+from trimodal.atomic import read_jsonl
+from trimodal.data.tars import read_tar
 
 pytestmark = pytest.mark.slow  # ingest + validate of the hostile corpus
 

@@ -5,11 +5,11 @@ import pytest
 import yaml
 
 from stages.common.code_deps import REPO, differences, main, stage_code_deps, write
-from stages.common.config_errors import run_main
+from trimodal.config_errors import run_main
 
 DVC_YAML = (REPO / "dvc.yaml").read_text()
-VALIDATE = "      - stages/validate.py\n      - stages/common/atomic.py\n"
-DEDUP = "      - stages/common/dedup.py\n"
+VALIDATE = "      - stages/validate.py\n      - trimodal/atomic.py\n"
+DEDUP = "      - trimodal/data/dedup.py\n"
 VALIDATE_END = "    params:\n      - validate\n"  # what follows validate's last dep
 
 
@@ -21,7 +21,7 @@ def broken(text: str) -> str:
 
 def code_deps_of(path, stage: str) -> list[str]:
     deps = yaml.safe_load(path.read_text())["stages"][stage]["deps"]
-    return [d for d in deps if d.startswith(("stages/", "model/"))]
+    return [d for d in deps if d.startswith(("stages/", "trimodal/", "model/"))]
 
 
 def test_write_restores_a_removed_and_an_extra_code_dep(tmp_path):
@@ -38,7 +38,7 @@ def test_check_names_the_stage_and_its_files_and_exits_1(tmp_path):
     check = subprocess.run([sys.executable, "-m", "stages.common.code_deps", "check", str(path)], cwd=REPO,
                            capture_output=True, text=True)
     assert check.returncode == 1
-    assert "validate: missing stages/common/dedup.py; extra model/layers.py" in check.stderr
+    assert "validate: missing trimodal/data/dedup.py; extra model/layers.py" in check.stderr
     assert "code_deps write" in check.stderr
 
 
@@ -52,7 +52,7 @@ def test_a_code_dep_folder_becomes_its_files(tmp_path):
     path = tmp_path / "dvc.yaml"
     pretrain = "".join(f"      - {f}\n" for f in stage_code_deps("pretrain") if f.startswith("model/"))
     path.write_text(DVC_YAML.replace(pretrain, "      - model/\n", 1))
-    assert differences(path)[0].startswith("pretrain: missing model/audio.py, ")
+    assert differences(path)[0].startswith("pretrain: missing model/deepseek_vl/hybrid_vision.py, ")
     assert differences(path)[0].endswith("; extra model/")
     write(path)
     assert path.read_text() == DVC_YAML
@@ -60,7 +60,7 @@ def test_a_code_dep_folder_becomes_its_files(tmp_path):
 
 def test_order_is_the_module_then_the_rest_sorted(tmp_path):
     path = tmp_path / "dvc.yaml"
-    path.write_text(DVC_YAML.replace(VALIDATE, "      - stages/common/atomic.py\n      - stages/validate.py\n", 1))
+    path.write_text(DVC_YAML.replace(VALIDATE, "      - trimodal/atomic.py\n      - stages/validate.py\n", 1))
     assert differences(path) == ["validate: listed out of order"]
     write(path)
     assert path.read_text() == DVC_YAML
@@ -69,13 +69,13 @@ def test_order_is_the_module_then_the_rest_sorted(tmp_path):
 def test_comments_and_other_deps_stay_where_they_are(tmp_path):
     """A comment line after the code deps, a comment among the outs and the stage's data deps all survive; the
     code-dep lines are written afresh, a comment at the end of one dropped."""
-    commented = (DVC_YAML.replace("      - stages/common/tars.py\n      - ${paths.raw}\n",
-                                  "      - stages/common/tars.py\n      # the raw shards\n      - ${paths.raw}\n", 1)
+    commented = (DVC_YAML.replace("      - trimodal/data/tars.py\n      - ${paths.raw}\n",
+                                  "      - trimodal/data/tars.py\n      # the raw shards\n      - ${paths.raw}\n", 1)
                  .replace("      - ${paths.validated}\n      - ${paths.validate_report}\n",
                           "      - ${paths.validated}  # quarantine.jsonl too\n      - ${paths.validate_report}\n", 1))
     path = tmp_path / "dvc.yaml"
-    path.write_text(broken(commented).replace("      - stages/common/gate.py\n",
-                                              "      - stages/common/gate.py  # the expectations\n", 1))
+    path.write_text(broken(commented).replace("      - trimodal/data/gate.py\n",
+                                              "      - trimodal/data/gate.py  # the expectations\n", 1))
     write(path)
     assert path.read_text() == commented
 

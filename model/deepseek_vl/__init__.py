@@ -1,0 +1,3 @@
+"""The DeepSeek-VL family (docs/model.md "DeepSeek-VL"): the config and network (modeling.py), the hybrid vision encoder
+(hybrid_vision.py) and adaptor (vl_adaptor.py), local checkpoints (pretrained.py), and its chat-turn tasks
+(tasks.py)."""

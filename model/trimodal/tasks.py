@@ -1,0 +1,46 @@
+"""The trimodal family's supervised step (stage `finetune`, and replayed by `instruct` so the instruction-tuned
+model keeps the formats the evaluation asks in):
+
+    ce   captioning: decoder cross-entropy on the caption, conditioned on the record's inputs
+    vqa  question answering as generation: the decoder reads the question as its prefix, then the answer, from the
+         same fused R as the caption (trimodal/data/batches.question_prefixed)
+    cls  classification cross-entropy on pooled R (the record's label)
+    itc / atc / vac  the contrastive objectives of pretraining, kept so the embedding spaces stay aligned
+    itm  whether a sample's inputs belong together, against the same sample with one input swapped (fusion)
+    view_<m>  caption and class from modality m alone, on samples that also hold others (the vision path)
+Objectives whose weight is 0 are not computed.
+"""
+from __future__ import annotations
+
+import torch
+
+from trimodal.data.batches import decoder_labels, model_inputs, question_prefixed, same_caption
+from trimodal.model.losses import cross_entropy
+from trimodal.model.trimodal.fusion import Stream
+from trimodal.model.trimodal.objectives import contrastive_losses, matching_loss, view_losses
+
+
+def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return finetune_losses(model, batch, generator)[0]
+
+
+def finetune_losses(model, batch: dict, generator: torch.Generator
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Stream]]:
+    """finetune_step's losses and the batch's streams (what responses.media_of encodes), so a step that asks more
+    of the same inputs (`instruct`) does not run the encoders again."""
+    streams = model.encoder.streams(**model_inputs(batch))
+    caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
+    encoded = model.encoder.fuse(streams)
+    out = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
+    positives = same_caption(batch)
+    losses = {"ce": cross_entropy(out.logits, caption),
+              "cls": cross_entropy(out.class_logits[:, None], batch["label"][:, None]),
+              **contrastive_losses(model, encoded, positives, batch.get("pairable")),
+              **view_losses(model, streams, caption, batch["label"])}
+    itm = matching_loss(model, streams, encoded, positives, batch.get("pairable"), generator)
+    if itm is not None:
+        losses["itm"] = itm
+    asked, answer = question_prefixed(batch, model.config)
+    if (answer != -100).any():
+        losses["vqa"] = cross_entropy(model(encoder_outputs=encoded, decoder_input_ids=asked).logits, answer)
+    return losses, streams

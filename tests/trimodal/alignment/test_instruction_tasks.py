@@ -1,0 +1,54 @@
+"""trimodal/alignment/instruction_tasks.py's count of the prompts the trimodal decoder cannot read whole."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from tests.shard_fixtures import sharded, tiny_deepseek_vl
+from trimodal.alignment.instruction_tasks import cut_lines, cut_prompts
+from trimodal.alignment.instructions import tasks_of
+from trimodal.alignment.responses import prompt_width
+from trimodal.data.loader import read_meta
+from trimodal.model.trimodal.configuration import TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
+
+LONG = "Please read every one of these many words with care before you answer, then " * 3
+TEMPLATES = {"caption": {"train": ["Describe it.", LONG + "describe it."], "held_out": ["Caption it."]},
+             "vqa": {"train": ["{question}"], "held_out": [LONG + "{question}"]},
+             "classify": {"train": ["What is it?"], "held_out": ["Name its class."]},
+             "choice": {"train": ["Which? {options}"], "held_out": ["Pick one: {options}"]}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return sharded(tmp_path_factory.mktemp("cut-prompts"))
+
+
+def trimodal(tokenizer, positions: int) -> TrimodalForConditionalGeneration:
+    torch.manual_seed(0)
+    return TrimodalForConditionalGeneration(TrimodalConfig.from_preset(
+        "tiny", vocab_size=len(tokenizer), image_size=16, n_mels=20, max_decoder_positions=positions,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id))
+
+
+def test_long_prompts_are_counted_per_template_and_short_ones_are_not(data):
+    tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
+    model = trimodal(tokenizer, 64)
+    metas = read_meta(str(data / "shards"), "val")
+    captions = [m.get("caption") for m in metas]
+    asked = {task: sum(task in tasks_of(m, captions) for m in metas) for task in TEMPLATES}
+    cut = cut_prompts(model, tokenizer, str(data / "shards"), "val", TEMPLATES, 3, seed=0, batch_size=3)
+    assert asked["caption"] > 0 and asked["vqa"] > 0 and asked["choice"] > 0
+    every = {task: {"cut": n, "n": n} for task, n in asked.items()}
+    # the fixture's small vocabulary spells the captions out: three listed ones overflow the decoder's prefix
+    assert cut == {"caption": {LONG + "describe it.": every["caption"]}, "vqa": {LONG + "{question}": every["vqa"]},
+                   "choice": {"Which? {options}": every["choice"], "Pick one: {options}": every["choice"]}}
+    lines = cut_lines(cut, prompt_width(model), "val")
+    assert len(lines) == 4 and f"{asked['vqa']} of {asked['vqa']} val prompts of vqa template" in lines[1]
+    assert "the 48 tokens the decoder reads whole" in lines[0]
+    # with room for every prompt, nothing is cut; DeepSeek-VL never cuts its prompts
+    assert cut_prompts(trimodal(tokenizer, 512), tokenizer, str(data / "shards"), "val", TEMPLATES, 3, seed=0) == {}
+    assert cut_prompts(tiny_deepseek_vl(tokenizer, image_size=16, n_mels=20), tokenizer, str(data / "shards"), "val",
+                       TEMPLATES, 3, seed=0) == {}

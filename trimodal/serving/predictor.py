@@ -1,0 +1,169 @@
+"""A saved model folder (float or INT8) answering requests: any subset of an image, a sound and a text, and an
+optional question -> the caption, the answer and the top-k labels with their probabilities.
+
+Inputs go through the validate stage's decoding (trimodal/data/media.py: same limits, same reasons on bad media)
+and the shard stage's features (trimodal/data/features.py) with the sizes the model was trained on, which its
+config carries (image_size, n_mels, sample_rate, n_fft, hop_length, max_text_tokens). Requests are batched with the
+training loader's collate, so one request alone and the same request inside a batch get the same outputs.
+Either model family: a DeepSeek-VL folder answers through its chat turns (model/deepseek_vl/tasks.py) and reads the
+image and text of a request, not its sound.
+
+    predictor = Predictor.load("models/student-int8")
+    [prediction] = predictor.predict([predictor.prepare(Inputs(image=png_bytes, question="what color is it?"))])
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from trimodal.data.batches import model_inputs, question_prompts
+from trimodal.data.features import image_to_array, log_mel, mel_filters, token_ids
+from trimodal.data.loader import MODALITY_MEMBERS, collate
+from trimodal.data.media import decode_audio, decode_image
+from trimodal.evaluation.generation import ANSWER_TOKENS, answered, greedy
+from trimodal.model.deepseek_vl.tasks import chat_turns, class_scores, generated, texts, usable, visual_of
+from trimodal.model.families import DEEPSEEK_VL, family_of_model
+from trimodal.model.quantization import load_saved
+from trimodal.params import defaults
+
+CAPTION_TOKENS = 12
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Decoding limits. `of_validate()` gives the validate stage's (conf/validate), so a file the pipeline would
+    reject is rejected here with the same reason."""
+
+    min_side: int
+    max_pixels: int
+    max_seconds: float
+
+    @classmethod
+    def of_validate(cls) -> MediaLimits:
+        validate = defaults().validate  # one Hydra composition (~0.25 s), not one per field
+        return cls(validate.min_side, validate.max_pixels, validate.max_seconds)
+
+
+@dataclass
+class Inputs:
+    """One request. Media are the file's bytes (any format the validate stage decodes)."""
+
+    image: bytes | None = None
+    audio: bytes | None = None
+    text: str | None = None
+    question: str | None = None
+
+
+@dataclass
+class Prediction:
+    caption: str
+    answer: str | None  # None when no question was asked
+    labels: list[dict]  # [{"label", "probability"}], most likely first
+    inputs: list[str]  # the modalities the model saw, e.g. ["image", "text"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Predictor:
+    def __init__(self, model, tokenizer, limits: MediaLimits | None = None, top_k: int = 3):
+        self.model, self.tokenizer, self.config = model, tokenizer, model.config
+        self.limits, self.top_k = limits or MediaLimits.of_validate(), top_k
+        self.filters = mel_filters(self.config.sample_rate, self.config.n_fft, self.config.n_mels)
+        self.deepseek_vl = family_of_model(model) == DEEPSEEK_VL  # reads images and text only
+
+    @classmethod
+    def load(cls, model_dir: str | Path, **kwargs) -> Predictor:
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir}: not a saved model folder (no config.json); the DAG writes "
+                                    f"models/teacher, models/student and models/student-int8 (`dvc repro`)")
+        return cls(load_saved(model_dir), AutoTokenizer.from_pretrained(model_dir), **kwargs)
+
+    def prepare(self, inputs: Inputs) -> dict:
+        """Decode and featurise one request -> a sample as the shard loader yields it. Raises Rejected (the
+        validate stage's reason) on bad media and ValueError when there is no input at all."""
+        c = self.config
+        sample: dict = {}
+        if inputs.image is not None:
+            image = decode_image(inputs.image, min_side=self.limits.min_side, max_pixels=self.limits.max_pixels)
+            sample["image"] = image_to_array(image.rgb, c.image_size)
+        if inputs.audio is not None:
+            audio = decode_audio(inputs.audio, sample_rate=c.sample_rate, max_seconds=self.limits.max_seconds)
+            sample["mel"] = log_mel(audio.samples, c.sample_rate, c.n_mels, c.n_fft, c.hop_length, self.filters)
+        texts = {name: value for name, value in (("text", inputs.text), ("question", inputs.question))
+                 if value is not None and value.strip()}
+        sample.update(zip(texts, token_ids(self.tokenizer, list(texts.values()), c.max_text_tokens), strict=True))
+        modalities = [m for m, member in MODALITY_MEMBERS.items() if member in sample]
+        if not modalities:
+            raise ValueError("no input: give an image, a sound or a text (a question alone has nothing to ask about)")
+        if self.deepseek_vl and not usable({"modalities": modalities}):
+            raise ValueError("this model (DeepSeek-VL) reads images and text, not sound: give an image or a text")
+        # the question's words too: the DeepSeek-VL family renders it into its chat turn
+        sample["meta"] = {"id": None, "modalities": modalities, "question": texts.get("question")}
+        return sample
+
+    @torch.no_grad()
+    def predict(self, samples: list[dict], caption_tokens: int = CAPTION_TOKENS,
+                answer_tokens: int = ANSWER_TOKENS) -> list[Prediction]:
+        """Prepared samples (any mix of modalities) -> one Prediction each, in one batched pass."""
+        c = self.config
+        batch = collate(samples, c.pad_token_id, c.image_size, c.n_mels)
+        if self.deepseek_vl:
+            return self._predict_vl(batch, caption_tokens, answer_tokens)
+        encoded = self.model.encoder(**model_inputs(batch))
+        probs = self.model(encoder_outputs=encoded).class_logits.float().softmax(-1)
+        captions = greedy(self.model, self.tokenizer, encoded, caption_tokens)
+        asked = [i for i, s in enumerate(samples) if "question" in s]
+        answers: list[str | None] = [None] * len(samples)
+        if asked:  # from the same encoding, the question as the decoder's prefix
+            prompts = question_prompts(batch, self.model.config.decoder_start_token_id)
+            replies = answered(self.model, self.tokenizer, _rows(encoded, asked), [prompts[i] for i in asked],
+                               answer_tokens)
+            for i, answer in zip(asked, replies, strict=True):
+                answers[i] = answer
+        return [Prediction(captions[i], answers[i], self._top(probs[i]), s["meta"]["modalities"])
+                for i, s in enumerate(samples)]
+
+    def _predict_vl(self, batch: dict, caption_tokens: int, answer_tokens: int) -> list[Prediction]:
+        """The DeepSeek-VL family (model/deepseek_vl/tasks.py): caption and answer generated from its chat turns,
+        label probabilities from the likelihood of each class name (softmax over the classes); audio is not read."""
+        model, tokenizer, device = self.model, self.tokenizer, torch.device("cpu")
+        text, visual = texts(tokenizer, batch), visual_of(model, batch)
+        out: dict[str, list] = {}
+        for task, budget in (("ce", caption_tokens), ("vqa", answer_tokens)):
+            turns = chat_turns(tokenizer, batch, task, text, device, with_targets=False)
+            words = [None] * len(batch["meta"])
+            if turns is not None:
+                for i, said in zip(turns.rows, generated(model, tokenizer, turns, visual, batch, budget), strict=True):
+                    words[i] = said
+            out[task] = words
+        scored = class_scores(model, tokenizer, batch, text, visual)
+        probs = {i: row.softmax(-1) for i, row in zip(*scored, strict=True)} if scored is not None else {}
+        return [Prediction(out["ce"][i] or "", out["vqa"][i], self._top(probs[i]) if i in probs else [],
+                           [m for m in meta["modalities"] if m != "audio"])
+                for i, meta in enumerate(batch["meta"])]
+
+    def _top(self, probs: torch.Tensor) -> list[dict]:
+        values, indices = probs.topk(min(self.top_k, probs.numel()))
+        names = self.config.id2label
+        return [{"label": names.get(int(i), str(int(i))), "probability": round(float(v), 6)}
+                for v, i in zip(values, indices, strict=True)]
+
+
+def _rows(encoded, rows: list[int]):
+    """The encoder output of the given samples only (answers are generated for the asked ones alone)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return type(encoded)(**{k: _take(v, index) for k, v in encoded.items()})
+
+
+def _take(value, index: torch.Tensor):
+    if torch.is_tensor(value):
+        return value.index_select(0, index)
+    if isinstance(value, dict):
+        return {k: _take(v, index) for k, v in value.items()}
+    return value
+
