@@ -22,9 +22,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from stages.pretrain import build_model, pretrain_step  # noqa: E402
+from stages.pretrain import build_model  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
 from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
+from trimodal.model.trimodal.tasks import pretrain_step  # noqa: E402
 from trimodal.params import defaults  # noqa: E402
 from trimodal.training.distributed import barrier, setup  # noqa: E402
 from trimodal.training.mfu import peak_flops  # noqa: E402

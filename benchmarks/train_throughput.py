@@ -28,12 +28,13 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from dvclive import Live  # noqa: E402
 
-from stages.pretrain import build_model, pretrain_step  # noqa: E402
+from stages.pretrain import build_model  # noqa: E402
 from stages.shard import run as shard  # noqa: E402
 from tests.shard_fixtures import build_validated, shard_params  # noqa: E402
 from trimodal.data.batches import model_inputs  # noqa: E402
 from trimodal.model.flops import FlopCounter  # noqa: E402
 from trimodal.model.trimodal.objectives import pretraining_losses, total_loss  # noqa: E402
+from trimodal.model.trimodal.tasks import pretrain_step  # noqa: E402
 from trimodal.params import defaults  # noqa: E402
 from trimodal.training.distributed import setup  # noqa: E402
 from trimodal.training.mfu import peak_flops  # noqa: E402

@@ -2,12 +2,13 @@
 families share. Installed, this folder is trimodal/model/ (pyproject.toml's package-dir mapping); in the repository
 trimodal/__init__.py maps `trimodal.model` to it.
 
-    families.py      the `Family` interface and the two families behind it; how a preset, the params or a saved
-                     folder names one
+    family.py        the `Family` interface: build, the step of each training stage, predict, respond, class scores
+    families.py      the two families behind it; which one a preset, the params, a model or a saved folder names
     trimodal/        the trimodal family: configuration, modeling (encoders, fusion, reasoning core, decoders),
-                     pretrained encoders, pretraining objectives, its supervised tasks (docs/model.md "Architecture")
+                     pretrained encoders, pretraining objectives, its tasks (the steps), family.py
+                     (docs/model.md "Architecture")
     deepseek_vl/     the DeepSeek-VL family: configuration and modeling, hybrid vision and adaptor, its chat-turn
-                     tasks (docs/model.md "DeepSeek-VL")
+                     tasks, family.py (docs/model.md "DeepSeek-VL")
     layers.py, losses.py, masking.py, preference.py   shared building blocks and losses
     quantization.py, sizes.py, flops.py               INT8, parameter counts per preset, FLOPs
 

@@ -1,9 +1,12 @@
-"""The two model families and how a preset, the params or a saved folder names one.
+"""The two model families, each behind the `Family` interface (model/family.py), and how a preset, the params, a
+model or a saved folder names one.
 
-    trimodal     model/trimodal/configuration.py TrimodalConfig, model/trimodal/modeling.py (conf/model/tiny.yaml ...);
-                 docs/model.md "Architecture"
-    deepseek_vl  model/deepseek_vl/modeling.py (conf/model/deepseek_vl*.yaml, whose `family: deepseek_vl` says so);
-                 docs/model.md "DeepSeek-VL"
+    trimodal     model/trimodal/ (family.py: TrimodalFamily; conf/model/tiny.yaml ...); docs/model.md "Architecture"
+    deepseek_vl  model/deepseek_vl/ (family.py: DeepSeekVLFamily; conf/model/deepseek_vl*.yaml, whose
+                 `family: deepseek_vl` says so); docs/model.md "DeepSeek-VL"
+
+    family = family_for(model)            # or family_named(family_of(params.model))
+    step = family.step("finetune", tokenizer)
 
 A preset of the second family is a Hydra `_global_` file (it also chooses that family's pretrain / finetune /
 distill recipes), so its model settings sit under a `model:` key; `read_preset` reads either layout.
@@ -17,15 +20,15 @@ import yaml
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from trimodal.model.deepseek_vl.modeling import DeepSeekVLConfig, DeepSeekVLForCausalLM
-from trimodal.model.trimodal.configuration import PRESETS_DIR, TrimodalConfig
-from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
+from trimodal.model.deepseek_vl.family import DeepSeekVLFamily
+from trimodal.model.family import Family
+from trimodal.model.trimodal.configuration import PRESETS_DIR
+from trimodal.model.trimodal.family import TrimodalFamily
 
+FAMILIES: dict[str, Family] = {f.name: f for f in (TrimodalFamily(), DeepSeekVLFamily())}
 TRIMODAL, DEEPSEEK_VL = "trimodal", "deepseek_vl"
 CLASSES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
-    TRIMODAL: (TrimodalConfig, TrimodalForConditionalGeneration),
-    DEEPSEEK_VL: (DeepSeekVLConfig, DeepSeekVLForCausalLM),
-}
+    name: (f.config_class, f.model_class) for name, f in FAMILIES.items()}
 BY_MODEL_TYPE = {config.model_type: name for name, (config, _) in CLASSES.items()}
 
 
@@ -41,6 +44,17 @@ def family_of_model(model: nn.Module) -> str:
     return BY_MODEL_TYPE[model.config.model_type]
 
 
+def family_named(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"{name!r} is not a model family; known: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_for(model: nn.Module) -> Family:
+    """The family of a model (any of its configs' model_type)."""
+    return FAMILIES[family_of_model(model)]
+
+
 def read_preset(name: str) -> dict:
     """conf/model/<name>.yaml as plain model settings (family included)."""
     path = PRESETS_DIR / f"{name}.yaml"
@@ -53,14 +67,8 @@ def read_preset(name: str) -> dict:
 
 def build_config(settings: dict, **from_data) -> PreTrainedConfig:
     """The config of the family `settings` name, with what the data fixes (vocabulary, special tokens, labels)."""
-    family = family_of(settings)
-    settings = {k: v for k, v in settings.items() if k != "family"}
-    if family == TRIMODAL:
-        return TrimodalConfig(**{**settings, **from_data})
-    text_keys = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
-    text = {**settings.get("text", {}), **{k: from_data[k] for k in text_keys if k in from_data}}
-    rest = {k: v for k, v in from_data.items() if k not in text_keys}
-    return DeepSeekVLConfig(**{**settings, "text": text, **rest})
+    family = FAMILIES[family_of(settings)]
+    return family.build_config({k: v for k, v in settings.items() if k != "family"}, **from_data)
 
 
 def model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:

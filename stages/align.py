@@ -32,17 +32,16 @@ from transformers import AutoTokenizer
 from trimodal.alignment.instruction_tasks import instruct_losses, template_scores
 from trimodal.alignment.instructions import check_templates, content
 from trimodal.alignment.pairs import read_pairs, reasons
-from trimodal.alignment.responses import Prompted, is_vl, logprobs, media_of, prompted, readable, respond
+from trimodal.alignment.responses import Prompted, logprobs, media_of, prompted, readable, respond
 from trimodal.atomic import atomic_open, write_json
 from trimodal.config_errors import run_main
 from trimodal.data.batches import to_device
 from trimodal.data.loader import make_loader, read_index
 from trimodal.evaluation.predict import val_scores
 from trimodal.evaluation.scoring import headline
-from trimodal.model.deepseek_vl.tasks import sft_losses, texts, zero_loss
-from trimodal.model.families import load_pretrained
+from trimodal.model.deepseek_vl.tasks import texts, zero_loss
+from trimodal.model.families import family_for, load_pretrained
 from trimodal.model.preference import dpo_loss, group_advantages, implicit_rewards, ppo_clip_loss
-from trimodal.model.trimodal.tasks import finetune_losses
 from trimodal.params import load_params
 from trimodal.training.checkpoint import fingerprint
 from trimodal.training.distributed import launch
@@ -229,7 +228,7 @@ def train(params, model, reference, tokenizer, pairs: dict[str, list[dict]], sum
     # step): DPO alone on the pairs lowers what the model says to prompts outside them
     asked = params.instructions
     replay = instruct_losses(tokenizer, asked.templates, asked.options,
-                             sft_losses(tokenizer) if is_vl(model) else finetune_losses,
+                             family_for(model).replay(tokenizer),
                              asked.prompt_noise) if p.replay else None
     if p.method == "dpo":
         return fit(model, preference_step(tokenizer, reference, pairs, p.beta, "dpo", replay),

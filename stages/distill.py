@@ -27,20 +27,15 @@ from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from trimodal.atomic import write_json
 from trimodal.config_errors import run_main
-from trimodal.data.batches import decoder_labels, model_inputs, question_prefixed, same_caption
 from trimodal.data.loader import read_index
 from trimodal.evaluation.predict import val_scores
 from trimodal.evaluation.scoring import headline
-from trimodal.model.deepseek_vl.tasks import kd_step, skipped, usable
-from trimodal.model.families import DEEPSEEK_VL, family_of_model, load_pretrained
-from trimodal.model.losses import kd_loss
-from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
-from trimodal.model.trimodal.objectives import contrastive_losses, view_losses
+from trimodal.model.families import family_for, load_pretrained
 from trimodal.params import DistillParams, load_params
 from trimodal.training.checkpoint import fingerprint
 from trimodal.training.distributed import launch, setup
 from trimodal.training.models import file_digest, parameter_count, save
-from trimodal.training.trainer import StepFn, TrainJob, checkpoint_dir, clear_checkpoints, fit
+from trimodal.training.trainer import TrainJob, checkpoint_dir, clear_checkpoints, fit
 
 LAYER = re.compile(r"^(.*\.(?:blocks|joint|layers))\.(\d+)\.(.*)$")  # numbered stacks: model/, transformers'
 FREE_DICTS = {"loss_weights", "id2label", "label2id"}  # dicts whose keys are data, not settings
@@ -88,36 +83,6 @@ def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> tup
     return taken, len(target)
 
 
-def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temperature: float) -> StepFn:
-    """The KD objectives for `train`: ce (caption), vqa (answer) and cls, each soft (teacher) + hard (labels),
-    plus the student's own contrastive losses and image views (caption and class from the image alone, on records
-    that also hold text or audio: the student's vision path idles beside them as the teacher's did)."""
-
-    def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        inputs = model_inputs(batch)
-        caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
-        decoder_input_ids = model.shift_right(caption)
-        with torch.no_grad():
-            teacher_encoded = teacher.encoder(**inputs)
-            taught = teacher(encoder_outputs=teacher_encoded, decoder_input_ids=decoder_input_ids)
-        streams = model.encoder.streams(**inputs)
-        encoded = model.encoder.fuse(streams)
-        out = model(encoder_outputs=encoded, decoder_input_ids=decoder_input_ids)
-        losses = {"ce": kd_loss(out.logits, taught.logits, caption, alpha, temperature),
-                  "cls": kd_loss(out.class_logits, taught.class_logits, batch["label"], alpha, temperature),
-                  **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable")),
-                  **view_losses(model, streams, caption, batch["label"])}
-        asked, answer = question_prefixed(batch, model.config)  # the question as the decoder's prefix
-        if (answer != -100).any():
-            with torch.no_grad():
-                taught = teacher(encoder_outputs=teacher_encoded, decoder_input_ids=asked)
-            out = model(encoder_outputs=encoded, decoder_input_ids=asked)
-            losses["vqa"] = kd_loss(out.logits, taught.logits, answer, alpha, temperature)
-        return losses
-
-    return step
-
-
 def build_student(teacher: PreTrainedModel, params: DistillParams, seed: int) -> PreTrainedModel:
     torch.manual_seed(seed)
     student = type(teacher)(student_config(teacher.config, params.student))
@@ -141,13 +106,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = {"teacher_parameters": parameter_count(teacher), "student_parameters": parameter_count(student)}
     print(f"distill: student {sizes['student_parameters']:,} parameters, teacher {sizes['teacher_parameters']:,} "
           f"({sizes['student_parameters'] / sizes['teacher_parameters']:.2f}x)")
-    deepseek_vl = family_of_model(teacher) == DEEPSEEK_VL
-    step = (kd_step(teacher, tokenizer, params.distill.alpha, params.distill.temperature) if deepseek_vl
-            else distill_step(teacher, params.distill.alpha, params.distill.temperature))
-    data = skipped(params.distill.shards, "train") if deepseek_vl else {}
+    family = family_for(teacher)
+    step = family.step("distill", tokenizer, teacher=teacher, alpha=params.distill.alpha,
+                       temperature=params.distill.temperature)
+    data = family.skipped(params.distill.shards, "train")
     job = TrainJob.of(params, "distill", fingerprint(params.distill, params.seed, read_index(params.distill.shards),
                                                      file_digest(Path(paths.teacher))))
-    student = fit(student, step, job, keep=usable if deepseek_vl else None, summary=data)
+    student = fit(student, step, job, keep=family.keep, summary=data)
     if student is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     # the teacher's val scores were measured by align (which made it) on the same split: read, not recomputed

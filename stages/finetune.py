@@ -21,9 +21,7 @@ from trimodal.config_errors import run_main
 from trimodal.data.loader import read_index
 from trimodal.evaluation.predict import val_scores
 from trimodal.evaluation.scoring import headline
-from trimodal.model.deepseek_vl.tasks import sft_step, skipped, usable
-from trimodal.model.families import DEEPSEEK_VL, family_of_model, load_pretrained
-from trimodal.model.trimodal.tasks import finetune_step
+from trimodal.model.families import family_for, load_pretrained
 from trimodal.params import load_params
 from trimodal.training.checkpoint import fingerprint
 from trimodal.training.distributed import launch
@@ -39,13 +37,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = params.paths
     tokenizer = AutoTokenizer.from_pretrained(paths.pretrained)
     model = load_pretrained(paths.pretrained)
-    # DeepSeek-VL's stage 3, supervised fine-tuning on chat turns (model/deepseek_vl/tasks.py)
-    deepseek_vl = family_of_model(model) == DEEPSEEK_VL
-    data = skipped(params.finetune.shards, "train") if deepseek_vl else {}
+    family = family_for(model)  # DeepSeek-VL: its stage 3, supervised fine-tuning on chat turns
+    data = family.skipped(params.finetune.shards, "train")
     job = TrainJob.of(params, "finetune", fingerprint(params.finetune, params.seed, read_index(params.finetune.shards),
                                                       file_digest(Path(paths.pretrained))))
-    model = fit(model, sft_step(tokenizer) if deepseek_vl else finetune_step, job,
-                keep=usable if deepseek_vl else None, summary=data)
+    model = fit(model, family.step("finetune", tokenizer), job, keep=family.keep, summary=data)
     if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     scores = val_scores(model, tokenizer, params.finetune.shards)

@@ -23,15 +23,13 @@ from transformers import AutoTokenizer
 
 from trimodal.alignment.instruction_tasks import cut_lines, cut_prompts, instruct_step, template_scores
 from trimodal.alignment.instructions import TASKS, check_templates
-from trimodal.alignment.responses import is_vl, prompt_width
+from trimodal.alignment.responses import prompt_width
 from trimodal.atomic import write_json
 from trimodal.config_errors import run_main
 from trimodal.data.loader import read_index
 from trimodal.evaluation.predict import val_scores
 from trimodal.evaluation.scoring import headline
-from trimodal.model.deepseek_vl.tasks import sft_losses, skipped, usable
-from trimodal.model.families import load_pretrained
-from trimodal.model.trimodal.tasks import finetune_losses
+from trimodal.model.families import family_for, load_pretrained
 from trimodal.params import load_params
 from trimodal.training.checkpoint import fingerprint
 from trimodal.training.distributed import launch
@@ -60,14 +58,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths, p = params.paths, params.instruct
     tokenizer = AutoTokenizer.from_pretrained(paths.finetuned)
     model = load_pretrained(paths.finetuned)
-    vl = is_vl(model)
-    replay = sft_losses(tokenizer) if vl else finetune_losses
-    data = skipped(p.shards, "train") if vl else {}
+    family = family_for(model)
+    replay = family.replay(tokenizer)
+    data = family.skipped(p.shards, "train")
     asked = params.instructions
     step = instruct_step(tokenizer, asked.templates, asked.options, replay, asked.prompt_noise)
     job = TrainJob.of(params, "instruct", fingerprint(p, params.instructions, params.seed, read_index(p.shards),
                                                       file_digest(Path(paths.finetuned))))
-    model = fit(model, step, job, keep=usable if vl else None, summary=data)
+    model = fit(model, step, job, keep=family.keep, summary=data)
     if model is None:  # under torchrun, rank 0 alone evaluates and saves
         return
     cut = cut_prompts(model, tokenizer, p.shards, "val", asked.templates, asked.options, params.seed)

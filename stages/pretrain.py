@@ -1,6 +1,6 @@
 """Stage `pretrain`: self-supervised + contrastive objectives (MLM, MIM, MAM, ITC/ATC/VAC, weighted by
 model.loss_weights) on the train shards -> models/pretrain/ (save_pretrained + tokenizer). With `model=deepseek_vl`,
-DeepSeek-VL's first two stages instead (pretrain_deepseek_vl; docs/model.md "DeepSeek-VL: training").
+DeepSeek-VL's first two stages instead (its family's warmup and pretrain steps; docs/model.md "DeepSeek-VL: training").
 
 Checkpoints go to checkpoints/pretrain/ (kept across runs: a rerun resumes); metrics to metrics/pretrain/ (dvclive).
 """
@@ -15,11 +15,10 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from trimodal.config_errors import run_main
-from trimodal.data.batches import model_inputs, same_caption
 from trimodal.data.loader import read_index
-from trimodal.model.deepseek_vl.tasks import captioned_image, joint_step, skipped, usable, warmup_step
-from trimodal.model.families import DEEPSEEK_VL, build_config, family_of, model_class
-from trimodal.model.trimodal.objectives import pretraining_losses
+from trimodal.model.deepseek_vl.tasks import captioned_image
+from trimodal.model.families import build_config, family_named, family_of
+from trimodal.model.family import Family
 from trimodal.params import Params, load_params
 from trimodal.training.checkpoint import fingerprint
 from trimodal.training.distributed import launch
@@ -40,32 +39,29 @@ def build_model(params: Params, shards: str, tokenizer) -> nn.Module:
     config = build_config(params.model, **from_data)
     config.id2label = dict(enumerate(index["labels"]))
     torch.manual_seed(params.seed)
-    return model_class(config)(config)
+    return family_named(family_of(params.model)).build(config)
 
 
-def pretrain_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return pretraining_losses(model, model_inputs(batch), generator, positives=same_caption(batch),
-                              pairable=batch.get("pairable"))
-
-
-def pretrain_deepseek_vl(model: nn.Module, tokenizer, params: Params, index: dict) -> nn.Module | None:
-    """DeepSeek-VL's stages 1 and 2: the adaptor warm-up (pretrain.adaptor_warmup: captions after images, only the
-    adaptor trains), then joint pretraining (language-only and image batches mixed by pretrain.language_fraction).
-    Records with audio only are skipped, counted in metrics/pretrain/metrics.json."""
+def pretrain(model: nn.Module, family: Family, tokenizer, params: Params, index: dict) -> nn.Module | None:
+    """The family's pretraining steps. DeepSeek-VL's are its stages 1 and 2: the adaptor warm-up
+    (pretrain.adaptor_warmup: captions after images, only the adaptor trains), then joint pretraining (language-only
+    and image batches mixed by pretrain.language_fraction); records with audio only are skipped, counted in
+    metrics/pretrain/metrics.json."""
     p, warm = params.pretrain, params.pretrain.adaptor_warmup
-    summary = skipped(p.shards, "train")
-    if warm is not None and warm.steps > 0:
+    summary = family.skipped(p.shards, "train")
+    if "warmup" in family.stages and warm is not None and warm.steps > 0:
         warmup = TrainJob.of(params, "pretrain", fingerprint("warmup", warm, params.model, params.seed, index), warm)
-        model = fit(model, warmup_step(tokenizer), warmup, phase="warmup", keep=captioned_image, summary=summary,
-                    every_rank=True)
+        model = fit(model, family.step("warmup", tokenizer), warmup, phase="warmup", keep=captioned_image,
+                    summary=summary, every_rank=True)
     joint = TrainJob.of(params, "pretrain", fingerprint(p, params.model, params.seed, index))
-    return fit(model, joint_step(tokenizer), joint, keep=usable, summary=summary)
+    return fit(model, family.step("pretrain", tokenizer), joint, keep=family.keep, summary=summary)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     params = load_params("params.yaml", argv)
-    two_phases = family_of(params.model) == DEEPSEEK_VL and params.pretrain.adaptor_warmup is not None
+    family = family_named(family_of(params.model))
+    two_phases = "warmup" in family.stages and params.pretrain.adaptor_warmup is not None
     if two_phases and params.trainer.devices > 1 and params.trainer.strategy == "fsdp":  # before any process starts
         raise SystemExit("pretrain: DeepSeek-VL's adaptor warm-up hands its model on to joint pretraining on every "
                          "rank, which needs trainer.strategy=ddp, not fsdp (FSDP would have to gather the sharded "
@@ -76,11 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
     model = build_model(params, params.pretrain.shards, tokenizer)
     index = read_index(params.pretrain.shards)
-    if family_of(params.model) == DEEPSEEK_VL:
-        model = pretrain_deepseek_vl(model, tokenizer, params, index)
-    else:
-        model = fit(model, pretrain_step,
-                    TrainJob.of(params, "pretrain", fingerprint(params.pretrain, params.model, params.seed, index)))
+    model = pretrain(model, family, tokenizer, params, index)
     if model is None:  # under torchrun, rank 0 alone saves
         return
     save(model, tokenizer, Path(paths.pretrained))

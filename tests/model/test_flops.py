@@ -16,15 +16,13 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from stages.distill import distill_step
-from stages.pretrain import pretrain_step
 from tests.model.conftest import SUBSETS, make_inputs
 from trimodal.model.flops import FlopCounter
 from trimodal.model.layers import MultiHeadAttention
 from trimodal.model.trimodal.configuration import TrimodalConfig
 from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 from trimodal.model.trimodal.objectives import total_loss
-from trimodal.model.trimodal.tasks import finetune_step
+from trimodal.model.trimodal.tasks import distill_step, finetune_step, pretrain_step
 
 aten = torch.ops.aten
 

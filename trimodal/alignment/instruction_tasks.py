@@ -27,7 +27,7 @@ def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable, 
     """The fine-tuning step (its losses, so the evaluation's formats are kept) plus `instruct`: each readable
     record asked one of its tasks with one of the task's train templates (both drawn from the step's generator),
     its words under `prompt_noise` (instructions.noisy_prompt), cross-entropy on the answer's tokens. `replay`: the
-    family's fine-tuning losses and the media they encoded (supervised.finetune_losses, vl_tasks.sft_losses)."""
+    family's fine-tuning losses and the media they encoded (its `replay`, model/family.py)."""
     losses_of = instruct_losses(tokenizer, templates, n_options, replay, prompt_noise)
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:

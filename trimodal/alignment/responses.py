@@ -28,10 +28,9 @@ from trimodal.model.deepseek_vl.tasks import (
     right_padded,
     run,
     shifted,
-    usable,
     visual_of,
 )
-from trimodal.model.families import DEEPSEEK_VL, family_of_model
+from trimodal.model.families import DEEPSEEK_VL, family_for, family_of_model
 from trimodal.model.preference import sequence_logprobs
 from trimodal.model.trimodal.fusion import Stream
 
@@ -42,7 +41,8 @@ def is_vl(model) -> bool:
 
 def readable(model, meta: dict) -> bool:
     """Whether the model can read the record at all (DeepSeek-VL: not audio alone)."""
-    return usable(meta) if is_vl(model) else True
+    keep = family_for(model).keep
+    return keep is None or keep(meta)
 
 
 def media_of(model, batch: dict):

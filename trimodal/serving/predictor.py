@@ -5,8 +5,8 @@ Inputs go through the validate stage's decoding (trimodal/data/media.py: same li
 and the shard stage's features (trimodal/data/features.py) with the sizes the model was trained on, which its
 config carries (image_size, n_mels, sample_rate, n_fft, hop_length, max_text_tokens). Requests are batched with the
 training loader's collate, so one request alone and the same request inside a batch get the same outputs.
-Either model family: a DeepSeek-VL folder answers through its chat turns (model/deepseek_vl/tasks.py) and reads the
-image and text of a request, not its sound.
+Either model family, through its `respond` (model/family.py): a DeepSeek-VL folder answers through its chat turns
+(model/deepseek_vl/family.py) and reads the image and text of a request, not its sound.
 
     predictor = Predictor.load("models/student-int8")
     [prediction] = predictor.predict([predictor.prepare(Inputs(image=png_bytes, question="what color is it?"))])
@@ -19,13 +19,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from trimodal.data.batches import model_inputs, question_prompts
 from trimodal.data.features import image_to_array, log_mel, mel_filters, token_ids
 from trimodal.data.loader import MODALITY_MEMBERS, collate
 from trimodal.data.media import decode_audio, decode_image
-from trimodal.evaluation.generation import ANSWER_TOKENS, answered, greedy
-from trimodal.model.deepseek_vl.tasks import chat_turns, class_scores, generated, texts, usable, visual_of
-from trimodal.model.families import DEEPSEEK_VL, family_of_model
+from trimodal.evaluation.generation import ANSWER_TOKENS
+from trimodal.model.families import family_for
 from trimodal.model.quantization import load_saved
 from trimodal.params import defaults
 
@@ -73,7 +71,7 @@ class Predictor:
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.limits, self.top_k = limits or MediaLimits.of_validate(), top_k
         self.filters = mel_filters(self.config.sample_rate, self.config.n_fft, self.config.n_mels)
-        self.deepseek_vl = family_of_model(model) == DEEPSEEK_VL  # reads images and text only
+        self.family = family_for(model)  # DeepSeek-VL reads images and text only
 
     @classmethod
     def load(cls, model_dir: str | Path, **kwargs) -> Predictor:
@@ -100,7 +98,7 @@ class Predictor:
         modalities = [m for m, member in MODALITY_MEMBERS.items() if member in sample]
         if not modalities:
             raise ValueError("no input: give an image, a sound or a text (a question alone has nothing to ask about)")
-        if self.deepseek_vl and not usable({"modalities": modalities}):
+        if not self.family.reads(modalities):
             raise ValueError("this model (DeepSeek-VL) reads images and text, not sound: give an image or a text")
         # the question's words too: the DeepSeek-VL family renders it into its chat turn
         sample["meta"] = {"id": None, "modalities": modalities, "question": texts.get("question")}
@@ -112,58 +110,14 @@ class Predictor:
         """Prepared samples (any mix of modalities) -> one Prediction each, in one batched pass."""
         c = self.config
         batch = collate(samples, c.pad_token_id, c.image_size, c.n_mels)
-        if self.deepseek_vl:
-            return self._predict_vl(batch, caption_tokens, answer_tokens)
-        encoded = self.model.encoder(**model_inputs(batch))
-        probs = self.model(encoder_outputs=encoded).class_logits.float().softmax(-1)
-        captions = greedy(self.model, self.tokenizer, encoded, caption_tokens)
-        asked = [i for i, s in enumerate(samples) if "question" in s]
-        answers: list[str | None] = [None] * len(samples)
-        if asked:  # from the same encoding, the question as the decoder's prefix
-            prompts = question_prompts(batch, self.model.config.decoder_start_token_id)
-            replies = answered(self.model, self.tokenizer, _rows(encoded, asked), [prompts[i] for i in asked],
-                               answer_tokens)
-            for i, answer in zip(asked, replies, strict=True):
-                answers[i] = answer
-        return [Prediction(captions[i], answers[i], self._top(probs[i]), s["meta"]["modalities"])
-                for i, s in enumerate(samples)]
-
-    def _predict_vl(self, batch: dict, caption_tokens: int, answer_tokens: int) -> list[Prediction]:
-        """The DeepSeek-VL family (model/deepseek_vl/tasks.py): caption and answer generated from its chat turns,
-        label probabilities from the likelihood of each class name (softmax over the classes); audio is not read."""
-        model, tokenizer, device = self.model, self.tokenizer, torch.device("cpu")
-        text, visual = texts(tokenizer, batch), visual_of(model, batch)
-        out: dict[str, list] = {}
-        for task, budget in (("ce", caption_tokens), ("vqa", answer_tokens)):
-            turns = chat_turns(tokenizer, batch, task, text, device, with_targets=False)
-            words = [None] * len(batch["meta"])
-            if turns is not None:
-                for i, said in zip(turns.rows, generated(model, tokenizer, turns, visual, batch, budget), strict=True):
-                    words[i] = said
-            out[task] = words
-        scored = class_scores(model, tokenizer, batch, text, visual)
-        probs = {i: row.softmax(-1) for i, row in zip(*scored, strict=True)} if scored is not None else {}
-        return [Prediction(out["ce"][i] or "", out["vqa"][i], self._top(probs[i]) if i in probs else [],
-                           [m for m in meta["modalities"] if m != "audio"])
-                for i, meta in enumerate(batch["meta"])]
+        responses = self.family.respond(self.model, self.tokenizer, batch, caption_tokens, answer_tokens)
+        return [Prediction(r.caption, r.answer, self._top(r.probabilities) if r.probabilities is not None else [],
+                           r.modalities)
+                for r in responses]
 
     def _top(self, probs: torch.Tensor) -> list[dict]:
         values, indices = probs.topk(min(self.top_k, probs.numel()))
         names = self.config.id2label
         return [{"label": names.get(int(i), str(int(i))), "probability": round(float(v), 6)}
                 for v, i in zip(values, indices, strict=True)]
-
-
-def _rows(encoded, rows: list[int]):
-    """The encoder output of the given samples only (answers are generated for the asked ones alone)."""
-    index = torch.tensor(rows, dtype=torch.long)
-    return type(encoded)(**{k: _take(v, index) for k, v in encoded.items()})
-
-
-def _take(value, index: torch.Tensor):
-    if torch.is_tensor(value):
-        return value.index_select(0, index)
-    if isinstance(value, dict):
-        return {k: _take(v, index) for k, v in value.items()}
-    return value
 

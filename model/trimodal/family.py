@@ -1,0 +1,98 @@
+"""The trimodal family behind the `Family` interface (model/family.py): an encoder-decoder reading any subset of
+an image, a sound and a text (model/trimodal/modeling.py), trained by the steps of model/trimodal/tasks.py."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trimodal.data.batches import decoder_labels, model_inputs, question_prompts
+from trimodal.data.records import MODALITIES
+from trimodal.evaluation.generation import ANSWER_TOKENS, answered, greedy
+from trimodal.evaluation.scoring import record_of
+from trimodal.model.family import Family, LossesFn, Predictions, Response, StepFn
+from trimodal.model.trimodal.configuration import TrimodalConfig
+from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
+from trimodal.model.trimodal.tasks import distill_step, finetune_losses, finetune_step, pretrain_step
+
+
+class TrimodalFamily(Family):
+    name = "trimodal"
+    config_class = TrimodalConfig
+    model_class = TrimodalForConditionalGeneration
+
+    def build_config(self, settings: dict, **from_data) -> TrimodalConfig:
+        return TrimodalConfig(**{**settings, **from_data})
+
+    def _step(self, stage: str, tokenizer, teacher, alpha: float, temperature: float) -> StepFn:
+        if stage == "distill":
+            return distill_step(teacher, alpha, temperature)
+        return {"pretrain": pretrain_step, "finetune": finetune_step}[stage]
+
+    def replay(self, tokenizer) -> LossesFn:
+        return finetune_losses
+
+    def predict(self, model, tokenizer, batch: dict, max_new_tokens: int, captions: bool = True) -> Predictions:
+        """Per sample: the generated caption (greedy, from the record's inputs), the generated answer (greedy, after
+        the question as the decoder's prefix), the predicted class, the teacher-forced caption NLL, and the
+        contrastive embedding of each modality it holds."""
+        encoded = model.encoder(**model_inputs(batch))
+        caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
+        forced = model(encoder_outputs=encoded, decoder_input_ids=model.shift_right(caption))
+        nll = F.cross_entropy(forced.logits.float().transpose(1, 2), caption, ignore_index=-100,
+                              reduction="none").sum(1)
+        generated = greedy(model, tokenizer, encoded, max_new_tokens) if captions else None
+        answers = answered(model, tokenizer, encoded, question_prompts(batch, model.config.decoder_start_token_id),
+                           ANSWER_TOKENS)
+        classes = forced.class_logits.argmax(-1).tolist()
+        size = len(batch["ids"])
+        embeddings, present = {}, {}
+        for modality in MODALITIES:
+            if modality in encoded.unimodal:
+                embeddings[modality] = F.normalize(model.global_embedding(encoded, modality).float(), dim=-1).cpu()
+                present[modality] = encoded.unimodal_masks[modality].any(-1).cpu()
+            else:
+                embeddings[modality] = torch.zeros(size, model.config.projection_dim)
+                present[modality] = torch.zeros(size, dtype=torch.bool)
+        records = []
+        for i, meta in enumerate(batch["meta"]):
+            record = {**record_of(meta), "answer_pred": answers[i], "label_pred": classes[i], "nll": float(nll[i]),
+                      "tokens": int(caption[i].ne(-100).sum())}
+            if generated is not None:
+                record["caption_pred"] = generated[i]
+            records.append(record)
+        return Predictions(records, embeddings, present)
+
+    def respond(self, model, tokenizer, batch: dict, caption_tokens: int, answer_tokens: int) -> list[Response]:
+        """Caption, class probabilities and, for the samples asking a question, the answer (the question as the
+        decoder's prefix), all from one encoding of the batch."""
+        metas = batch["meta"]
+        encoded = model.encoder(**model_inputs(batch))
+        probs = model(encoder_outputs=encoded).class_logits.float().softmax(-1)
+        captions = greedy(model, tokenizer, encoded, caption_tokens)
+        asked = [i for i, has in enumerate(batch["question_mask"].any(-1).tolist()) if has]  # a question's tokens
+        answers: list[str | None] = [None] * len(metas)
+        if asked:  # from the same encoding, the question as the decoder's prefix
+            prompts = question_prompts(batch, model.config.decoder_start_token_id)
+            replies = answered(model, tokenizer, _rows(encoded, asked), [prompts[i] for i in asked], answer_tokens)
+            for i, answer in zip(asked, replies, strict=True):
+                answers[i] = answer
+        return [Response(captions[i], answers[i], probs[i], meta["modalities"]) for i, meta in enumerate(metas)]
+
+    def class_scores(self, model, tokenizer, batch: dict) -> tuple[list[int], torch.Tensor] | None:
+        encoded = model.encoder(**model_inputs(batch))
+        logits = model(encoder_outputs=encoded).class_logits.float()
+        return list(range(len(logits))), logits.log_softmax(-1)
+
+
+def _rows(encoded, rows: list[int]):
+    """The encoder output of the given samples only (answers are generated for the asked ones alone)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return type(encoded)(**{k: _take(v, index) for k, v in encoded.items()})
+
+
+def _take(value, index: torch.Tensor):
+    if torch.is_tensor(value):
+        return value.index_select(0, index)
+    if isinstance(value, dict):
+        return {k: _take(v, index) for k, v in value.items()}
+    return value
