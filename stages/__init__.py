@@ -1,7 +1,4 @@
 """The DAG stages of dvc.yaml, one module each (`python -m stages.<name>`)."""
-import os
-
-# backbones and tokenizers load from local folders only: a missing folder must fail at once with its path, not be
-# taken for a hub id and retried over the network (set HF_HUB_OFFLINE=0 yourself to allow the hub)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+# the library sets its offline default (HF_HUB_OFFLINE=1, trimodal/__init__.py) on import; a stage imports
+# transformers before trimodal, so the package imports it first
+import trimodal  # noqa: F401

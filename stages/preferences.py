@@ -57,9 +57,10 @@ def target_of(meta: dict, task: str) -> str:
 def run_on(target: str, other: str) -> str:
     """`other` from the target's words on, when it holds them and goes on after them ("blue", "a blue circle" ->
     "blue circle": the right answer that does not stop), else `other` as it is."""
-    words, said = other.split(), target.split()
+    words, said = other.split(), target.lower().split()
+    lowered = [w.lower() for w in words]
     for i in range(len(words) - len(said)):
-        if [w.lower() for w in words[i:i + len(said)]] == [w.lower() for w in said]:
+        if lowered[i:i + len(said)] == said:
             return " ".join(words[i:])
     return other
 
