@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from trimodal.config_errors import run_main
+from trimodal.data.limits import KEY as MEDIA_LIMITS
 from trimodal.data.loader import read_index
 from trimodal.model.deepseek_vl.tasks import captioned_image
 from trimodal.model.families import build_config, family_named, family_of
@@ -27,15 +28,17 @@ from trimodal.training.trainer import TrainJob, checkpoint_dir, clear_checkpoint
 
 
 def build_model(params: Params, shards: str, tokenizer) -> nn.Module:
-    """The family params.model names, sized by the data: vocabulary, special tokens, classes, features."""
+    """The family params.model names, sized by the data: vocabulary, special tokens, classes, features, and the
+    media limits the data was validated with."""
     index = read_index(shards)
     from_data = {"vocab_size": len(tokenizer), "num_classes": max(1, len(index["labels"])),
                  "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
                  "eos_token_id": tokenizer.eos_token_id, "decoder_start_token_id": tokenizer.bos_token_id,
                  "mask_token_id": tokenizer.mask_token_id,
-                 # the features of the data (sample_rate is None when the data holds no audio)
+                 # the features of the data (sample_rate is None when the data holds no audio) and the limits
+                 # it was validated with
                  **{k: index[k] for k in ("image_size", "n_mels", "sample_rate", "n_fft", "hop_length",
-                                          "max_text_tokens") if index.get(k) is not None}}
+                                          "max_text_tokens", MEDIA_LIMITS) if index.get(k) is not None}}
     config = build_config(params.model, **from_data)
     config.id2label = dict(enumerate(index["labels"]))
     torch.manual_seed(params.seed)

@@ -11,7 +11,7 @@ and source order; records sharing media stay together). One pass over the manife
 each record once and writes it to its split's shard (three writers open at once), so memory is flat in the number
 of records and each media tar is read once. Shards are written with a fixed mtime in manifest order, so identical
 inputs give identical bytes; index.json records per-split counts and each shard's sample count, size and sha256
-(the loader checks counts against it).
+(the loader checks counts against it), the feature sizes and the media limits validate checked the records with.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from trimodal.atomic import atomic_dir, write_json
 from trimodal.config_errors import run_main
+from trimodal.data import limits as media_limits
 from trimodal.data.features import image_to_array, log_mel, mel_filters, token_ids
 from trimodal.data.records import SPLITS, record_split
 from trimodal.data.tars import FIXED_MTIME
@@ -207,10 +208,12 @@ def single_torch_thread() -> Iterator[None]:
 
 def run(validated_dir: Path, tokenizer_dir: Path, out_dir: Path, params: Params) -> dict:
     manifest = validated_dir / "manifest.jsonl"
-    for needed, stage in ((manifest, "validate"), (tokenizer_dir / "tokenizer.json", "tokenizer")):
+    for needed, stage in ((manifest, "validate"), (validated_dir / media_limits.FILE, "validate"),
+                          (tokenizer_dir / "tokenizer.json", "tokenizer")):
         if not needed.exists():
             raise SystemExit(f"shard: {needed} not found: run `dvc repro {stage}` first")
     sp = params.shard
+    limits = media_limits.read(validated_dir)  # validate's, carried on (shard reads its own params only)
     count, labels, first_audio = survey(manifest)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     with closing(MediaReader(validated_dir)) as media, atomic_dir(out_dir) as tmp, \
@@ -221,7 +224,7 @@ def run(validated_dir: Path, tokenizer_dir: Path, out_dir: Path, params: Params)
         index = {"labels": labels, "image_size": sp.image_size, "n_mels": sp.n_mels,
                  "sample_rate": sample_rate, "hop_length": sp.hop_length, "n_fft": sp.n_fft,
                  "max_text_tokens": sp.max_text_tokens, "vocab_size": len(tokenizer),
-                 "pad_token_id": tokenizer.pad_token_id}
+                 "pad_token_id": tokenizer.pad_token_id, media_limits.KEY: limits.to_dict()}
         index["splits"] = write_splits(manifest, featurizer, media, tmp, params, progress)
         write_json(tmp / "index.json", index)
     counts = ", ".join(f"{s} {index['splits'][s]['count']}" for s in SPLITS)

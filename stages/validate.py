@@ -3,6 +3,8 @@
   data/validated/manifest.jsonl     accepted records (normalised media in media-NNNNNN.tar)
   data/validated/quarantine.jsonl   rejected rows: id, reason (+ source, line, row_key to find them)
   data/validated/features.parquet   the per-record feature table the Great Expectations gate checks
+  data/validated/limits.json        the decoding limits (min_side, max_pixels, max_seconds), which shard and pretrain
+                                    carry into every model trained on this data (trimodal/data/limits.py)
   metrics/validate.json             counts and reject fractions (DVC metrics)
   reports/validate/                 Great Expectations Data Docs
 
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from trimodal.atomic import atomic_dir, write_json, write_jsonl
 from trimodal.config_errors import run_main
+from trimodal.data import limits as media_limits
 from trimodal.data.dedup import Groups, audio_fingerprint, digest, image_fingerprint, near_pairs, normalise_text
 from trimodal.data.gate import GateLimits, features_summary_metrics, run_gate
 from trimodal.data.media import DecodedAudio, DecodedImage, Rejected, decode_audio, decode_image
@@ -305,6 +308,7 @@ def validate_to(raw_dir: Path, out_dir: Path, params: ValidateParams) -> tuple[p
         write_jsonl(tmp / "manifest.jsonl", (o.accepted for o in accepted))
         write_jsonl(tmp / "quarantine.jsonl", (o.rejected for o in outcomes if o.rejected))
         features.to_parquet(tmp / "features.parquet", index=False)
+        media_limits.write(tmp, media_limits.MediaLimits.of(params))
     return features, duplicates
 
 

@@ -22,6 +22,7 @@ LONGEST_FIRST = (
     "tests/stages/test_alignment_stages.py",
     "tests/trimodal/serving/test_server.py",
     "tests/trimodal/test_cli.py",
+    "tests/trimodal/test_wheel.py",  # the `models` fixture, then a build, an install and three processes: ~2 min
     "tests/stages/test_quantize.py",
     "tests/model/test_quantization.py",
 )

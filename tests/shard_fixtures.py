@@ -13,6 +13,7 @@ from PIL import Image
 from stages.shard import run as shard
 from stages.tokenizer import train_tokenizer
 from tests.stage_runner import make_project, run_stage
+from trimodal.data import limits
 from trimodal.data.records import record_key
 from trimodal.data.tars import write_tar
 from trimodal.params import Params, TokenizerParams, defaults
@@ -64,6 +65,7 @@ def build_validated(root: Path, n: int = 24) -> list[dict]:
     (root / "validated").mkdir(parents=True, exist_ok=True)
     (root / "validated/manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     write_tar(root / "validated/media-000000.tar", media)
+    limits.write(root / "validated", limits.MediaLimits.of(defaults().validate))  # as validate writes them
     texts = [r[f] for r in records for f in ("text", "caption", "question", "answer", "label") if r[f]]
     train_tokenizer(texts, TokenizerParams(vocab_size=300, min_frequency=1)).save_pretrained(root / "tokenizer")
     return records

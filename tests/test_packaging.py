@@ -1,5 +1,5 @@
-"""pyproject.toml lists every package (model/ is installed as trimodal.model by its package-dir mapping), and
-`trimodal.model` is model/ when run from the repository."""
+"""pyproject.toml lists every library package (model/ is installed as trimodal.model by its package-dir mapping;
+stages/ and flows/ stay in the repository), and `trimodal.model` is model/ when run from the repository."""
 import subprocess
 import sys
 import tomllib
@@ -12,7 +12,7 @@ def test_pyproject_lists_every_package_folder():
     tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert tool["package-dir"] == {"trimodal.model": "model"}
     folders = set()
-    for root in ("trimodal", "model", "stages", "flows"):
+    for root in ("trimodal", "model"):
         for init in (REPO / root).rglob("__init__.py"):
             parts = init.parent.relative_to(REPO).parts
             folders.add(".".join(["trimodal", *parts] if parts[0] == "model" else parts))

@@ -29,19 +29,18 @@ class InputError(Exception):
     """Input the user can fix; printed without a traceback, exit code 2."""
 
 
-def read_media(source: str) -> bytes:
-    """A media file's bytes from a local path or a URL fsspec opens (http(s), s3, file), the URL within the ingest
-    stage's total time budget (ingest.fetch_timeout_s)."""
-    from trimodal.data.fetch import fetch_one
+def read_media(source: str, fetch_timeout: float) -> bytes:
+    """A media file's bytes from a local path or a URL fsspec opens (http(s), s3, file), the URL within
+    `fetch_timeout` seconds in all (like serve's --fetch-timeout; nothing read from conf/, so it works installed)."""
+    from trimodal.data.fetch import Budget, fetch_one
     from trimodal.data.sources import scheme_of
-    from trimodal.params import defaults
 
     if scheme_of(source) in ("", "file"):
         path = Path(source.removeprefix("file://"))
         if not path.is_file():
             raise InputError(f"{source}: no such file")
         return path.read_bytes()
-    fetched = fetch_one(source, defaults().ingest)
+    fetched = fetch_one(source, Budget(fetch_timeout, fetch_timeout, retries=0, names=("--fetch-timeout",) * 2))
     if fetched.data is None:
         raise InputError(f"{source}: {fetched.error}")
     return fetched.data
@@ -50,7 +49,7 @@ def read_media(source: str) -> bytes:
 def predict(args: argparse.Namespace) -> int:
     if not (args.image or args.audio or args.text):
         raise InputError("give at least one input: --image, --audio or --text")
-    image, audio = (read_media(m) if m else None for m in (args.image, args.audio))
+    image, audio = (read_media(m, args.fetch_timeout) if m else None for m in (args.image, args.audio))
     # torch and transformers only now: a mistyped path is told at once, not after seconds of imports
     from transformers.utils import logging as hf_logging
 
@@ -61,7 +60,7 @@ def predict(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # no "Loading weights" bar around a one-line answer
     try:
         predictor = Predictor.load(args.model, top_k=args.top_k)
-    except (FileNotFoundError, OSError) as e:
+    except (OSError, ValueError) as e:  # no such folder, no limits recorded, a config of no family here
         raise InputError(str(e)) from None
     try:
         sample = predictor.prepare(inputs)
@@ -118,11 +117,15 @@ def promote(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from trimodal.serving.server import ServerSettings, run
 
-    run(ServerSettings(models=[Path(m) for m in args.model], host=args.host, port=args.port,
-                       max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                       max_request_bytes=int(args.max_request_mb * 2**20),
-                       max_media_bytes=int(args.max_media_mb * 2**20), remote_media=not args.no_remote_media,
-                       fetch_timeout_s=args.fetch_timeout))
+    settings = ServerSettings(models=[Path(m) for m in args.model], host=args.host, port=args.port,
+                              max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                              max_request_bytes=int(args.max_request_mb * 2**20),
+                              max_media_bytes=int(args.max_media_mb * 2**20), remote_media=not args.no_remote_media,
+                              fetch_timeout_s=args.fetch_timeout)
+    try:
+        run(settings)
+    except (FileNotFoundError, ValueError) as e:  # a model folder that cannot be served, as predict tells it
+        raise InputError(str(e)) from None
     return 0
 
 
@@ -138,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--question", help="a question about the inputs")
     p.add_argument("--top-k", type=int, default=3, help="labels to show (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--fetch-timeout", type=float, default=20.0,
+                   help="seconds to fetch an --image or --audio URL, all of it (default 20)")
     p.set_defaults(run=predict)
 
     r = commands.add_parser("report", help="the last evaluation, models and baselines side by side")

@@ -59,6 +59,9 @@ class TrimodalConfig(PreTrainedConfig):
     n_fft: int = 400
     hop_length: int = 160
     max_text_tokens: int = 64
+    # the validate limits that data passed (min_side, max_pixels, max_seconds), copied the same way: predict and serve
+    # refuse what validate quarantined (trimodal/data/limits.py). None: a folder saved before they were recorded
+    media_limits: dict | None = None
     audio_dim: int = 64
     audio_layers: int = 2
     audio_heads: int = 4

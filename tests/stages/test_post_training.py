@@ -18,6 +18,7 @@ from tests.shard_fixtures import TINY_MODEL
 from tests.stage_runner import make_project, run_stage
 from tests.test_pipeline_e2e import clone_worktree, dvc, set_params
 from trimodal.cards import CARD
+from trimodal.data.limits import MediaLimits
 from trimodal.data.loader import read_meta
 from trimodal.evaluation.baselines import majority
 from trimodal.evaluation.scoring import SUBSETS, headline, subset_name
@@ -74,6 +75,11 @@ def test_distill_quantize_evaluate_write_their_artifacts(project):
     acc = quantized["val_accuracy"]
     assert acc["fp32"] - acc["int8"] <= 0.0 or len(quantized["kept_fp32"]) == 8  # the keep rule's two exits
     assert quantized["speed"] == [] and quantized["latency"] == {} and quantized["kept_fp32_narrow"] == []
+    # every model folder carries the validate limits its data passed (shard's index.json), for predict and serve
+    limits = json.loads((project / PATHS.shards / "index.json").read_text())["media_limits"]
+    assert limits == MediaLimits.of(defaults().validate).to_dict()
+    for folder in ("pretrained", "finetuned", "instructed", "teacher", "student", "student_int8"):
+        assert json.loads((project / getattr(PATHS, folder) / "config.json").read_text())["media_limits"] == limits
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from trimodal.atomic import read_jsonl, write_jsonl
 from trimodal.data.features import image_to_array, log_mel
 from trimodal.data.records import split_of
 from trimodal.data.tars import read_tar, write_tar
+from trimodal.params import defaults
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,16 @@ def test_batched_token_ids_equal_one_tokenizer_call_per_text(sharded):
 def test_missing_inputs_give_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="dvc repro validate"):
         run(tmp_path / "validated", tmp_path / "tokenizer", tmp_path / "shards", shard_params())
+
+
+def test_index_carries_the_limits_validate_wrote_and_their_absence_is_an_error(sharded, tmp_path):
+    root, _, params, index = sharded
+    assert index["media_limits"] == json.loads((root / "validated/limits.json").read_text())
+    assert index["media_limits"]["min_side"] == defaults().validate.min_side
+    shutil.copytree(root / "validated", tmp_path / "validated")
+    (tmp_path / "validated/limits.json").unlink()
+    with pytest.raises(SystemExit, match=r"validated/limits.json not found: run `dvc repro validate`"):
+        run(tmp_path / "validated", root / "tokenizer", tmp_path / "shards", params)
 
 
 def test_records_keep_manifest_order_within_each_split(sharded):

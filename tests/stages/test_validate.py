@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from collections import Counter
@@ -46,6 +47,13 @@ def test_every_row_lands_in_exactly_one_file(hostile):
     assert {(a["source"], a["row"]) for a in accepted}.isdisjoint({(q["source"], q["line"]) for q in quarantined})
     features = pd.read_parquet(root / "data/validated/features.parquet")
     assert len(features) == corpus.n_rows and (features.status == "accepted").sum() == len(accepted)
+
+
+def test_the_limits_it_decoded_with_are_written_beside_the_records(hostile):
+    root = hostile[0]
+    # hostile_corpus.OVERRIDES: the run's own values, which shard and pretrain carry into the models
+    assert json.loads((root / "data/validated/limits.json").read_text()) == {
+        "min_side": 16, "max_pixels": 1000000, "max_seconds": 2.0}
 
 
 def test_outcome_and_reason_per_record(hostile):

@@ -58,13 +58,14 @@ def labels_of(model_dir) -> set[str]:
     return set(json.loads((model_dir / "config.json").read_text())["id2label"].values())
 
 
-def start_server(models: dict, *flags: str) -> tuple[subprocess.Popen, str]:
+def start_server(models: dict, *flags: str, program: str = TRIMODAL, **popen) -> tuple[subprocess.Popen, str]:
+    """`program serve` (this environment's console script unless told) over `models`; `popen`: cwd, env."""
     port = free_port()
-    args = [TRIMODAL, "serve", "--port", str(port), *flags]
+    args = [program, "serve", "--port", str(port), *flags]
     for folder in models.values():
         args += ["--model", str(folder)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, **popen)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

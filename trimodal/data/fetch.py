@@ -28,7 +28,24 @@ class Fetched:
     error: str | None = None
 
 
-def attempts(params: IngestParams) -> Iterator[tuple[float, float]]:
+@dataclass(frozen=True)
+class Budget:
+    """The time one URL may take: each attempt `timeout_s`, all `retries` + 1 together `fetch_timeout_s`; a
+    timeout's reason quotes the setting that ended it (`names`: the two settings' names)."""
+
+    timeout_s: float
+    fetch_timeout_s: float
+    retries: int
+    names: tuple[str, str] = ("ingest.timeout_s", "ingest.fetch_timeout_s")
+
+    @classmethod
+    def of(cls, params: IngestParams | Budget) -> Budget:
+        if isinstance(params, Budget):
+            return params
+        return cls(params.timeout_s, params.fetch_timeout_s, params.retries)
+
+
+def attempts(params: Budget) -> Iterator[tuple[float, float]]:
     """(seconds to wait first, time limit) of each attempt at one URL: up to `retries` + 1, with backoff, all
     within `fetch_timeout_s`."""
     deadline = time.monotonic() + params.fetch_timeout_s
@@ -40,11 +57,11 @@ def attempts(params: IngestParams) -> Iterator[tuple[float, float]]:
         yield wait, min(params.timeout_s, left)
 
 
-def spent(params: IngestParams) -> str:
-    return f"fetch timed out: no complete response within {params.fetch_timeout_s} s (ingest.fetch_timeout_s)"
+def spent(params: Budget) -> str:
+    return f"fetch timed out: no complete response within {params.fetch_timeout_s} s ({params.names[1]})"
 
 
-def failure(exc: Exception, limit: float, params: IngestParams) -> tuple[str, bool]:
+def failure(exc: Exception, limit: float, params: Budget) -> tuple[str, bool]:
     """Why an attempt failed, and whether that is final (retrying cannot help). The reason quotes the setting that
     ended an attempt, never a measured time (reproducible)."""
     if isinstance(exc, FileNotFoundError):
@@ -52,13 +69,14 @@ def failure(exc: Exception, limit: float, params: IngestParams) -> tuple[str, bo
     if isinstance(exc, TooManyRedirects):  # a loop
         return f"download failed: too many redirects ({len(exc.history)} followed)", True
     if isinstance(exc, TimeoutError):
-        each = f"fetch timed out: no complete response within {params.timeout_s} s (ingest.timeout_s)"
+        each = f"fetch timed out: no complete response within {params.timeout_s} s ({params.names[0]})"
         return (spent(params) if limit < params.timeout_s else each), False
     return f"download failed: {type(exc).__name__}: {exc}", False
 
 
-def fetch_one(url: str, params: IngestParams) -> Fetched:
+def fetch_one(url: str, params: IngestParams | Budget) -> Fetched:
     """Fetch one object: up to `retries` + 1 attempts with backoff, all within `fetch_timeout_s`."""
+    params = Budget.of(params)
     error = spent(params)
     for wait, limit in attempts(params):
         time.sleep(wait)
@@ -79,8 +97,9 @@ async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
         return await response.read()
 
 
-async def fetch_async(session: aiohttp.ClientSession, url: str, params: IngestParams) -> Fetched:
+async def fetch_async(session: aiohttp.ClientSession, url: str, params: IngestParams | Budget) -> Fetched:
     """fetch_one on an event loop: http(s) through `session`, anything else in a worker thread."""
+    params = Budget.of(params)
     if scheme_of(url) not in ("http", "https"):
         return await asyncio.to_thread(fetch_one, url, params)
     error = spent(params)

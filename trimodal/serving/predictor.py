@@ -1,10 +1,11 @@
 """A saved model folder (float or INT8) answering requests: any subset of an image, a sound and a text, and an
 optional question -> the caption, the answer and the top-k labels with their probabilities.
 
-Inputs go through the validate stage's decoding (trimodal/data/media.py: same limits, same reasons on bad media)
-and the shard stage's features (trimodal/data/features.py) with the sizes the model was trained on, which its
-config carries (image_size, n_mels, sample_rate, n_fft, hop_length, max_text_tokens). Requests are batched with the
-training loader's collate, so one request alone and the same request inside a batch get the same outputs.
+Inputs go through the validate stage's decoding (trimodal/data/media.py: the limits the model's data passed, same
+reasons on bad media) and the shard stage's features (trimodal/data/features.py) with the sizes the model was
+trained on. Its config carries both (image_size, n_mels, sample_rate, n_fft, hop_length, max_text_tokens; and
+media_limits, trimodal/data/limits.py), so the folder alone is enough, installed anywhere. Requests are batched
+with the training loader's collate, so one request alone and the same request inside a batch get the same outputs.
 Either model family, through its `respond` (model/family.py): a DeepSeek-VL folder answers through its chat turns
 (model/deepseek_vl/family.py) and reads the image and text of a request, not its sound.
 
@@ -20,29 +21,14 @@ import torch
 from transformers import AutoTokenizer
 
 from trimodal.data.features import image_to_array, log_mel, mel_filters, token_ids
+from trimodal.data.limits import MediaLimits, model_limits
 from trimodal.data.loader import MODALITY_MEMBERS, collate
 from trimodal.data.media import decode_audio, decode_image
 from trimodal.evaluation.generation import ANSWER_TOKENS
 from trimodal.model.families import family_for
 from trimodal.model.quantization import load_saved
-from trimodal.params import defaults
 
 CAPTION_TOKENS = 12
-
-
-@dataclass(frozen=True)
-class MediaLimits:
-    """Decoding limits. `of_validate()` gives the validate stage's (conf/validate), so a file the pipeline would
-    reject is rejected here with the same reason."""
-
-    min_side: int
-    max_pixels: int
-    max_seconds: float
-
-    @classmethod
-    def of_validate(cls) -> MediaLimits:
-        validate = defaults().validate  # one Hydra composition (~0.25 s), not one per field
-        return cls(validate.min_side, validate.max_pixels, validate.max_seconds)
 
 
 @dataclass
@@ -67,19 +53,22 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model, tokenizer, limits: MediaLimits | None = None, top_k: int = 3):
+    def __init__(self, model, tokenizer, limits: MediaLimits, top_k: int = 3):
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
-        self.limits, self.top_k = limits or MediaLimits.of_validate(), top_k
+        self.limits, self.top_k = limits, top_k
         self.filters = mel_filters(self.config.sample_rate, self.config.n_fft, self.config.n_mels)
         self.family = family_for(model)  # DeepSeek-VL reads images and text only
 
     @classmethod
-    def load(cls, model_dir: str | Path, **kwargs) -> Predictor:
+    def load(cls, model_dir: str | Path, limits: MediaLimits | None = None, top_k: int = 3) -> Predictor:
+        """A saved model folder, decoding media within `limits` (None: the ones its config records)."""
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: not a saved model folder (no config.json); the DAG writes "
                                     f"models/teacher, models/student and models/student-int8 (`dvc repro`)")
-        return cls(load_saved(model_dir), AutoTokenizer.from_pretrained(model_dir), **kwargs)
+        model = load_saved(model_dir)
+        limits = limits or model_limits(model.config, model_dir)
+        return cls(model, AutoTokenizer.from_pretrained(model_dir), limits, top_k)
 
     def prepare(self, inputs: Inputs) -> dict:
         """Decode and featurise one request -> a sample as the shard loader yields it. Raises Rejected (the

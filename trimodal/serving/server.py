@@ -14,8 +14,9 @@ The reply's message content is the answer when a question was asked, else the ca
 
 Concurrent requests to one model are batched (`Batcher`): a request waits at most max_wait_ms for others, up to
 max_batch_size, and requests that arrive while a batch runs form the next one. Inputs are decoded in worker threads
-with the validate stage's decoding and limits; bad input is a 4xx whose message says what was wrong, in OpenAI's
-error shape {"error": {"message", "type", "param", "code"}}. Binds 127.0.0.1 unless told otherwise.
+with the validate stage's decoding, within the limits the model's folder records; bad input is a 4xx whose
+message says what was wrong, in OpenAI's error shape {"error": {"message", "type", "param", "code"}}. Binds
+127.0.0.1 unless told otherwise.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,8 +35,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from trimodal.data.limits import MediaLimits
 from trimodal.data.media import Rejected
-from trimodal.serving.predictor import Inputs, MediaLimits, Prediction, Predictor
+from trimodal.serving.predictor import Inputs, Prediction, Predictor
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -51,7 +53,7 @@ class ServerSettings:
     max_media_bytes: int = 16 * 2**20  # one decoded image or sound
     remote_media: bool = True  # fetch http(s) image URLs
     fetch_timeout_s: float = 20.0  # total budget for one remote image: connect, redirects and body
-    limits: MediaLimits = field(default_factory=MediaLimits.of_validate)
+    limits: MediaLimits | None = None  # None: each model decodes within the limits its folder records
 
 
 class APIError(Exception):
@@ -346,7 +348,7 @@ def create_app(settings: ServerSettings, predictors: dict[str, Predictor] | None
     return app
 
 
-def load_models(folders: list[Path], limits: MediaLimits) -> dict[str, Predictor]:
+def load_models(folders: list[Path], limits: MediaLimits | None = None) -> dict[str, Predictor]:
     names = [Path(f).resolve().name for f in folders]
     if len(set(names)) != len(names):
         raise ValueError(f"two served models share a folder name (the model id): {names}")

@@ -1,7 +1,12 @@
-"""The predictor: validate's decoding, shard's features, and batches that change nothing."""
+"""The predictor: validate's decoding (within the limits the folder records), shard's features, and batches that
+change nothing."""
+import json
+import shutil
+
 import pytest
 
 from tests.trimodal.conftest import labels_of, png, wav
+from trimodal.data.limits import MediaLimits
 from trimodal.data.media import Rejected
 from trimodal.serving.predictor import Inputs, Predictor
 
@@ -85,3 +90,15 @@ def test_a_deepseek_vl_folder_answers_from_image_and_text_and_refuses_sound_alon
         assert abs(sum(x["probability"] for x in p.labels) - 1) < 1e-4
     with pytest.raises(ValueError, match="reads images and text, not sound"):
         predictor.prepare(Inputs(audio=wav()))
+
+
+def test_the_folders_own_limits_decide(deepseek_vl, tmp_path):
+    folder = shutil.copytree(deepseek_vl, tmp_path / "strict")
+    config = json.loads((folder / "config.json").read_text())
+    config["media_limits"] = {"min_side": 31, "max_pixels": 40000000, "max_seconds": 10.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    predictor = Predictor.load(folder)
+    assert predictor.limits == MediaLimits(31, 40000000, 10.0)
+    with pytest.raises(Rejected, match="image too small: 40x30, smallest side must be >= 31"):
+        predictor.prepare(Inputs(image=png()))
+    predictor.prepare(Inputs(image=png((40, 31))))
