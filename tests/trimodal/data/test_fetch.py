@@ -42,7 +42,7 @@ def test_a_dripping_body_is_cut_off_at_the_total_budget_and_the_connection_close
     result, seconds = timed_fetch(fetch, server.url("drip", "a.png"), fetch_timeout_s=1.5, timeout_s=10.0, retries=2)
     assert result.data is None
     assert result.error == "fetch timed out: no complete response within 1.5 s (ingest.fetch_timeout_s)"
-    assert 1.4 < seconds < 4
+    assert 1.4 < seconds < 8  # the budget, not timeout_s (10 s a try); slack for a loaded machine
     assert server.drips["started"] == 1  # the budget left no time for a retry
     assert server.wait_no_open_drip(timeout=5), "the dripping connection was left open"
 
