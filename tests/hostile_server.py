@@ -20,6 +20,7 @@ class Hostile:
     base: str
     stop: threading.Event
     drips: dict[str, int] = field(default_factory=lambda: {"open": 0, "started": 0})
+    loops: int = 0  # /loop/ requests answered
     lock: threading.Condition = field(default_factory=threading.Condition)
 
     def url(self, kind: str, name: str) -> str:
@@ -38,6 +39,8 @@ def _handler(files: dict[str, bytes], state: Hostile) -> type[BaseHTTPRequestHan
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             _, kind, name = self.path.split("/", 2)
             if kind == "loop":
+                with state.lock:
+                    state.loops += 1
                 self.send_response(302)
                 self.send_header("Location", self.path)
                 self.send_header("Content-Length", "0")

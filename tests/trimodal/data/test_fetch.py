@@ -50,13 +50,14 @@ def test_a_dripping_body_is_cut_off_at_the_total_budget_and_the_connection_close
 def test_each_attempt_is_bounded_by_timeout_s_and_retried_within_the_budget(server, fetch):
     result, seconds = timed_fetch(fetch, server.url("drip", "a.png"), fetch_timeout_s=30.0, timeout_s=0.7, retries=1)
     assert result.error == "fetch timed out: no complete response within 0.7 s (ingest.timeout_s)"
-    assert server.drips["started"] == 2 and 1.4 < seconds < 5
+    assert server.drips["started"] == 2 and 1.4 < seconds < 10  # two tries of 0.7 s, far below the 30 s budget
 
 
 def test_a_redirect_loop_is_a_clear_failure_without_retries(server, fetch):
     result, seconds = timed_fetch(fetch, server.url("loop", "a.png"), fetch_timeout_s=5.0, retries=2)
     assert result.error == "download failed: too many redirects (10 followed)"
-    assert seconds < 3
+    assert 10 <= server.loops <= 12  # one attempt's hops: a retry would add another ten
+    assert seconds < 8
 
 
 def test_a_normal_response_and_a_missing_one(server, fetch):
