@@ -2,6 +2,10 @@
 runs the model on shards (training, scoring, calibration, evaluation)."""
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
 import torch
 
 from trimodal.data.records import MODALITIES
@@ -65,13 +69,17 @@ def question_prefixed(batch: dict, config) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, out
 
 
-def noisy_questions(batch: dict, p: float, generator: torch.Generator, config) -> dict:
+def noisy_questions(batch: dict, p: float, generator: torch.Generator, config,
+                    spared: dict[tuple[int, ...], frozenset[int]] | None = None) -> dict:
     """Question noise: each word token of each question (between its '<s>' and '</s>'), with probability p, is
     dropped or replaced by a random token that is none of `config`'s special ones (half each), at least one word
     kept. A model trained on a few question templates otherwise answers by template: a phrasing it never saw
     ("which colour is this shape?") gets the answer of the template it looks like most; under noise no template
     is ever whole, and the words that decide what is asked are what stays reliable (docs/model.md, "Held-out
-    phrasings")."""
+    phrasings"). `spared` (a question's words -> the words noise leaves alone, `decisive_words`) keeps each
+    training question's decisive word: dropped, "what is the color of this shape?" would become "what is the of
+    this shape?" still answered with a colour, which teaches that a question about the shape asks for its colour.
+    A question it lacks is noised whole."""
     if p <= 0:  # off: not even a draw, so the step's generator is what it was without this feature
         return batch
     ids, mask = batch["question_ids"], batch["question_mask"]
@@ -85,6 +93,9 @@ def noisy_questions(batch: dict, p: float, generator: torch.Generator, config) -
         if len(q) > 3:  # '<s> </s>' or a single word: nothing to spare
             inner = slice(1, len(q) - 1)
             hit, swap = draws[i, inner] < p, replace[i, inner]
+            keep_words = spared.get(tuple(q[inner].tolist())) if spared else None
+            if keep_words:
+                hit = hit & ~torch.tensor([int(t) in keep_words for t in q[inner]])
             keep = ~(hit & ~swap)
             if not keep.any():
                 keep[0] = True
@@ -92,6 +103,48 @@ def noisy_questions(batch: dict, p: float, generator: torch.Generator, config) -
             q = torch.cat([q[:1], words[keep], q[-1:]])
         out_ids[i, : len(q)], out_mask[i, : len(q)] = q, True
     return {**batch, "question_ids": out_ids, "question_mask": out_mask}
+
+
+def decisive_words(pairs: Iterable[tuple[np.ndarray, np.ndarray]], max_answers: int = 512,
+                   alpha: float = 0.5) -> dict[tuple[int, ...], frozenset[int]]:
+    """Each training question's decisive word: the one whose loss would most lower the probability of the
+    question's answers, under a naive Bayes model of answer given question words fitted on `pairs` ((question ids
+    '<s> q </s>', answer ids)). Keyed by the question's words (without '<s>' and '</s>'). "color" in "what is the
+    color of this shape?": without it the words are those of shape questions. A word every kind of question
+    shares ("what", "this") moves nothing. Words are counted once per question and smoothed by `alpha`; answers
+    past the `max_answers` most frequent share one class, which bounds the work on open-ended data."""
+    pairs = [(tuple(int(t) for t in q[1:-1]), tuple(int(t) for t in a)) for q, a in pairs]
+    pairs = [(q, a) for q, a in pairs if q]
+    if not pairs:
+        return {}
+    frequent = [a for a, _ in Counter(a for _, a in pairs).most_common(max_answers)]
+    cls = {a: i for i, a in enumerate(frequent)}
+    other = len(frequent)
+    labels = np.array([cls.get(a, other) for _, a in pairs])
+    n_cls = other + 1
+    words = sorted({w for q, _ in pairs for w in q})
+    col = {w: i for i, w in enumerate(words)}
+    counts = np.zeros((len(words), n_cls))
+    for (q, _), y in zip(pairs, labels, strict=True):
+        counts[[col[w] for w in set(q)], y] += 1
+    per_cls = np.bincount(labels, minlength=n_cls).astype(np.float64)
+    log_prior = np.log(np.maximum(per_cls, 1e-12) / per_cls.sum())
+    log_like = np.log((counts + alpha) / (per_cls + 2 * alpha))  # [word, class]: P(word in question | answer)
+    answers_of: dict[tuple[int, ...], Counter] = {}
+    for (q, _), y in zip(pairs, labels, strict=True):
+        answers_of.setdefault(q, Counter())[y] += 1
+    out = {}
+    for q, ys in answers_of.items():
+        present = sorted({col[w] for w in q})
+        scores = log_prior + log_like[present].sum(0)  # [class]
+        without = scores[None, :] - log_like[present]  # [word, class]: the question less that word
+        posterior = scores - np.logaddexp.reduce(scores)
+        posterior_without = without - np.logaddexp.reduce(without, axis=1, keepdims=True)
+        weight = np.array([ys[y] for y in sorted(ys)], dtype=np.float64)
+        loss = (posterior[sorted(ys)][None, :] - posterior_without[:, sorted(ys)]) @ (weight / weight.sum())
+        if loss.max() > 1e-6:
+            out[q] = frozenset(words[present[i]] for i in np.flatnonzero(loss >= loss.max() - 1e-6))
+    return out
 
 
 def random_backgrounds(batch: dict, p: float, generator: torch.Generator, tolerance: float = 0.15) -> dict:

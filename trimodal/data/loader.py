@@ -104,6 +104,26 @@ def read_meta(root: str, split: str) -> list[dict]:
     return metas
 
 
+def read_question_answers(root: str | os.PathLike, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(question ids, answer ids) of every sample of a split that has both, without decoding media: the tar members
+    other than those two are skipped."""
+    root = str(root)
+    index = read_index(root.rstrip("/"))
+    if split not in index["splits"]:
+        raise ValueError(f"unknown split {split!r}; index.json has {sorted(index['splits'])}")
+    options = s3_storage_options() if root.startswith("s3://") else {}
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for shard in index["splits"][split]["shards"]:
+        with fsspec.open(f"{root.rstrip('/')}/{shard['name']}", "rb", **options) as f, \
+                tarfile.open(fileobj=f, mode="r|") as tar:
+            for m in tar:
+                key, _, member = m.name.rpartition("/")[2].partition(".")
+                if m.isfile() and member in ("question.npy", "answer.npy"):
+                    data = io.BytesIO(tar.extractfile(m).read())
+                    found.setdefault(f"{shard['name']}/{key}", {})[member] = np.load(data, allow_pickle=False)
+    return [(s["question.npy"], s["answer.npy"]) for s in found.values() if len(s) == 2]
+
+
 def _checked_samples(urls: Iterable[dict], expected: dict[str, int]) -> Iterator[dict]:
     """Shard URLs -> samples, raising ShardError when a shard is unreadable or its sample count is off."""
     register_s3_scheme()

@@ -32,8 +32,15 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from trimodal.data.batches import drop_modalities, noisy_questions, pairable, random_backgrounds, to_device
-from trimodal.data.loader import make_loader
+from trimodal.data.batches import (
+    decisive_words,
+    drop_modalities,
+    noisy_questions,
+    pairable,
+    random_backgrounds,
+    to_device,
+)
+from trimodal.data.loader import make_loader, read_question_answers
 from trimodal.model.flops import FlopCounter
 from trimodal.model.losses import weighted_sum
 from trimodal.params import Params, PathsParams, TrainerParams
@@ -296,6 +303,8 @@ def train(model: nn.Module, step_fn: StepFn, job: TrainJob, live=None, *, phase:
     # bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls measured ~400x slower than fp32 ones
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
     stream = data_stream(params, seed, position, world, keep)
+    # the words question noise spares: each training question's decisive one (batches.noisy_questions)
+    spared = decisive_words(read_question_answers(params.shards, "train")) if params.question_noise > 0 else None
     progress = tqdm(total=params.steps, initial=step, desc=desc, unit="step", disable=not world.main)
     counter, meter = FlopCounter(), Meter(sorted([*model.config.loss_weights, *monitors]), world,
                                           peak_flops(world.device)[0])
@@ -304,7 +313,7 @@ def train(model: nn.Module, step_fn: StepFn, job: TrainJob, live=None, *, phase:
             position, batch = next(stream)
             generator.manual_seed(hash((seed, world.rank, step, micro)) & 0x7FFF_FFFF_FFFF)
             batch = drop_modalities(batch, params.modality_dropout, generator, params.modality_dropout_keep_groups)
-            batch = noisy_questions(batch, params.question_noise, generator, model.config)
+            batch = noisy_questions(batch, params.question_noise, generator, model.config, spared)
             batch = random_backgrounds(batch, params.background_swap, generator)
             batch["pairable"] = pairable(batch, params.contrastive_skip_groups)  # for the contrastive objectives
             batch = to_device(batch, world.device)

@@ -1,6 +1,8 @@
+import numpy as np
 import torch
 
 from trimodal.data.batches import (
+    decisive_words,
     decoder_labels,
     drop_modalities,
     model_inputs,
@@ -183,3 +185,37 @@ def test_a_long_question_is_cut_from_its_start_to_fit_the_decoder():
     # <s>, the question's last tokens and its </s>, then the answer: 8 positions
     assert ids[0].tolist() == [1, 8, 9, 10, 11, 2, 20, 21]
     assert labels[0].tolist() == [-100] * 5 + [20, 21, 2]
+
+
+def vqa_pairs():
+    """'<s> what is the color of this shape </s>' -> a colour, '<s> what is this shape </s>' -> a shape (ids: what 10,
+    color 11, is 12, the 13, shape 14, of 15, this 16; answers red 20, blue 21, circle 22, square 23)."""
+    q = {"color": [1, 10, 12, 13, 11, 15, 16, 14, 2], "shape": [1, 10, 12, 16, 14, 2]}
+    pairs = [(np.array(q["color"]), np.array([1, c, 2])) for c in (20, 21) for _ in range(20)]
+    return pairs + [(np.array(q["shape"]), np.array([1, s, 2])) for s in (22, 23) for _ in range(20)]
+
+
+def test_decisive_words_name_the_word_that_says_what_is_asked():
+    spared = decisive_words(vqa_pairs())
+    assert spared[(10, 12, 13, 11, 15, 16, 14)] >= {11}  # "color": without it, a shape question's words
+    assert not {10, 12, 16, 14} & spared[(10, 12, 13, 11, 15, 16, 14)]  # words both kinds share
+    assert decisive_words(vqa_pairs()) == spared and decisive_words([]) == {}
+
+
+def test_question_noise_spares_the_decisive_word():
+    config = TrimodalConfig.from_preset("tiny", vocab_size=1000)
+    spared = decisive_words(vqa_pairs())
+    ids = torch.tensor([[1, 10, 12, 13, 11, 15, 16, 14, 2]] * 400)
+    batch = {"question_ids": ids, "question_mask": ids.ne(0)}
+
+    def questions(out):
+        return [row[m].tolist() for row, m in zip(out["question_ids"], out["question_mask"], strict=True)]
+
+    noised = questions(noisy_questions(batch, 0.5, torch.Generator().manual_seed(0), config, spared))
+    assert all(11 in q for q in noised)  # "color" always stays
+    assert sum(q != ids[0].tolist() for q in noised) > 300  # the other words are still noised
+    plain = questions(noisy_questions(batch, 0.5, torch.Generator().manual_seed(0), config))
+    assert sum(11 not in q for q in plain) > 100  # without it: dropped or replaced
+    unknown = questions(noisy_questions({"question_ids": ids[:, [0, 1, 2, 4, 8]], "question_mask": ids[:, :5].ne(0)},
+                                        0.5, torch.Generator().manual_seed(0), config, spared))
+    assert sum(11 not in q for q in unknown) > 100  # a question it has not seen: noised whole

@@ -9,7 +9,7 @@ import torch
 
 from stages.shard import run
 from tests.shard_fixtures import build_validated, shard_params
-from trimodal.data.loader import ShardError, collate, make_loader, rank_share, read_index
+from trimodal.data.loader import ShardError, collate, make_loader, rank_share, read_index, read_question_answers
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,20 @@ def test_without_the_count_check_a_lost_sample_goes_unnoticed(shards, tmp_path):
     assert len(ids) == index["splits"]["train"]["count"] - 1
     with pytest.raises(ShardError, match="index.json says"):
         ids_of(make_loader(str(damaged), "train", 2))
+
+
+def test_question_answers_are_read_without_the_media_and_match_the_loader(shards):
+    root, _ = shards
+    pairs = read_question_answers(str(root), "train")
+    loaded = []
+    for batch in make_loader(str(root), "train", 4, shuffle=False):
+        for q, qm, a, am in zip(batch["question_ids"], batch["question_mask"], batch["answer_ids"],
+                                batch["answer_mask"], strict=True):
+            if qm.any() and am.any():
+                loaded.append((tuple(q[qm].tolist()), tuple(a[am].tolist())))
+    assert loaded and sorted(loaded) == sorted((tuple(q.tolist()), tuple(a.tolist())) for q, a in pairs)
+    with pytest.raises(ValueError, match="unknown split"):
+        read_question_answers(str(root), "nope")
 
 
 def test_collate_pads_and_masks_any_mix_of_modalities():
