@@ -90,37 +90,36 @@ def read_index(root: str) -> dict:
         return json.load(f)
 
 
-def read_meta(root: str, split: str) -> list[dict]:
-    """The json of every sample of a split, without decoding media (tar members other than json are skipped)."""
+def _split_members(root: str, split: str, wanted: Callable[[str], bool]) -> Iterator[tuple[str, str, bytes]]:
+    """(shard name, member name, bytes) of every tar member of a split whose name `wanted` accepts, streamed without
+    decoding anything (the others are skipped)."""
     index = read_index(root.rstrip("/"))
     if split not in index["splits"]:
         raise ValueError(f"unknown split {split!r}; index.json has {sorted(index['splits'])}")
     options = s3_storage_options() if root.startswith("s3://") else {}
-    metas = []
     for shard in index["splits"][split]["shards"]:
         with fsspec.open(f"{root.rstrip('/')}/{shard['name']}", "rb", **options) as f, \
                 tarfile.open(fileobj=f, mode="r|") as tar:
-            metas += [json.load(tar.extractfile(m)) for m in tar if m.isfile() and m.name.endswith(".json")]
-    return metas
+            for m in tar:
+                if m.isfile() and wanted(m.name):
+                    yield shard["name"], m.name, tar.extractfile(m).read()
+
+
+def read_meta(root: str, split: str) -> list[dict]:
+    """The json of every sample of a split, without decoding media (tar members other than json are skipped)."""
+    return [json.loads(data) for _, _, data in _split_members(root, split, lambda name: name.endswith(".json"))]
 
 
 def read_question_answers(root: str | os.PathLike, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """(question ids, answer ids) of every sample of a split that has both, without decoding media: the tar members
     other than those two are skipped."""
-    root = str(root)
-    index = read_index(root.rstrip("/"))
-    if split not in index["splits"]:
-        raise ValueError(f"unknown split {split!r}; index.json has {sorted(index['splits'])}")
-    options = s3_storage_options() if root.startswith("s3://") else {}
     found: dict[str, dict[str, np.ndarray]] = {}
-    for shard in index["splits"][split]["shards"]:
-        with fsspec.open(f"{root.rstrip('/')}/{shard['name']}", "rb", **options) as f, \
-                tarfile.open(fileobj=f, mode="r|") as tar:
-            for m in tar:
-                key, _, member = m.name.rpartition("/")[2].partition(".")
-                if m.isfile() and member in ("question.npy", "answer.npy"):
-                    data = io.BytesIO(tar.extractfile(m).read())
-                    found.setdefault(f"{shard['name']}/{key}", {})[member] = np.load(data, allow_pickle=False)
+    def wanted(name: str) -> bool:
+        return name.rpartition("/")[2].partition(".")[2] in ("question.npy", "answer.npy")
+
+    for shard, name, data in _split_members(str(root), split, wanted):
+        key, _, member = name.rpartition("/")[2].partition(".")
+        found.setdefault(f"{shard}/{key}", {})[member] = np.load(io.BytesIO(data), allow_pickle=False)
     return [(s["question.npy"], s["answer.npy"]) for s in found.values() if len(s) == 2]
 
 
