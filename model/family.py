@@ -13,6 +13,15 @@ model or a saved folder names). The stages, evaluation and serving call it inste
                            which rows hold each modality
     respond                a batch's caption, answer (where asked) and class probabilities (trimodal.serving)
     class_scores           per class, the rows' scores (log-probabilities up to a constant per row)
+    card_about / card_tags what a model card (trimodal/cards.py) says of each variant, and its family's tags
+    records(phase)         the records a training phase reads (`keep`, or a phase's own: DeepSeek-VL's warm-up)
+    calibration_passes     a val batch as the forward kwargs quantize calibrates on, `labels` at the logits' positions
+    timing_inputs / timed  what one timed inference needs beside the batch, and that inference (latency)
+    media / prompted / logprobs / generate
+                           a prompt and a response (trimodal/alignment/responses.py): the batch's inputs encoded once,
+                           the rows with one chat prompt each (model/chat.py Prompted), the log-probability of given
+                           responses, and generated ones
+    prompt_width           the chat-prompt tokens the model reads whole (None: prompts are not cut)
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
+
+from trimodal.model.chat import Prompted
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
 LossesFn = Callable[[nn.Module, dict, torch.Generator], tuple[dict[str, torch.Tensor], object]]
@@ -57,6 +68,8 @@ class Family(ABC):
     model_class: ClassVar[type[PreTrainedModel]]
     stages: ClassVar[tuple[str, ...]] = ("pretrain", "finetune", "distill")  # what `step` knows
     keep: Keep | None = None  # the records the family reads; None: every record
+    card_about: ClassVar[dict[str, str]]  # variant (teacher, student, student-int8) -> its model card's summary
+    card_tags: ClassVar[tuple[str, ...]] = ()  # the model card's tags beside the project's own
 
     @abstractmethod
     def build_config(self, settings: dict, **from_data) -> PreTrainedConfig:
@@ -99,6 +112,43 @@ class Family(ABC):
     def class_scores(self, model, tokenizer, batch: dict) -> tuple[list[int], torch.Tensor] | None:
         """(rows, [rows, C] scores): the rows the family classifies and each one's score per class; None when
         none can be."""
+
+    def records(self, phase: str) -> Keep | None:
+        """The records training phase `phase` reads (None: all)."""
+        return self.keep
+
+    @abstractmethod
+    def calibration_passes(self, model, tokenizer, batch: dict) -> list[dict]:
+        """The forward kwargs quantize calibrates on, one per pass the batch has targets for, each with `labels`
+        aligned with the model's logits (position t's target, -100 where none)."""
+
+    def timing_inputs(self, tokenizer, batch: dict):
+        """What one timed inference needs beside the batch, built once outside the timing (None: nothing)."""
+        return None
+
+    @abstractmethod
+    def timed(self, model, batch: dict, inputs, max_new_tokens: int) -> Callable[[], None]:
+        """One inference as latency times it (trimodal/evaluation/latency.py): exactly `max_new_tokens` new tokens."""
+
+    @abstractmethod
+    def media(self, model, batch: dict):
+        """The batch's inputs, encoded once for every prompt asked of it."""
+
+    @abstractmethod
+    def prompted(self, model, tokenizer, batch: dict, media, rows: list[int], contents: list[str]) -> Prompted:
+        """The rows' inputs (`media`, as `media` encoded them) with one user turn each, through the chat template."""
+
+    @abstractmethod
+    def logprobs(self, model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log P(response | inputs, prompt) summed over its tokens and </s> [n], its tokens [n]), with gradients."""
+
+    @abstractmethod
+    def generate(self, model, tokenizer, asked: Prompted, max_new_tokens: int, sample: bool) -> list[str]:
+        """Each row's response: greedy, or sampled (temperature 1, torch's global generator)."""
+
+    def prompt_width(self, model) -> int | None:
+        """The chat-prompt tokens the model reads whole (a longer prompt loses its start); None: not cut."""
+        return None
 
     def reads(self, modalities: list[str]) -> bool:
         """Whether the family reads a sample holding these modalities."""

@@ -39,7 +39,7 @@ from trimodal.data.batches import to_device
 from trimodal.data.loader import make_loader, read_index
 from trimodal.evaluation.predict import val_scores
 from trimodal.evaluation.scoring import headline
-from trimodal.model.deepseek_vl.tasks import texts, zero_loss
+from trimodal.model.chat import texts, zero_loss
 from trimodal.model.families import family_for, load_pretrained
 from trimodal.model.preference import dpo_loss, group_advantages, implicit_rewards, ppo_clip_loss
 from trimodal.params import load_params

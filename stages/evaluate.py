@@ -54,7 +54,8 @@ from trimodal.evaluation.scoring import (
     retrieval_by_row,
     task_scores,
 )
-from trimodal.model.families import CLASSES, DEEPSEEK_VL, model_class, saved_family
+from trimodal.model.families import CLASSES, family_named, model_class, saved_family
+from trimodal.model.family import Family
 from trimodal.model.quantization import SENSITIVITY, load_saved
 from trimodal.params import EvaluateParams, Params, PathsParams, TargetsParams, load_params
 
@@ -110,11 +111,10 @@ def score_baselines(shards: str, p: EvaluateParams, scored: dict) -> dict:
     return out
 
 
-def latencies(models: dict, shards: str, p: EvaluateParams, chat_tokenizer=None) -> dict[str, dict]:
+def latencies(models: dict, shards: str, p: EvaluateParams, family: Family, tokenizer=None) -> dict[str, dict]:
     """variant -> {latency_ms_batch<n>: median ms, latency_ratio_batch<n>: {q1, median, q3} of its per-round ratio
-    to LATENCY_VS[variant]}, all variants interleaved at each batch size. `chat_tokenizer`: a DeepSeek-VL family's
-    (its workload is chat prompts of the records it reads); None for the trimodal family."""
-    rounds = latency_rounds(models, timing_batches(shards, p.split, p.latency_batch_sizes, chat_tokenizer),
+    to LATENCY_VS[variant]}, all variants (of one family, sharing `tokenizer`) interleaved at each batch size."""
+    rounds = latency_rounds(models, timing_batches(shards, p.split, p.latency_batch_sizes, family, tokenizer),
                             p.max_new_tokens, p.latency_repeats)
     out: dict[str, dict] = {name: {} for name in rounds}
     for name, row in rounds.items():
@@ -157,8 +157,8 @@ def evaluate_variants(shards: str, p: EvaluateParams, seed: int, variants: dict[
         print(f"evaluate: {name}: " + json.dumps({k: round(v, 4) for k, v in scored["rows"]["overall"].items()
                                                   if isinstance(v, float)}))
     first_path = next(iter(variants.values()))
-    chat = AutoTokenizer.from_pretrained(first_path) if saved_family(first_path) == DEEPSEEK_VL else None
-    for name, timed in latencies(models, shards, p, chat).items():
+    family = family_named(saved_family(first_path))
+    for name, timed in latencies(models, shards, p, family, AutoTokenizer.from_pretrained(first_path)).items():
         results[name].update(timed)
     results["baselines"] = score_baselines(shards, p, first)
     return results

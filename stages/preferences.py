@@ -36,7 +36,7 @@ from trimodal.atomic import write_json
 from trimodal.config_errors import ConfigError, run_main
 from trimodal.data.batches import to_device
 from trimodal.data.loader import make_loader, read_meta
-from trimodal.model.deepseek_vl.tasks import texts
+from trimodal.model.chat import texts
 from trimodal.model.families import load_pretrained
 from trimodal.params import load_params
 

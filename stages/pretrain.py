@@ -17,7 +17,6 @@ from transformers import AutoTokenizer
 from trimodal.config_errors import run_main
 from trimodal.data.limits import KEY as MEDIA_LIMITS
 from trimodal.data.loader import read_index
-from trimodal.model.deepseek_vl.tasks import captioned_image
 from trimodal.model.families import build_config, family_named, family_of
 from trimodal.model.family import Family
 from trimodal.params import Params, load_params
@@ -54,10 +53,10 @@ def pretrain(model: nn.Module, family: Family, tokenizer, params: Params, index:
     summary = family.skipped(p.shards, "train")
     if "warmup" in family.stages and warm is not None and warm.steps > 0:
         warmup = TrainJob.of(params, "pretrain", fingerprint("warmup", warm, params.model, params.seed, index), warm)
-        model = fit(model, family.step("warmup", tokenizer), warmup, phase="warmup", keep=captioned_image,
+        model = fit(model, family.step("warmup", tokenizer), warmup, phase="warmup", keep=family.records("warmup"),
                     summary=summary, every_rank=True)
     joint = TrainJob.of(params, "pretrain", fingerprint(p, params.model, params.seed, index))
-    return fit(model, family.step("pretrain", tokenizer), joint, keep=family.keep, summary=summary)
+    return fit(model, family.step("pretrain", tokenizer), joint, keep=family.records("pretrain"), summary=summary)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -48,11 +48,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from trimodal.atomic import atomic_dir, write_json
 from trimodal.config_errors import run_main
-from trimodal.data.batches import decoder_labels, model_inputs, question_prefixed
 from trimodal.data.loader import make_loader
 from trimodal.evaluation.latency import inference, interleaved_ms, latency_ms, timing_batches
-from trimodal.model.deepseek_vl.tasks import IGNORE, TASKS, chat_turns, texts, usable
-from trimodal.model.families import DEEPSEEK_VL, family_of_model, load_pretrained
+from trimodal.model.families import family_for, load_pretrained
 from trimodal.model.quantization import (
     SENSITIVITY,
     WEIGHTS,
@@ -70,51 +68,12 @@ from trimodal.params import load_params
 
 def calibration_inputs(model, shards: str, batch_size: int, batches: int,
                        tokenizer: PreTrainedTokenizerBase | None = None) -> Iterator[list[dict]]:
-    """Forward kwargs for calibration, one list per val batch, each with `labels` aligned with the model's logits
-    (position t's target, -100 where none). DeepSeek-VL (`tokenizer` renders its chat turns): the batch's chat
-    turns, of the records it reads; trimodal: its captioning and VQA passes."""
-    if family_of_model(model) == DEEPSEEK_VL:
-        if tokenizer is None:
-            raise ValueError("quantize: a DeepSeek-VL model is calibrated on chat turns: pass its tokenizer")
-        for batch in islice(make_loader(shards, "val", batch_size, keep=usable), batches):
-            yield chat_passes(tokenizer, batch, model.vision.num_tokens)
-        return
-    for batch in islice(make_loader(shards, "val", batch_size), batches):
-        yield trimodal_passes(model, batch)
-
-
-def chat_passes(tokenizer: PreTrainedTokenizerBase, batch: dict, visual_tokens: int) -> list[dict]:
-    """One pass per fine-tuning task the batch has targets for (vl_tasks.chat_turns), with the pixels of its rows
-    when the batch has an image (as the family runs: vl_tasks.visual_of); `labels` are the target tokens moved
-    to the logits' positions: those cover [visual tokens; text], and position t predicts token t + 1."""
-    text, images = texts(tokenizer, batch), bool(batch["image_present"].any())
-    visual = visual_tokens if images else 0
-    passes = []
-    for task in TASKS:
-        turns = chat_turns(tokenizer, batch, task, text, torch.device("cpu"))
-        if turns is None:
-            continue
-        rows, labels = torch.tensor(turns.rows), turns.labels
-        aligned = torch.cat([labels.new_full((len(rows), visual), IGNORE), labels[:, 1:],
-                             labels.new_full((len(rows), 1), IGNORE)], 1)
-        pixels = {"pixel_values": batch["image"][rows], "image_present": batch["image_present"][rows]} if images else {}
-        passes.append({"input_ids": turns.ids, "attention_mask": turns.mask, **pixels, "labels": aligned})
-    return passes
-
-
-def trimodal_passes(model, batch: dict) -> list[dict]:
-    """The batch's captioning pass (with the caption as `labels` and the class as `class_labels`) and its VQA
-    pass (the answer as `labels`), each when the batch has targets for it."""
-    passes = []
-    inputs = model_inputs(batch)
-    caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
-    if caption.ne(-100).any() or batch["label"].ge(0).any():
-        passes.append({**inputs, "decoder_input_ids": model.shift_right(caption), "labels": caption,
-                       "class_labels": batch["label"]})
-    asked, answer = question_prefixed(batch, model.config)
-    if answer.ne(-100).any():
-        passes.append({**inputs, "decoder_input_ids": asked, "labels": answer})
-    return passes
+    """Forward kwargs for calibration, one list per val batch of the records the family reads, each with `labels`
+    aligned with the model's logits (Family.calibration_passes: trimodal's captioning and VQA passes; DeepSeek-VL's
+    chat turns, rendered by `tokenizer`)."""
+    family = family_for(model)
+    for batch in islice(make_loader(shards, "val", batch_size, keep=family.keep), batches):
+        yield family.calibration_passes(model, tokenizer, batch)
 
 
 def forward(model: nn.Module, kwargs: dict):
@@ -299,7 +258,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     student, out_dir = Path(params.paths.student), Path(params.paths.student_int8)
     tokenizer = AutoTokenizer.from_pretrained(student)
     model = load_pretrained(student).eval()
-    chat = family_of_model(model) == DEEPSEEK_VL  # its inference is a chat turn, which the tokenizer renders
     zeroed = prune_linears(model, q.prune_amount) if q.prune_amount > 0 else 0
     per_batch = list(calibration_inputs(model, q.shards, q.batch_size, q.calibration_batches, tokenizer))
     batches = [kwargs for passes in per_batch for kwargs in passes]
@@ -317,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if keep:
         accuracy["int8"] = val_accuracy(shipped, batches)  # as shipped: the kept Linears' weights are int8 too
     # speed: measured and reported, never deciding (timings differ run to run; the artifact must not)
-    timing_at = timing_batches(q.shards, "val", q.speed_batch_sizes, tokenizer if chat else None)
+    timing_at = timing_batches(q.shards, "val", q.speed_batch_sizes, family_for(model), tokenizer)
     speed = speed_sweep(fp32, quantized, workloads(quantized, timing_at, q.speed_new_tokens), q.speed_repeats)
     timed_models = latency_ms({"fp32": model, "int8_all": quantized, "shipped": shipped}, timing_at,
                               q.speed_new_tokens, q.speed_repeats) if timing_at else {}

@@ -54,3 +54,13 @@ def test_the_check_sees_function_level_and_relative_imports(tmp_path):
     module = tmp_path / "probe.py"
     module.write_text("def f():\n    from stages.common import params\n    from ..flows import train\n")
     assert imports(module, package="trimodal.data") == {"stages.common", "trimodal.flows"}
+
+
+def test_the_library_and_the_pipeline_reach_a_family_through_the_interface():
+    """Outside model/, no module imports a family's own package (model/trimodal/, model/deepseek_vl/): what
+    differs between the families is asked of `Family` (model/family.py), not branched on where it is used."""
+    families = ("trimodal.model.trimodal", "trimodal.model.deepseek_vl")
+    users = [p for root in ("trimodal", "stages", "flows") for p in (REPO / root).rglob("*.py")]
+    assert len(users) > 50
+    offenders = {str(p.relative_to(REPO)): sorted(m for m in imports(p) if m.startswith(families)) for p in users}
+    assert not {p: m for p, m in offenders.items() if m}, "imports a family's package instead of its Family"

@@ -21,29 +21,12 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from trimodal.atomic import atomic_open
+from trimodal.model.families import TRIMODAL, family_named
 
 CARD = "README.md"  # the file name the Hub renders as a model's card
 LOCK = Path("dvc.lock")  # evaluate runs from the repository root, as every stage
 MADE_BY = {"teacher": "align", "student": "distill", "student-int8": "quantize"}  # variant -> its dvc stage
 CODE = ("stages", "model", "conf", "params.yaml", "dvc.yaml")  # what decides a model besides its data
-ABOUT = {
-    "teacher": "The teacher: the trimodal encoder-decoder (image, audio and text in any combination; "
-               "captions, answers questions, classifies), pre-trained self-supervised, fine-tuned, then "
-               "instruction-tuned and preference-tuned (DPO by default).",
-    "student": "The student: a smaller trimodal model (fewer layers, narrower) distilled from the teacher with the "
-               "KD loss (Hinton et al. 2015) on caption, answer and class logits.",
-    "student-int8": "The INT8 student: the student with uniform affine INT8 weights (per channel) and calibrated "
-                    "activation scales (torch.ao); narrow and fragile Linears compute in float from int8 weights.",
-}
-ABOUT_DEEPSEEK_VL = {
-    "teacher": "The teacher: DeepSeek-VL (Lu et al. 2024): a SigLIP + SAM-B hybrid vision encoder and an MLP adaptor "
-               "in front of a Llama-architecture LLM (image and text; audio-only records are skipped), trained in "
-               "the paper's three stages: adaptor warm-up, joint pretraining, chat-format fine-tuning; then "
-               "instruction-tuned and preference-tuned (DPO by default).",
-    "student": "The student: a shallower, narrower DeepSeek-VL distilled from the teacher with the KD loss of seed "
-               "001 section 2.4 on the fine-tuning turns' next-token distributions.",
-    "student-int8": "The INT8 DeepSeek-VL student: " + ABOUT["student-int8"].removeprefix("The INT8 student: "),
-}
 # model-index entries: (score key, task type, task name, metric type, metric name); the Hub's task ids where one fits
 INDEXED = (
     ("vqa_accuracy", "visual-question-answering", "Question answering", "accuracy", "VQA exact match"),
@@ -165,16 +148,15 @@ def card_text(variant: str, model_dir: Path, result: dict, baselines: dict, spli
     """The card of one variant: `result` is its evaluate result (rows, parameters, size_bytes), `baselines` the
     evaluate baselines, `split` the split they were scored on."""
     overall = result["rows"]["overall"]
-    name = f"trimodal-{variant}"
+    name, family = f"trimodal-{variant}", family_named(result.get("family", TRIMODAL))
     data = ModelCardData(model_name=name, license="apache-2.0", library_name="transformers",
-                         tags=["trimodal", "multimodal", "image", "audio", "text", "dvc", variant,
-                               *(["deepseek-vl"] if result.get("family") == "deepseek_vl" else [])],
+                         tags=["trimodal", "multimodal", "image", "audio", "text", "dvc", variant, *family.card_tags],
                          eval_results=model_index(variant, overall, split, origin.shards_md5))
     weights = sorted(p.name for p in model_dir.glob("*.safetensors"))
     classes = labels(model_dir)
     few = [row for row, scores in result["rows"].items() if scores.get("few")]
     body = [
-        f"# {name}", "", (ABOUT_DEEPSEEK_VL if result.get("family") == "deepseek_vl" else ABOUT)[variant], "",
+        f"# {name}", "", family.card_about[variant], "",
         "## Model", "",
         "| | |", "| --- | --- |",
         f"| parameters | {result['parameters']:,} |",

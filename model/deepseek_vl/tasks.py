@@ -25,11 +25,20 @@ from trimodal.data.batches import to_device
 from trimodal.data.loader import read_meta
 from trimodal.evaluation.generation import ANSWER_TOKENS
 from trimodal.evaluation.scoring import record_of
+from trimodal.model.chat import (
+    IGNORE,
+    chat_prompt_ids,
+    encode,
+    left_padded,
+    right_padded,
+    shifted,
+    texts,
+    zero_loss,
+)
 from trimodal.model.losses import cross_entropy, kd_loss
 
 PROMPTS = {"ce": "Describe it.", "cls": "What is it? Answer with one word."}
 TASKS = ("ce", "vqa", "cls")  # the fine-tuning turns, named as the trainer's objectives (config.loss_weights)
-IGNORE = -100
 
 
 def usable(meta: dict) -> bool:
@@ -49,11 +58,6 @@ def skipped(shards: str, split: str) -> dict[str, int]:
     return {f"{split}_records": len(metas), f"{split}_skipped_audio_only": unusable}
 
 
-def texts(tokenizer, batch: dict) -> list[str]:
-    """Each sample's text input as a string ('' when it has none)."""
-    return [s.strip() for s in tokenizer.batch_decode(batch["text_ids"], skip_special_tokens=True)]
-
-
 def target(meta: dict, task: str) -> str | None:
     if task == "ce":
         return meta.get("caption") or None
@@ -61,19 +65,6 @@ def target(meta: dict, task: str) -> str | None:
         return meta.get("answer") or None
     name = meta.get("label")
     return name if name and meta.get("label_index", -1) >= 0 else None
-
-
-def chat_prompt(tokenizer, content: str) -> str:
-    """The user's turn and the opened assistant turn, through the tokenizer's chat template."""
-    if tokenizer.chat_template is None:
-        raise ValueError("the tokenizer has no chat template: re-run `dvc repro tokenizer` (stages/tokenizer.py)")
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
-
-
-def chat_prompt_ids(tokenizer, contents: list[str]) -> list[list[int]]:
-    """<s> + each user turn's chat prompt (assistant turn opened), as token ids."""
-    return [[tokenizer.bos_token_id, *p] for p in encode(tokenizer, [chat_prompt(tokenizer, c) for c in contents])]
 
 
 def prompt(tokenizer, text: str, meta: dict, task: str) -> str:
@@ -85,33 +76,6 @@ def prompt(tokenizer, text: str, meta: dict, task: str) -> str:
 def prompt_ids(tokenizer, metas: list[dict], text: list[str], rows: list[int], task: str) -> list[list[int]]:
     """<s> + the `task` prompt (user turn, assistant turn opened) of each of `rows`, as token ids."""
     return chat_prompt_ids(tokenizer, [prompt(tokenizer, text[i], metas[i], task) for i in rows])
-
-
-def encode(tokenizer, strings: list[str]) -> list[list[int]]:
-    return tokenizer(strings, add_special_tokens=False)["input_ids"] if strings else []
-
-
-def right_padded(prefixes: list[list[int]], targets: list[list[int]], pad_id: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, labels) of prefix + target rows, right-padded; labels only on the targets."""
-    width = max(len(p) + len(t) for p, t in zip(prefixes, targets, strict=True))
-    ids = torch.full((len(prefixes), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(prefixes), width), IGNORE, dtype=torch.long)
-    for i, (p, t) in enumerate(zip(prefixes, targets, strict=True)):
-        ids[i, : len(p) + len(t)] = torch.tensor(p + t)
-        labels[i, len(p): len(p) + len(t)] = torch.tensor(t, dtype=torch.long)
-    mask = (labels.ne(IGNORE) | (torch.arange(width)[None] < torch.tensor([len(p) for p in prefixes])[:, None]))
-    return ids.to(device), mask.long().to(device), labels.to(device)
-
-
-def left_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts for batched generation: left-padded, so every row's new tokens follow its last prompt token."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-    return ids.to(device), mask.to(device)
 
 
 class Turns:
@@ -165,11 +129,6 @@ def run(model, turns: Turns, visual: torch.Tensor | None, batch: dict) -> torch.
     """Logits of the turns' text positions [n, L, V] (the visual positions before them dropped)."""
     logits = model(turns.ids, turns.mask, **visual_inputs(turns, visual, batch)).logits
     return logits[:, -turns.ids.shape[1]:]
-
-
-def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position t predicts token t + 1: (logits [n, L-1, V], targets [n, L-1])."""
-    return logits[:, :-1], labels[:, 1:]
 
 
 def lm_loss(model, turns: Turns | None, visual: torch.Tensor | None, batch: dict) -> torch.Tensor | None:
@@ -255,12 +214,6 @@ def kd_step(teacher, tokenizer, alpha: float, temperature: float) -> Callable:
         return losses
 
     return step
-
-
-def zero_loss(model) -> torch.Tensor:
-    """A batch with nothing to learn for this step: a zero that still reaches every parameter (DDP / FSDP need
-    a gradient, zero, on every rank)."""
-    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
 
 @torch.no_grad()

@@ -45,3 +45,31 @@ def test_a_config_built_by_the_family_names_it_back():
         with torch.device("meta"):
             model = family_named(name).build(config)
         assert isinstance(model, family_named(name).model_class) and family_for(model) is family_named(name)
+
+
+def test_a_phase_reads_the_records_its_family_names():
+    trimodal, vl = family_named(TRIMODAL), family_named(DEEPSEEK_VL)
+    assert trimodal.records("pretrain") is None and trimodal.records("warmup") is None
+    assert vl.records("pretrain") is vl_tasks.usable
+    warmup = vl.records("warmup")  # the adaptor warm-up: image-caption pairs only
+    assert warmup({"modalities": ["image"], "caption": "a red circle"})
+    assert not warmup({"modalities": ["image"]}) and not warmup({"modalities": ["text"], "caption": "words"})
+
+
+def test_only_the_trimodal_decoder_cuts_a_chat_prompt():
+    class Config:
+        max_decoder_positions = 40
+
+    model = type("M", (), {"config": Config()})()
+    assert family_named(TRIMODAL).prompt_width(model) == 40 - 16  # room for the response
+    assert family_named(DEEPSEEK_VL).prompt_width(model) is None
+
+
+def test_a_family_asked_without_the_tokenizer_its_chat_turns_need_says_so():
+    vl = family_named(DEEPSEEK_VL)
+    with pytest.raises(ValueError, match="pass its tokenizer"):
+        vl.calibration_passes(None, None, {})
+    with pytest.raises(ValueError, match="pass its tokenizer"):
+        vl.timing_inputs(None, {})
+    with pytest.raises(ValueError, match="timing_inputs"):
+        vl.timed(None, {}, None, 3)

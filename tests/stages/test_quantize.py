@@ -16,9 +16,10 @@ from tests.shard_fixtures import sharded
 from tests.shard_fixtures import tiny_deepseek_vl as tiny_model
 from tests.stage_runner import make_project, run_stage
 from trimodal.data.loader import make_loader
-from trimodal.evaluation.latency import PROMPTS, inference, timing_batches
+from trimodal.evaluation.latency import INPUTS, inference, timing_batches
 from trimodal.model.deepseek_vl import tasks as vl_tasks
 from trimodal.model.deepseek_vl.modeling import DeepSeekVLForCausalLM
+from trimodal.model.families import family_named
 from trimodal.model.quantization import Int8Linear, load_saved, quantize_model
 
 
@@ -112,22 +113,25 @@ def test_deepseek_vl_calibration_passes_are_its_chat_turns_scored_where_the_fami
 @pytest.mark.slow
 def test_a_deepseek_vl_inference_is_a_prompt_forward_then_exactly_n_greedy_tokens(vl_data, vl_tokenizer):
     shards = str(vl_data / "shards")
-    readable = timing_batches(shards, "test", [1, 2], chat_tokenizer=vl_tokenizer)
+    family = family_named("deepseek_vl")
+    readable = timing_batches(shards, "test", [1, 2], family, vl_tokenizer)
     assert all(vl_tasks.usable(m) for b in readable.values() for m in b["meta"])  # test's first record: audio only
-    assert readable["batch2"][PROMPTS].rows == [0, 1]
-    batches = timing_batches(shards, "val", [1, 2], chat_tokenizer=vl_tokenizer)
+    assert readable["batch2"][INPUTS].rows == [0, 1]
+    batches = timing_batches(shards, "val", [1, 2], family, vl_tokenizer)
     assert batches["batch2"]["image_present"].any()  # so the inference runs the towers
     model = tiny_model(vl_tokenizer).eval()
     passes = [kw for p in calibration_inputs(model, shards, 8, 1, vl_tokenizer) for kw in p]
     quantized = quantize_model(copy.deepcopy(model), passes)
     shapes = linear_calls(quantized, inference(quantized, batches["batch2"], max_new_tokens=3))
     head, width = shapes["language_model.lm_head"], model.config.text["hidden_size"]
-    prompt = batches["batch2"][PROMPTS].ids.shape[1]
+    prompt = batches["batch2"][INPUTS].ids.shape[1]
     # the prompts' forward over [visual; text], then one call per new token (KV cache), none cut short by </s>
     assert head == [torch.Size([2, model.vision.num_tokens + prompt, width])] + [torch.Size([2, 1, width])] * 3
     assert len(shapes["adaptor.out.1"]) == 1  # the images are encoded once per inference
-    with pytest.raises(ValueError, match="chat_tokenizer"):
-        inference(model, timing_batches(shards, "test", [1])["batch1"], max_new_tokens=3)
+    with pytest.raises(ValueError, match="pass its tokenizer"):  # its inference is a chat turn
+        timing_batches(shards, "test", [1], family)
+    with pytest.raises(ValueError, match="timing_inputs"):  # a batch made for another family
+        inference(model, timing_batches(shards, "test", [1], family_named("trimodal"))["batch1"], max_new_tokens=3)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from trimodal.alignment.responses import logprobs, media_of, prompt_width, promp
 from trimodal.data.batches import to_device
 from trimodal.data.loader import make_loader, read_meta
 from trimodal.evaluation.generation import ANSWER_TOKENS
-from trimodal.model.deepseek_vl.tasks import chat_prompt_ids, texts, zero_loss
+from trimodal.model.chat import chat_prompt_ids, texts, zero_loss
 
 # new tokens a response may take: a caption (or the chosen option, a caption) is a short phrase, an answer or a
 # class a word or two

@@ -1,9 +1,9 @@
 """Inference latency of several model variants, measured side by side: interleaved in one process.
 
 One inference = the encoder, the classifier and a greedy caption of exactly `max_new_tokens` tokens, so every
-variant does the same work. For a DeepSeek-VL model (model/families.py) the same in its terms: the visual tokens,
-one forward over the caption prompts (the chat turn of model/deepseek_vl/tasks.py, which timing_batches builds
-when given the family's tokenizer) and a greedy caption of exactly `max_new_tokens` tokens.
+variant does the same work; each family says what that is in its terms (model/family.py `timed`: DeepSeek-VL's is
+the visual tokens, one forward over the caption prompts and the caption, the prompts built once per timing batch by
+its `timing_inputs`).
 
 Timing variant after variant lets drift (CPU frequency, a noisy neighbour, caches) favour whichever ran last; here
 every round times each variant once, in an order that rotates from round to round, and a variant's latency is its
@@ -17,48 +17,18 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from trimodal.data.batches import model_inputs
 from trimodal.data.loader import make_loader
-from trimodal.model.deepseek_vl import tasks as vl_tasks
-from trimodal.model.families import DEEPSEEK_VL, family_of_model
+from trimodal.model.families import family_for
+from trimodal.model.family import Family
 
-PROMPTS = "caption_prompts"  # a timing batch's key for the DeepSeek-VL family's prompts (vl_tasks.Turns)
+INPUTS = "timing_inputs"  # a timing batch's key for what its family's inference needs beside it (Family.timing_inputs)
 
 
 def inference(model, batch: dict, max_new_tokens: int) -> Callable[[], None]:
-    if family_of_model(model) == DEEPSEEK_VL:
-        return chat_inference(model, batch, max_new_tokens)
-    inputs = model_inputs(batch)
-
-    @torch.no_grad()
-    def run() -> None:
-        encoded = model.encoder(**inputs)
-        model(encoder_outputs=encoded)
-        model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                       do_sample=False, num_beams=1)
-
-    return run
-
-
-def chat_inference(model, batch: dict, max_new_tokens: int) -> Callable[[], None]:
-    """DeepSeek-VL: visual tokens, the prompts' forward (as the teacher-forced scoring pass), a greedy caption."""
-    if batch.get(PROMPTS) is None:
-        raise ValueError("latency: a DeepSeek-VL model needs timing batches with prompts: "
-                         "timing_batches(shards, split, sizes, chat_tokenizer=<the model's tokenizer>)")
-    turns = batch[PROMPTS]
-
-    @torch.no_grad()
-    def timed() -> None:
-        visual = vl_tasks.visual_of(model, batch)
-        vl_tasks.run(model, turns, visual, batch)
-        model.generate(input_ids=turns.ids, attention_mask=turns.mask, max_new_tokens=max_new_tokens,
-                       min_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                       pad_token_id=model.config.pad_token_id, **vl_tasks.visual_inputs(turns, visual, batch))
-
-    return timed
+    """One inference of `model` on a timing batch, as its family times it."""
+    return family_for(model).timed(model, batch, batch.get(INPUTS), max_new_tokens)
 
 
 def interleaved_rounds(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
@@ -93,20 +63,19 @@ def first_rows(batch: dict, n: int) -> dict:
     return {k: v[:n] for k, v in batch.items()}
 
 
-def timing_batches(shards: str, split: str, sizes: Sequence[int],
-                   chat_tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, dict]:
-    """"batch<n>" -> the first n records of `split`, per batch size (one loader read for all of them).
-    chat_tokenizer: a DeepSeek-VL model's (that family's inference is a chat turn): the first n records the family
-    reads (vl_tasks.usable: an audio-only record gives it nothing to do), each batch with its caption prompts."""
+def timing_batches(shards: str, split: str, sizes: Sequence[int], family: Family,
+                   tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, dict]:
+    """"batch<n>" -> the first n records of `split` the family reads (an audio-only record gives DeepSeek-VL
+    nothing to do), per batch size (one loader read for all of them), each with what the family's inference needs
+    beside it (`tokenizer`: the models', for a family whose inference is a chat turn)."""
     if not sizes:
         return {}
-    keep = vl_tasks.usable if chat_tokenizer is not None else None
-    batch = next(iter(make_loader(shards, split, max(sizes), keep=keep)))
+    batch = next(iter(make_loader(shards, split, max(sizes), keep=family.keep)))
     batches = {f"batch{size}": first_rows(batch, size) for size in sizes}
-    if chat_tokenizer is not None:
-        for b in batches.values():
-            b[PROMPTS] = vl_tasks.chat_turns(chat_tokenizer, b, "ce", vl_tasks.texts(chat_tokenizer, b),
-                                             torch.device("cpu"), with_targets=False)
+    for b in batches.values():
+        inputs = family.timing_inputs(tokenizer, b)
+        if inputs is not None:
+            b[INPUTS] = inputs
     return batches
 
 
