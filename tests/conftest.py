@@ -1,20 +1,30 @@
+import os
+
+# One torch thread per process, inherited by every stage, dvc and worker process a test starts: pytest-xdist runs
+# a worker per core, and a second intra-op thread per process only contends for the same cores (an OpenMP region
+# waits for its slowest thread, so a 2-thread process beside another busy one runs several times slower). A
+# thread count set by the caller is kept.
+for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
+
 # gto (DVC's model-registry library, trimodal/registry.py) runs logging.config.dictConfig when first imported, and
 # dictConfig closes every logging handler made before it. Under pytest one of those is absl's (rouge-score, via
 # trimodal/evaluation/scoring.py), whose close() closes its stream when that is not sys.stderr itself: here DVC's
 # colorama wrapper around pytest's capture, so pytest loses stderr mid-run. Importing gto first, before any such
 # handler exists, makes its dictConfig harmless.
-import gto.log  # noqa: F401  (first: see above)
-import pytest
-from _pytest.mark import deselect_by_mark  # parses and checks `-m` (pytest is pinned)
+import gto.log  # noqa: E402, F401  (first: see above)
+import pytest  # noqa: E402
+from _pytest.mark import deselect_by_mark  # noqa: E402  parses and checks `-m` (pytest is pinned)
 
-from tests.s3_server import moto_s3
+from tests.s3_server import moto_s3  # noqa: E402
 
 # pytest-xdist (`-n auto --dist loadfile --no-loadscope-reorder`, pyproject.toml) hands whole modules to the
 # workers in collection order, a worker taking its next one when two of its tests are left. Without an order it
 # would hand out the modules with the most tests first and the full-DAG ones late, so the run waited ~20 minutes
 # on test_deployment alone at the end. The longest modules go first, longest first (`--durations` on 2 cores).
 LONGEST_FIRST = (
-    "tests/flows/test_deployment.py",  # ~23 min beside the other worker
+    "tests/flows/test_deployment.py",  # train/full and a single-machine repro on a deployment of its own
+    "tests/flows/test_deployment_recovery.py",  # the gate, a killed worker and ingest, on another, side by side
     "tests/stages/test_train.py",
     "tests/stages/test_deepseek_vl_stages.py",
     "tests/stages/test_post_training.py",
