@@ -8,10 +8,10 @@ for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
 
 # gto (DVC's model-registry library, trimodal/registry.py) runs logging.config.dictConfig when first imported, and
-# dictConfig closes every logging handler made before it. Under pytest one of those is absl's (rouge-score, via
-# trimodal/evaluation/scoring.py), whose close() closes its stream when that is not sys.stderr itself: here DVC's
-# colorama wrapper around pytest's capture, so pytest loses stderr mid-run. Importing gto first, before any such
-# handler exists, makes its dictConfig harmless.
+# dictConfig closes every logging handler made before it. Under pytest one of those is absl's (rouge-score, which
+# trimodal/evaluation/scoring.py imports when it scores), whose close() closes its stream when that is not
+# sys.stderr itself: here DVC's colorama wrapper around pytest's capture, so pytest loses stderr mid-run. Importing
+# gto first, before any such handler exists, makes its dictConfig harmless.
 import gto.log  # noqa: E402, F401  (first: see above)
 import pytest  # noqa: E402
 from _pytest.mark import deselect_by_mark  # noqa: E402  parses and checks `-m` (pytest is pinned)

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from filelock import FileLock
 from PIL import Image
 
 from stages.shard import run as shard
@@ -30,6 +33,22 @@ TINY_DEEPSEEK_VL = {"low_vision": {"image_size": 16, "patch_size": 8, "hidden_si
                   "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True}}
 
 SR = 16000
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder `build` fills once per test session, by whichever pytest-xdist worker asks first; a worker that
+    asks meanwhile waits for it (a file lock) rather than training the same models again. The tests only read it
+    (a test that changes it works on a copy)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    root = base / name
+    with FileLock(f"{root}.lock"):
+        if not (root / ".built").exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed build left
+            build(root)
+            (root / ".built").touch()
+    return root
 
 
 def validated_records(n: int = 24) -> tuple[list[dict], dict[str, bytes]]:

@@ -33,8 +33,10 @@ SHORT = ["steps=3", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpoint
 
 
 @pytest.fixture(scope="module")
-def project(aligned_project):
-    return aligned_project  # tests/stages/conftest.py: the teacher out of finetune -> instruct -> preferences -> align
+def project(aligned_project, tmp_path_factory):
+    """A copy of tests/stages/conftest.py's project (the teacher out of finetune -> instruct -> preferences ->
+    align): these tests run stages in it, and test_alignment_stages reads the original meanwhile."""
+    return Path(shutil.copytree(aligned_project, tmp_path_factory.mktemp("post-training") / "project"))
 
 
 @pytest.mark.slow

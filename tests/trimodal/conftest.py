@@ -19,7 +19,7 @@ import soundfile as sf
 from PIL import Image
 
 from tests.s3_server import free_port
-from tests.shard_fixtures import SR, trained_project
+from tests.shard_fixtures import SR, built_once, trained_project
 from tests.stage_runner import run_stage
 
 # every fixture record's answer is "red": enough steps for a tiny model to say so
@@ -33,11 +33,14 @@ PRETRAIN = ["steps=2", "batch_size=4", "warmup_steps=1", "log_every=1", "checkpo
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    """{"teacher": folder, "student-int8": folder} trained on the shard fixtures (answer always "red")."""
-    root = trained_project(tmp_path_factory.mktemp("served-data"), tmp_path_factory.mktemp("served"), PRETRAIN,
-                           FINETUNE)
-    shutil.copytree(root / "models/teacher", root / "models/student")  # quantize reads the student
-    run_stage("quantize", root, "quantize.speed_batch_sizes=[]", "quantize.int8_min_features=0")
+    """{"teacher": folder, "student-int8": folder} trained on the shard fixtures (answer always "red"), once for
+    the session's workers."""
+    def build(folder: Path) -> None:
+        root = trained_project(folder / "data", folder / "project", PRETRAIN, FINETUNE)
+        shutil.copytree(root / "models/teacher", root / "models/student")  # quantize reads the student
+        run_stage("quantize", root, "quantize.speed_batch_sizes=[]", "quantize.int8_min_features=0")
+
+    root = built_once(tmp_path_factory, "served", build) / "project"
     return {"teacher": root / "models/teacher", "student-int8": root / "models/student-int8"}
 
 

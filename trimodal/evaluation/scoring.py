@@ -24,9 +24,6 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-from pycocoevalcap.cider.cider import Cider
-from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU
 
 from trimodal.data.records import MODALITIES
 
@@ -56,11 +53,15 @@ def record_of(meta: dict) -> dict:
 
 def bleu(hyps: Sequence[str], refs: Sequence[str], order: int = 4) -> float:
     """Corpus BLEU with n-grams up to `order` (sacrebleu defaults otherwise), 0-100."""
+    from sacrebleu.metrics import BLEU  # here, like the other metric libraries: ~1 s that training never needs
+
     return BLEU(max_ngram_order=order, tokenize=BLEU_TOKENIZER).corpus_score(list(hyps), [list(refs)]).score
 
 
 def bleu_signature(order: int = 4) -> str:
     """sacrebleu's reproducibility signature (nrefs, case, tokenizer, smoothing, version) of `bleu`."""
+    from sacrebleu.metrics import BLEU
+
     metric = BLEU(max_ngram_order=order, tokenize=BLEU_TOKENIZER)
     metric.corpus_score(["a"], [["a"]])  # the signature records the number of references, known after scoring
     return str(metric.get_signature())
@@ -70,6 +71,8 @@ def cider_per_record(refs: Sequence[str], hyps: Sequence[str]) -> list[float]:
     """CIDEr-D of each hypothesis against its one reference, document frequencies from all of `refs`."""
     if not refs:
         return []
+    from pycocoevalcap.cider.cider import Cider
+
     _, per_record = Cider().compute_score({i: [r] for i, r in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)})
     return [float(s) for s in per_record]
 
@@ -105,6 +108,8 @@ def task_scores(records: Sequence[dict], extra_bleu_order: int = 0) -> dict:
         scores["bleu4"] = bleu(hyps, refs, 4)
         if extra_bleu_order and extra_bleu_order != 4:
             scores[f"bleu{extra_bleu_order}"] = bleu(hyps, refs, extra_bleu_order)
+        from rouge_score import rouge_scorer
+
         rouge = rouge_scorer.RougeScorer(["rougeL"])
         scores["rouge_l"] = statistics.fmean(rouge.score(r, h)["rougeL"].fmeasure for r, h in zip(refs, hyps,
                                                                                                strict=True))
