@@ -17,10 +17,10 @@ model or a saved folder names). The stages, evaluation and serving call it inste
     records(phase)         the records a training phase reads (`keep`, or a phase's own: DeepSeek-VL's warm-up)
     calibration_passes     a val batch as the forward kwargs quantize calibrates on, `labels` at the logits' positions
     timing_inputs / timed  what one timed inference needs beside the batch, and that inference (latency)
-    media / prompted / logprobs / generate
+    media / prompted / response_logits / logprobs / generate
                            a prompt and a response (trimodal/alignment/responses.py): the batch's inputs encoded once,
-                           the rows with one chat prompt each (model/chat.py Prompted), the log-probability of given
-                           responses, and generated ones
+                           the rows with one chat prompt each (model/chat.py Prompted), the next-token logits over
+                           given responses and their log-probability, and generated ones
     prompt_width           the chat-prompt tokens the model reads whole (None: prompts are not cut)
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from trimodal.model.chat import Prompted
+from trimodal.model.preference import sequence_logprobs
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
 LossesFn = Callable[[nn.Module, dict, torch.Generator], tuple[dict[str, torch.Tensor], object]]
@@ -139,8 +140,14 @@ class Family(ABC):
         """The rows' inputs (`media`, as `media` encoded them) with one user turn each, through the chat template."""
 
     @abstractmethod
+    def response_logits(self, model, tokenizer, asked: Prompted, responses: list[str]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [n, T, V], labels [n, T]): position t's prediction of label t, where the labels are each
+        response's tokens and </s> and -100 elsewhere (the prompt, padding); with gradients."""
+
     def logprobs(self, model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(log P(response | inputs, prompt) summed over its tokens and </s> [n], its tokens [n]), with gradients."""
+        return sequence_logprobs(*self.response_logits(model, tokenizer, asked, responses))
 
     @abstractmethod
     def generate(self, model, tokenizer, asked: Prompted, max_new_tokens: int, sample: bool) -> list[str]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 # the alignment stages' objectives, beside each family's own in config.loss_weights: `instruct` (the instruction
 # turns' cross-entropy), `dpo`, `reward` (the reward model's Bradley-Terry loss), `ppo`
-ALIGNMENT_LOSS_WEIGHTS = {"instruct": 1.0, "dpo": 1.0, "reward": 1.0, "ppo": 1.0}
+ALIGNMENT_LOSS_WEIGHTS = {"instruct": 1.0, "anchor": 1.0, "dpo": 1.0, "reward": 1.0, "ppo": 1.0}
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -227,9 +227,8 @@ def train(params, model, reference, tokenizer, pairs: dict[str, list[dict]], sum
     # the instruction turns and, through them, the fine-tuning objectives keep training (stages/instruct.py's
     # step): DPO alone on the pairs lowers what the model says to prompts outside them
     asked = params.instructions
-    replay = instruct_losses(tokenizer, asked.templates, asked.options,
-                             family_for(model).replay(tokenizer),
-                             asked.prompt_noise) if p.replay else None
+    replay = instruct_losses(tokenizer, asked.templates, asked.options, family_for(model).replay(tokenizer),
+                             asked.prompt_noise, reference if p.anchor else None) if p.replay else None
     if p.method == "dpo":
         return fit(model, preference_step(tokenizer, reference, pairs, p.beta, "dpo", replay),
                    TrainJob.of(params, "align", base), keep=keep, summary=summary, monitors=DPO_MONITORS), None

@@ -216,6 +216,7 @@ class AlignParams(TrainStageParams):
 
     method: str  # dpo | ppo
     replay: bool  # the fine-tuning objectives keep training beside the preference loss
+    anchor: bool  # the replayed instruction turns target the reference's next-token distributions, not the answers
     pairs: str  # the pairs table (JSON lines): the preferences stage's, or yours
     beta: float
     eval_batch_size: int

@@ -12,7 +12,6 @@ from trimodal.model.chat import IGNORE, Prompted, chat_prompt_ids, encode, left_
 from trimodal.model.deepseek_vl import tasks
 from trimodal.model.deepseek_vl.modeling import DeepSeekVLConfig, DeepSeekVLForCausalLM
 from trimodal.model.family import Family, Keep, LossesFn, Predictions, Response, StepFn
-from trimodal.model.preference import sequence_logprobs
 
 TEXT_KEYS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")  # what the data fixes of the LLM
 
@@ -138,14 +137,13 @@ class DeepSeekVLFamily(Family):
     def prompted(self, model, tokenizer, batch: dict, media, rows: list[int], contents: list[str]) -> Prompted:
         return Prompted(rows, batch, prompts=chat_prompt_ids(tokenizer, contents), visual=media)
 
-    def logprobs(self, model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def response_logits(self, model, tokenizer, asked: Prompted, responses: list[str]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """The causal LM reads the visual tokens, the chat prompt and the response (a space after "Assistant:",
         as the fine-tuning turns), then </s>."""
         targets = [[*t, tokenizer.eos_token_id] for t in encode(tokenizer, [" " + r for r in responses])]
         ids, mask, labels = right_padded(asked.prompts, targets, tokenizer.pad_token_id, asked.batch["image"].device)
-        logits, targets = shifted(tasks.run(model, tasks.Turns(asked.rows, ids, mask), asked.visual, asked.batch),
-                                  labels)
-        return sequence_logprobs(logits, targets)
+        return shifted(tasks.run(model, tasks.Turns(asked.rows, ids, mask), asked.visual, asked.batch), labels)
 
     def generate(self, model, tokenizer, asked: Prompted, max_new_tokens: int, sample: bool) -> list[str]:
         ids, mask = left_padded(asked.prompts, tokenizer.pad_token_id, asked.batch["image"].device)

@@ -13,7 +13,6 @@ from trimodal.evaluation.generation import ANSWER_TOKENS, answered, greedy
 from trimodal.evaluation.scoring import record_of
 from trimodal.model.chat import Prompted, chat_prompt_ids, right_padded, shifted
 from trimodal.model.family import Family, LossesFn, Predictions, Response, StepFn
-from trimodal.model.preference import sequence_logprobs
 from trimodal.model.trimodal.configuration import TrimodalConfig
 from trimodal.model.trimodal.fusion import Stream
 from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
@@ -139,14 +138,15 @@ class TrimodalFamily(Family):
         return Prompted(rows, batch, encoded=model.encoder.fuse(streams),
                         prompts=[fitted(ids, width) for ids in chat_prompt_ids(tokenizer, contents)])
 
-    def logprobs(self, model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def response_logits(self, model, tokenizer, asked: Prompted, responses: list[str]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each response's tokens and </s> as the shards tokenize answers (<s> dropped), after its prompt, which
         gives up its start where prompt and response overflow the decoder."""
         targets, room = [ids[1:] for ids in tokenizer(responses)["input_ids"]], model.config.max_decoder_positions
         prompts = [fitted(p, room - len(t)) for p, t in zip(asked.prompts, targets, strict=True)]
         ids, _, labels = right_padded(prompts, targets, model.config.pad_token_id, asked.batch["image"].device)
         logits = model(encoder_outputs=asked.encoded, decoder_input_ids=ids).logits
-        return sequence_logprobs(*shifted(logits, labels))
+        return shifted(logits, labels)
 
     def generate(self, model, tokenizer, asked: Prompted, max_new_tokens: int, sample: bool) -> list[str]:
         prompts = [torch.tensor(p, device=asked.batch["image"].device) for p in asked.prompts]

@@ -221,6 +221,6 @@ def test_group_advantages_of_equal_rewards_that_are_not_exact_in_binary_are_zero
 @pytest.mark.parametrize("defaults", [configuration.DEFAULT_LOSS_WEIGHTS, deepseek_vl.DEFAULT_LOSS_WEIGHTS],
                          ids=["trimodal", "deepseek_vl"])
 def test_alignment_loss_weights_are_in_each_familys_default_loss_weights(defaults):
-    assert set(ALIGNMENT_LOSS_WEIGHTS) == {"instruct", "dpo", "reward", "ppo"}
+    assert set(ALIGNMENT_LOSS_WEIGHTS) == {"instruct", "anchor", "dpo", "reward", "ppo"}
     assert set(ALIGNMENT_LOSS_WEIGHTS) <= set(defaults)
     assert {k: defaults[k] for k in ALIGNMENT_LOSS_WEIGHTS} == ALIGNMENT_LOSS_WEIGHTS

@@ -12,11 +12,12 @@ import torch
 from tqdm import tqdm
 
 from trimodal.alignment.instructions import TASKS, content, correct, instruction_words, noisy_prompt, tasks_of, turn
-from trimodal.alignment.responses import logprobs, media_of, prompt_width, prompted, readable, respond
+from trimodal.alignment.responses import logprobs, media_of, prompt_width, prompted, readable, respond, response_logits
 from trimodal.data.batches import to_device
 from trimodal.data.loader import make_loader, read_meta
 from trimodal.evaluation.generation import ANSWER_TOKENS
 from trimodal.model.chat import chat_prompt_ids, texts, zero_loss
+from trimodal.model.losses import kd_loss
 
 # new tokens a response may take: a caption (or the chosen option, a caption) is a short phrase, an answer or a
 # class a word or two
@@ -36,11 +37,14 @@ def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable, 
     return step
 
 
-def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable,
-                    prompt_noise: float = 0.0) -> Callable:
+def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable, prompt_noise: float = 0.0,
+                    anchor=None) -> Callable:
     """instruct_step's losses and the batch's media (responses.media_of; None when nothing encoded them): the
     instruction turns read the media the replayed fine-tuning losses encoded, and so may a caller's own pass
-    (`align`'s preference pairs): one encoding of a batch's image and audio per step."""
+    (`align`'s preference pairs): one encoding of a batch's image and audio per step.
+    `anchor`: a frozen model (align's reference) whose next-token distribution over each turn's answer is the
+    target instead of the answer's tokens (loss "anchor": the cross-entropy to it, KL plus the anchor's entropy),
+    so the turns hold the model where it was rather than train it further."""
     vocabulary = instruction_words(templates)
 
     def step(model, batch: dict, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], object]:
@@ -62,11 +66,19 @@ def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable
             contents.append(content(text[i], asked.prompt))
             targets.append(asked.target)
         if not rows:
-            losses["instruct"] = zero_loss(model)
+            losses["instruct" if anchor is None else "anchor"] = zero_loss(model)
             return losses, media
         media = media_of(model, batch) if media is None else media
-        logp, tokens = logprobs(model, tokenizer, prompted(model, tokenizer, batch, media, rows, contents), targets)
-        losses["instruct"] = -logp.sum() / tokens.sum().clamp(min=1)
+        asked = prompted(model, tokenizer, batch, media, rows, contents)
+        if anchor is None:
+            logp, tokens = logprobs(model, tokenizer, asked, targets)
+            losses["instruct"] = -logp.sum() / tokens.sum().clamp(min=1)
+            return losses, media
+        logits, labels = response_logits(model, tokenizer, asked, targets)
+        with torch.no_grad():
+            held = prompted(anchor, tokenizer, batch, media_of(anchor, batch), rows, contents)
+            reference, _ = response_logits(anchor, tokenizer, held, targets)
+        losses["anchor"] = kd_loss(logits, reference, labels, alpha=1.0, temperature=1.0)
         return losses, media
 
     return step

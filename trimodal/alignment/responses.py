@@ -19,7 +19,7 @@ import torch
 from trimodal.model.chat import Prompted
 from trimodal.model.families import family_for
 
-__all__ = ["Prompted", "logprobs", "media_of", "prompt_width", "prompted", "readable", "respond"]
+__all__ = ["Prompted", "logprobs", "media_of", "prompt_width", "prompted", "readable", "respond", "response_logits"]
 
 
 def readable(model, meta: dict) -> bool:
@@ -44,6 +44,12 @@ def prompted(model, tokenizer, batch: dict, media, rows: list[int], contents: li
     """The rows' inputs with one user turn each (`contents`, e.g. instructions.content), through the chat
     template."""
     return family_for(model).prompted(model, tokenizer, batch, media, rows, contents)
+
+
+def response_logits(model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next-token logits [n, T, V], labels [n, T]: the responses' tokens and </s>, -100 elsewhere), with
+    gradients."""
+    return family_for(model).response_logits(model, tokenizer, asked, responses)
 
 
 def logprobs(model, tokenizer, asked: Prompted, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,15 +1,18 @@
-"""trimodal/alignment/instruction_tasks.py's count of the prompts the trimodal decoder cannot read whole."""
+"""trimodal/alignment/instruction_tasks.py: the count of the prompts the trimodal decoder cannot read whole, and the
+instruction turns anchored to a reference (align's `anchor`)."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from tests.shard_fixtures import sharded, tiny_deepseek_vl
-from trimodal.alignment.instruction_tasks import cut_lines, cut_prompts
+from trimodal.alignment.instruction_tasks import cut_lines, cut_prompts, instruct_losses
 from trimodal.alignment.instructions import tasks_of
 from trimodal.alignment.responses import prompt_width
-from trimodal.data.loader import read_meta
+from trimodal.data.loader import make_loader, read_meta
 from trimodal.model.trimodal.configuration import TrimodalConfig
 from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 
@@ -52,3 +55,35 @@ def test_long_prompts_are_counted_per_template_and_short_ones_are_not(data):
     assert cut_prompts(trimodal(tokenizer, 512), tokenizer, str(data / "shards"), "val", TEMPLATES, 3, seed=0) == {}
     assert cut_prompts(tiny_deepseek_vl(tokenizer, image_size=16, n_mels=20), tokenizer, str(data / "shards"), "val",
                        TEMPLATES, 3, seed=0) == {}
+
+
+def anchored_losses(data, anchor):
+    """instruct_losses on one train batch of the fixture, with nothing replayed beside the turns."""
+    tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
+    model = trimodal(tokenizer, 64).eval()  # eval: no dropout, so the policy is its anchor's exact copy
+    short = {task: {"train": [t for t in row["train"] if LONG not in t], "held_out": []}
+             for task, row in TEMPLATES.items()}
+    step = instruct_losses(tokenizer, short, 3, lambda m, b, g: ({}, None), 0.0,
+                           None if anchor is None else anchor(model))
+    batch = next(iter(make_loader(str(data / "shards"), "train", 4)))
+    losses, _ = step(model, batch, torch.Generator().manual_seed(0))
+    return model, losses
+
+
+def test_anchored_turns_hold_the_model_at_its_anchor_and_pull_it_back_when_it_moves(data):
+    model, losses = anchored_losses(data, lambda m: copy.deepcopy(m).requires_grad_(False))
+    assert set(losses) == {"anchor"} and losses["anchor"] > 0  # the anchor's entropy over the answers
+    losses["anchor"].backward()  # cross-entropy to its own distribution: the gradient of KL at its minimum
+    assert max(p.grad.abs().max() for p in model.parameters() if p.grad is not None) < 1e-6
+
+    def moved(m):
+        anchor = copy.deepcopy(m).requires_grad_(False)
+        with torch.no_grad():
+            anchor.decoder.lm_head.weight.add_(torch.randn_like(anchor.decoder.lm_head.weight))
+        return anchor
+    model, losses = anchored_losses(data, moved)
+    losses["anchor"].backward()
+    assert model.decoder.lm_head.weight.grad.abs().max() > 1e-4
+    # without an anchor the same turns train on their answers
+    _, losses = anchored_losses(data, None)
+    assert set(losses) == {"instruct"} and losses["instruct"] > 0
