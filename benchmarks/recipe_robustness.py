@@ -17,7 +17,9 @@ when a run with the same seed already made them, and every later stage runs with
 numbers depend on the thread count, which DVC does not see. A restored stage is listed in the run's `restored`.
 
 Writes {"config", "runs", "summary"} as JSON (a failed run keeps its return code and output tail), prints the
-summary and a markdown table of it, and exits non-zero if any run failed.
+summary and a markdown table of it, and exits non-zero if any run failed. Each run also records the host's fp32
+matmul rate before it starts (`machine_gflops`): this machine's speed has moved by 2x between days, and wall times
+only compare through it.
 """
 from __future__ import annotations
 
@@ -288,6 +290,21 @@ def project_targets(clone: Path, env: dict) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# the host's fp32 matmul rate at the run's thread count (trimodal/training/mfu.py, what MFU divides by on CPU): wall
+# times of runs on other days or machines compare through it
+SPEED_SCRIPT = """
+import torch
+from trimodal.training.mfu import peak_flops
+print(peak_flops(torch.device("cpu"))[0] / 1e9)
+"""
+
+
+def machine_gflops(clone: Path, env: dict) -> float:
+    proc = subprocess.run([sys.executable, "-c", SPEED_SCRIPT], cwd=clone, env=env, capture_output=True, text=True,
+                          check=True)
+    return round(float(proc.stdout.strip().splitlines()[-1]), 1)
+
+
 def judge(clone: Path, env: dict) -> dict:
     """The run's per-row metrics of each variant and every target (the project's, then the teacher's)."""
     details = eval_details(clone)
@@ -309,6 +326,7 @@ def one_run(spec: dict, root: Path, commit: str, overrides: list[str], cache: Pa
     print(f"{label}: started", flush=True)
     try:
         prepare_clone(clone, commit, spec["seed"], overrides, env, cache)
+        run["machine_gflops"] = machine_gflops(clone, env)
         returncode, wall, seconds, restored, output = repro(clone, env, cache is not None)
         run.update(returncode=returncode, wall_s=wall, stage_s=seconds, restored=restored)
         if returncode == 0:
@@ -370,6 +388,8 @@ def summarise(runs: list[dict]) -> dict:
         "runs": len(runs),
         "failed": len(runs) - len(ok),
         "dag_wall_s": spread([r["wall_s"] for r in ok]) if ok else None,
+        "machine_gflops": spread(speeds) if (speeds := [r["machine_gflops"] for r in ok if "machine_gflops" in r])
+        else None,
         "runs_with_restored_stages": sum(bool(r.get("restored")) for r in ok),
         "stage_s": {stage: spread([r["stage_s"][stage] for r in ok if stage in r["stage_s"]]) for stage in stages},
         "metrics": {variant: {row: {key: spread(v) for key, v in rows[row].items()}
@@ -399,7 +419,9 @@ def markdown(summary: dict) -> str:
                    f"{wall['median']:.0f} s, max {wall['max']:.0f} s" if wall else "No run succeeded")
               + (f"; {summary['failed']} of {summary['runs']} run(s) failed" if summary["failed"] else "")
               + (f"; {summary['runs_with_restored_stages']} run(s) restored stages from the shared cache"
-                 if summary["runs_with_restored_stages"] else "") + "."]
+                 if summary["runs_with_restored_stages"] else "")
+              + (f"; the host's fp32 matmul {speed['min']:.0f}-{speed['max']:.0f} GFLOP/s before the runs"
+                 if (speed := summary.get("machine_gflops")) else "") + "."]
     return "\n".join(lines)
 
 

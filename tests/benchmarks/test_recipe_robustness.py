@@ -190,3 +190,18 @@ def test_markdown_lists_alignment_scores():
     run = ok_run(0, 0.99, 500.0, True)
     run["metrics"]["alignment"] = {"align": {"preference_accuracy": 0.9}}
     assert "| align preference_accuracy | 0.900 | 0.900 | 0.900 |" in markdown(summarise([run]))
+
+
+def test_the_hosts_speed_is_spread_and_printed_beside_the_wall_time():
+    runs = [{**ok_run(0, 0.99, 600.0, True), "machine_gflops": 40.0}, {**ok_run(1, 0.99, 500.0, True),
+                                                                       "machine_gflops": 80.0}]
+    summary = summarise(runs)
+    assert summary["machine_gflops"] == {"min": 40.0, "median": 60.0, "max": 80.0, "n": 2}
+    assert markdown(summary).endswith("max 600 s; the host's fp32 matmul 40-80 GFLOP/s before the runs.")
+    assert summarise(RUNS)["machine_gflops"] is None  # runs from before the probe
+    assert "GFLOP/s" not in markdown(summarise(RUNS))
+
+
+def test_the_speed_probe_measures_this_host():
+    from benchmarks.recipe_robustness import REPO, machine_gflops, run_env
+    assert machine_gflops(REPO, {**run_env(REPO, 1), "PYTHONPATH": str(REPO)}) > 0.1
