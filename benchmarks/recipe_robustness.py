@@ -53,7 +53,9 @@ ALIGNMENT_TARGETS = ("align: held-out preference accuracy >= 0.85",
                      "instruct: held-out instruction templates mean >= 0.80",
                      "align: no task's held-out templates fall (per task, as reports/alignment.md)",
                      "align: no single held-out template falls",
-                     "align: val task scores fall <= 1 point")
+                     "align: val task scores fall <= 1 point",
+                     "align: no held-out template falls beyond chance (exact McNemar, one-sided p < 0.05)")
+MCNEMAR_ALPHA = 0.05
 DATA_STAGE = "shard"  # the last stage whose outputs do not depend on torch's thread count
 TAIL_LINES = 60
 STAGE_EVENT = re.compile(r"^(?:Running stage|Stage) '([^']+)'")
@@ -257,6 +259,13 @@ def alignment(clone: Path) -> tuple[dict, list[dict]]:
         {"name": ALIGNMENT_TARGETS[4], "value": f"{align['max_task_drop']:.2f} points",  # align's unit: points
          "met": align["max_task_drop"] <= 1.0},
     ]
+    changes = [(f"{task}: {template}", c) for task, per in held_out.get("changes", {}).items()
+               for template, c in per.items()]
+    if changes:  # a revision whose align records each template's missed records (older ones do not)
+        name, worst = min(changes, key=lambda item: item[1]["p"])
+        scores["align"]["smallest_template_fall_p"] = worst["p"]
+        value = f"smallest p {worst['p']:.3f} ({name}: {worst['lost']} lost, {worst['gained']} gained)"
+        targets.append({"name": ALIGNMENT_TARGETS[5], "value": value, "met": worst["p"] >= MCNEMAR_ALPHA})
     return scores, targets
 
 

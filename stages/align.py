@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from trimodal.alignment.instruction_tasks import instruct_losses, template_scores
+from trimodal.alignment.instruction_tasks import instruct_losses, template_changes, template_scores
 from trimodal.alignment.instructions import check_templates, content
 from trimodal.alignment.pairs import read_pairs, reasons
 from trimodal.alignment.responses import Prompted, logprobs, media_of, prompted, readable, respond
@@ -216,6 +216,11 @@ def report(method: str, pairs: dict, changes: dict, templates: dict) -> str:
         "## Held-out instruction templates, exact match (before: instruct's model)",
         table([[t, before.get(t, {}).get("accuracy"), after[t]["accuracy"], after[t]["n"]] for t in tasks]
               + [["mean", before.get("mean"), after["mean"], None]], ["task", "before", "after", "n"]),
+        "## Held-out instruction templates, record by record (lost: right before align, wrong after; p: exact "
+        "McNemar, one-sided, that the template fell)",
+        table([[task, template, c["lost"], c["gained"], c["p"]]
+               for task, per in template_changes(before, after).items() for template, c in per.items()],
+              ["task", "template", "records lost", "gained", "p"]),
     ]) + "\n"
 
 
@@ -273,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     changes = task_changes(instructed["val"]["overall"], scores["overall"])
     templates = template_scores(model, tokenizer, p.shards, "val", params.instructions.templates, "held_out",
                                 params.instructions.options, p.eval_batch_size, params.seed)
-    held_out_templates = {"before": instructed["held_out"]["after"], "after": templates}
+    held_out_templates = {"before": instructed["held_out"]["after"], "after": templates,
+                          "changes": template_changes(instructed["held_out"]["after"], templates)}
     write_json(Path(paths.details) / "align.json", {
         "method": p.method, "held_out_pairs": pairs, "tasks": changes, "held_out_templates": held_out_templates,
         "val": scores, "quarantined": quarantined})

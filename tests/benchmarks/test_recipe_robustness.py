@@ -157,7 +157,7 @@ def aligned_clone(tmp_path, preference: float, instruct_mean: float, after_vqa: 
 
 def test_alignment_targets_met(tmp_path):
     scores, targets = alignment(aligned_clone(tmp_path, 0.9, 0.85, 0.95, 0.45))
-    assert [t["name"] for t in targets] == list(ALIGNMENT_TARGETS)
+    assert [t["name"] for t in targets] == list(ALIGNMENT_TARGETS[:5])  # no record-by-record changes: no test
     assert all(t["met"] for t in targets)
     assert scores["instruct"] == {"held_out_mean": 0.85, "held_out_vqa": 0.9}
     assert scores["align"]["largest_template_fall"] == 0.0  # caption stayed; vqa rose
@@ -205,3 +205,18 @@ def test_the_hosts_speed_is_spread_and_printed_beside_the_wall_time():
 def test_the_speed_probe_measures_this_host():
     from benchmarks.recipe_robustness import REPO, machine_gflops, run_env
     assert machine_gflops(REPO, {**run_env(REPO, 1), "PYTHONPATH": str(REPO)}) > 0.1
+
+
+@pytest.mark.parametrize(("lost", "gained", "met"), [(5, 0, False), (2, 0, True), (7, 9, True)])
+def test_a_template_falls_beyond_chance_by_the_exact_mcnemar_test(tmp_path, lost, gained, met):
+    clone = aligned_clone(tmp_path, 0.9, 0.85, 0.95, 0.45)
+    details = json.loads((clone / "m/details/align.json").read_text())
+    p = {(5, 0): 1 / 32, (2, 0): 1 / 4}.get((lost, gained), 0.5)
+    details["held_out_templates"]["changes"] = {
+        "vqa": {"{question} A:": {"lost": lost, "gained": gained, "p": p}},
+        "caption": {"Describe.": {"lost": 0, "gained": 0, "p": 1.0}}}
+    (clone / "m/details/align.json").write_text(json.dumps(details))
+    scores, targets = alignment(clone)
+    assert targets[-1]["name"] == ALIGNMENT_TARGETS[5] and targets[-1]["met"] is met
+    assert f"vqa: {{question}} A:: {lost} lost, {gained} gained" in targets[-1]["value"]
+    assert scores["align"]["smallest_template_fall_p"] == p

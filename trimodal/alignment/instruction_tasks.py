@@ -102,13 +102,15 @@ def asked_turns(metas: list[dict], text: list[str], rows: list[int], task: str, 
 def template_scores(model, tokenizer, shards: str, split: str, templates: dict, which: str, n_options: int,
                     batch_size: int, seed: int) -> dict:
     """Exact-match accuracy of greedy answers per task and `which` template ("held_out" or "train") on `split`:
-    {task: {"accuracy", "n", "templates": {template: {"accuracy", "n"}}}} and "mean" over the tasks that have
-    records. A record's choice options are drawn from the split's captions with (seed, record id, template)."""
+    {task: {"accuracy", "n", "templates": {template: {"accuracy", "n", "missed"}}}} and "mean" over the tasks that
+    have records; "missed": the ids of the records a template's prompt got wrong (two models' lists say which records
+    they disagree on). A record's choice options are drawn from the split's captions with (seed, record id,
+    template)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     captions = [m.get("caption") for m in read_meta(shards, split)]
-    hits = {task: {t: [0, 0] for t in templates[task][which]} for task in TASKS}
+    hits = {task: {t: [0, 0, []] for t in templates[task][which]} for task in TASKS}
     for batch in tqdm(make_loader(shards, split, batch_size), desc=f"{which} templates ({split})", unit="batch"):
         batch = to_device(batch, device)
         metas, text = batch["meta"], texts(tokenizer, batch)
@@ -121,15 +123,18 @@ def template_scores(model, tokenizer, shards: str, split: str, templates: dict, 
                 turns, contents = asked_turns(metas, text, rows, task, template, captions, n_options, seed)
                 asked = prompted(model, tokenizer, batch, media, rows, contents)
                 answers = respond(model, tokenizer, asked, BUDGETS[task])
-                hits[task][template][0] += sum(correct(a, t.target) for a, t in zip(answers, turns, strict=True))
+                right = [correct(a, t.target) for a, t in zip(answers, turns, strict=True)]
+                hits[task][template][0] += sum(right)
                 hits[task][template][1] += len(rows)
+                hits[task][template][2] += [metas[i]["id"] for i, ok in zip(rows, right, strict=True) if not ok]
     model.train(was_training)
     out = {}
     for task, per in hits.items():
-        right, n = sum(h for h, _ in per.values()), sum(k for _, k in per.values())
+        right, n = sum(h for h, _, _ in per.values()), sum(k for _, k, _ in per.values())
         if n:
             out[task] = {"accuracy": right / n, "n": n,
-                         "templates": {t: {"accuracy": h / k if k else None, "n": k} for t, (h, k) in per.items()}}
+                         "templates": {t: {"accuracy": h / k if k else None, "n": k, "missed": sorted(missed)}
+                                       for t, (h, k, missed) in per.items()}}
     out["mean"] = sum(v["accuracy"] for v in out.values()) / len(out) if out else None
     return out
 
@@ -164,3 +169,25 @@ def cut_lines(cut: dict, width: int | None, split: str) -> list[str]:
     return [f"{n_cut['cut']} of {n_cut['n']} {split} prompts of {task} template {template!r} are longer than the "
             f"{width} tokens the decoder reads whole: it answers them from their end"
             for task, per in cut.items() for template, n_cut in per.items()]
+
+
+def template_changes(before: dict, after: dict) -> dict:
+    """Per template scored by both models (two template_scores outputs on the same records): {task: {template:
+    {"lost", "gained", "p"}}}, the records right before and wrong after, the reverse, and the exact McNemar test's
+    one-sided p-value that the template fell (binomial on the changed records; 1.0 when none was lost). Templates
+    scored without their missed records (an older run's) are left out."""
+    from scipy.stats import binomtest  # scipy.stats takes a while to import: only where the test runs
+
+    out: dict = {}
+    for task, row in after.items():
+        if not isinstance(row, dict) or not isinstance(before.get(task), dict):
+            continue
+        for template, scores in row["templates"].items():
+            prior = before[task]["templates"].get(template, {})
+            if "missed" not in scores or "missed" not in prior:
+                continue
+            now, was = set(scores["missed"]), set(prior["missed"])
+            lost, gained = len(now - was), len(was - now)
+            p = binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue if lost else 1.0
+            out.setdefault(task, {})[template] = {"lost": lost, "gained": gained, "p": p}
+    return out

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from tests.shard_fixtures import sharded, tiny_deepseek_vl
-from trimodal.alignment.instruction_tasks import cut_lines, cut_prompts, instruct_losses
+from trimodal.alignment.instruction_tasks import cut_lines, cut_prompts, instruct_losses, template_changes
 from trimodal.alignment.instructions import tasks_of
 from trimodal.alignment.responses import prompt_width
 from trimodal.data.loader import make_loader, read_meta
@@ -87,3 +87,21 @@ def test_anchored_turns_hold_the_model_at_its_anchor_and_pull_it_back_when_it_mo
     # without an anchor the same turns train on their answers
     _, losses = anchored_losses(data, None)
     assert set(losses) == {"instruct"} and losses["instruct"] > 0
+
+
+def scored(missed: dict) -> dict:
+    """template_scores' shape: per template of vqa its missed records (None: scored before they were recorded)."""
+    return {"vqa": {"accuracy": 0.9, "n": 20, "templates": {
+        t: {"accuracy": 0.9, "n": 10, **({} if ids is None else {"missed": ids})} for t, ids in missed.items()}},
+        "mean": 0.9}
+
+
+def test_template_changes_count_the_records_each_side_missed_and_test_the_fall():
+    before = scored({"A {question}": ["r1", "r2"], "B {question}": [], "C {question}": None})
+    after = scored({"A {question}": ["r2", "r3", "r4", "r5", "r6", "r7"], "B {question}": [], "C {question}": []})
+    changes = template_changes(before, after)
+    assert set(changes["vqa"]) == {"A {question}", "B {question}"}  # C has no records of its own to compare
+    a = changes["vqa"]["A {question}"]
+    assert (a["lost"], a["gained"]) == (5, 1)
+    assert a["p"] == pytest.approx(7 / 64)  # P(X >= 5), X ~ Binomial(6, 1/2)
+    assert changes["vqa"]["B {question}"] == {"lost": 0, "gained": 0, "p": 1.0}
