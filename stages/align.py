@@ -101,14 +101,14 @@ def preference_step(tokenizer, reference, pairs: dict[str, list[dict]], beta: fl
     fine-tuning objectives, so the evaluation's formats do not regress)."""
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        frozen = frozen_copy(reference, batch["image"].device)  # before replay: an anchored replay reads it too
         losses, media = replay(model, batch, generator) if replay is not None else ({}, None)
         rows, picked, contents = asked_pairs(model, tokenizer, batch, pairs, generator)
         if not rows:
             return {**losses, key: zero_loss(model)}
         policy = pair_logprobs(model, tokenizer, batch, rows, contents, picked, media)
         with torch.no_grad():
-            ref = pair_logprobs(frozen_copy(reference, batch["image"].device), tokenizer, batch, rows, contents,
-                                picked)
+            ref = pair_logprobs(frozen, tokenizer, batch, rows, contents, picked)
         loss, chosen, rejected = dpo_loss(*policy, *ref, beta)
         margin = (chosen - rejected).detach()
         return {**losses, key: loss, "reward_margin": margin.mean(), "reward_accuracy": margin.gt(0).float().mean()}
@@ -122,11 +122,12 @@ def ppo_step(tokenizer, reference, reward_model, pairs: dict[str, list[dict]], b
     minus the KL penalty, advantages against the batch's mean, the clipped surrogate (+ `replay`'s losses)."""
 
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        device = batch["image"].device
+        frozen = frozen_copy(reference, device)  # before replay: an anchored replay reads it too
         losses, media = replay(model, batch, generator) if replay is not None else ({}, None)
         rows, _, contents = asked_pairs(model, tokenizer, batch, pairs, generator)
         if not rows:
             return {**losses, "ppo": zero_loss(model)}
-        device = batch["image"].device
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -138,7 +139,7 @@ def ppo_step(tokenizer, reference, reward_model, pairs: dict[str, list[dict]], b
         asked = prompted(model, tokenizer, batch, media_of(model, batch) if media is None else media, rows, contents)
         policy, _ = logprobs(model, tokenizer, asked, samples)
         with torch.no_grad():
-            ref = score(frozen_copy(reference, device), tokenizer, batch, rows, contents, samples)
+            ref = score(frozen, tokenizer, batch, rows, contents, samples)
             rm = score(frozen_copy(reward_model, device), tokenizer, batch, rows, contents, samples)
             reward = implicit_rewards(rm, ref, beta)
             kl = policy.detach() - ref
@@ -219,7 +220,7 @@ def report(method: str, pairs: dict, changes: dict, templates: dict) -> str:
         "## Held-out instruction templates, record by record (lost: right before align, wrong after; p: exact "
         "McNemar, one-sided, that the template fell)",
         table([[task, template, c["lost"], c["gained"], c["p"]]
-               for task, per in template_changes(before, after).items() for template, c in per.items()],
+               for task, per in templates["changes"].items() for template, c in per.items()],
               ["task", "template", "records lost", "gained", "p"]),
     ]) + "\n"
 
