@@ -10,7 +10,9 @@ trimodal/__init__.py maps `trimodal.model` to it.
     deepseek_vl/     the DeepSeek-VL family: configuration and modeling, hybrid vision and adaptor, its chat-turn
                      tasks, family.py (docs/model.md "DeepSeek-VL")
     layers.py, losses.py, masking.py, preference.py   shared building blocks and losses
-    quantization.py, sizes.py, flops.py               INT8, parameter counts per preset, FLOPs
+    quantization.py, sizes.py, flops.py               INT8, parameter counts and memory per preset, FLOPs
+    activations.py   a training step's activation memory, measured (sizes.py --memory --batch)
+    lockstep.py      every rank runs the same blocks in the same order (per-block FSDP; docs/training.md)
 
 Importing the package registers `trimodal` with transformers' AutoConfig / AutoModel / AutoModelForSeq2SeqLM.
 """

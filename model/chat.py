@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 
 IGNORE = -100  # a label position no loss counts (PyTorch's cross-entropy default)
 
@@ -65,8 +66,9 @@ def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
 
 def zero_loss(model) -> torch.Tensor:
     """A batch with nothing to learn for this step: a zero that still reaches every parameter (DDP / FSDP need
-    a gradient, zero, on every rank)."""
-    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    a gradient, zero, on every rank). Under per-block FSDP a block's parameters are shards (DTensors) outside its
+    own forward: the zero reaches the others, and FSDP reduce-scatters zeros for the rest itself."""
+    return sum(p.sum() for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)) * 0.0
 
 
 

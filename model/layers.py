@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from trimodal.model import lockstep
 
 
 def attention_mask(key_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -76,8 +79,10 @@ class FeedForward(nn.Module):
         return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
-class EncoderBlock(nn.Module):
-    """Pre-LN Transformer block: Z' = MHSA(LN(Z)) + Z; Z_out = FFN(LN(Z')) + Z' (docs/model.md "Blocks")."""
+class EncoderBlock(GradientCheckpointingLayer):
+    """Pre-LN Transformer block: Z' = MHSA(LN(Z)) + Z; Z_out = FFN(LN(Z')) + Z' (docs/model.md "Blocks").
+    A GradientCheckpointingLayer: `activation_checkpointing_enable()` on the model makes it keep only its input
+    and recompute the rest in backward (checkpointing `forward`, so FSDP's hooks on the call stay outside)."""
 
     def __init__(self, dim: int, heads: int, ffn: int, act: str = "gelu", dropout: float = 0.0, eps: float = 1e-5):
         super().__init__()
@@ -91,8 +96,8 @@ class EncoderBlock(nn.Module):
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
-class DecoderBlock(nn.Module):
-    """Pre-LN causal self-attention, cross-attention to the reasoning state R, FFN."""
+class DecoderBlock(GradientCheckpointingLayer):
+    """Pre-LN causal self-attention, cross-attention to the reasoning state R, FFN (checkpointable: EncoderBlock)."""
 
     def __init__(self, dim: int, heads: int, ffn: int, act: str = "gelu", dropout: float = 0.0, eps: float = 1e-5):
         super().__init__()
@@ -120,13 +125,26 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def on_present(module, present: torch.Tensor, *inputs: torch.Tensor | None, into: torch.Tensor | None = None):
     """module(*inputs) computed on the samples where `present` [B] holds, each output scattered back to B rows:
     into `into` (a single output), else into zeros / False. Exact for a module whose samples do not see each other
-    (the encoders and cross-attentions here normalise per position: LayerNorm, no batch statistics)."""
+    (the encoders and cross-attentions here normalise per position: LayerNorm, no batch statistics). In lockstep
+    (trimodal/model/lockstep.py), a rank with no such sample runs the module on its first row and ties that output
+    to its own (all zeros)."""
     if present.all():
         return module(*inputs)
     rows = present.nonzero().flatten()
-    out = module(*(x if x is None else x[rows] for x in inputs))
+    placeholder = None
+    if not len(rows) and lockstep.active():  # another rank runs the module: run it on a placeholder row
+        placeholder = module(*(x if x is None else x[:1] for x in inputs))
+        out = tuple(y[:0] for y in placeholder) if isinstance(placeholder, tuple) else placeholder[:0]
+    else:
+        out = module(*(x if x is None else x[rows] for x in inputs))
 
     def scatter(y: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         return (y.new_zeros((len(present), *y.shape[1:])) if base is None else base).index_copy(0, rows, y)
 
-    return tuple(scatter(y) for y in out) if isinstance(out, tuple) else scatter(out, into)
+    if not isinstance(out, tuple):
+        result = scatter(out, into)
+        return result if placeholder is None else lockstep.tie(result, placeholder)
+    result = tuple(scatter(y) for y in out)
+    if placeholder is not None:  # tied to the first output (the hidden states; the rest are masks)
+        result = (lockstep.tie(result[0], placeholder), *result[1:])
+    return result

@@ -4,6 +4,8 @@ device (no memory, no init), for both model families (model/families.py).
     python -m trimodal.model.sizes                  the trimodal presets, then the DeepSeek-VL presets: one table each
     python -m trimodal.model.sizes [PRESET ...]     those presets, one table per family they belong to
     python -m trimodal.model.sizes --memory [--gpus 1 2 4 8] [PRESET ...]
+    python -m trimodal.model.sizes --memory --batch 4 [--text-tokens 128 --audio-seconds 10 --decoder-tokens 64]
+                                                       [PRESET ...]   + activations at that batch per GPU (measured)
 
 Every DeepSeek-VL table ends with a line per preset whose name gives a size (deepseek_vl_1.3b: 1.3B, deepseek_vl_7b:
 7B; the DeepSeek-VL paper's names refer to the LLM) comparing it with the measured LLM and total. A preset that
@@ -20,6 +22,7 @@ import torch
 import yaml
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from trimodal.model.activations import Lengths, measure
 from trimodal.model.families import DEEPSEEK_VL, TRIMODAL, build_config, family_of, model_class, read_preset
 from trimodal.model.trimodal.configuration import PRESETS_DIR
 
@@ -50,17 +53,17 @@ WEIGHT_BYTES, GRAD_BYTES, ADAM_BYTES = 4, 4, 8
 STATE_BYTES = WEIGHT_BYTES + GRAD_BYTES + ADAM_BYTES
 MEMORY_HEADER = """\
 Per-GPU memory of the training state in GB (1e9 bytes): fp32 weights (4 bytes per parameter), fp32 gradients (4)
-and AdamW moments (8) under bf16 autocast. Activations are NOT included: they depend on batch size and sequence
-lengths, and come on top. Neither are autocast's bf16 weight copies, DDP's gradient buckets, the CUDA context or
-allocator slack.
+and AdamW moments (8) under bf16 autocast. Activations are NOT included here: they depend on batch size and
+sequence lengths (`--batch B` adds them, measured). Neither are autocast's bf16 weight copies, DDP's gradient
+buckets, the CUDA context or allocator slack.
   ddp            every GPU holds all 16 bytes per parameter
   fsdp, blocks   fully_shard per block of the model's _no_split_modules (trimodal: EncoderBlock / DecoderBlock /
-                 ConformerBlock; deepseek_vl: LlamaDecoderLayer / SiglipEncoderLayer / SamVisionLayer) and the
-                 root: 16 bytes / N, plus the root unit (everything outside blocks: embeddings, heads, necks,
-                 adaptors) gathered with its gradient through the step, plus the largest block gathered twice
-                 (itself and the next, prefetched) and its gradient before the reduce-scatter
-  fsdp, one unit fully_shard on the root only, as trimodal/training/distributed.py wraps today: 16 bytes / N, plus
-                 the whole model and its gradient gathered for the step
+                 ConformerBlock / GatedCrossAttention; deepseek_vl: LlamaDecoderLayer / SiglipEncoderLayer /
+                 SamVisionLayer) and the root: 16 bytes / N, plus the root unit (everything outside blocks:
+                 embeddings, heads, necks, adaptors) gathered with its gradient through the step, plus the largest
+                 block gathered twice (itself and the next, prefetched) and its gradient before the reduce-scatter
+  fsdp, one unit fully_shard on the root only, as trimodal/training/distributed.py wraps a step that does not keep
+                 ranks in lockstep: 16 bytes / N, plus the whole model and its gradient gathered for the step
   1 GPU          one process, nothing wrapped: 16 bytes per parameter"""
 
 
@@ -137,6 +140,32 @@ def memory_table(presets: list[str], gpus: list[int]) -> list[str]:
     return lines
 
 
+GPU_BYTES, USABLE = 80e9, 0.9  # an 80 GB GPU; 10% left to the CUDA context, allocator slack and buffers
+ACTIVATION_HEADER = """\
+Per-GPU totals in GB under `fsdp, blocks`: the training state above plus the activations of a fine-tuning step at
+{batch} samples per GPU ({lengths}), measured by model/activations.py (the preset's widths, one layer per stack,
+on CPU in fp32, scaled by depth and batch; bf16 = half the fp32 bytes, a few percent low: LayerNorm and softmax
+statistics stay fp32), without and with activation checkpointing (trainer.activation_checkpointing). `largest
+batch`: samples per GPU that fit in {usable:.0f} GB of an 80 GB GPU on the most GPUs listed."""
+
+
+def activation_table(presets: list[str], gpus: list[int], batch: int, lengths: Lengths) -> list[str]:
+    text = f"text {lengths.text} tokens, audio {lengths.audio_seconds:g} s, decoder {lengths.decoder} tokens"
+    lines = [ACTIVATION_HEADER.format(batch=batch, lengths=text, usable=GPU_BYTES * USABLE / 1e9), "",
+             "| preset | checkpointing | activations per sample | " +
+             " | ".join(f"{n} GPU{'s' * (n > 1)}" for n in gpus) + f" | largest batch, {max(gpus)} GPUs |",
+             "| --- | --- | ---: |" + " ---: |" * (len(gpus) + 1)]
+    for preset in presets:
+        units, measured = fsdp_units(preset), measure(preset, lengths)
+        for checkpointing in (False, True):
+            sample = measured.bytes(1, checkpointing, bf16=True)
+            cells = " | ".join(f"{(fsdp_block_bytes(units, n) + sample * batch) / 1e9:.2f}" for n in gpus)
+            largest = max(0, int((GPU_BYTES * USABLE - fsdp_block_bytes(units, max(gpus))) // sample))
+            lines.append(f"| {preset} | {'yes' if checkpointing else 'no'} | {sample / 1e9:.3f} | {cells} | "
+                         f"{largest} |")
+    return lines
+
+
 def named_size(preset: str) -> float | None:
     """The size a preset's name gives, in parameters: deepseek_vl_1.3b -> 1.3e9; None for a name without one."""
     match = re.search(r"_(\d+(?:\.\d+)?)b$", preset)
@@ -173,12 +202,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("presets", nargs="*", help="conf/model presets of either family (default: all of both)")
     parser.add_argument("--memory", action="store_true", help="per-GPU memory of the training state")
     parser.add_argument("--gpus", nargs="+", default=["1", "2", "4", "8"])
+    parser.add_argument("--batch", type=int, help="with --memory: add a step's activations at this batch per GPU")
+    parser.add_argument("--text-tokens", type=int, default=Lengths.text,
+                        help="text tokens per sample (DeepSeek-VL: per chat turn)")
+    parser.add_argument("--audio-seconds", type=float, default=Lengths.audio_seconds)
+    parser.add_argument("--decoder-tokens", type=int, default=Lengths.decoder)
     args = parser.parse_args(argv)
     # `--gpus 1 2 full`: nargs="+" swallows the presets that follow the counts too
     gpus = [int(v) for v in args.gpus if v.isdigit()]
     presets = [*args.presets, *(v for v in args.gpus if not v.isdigit())] or [p for ps in PRESETS.values() for p in ps]
     if args.memory:
         print("\n".join(memory_table(presets, gpus)))
+        if args.batch:
+            lengths = Lengths(args.text_tokens, args.audio_seconds, args.decoder_tokens)
+            print("\n" + "\n".join(activation_table(presets, gpus, args.batch, lengths)))
         return
     print("\n\n".join("\n".join(count_table(group)) for group in by_family(presets).values()))
 

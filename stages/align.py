@@ -39,6 +39,7 @@ from trimodal.data.batches import to_device
 from trimodal.data.loader import make_loader, read_index
 from trimodal.evaluation.predict import val_scores
 from trimodal.evaluation.scoring import headline
+from trimodal.model import lockstep
 from trimodal.model.chat import texts, zero_loss
 from trimodal.model.families import family_for, load_pretrained
 from trimodal.model.preference import dpo_loss, group_advantages, implicit_rewards, ppo_clip_loss
@@ -100,11 +101,16 @@ def preference_step(tokenizer, reference, pairs: dict[str, list[dict]], beta: fl
     losses to add and the media they encoded (instruction_tasks.instruct_losses: the instruction turns and the
     fine-tuning objectives, so the evaluation's formats do not regress)."""
 
+    @lockstep.aware
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         frozen = frozen_copy(reference, batch["image"].device)  # before replay: an anchored replay reads it too
         losses, media = replay(model, batch, generator) if replay is not None else ({}, None)
         rows, picked, contents = asked_pairs(model, tokenizer, batch, pairs, generator)
-        if not rows:
+        if not lockstep.needed(bool(rows)):
+            return {**losses, key: zero_loss(model)}
+        if not rows:  # lockstep: another rank's batch has pairs; the model scores a placeholder pair here
+            lockstep.sink(pair_logprobs(model, tokenizer, batch, [0], ["?"], [{"chosen": "?", "rejected": "?"}],
+                                        media))
             return {**losses, key: zero_loss(model)}
         policy = pair_logprobs(model, tokenizer, batch, rows, contents, picked, media)
         with torch.no_grad():

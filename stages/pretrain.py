@@ -63,11 +63,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     params = load_params("params.yaml", argv)
     family = family_named(family_of(params.model))
-    two_phases = "warmup" in family.stages and params.pretrain.adaptor_warmup is not None
-    if two_phases and params.trainer.devices > 1 and params.trainer.strategy == "fsdp":  # before any process starts
-        raise SystemExit("pretrain: DeepSeek-VL's adaptor warm-up hands its model on to joint pretraining on every "
-                         "rank, which needs trainer.strategy=ddp, not fsdp (FSDP would have to gather the sharded "
-                         "weights on every rank)")
     if launch(params.trainer.devices, "stages.pretrain", argv):
         return
     paths = params.paths

@@ -280,6 +280,7 @@ class PromoteParams:
 class TrainerParams:
     devices: int  # > 1: the training stages re-launch themselves under torchrun (gloo on CPU, nccl on GPU)
     strategy: str  # with devices > 1: ddp (replicated) or fsdp (FSDP2, sharded; trimodal/training/distributed.py)
+    activation_checkpointing: bool = False  # blocks recompute their activations in backward (less memory)
 
 
 @dataclass

@@ -76,8 +76,10 @@ class DeepSeekVLForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = DeepSeekVLConfig
     base_model_prefix = "deepseek_vl"
     main_input_name = "input_ids"
-    # the blocks FSDP would wrap one by one (model/sizes.py --memory) and device_map never splits
+    # the blocks FSDP shards one by one (trimodal/training/distributed.py) and device_map never splits; each is a
+    # transformers GradientCheckpointingLayer (trainer.activation_checkpointing)
     _no_split_modules = ["LlamaDecoderLayer", "SiglipEncoderLayer", "SamVisionLayer"]
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: DeepSeekVLConfig):
         super().__init__(config)

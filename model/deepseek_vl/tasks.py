@@ -25,6 +25,7 @@ from trimodal.data.batches import to_device
 from trimodal.data.loader import read_meta
 from trimodal.evaluation.generation import ANSWER_TOKENS
 from trimodal.evaluation.scoring import record_of
+from trimodal.model import lockstep
 from trimodal.model.chat import (
     IGNORE,
     chat_prompt_ids,
@@ -114,9 +115,18 @@ def chat_turns(tokenizer, batch: dict, task: str, text: list[str], device: torch
     return Turns(rows, *right_padded(prompts, targets, tokenizer.pad_token_id, device))
 
 
-def visual_of(model, batch: dict) -> torch.Tensor | None:
-    """The batch's visual tokens, once for all its turns (None: no sample has an image)."""
-    return model.visual_tokens(batch["image"]) if batch["image_present"].any() else None
+def visual_of(model, batch: dict, wanted: bool = True) -> torch.Tensor | None:
+    """The batch's visual tokens, once for all its turns (None: not `wanted`, or no sample has an image). In
+    lockstep (trimodal/model/lockstep.py) a rank whose batch has no image encodes a placeholder when another's has."""
+    local = wanted and bool(batch["image_present"].any())
+    if not lockstep.needed(local):
+        return None
+    if local:
+        return model.visual_tokens(batch["image"])
+    # no visual positions here, yet not None: a caller that encodes when it finds None (responses.media_of) must not
+    # decide again on this rank alone; the placeholder's tokens are tied to them, where the LLM reads them
+    empty = batch["image"].new_zeros(len(batch["image"]), 0, model.get_input_embeddings().embedding_dim)
+    return lockstep.tie(empty, model.visual_tokens(batch["image"][:1]))
 
 
 def visual_inputs(turns: Turns, visual: torch.Tensor | None, batch: dict) -> dict:
@@ -132,18 +142,28 @@ def run(model, turns: Turns, visual: torch.Tensor | None, batch: dict) -> torch.
 
 
 def lm_loss(model, turns: Turns | None, visual: torch.Tensor | None, batch: dict) -> torch.Tensor | None:
-    if turns is None:
+    if not lockstep.needed(turns is not None):
+        return None
+    if turns is None:  # another rank has such turns: the LLM runs on a placeholder here
+        lockstep.sink(placeholder_logits(model, batch))
         return None
     return cross_entropy(*shifted(run(model, turns, visual, batch), turns.labels))
+
+
+def placeholder_logits(model, batch: dict) -> torch.Tensor:
+    """The LLM on one token (<s>), for a turn another rank's batch has and this one's lacks (lockstep)."""
+    ids = torch.full((1, 1), model.config.bos_token_id, dtype=torch.long, device=batch["image"].device)
+    return model(ids, torch.ones_like(ids)).logits
 
 
 def warmup_step(tokenizer) -> Callable:
     """Stage 1: the caption after the image ([visual; <s> caption </s>]); only the adaptor trains (params)."""
 
+    @lockstep.aware
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         captions = {i: m["caption"] for i, m in enumerate(batch["meta"]) if captioned_image(m)}
         turns = plain_turns(tokenizer, captions, batch["image"].device)
-        visual = visual_of(model, batch) if turns is not None else None
+        visual = visual_of(model, batch, turns is not None)
         loss = lm_loss(model, turns, visual, batch)
         return {"lm": loss if loss is not None else zero_loss(model)}
 
@@ -154,13 +174,14 @@ def joint_step(tokenizer) -> Callable:
     """Stage 2: a language-only batch is plain text (no image); a batch of records with an image is the caption
     (or, without one, the text) after the image. The trainer picks the batch kinds (pretrain.language_fraction)."""
 
+    @lockstep.aware
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         text = texts(tokenizer, batch)
         device = batch["image"].device
         strings = {i: (m.get("caption") or text[i]) if "image" in m.get("modalities", ()) else text[i]
                    for i, m in enumerate(batch["meta"]) if usable(m)}
         turns = plain_turns(tokenizer, strings, device)
-        visual = visual_of(model, batch) if turns is not None else None
+        visual = visual_of(model, batch, turns is not None)
         loss = lm_loss(model, turns, visual, batch)
         return {"lm": loss if loss is not None else zero_loss(model)}
 
@@ -171,6 +192,7 @@ def sft_step(tokenizer) -> Callable:
     """Stage 3: the ce / vqa / cls chat turns of every record that has their targets, the images encoded once."""
     losses_of = sft_losses(tokenizer)
 
+    @lockstep.aware
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return losses_of(model, batch, generator)[0]
 
@@ -184,7 +206,7 @@ def sft_losses(tokenizer) -> Callable:
     def step(model, batch: dict, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         text, device = texts(tokenizer, batch), batch["image"].device
         turns = {task: chat_turns(tokenizer, batch, task, text, device) for task in TASKS}
-        visual = visual_of(model, batch) if any(turns.values()) else None
+        visual = visual_of(model, batch, any(turns.values()))
         losses = {task: lm_loss(model, t, visual, batch) for task, t in turns.items()}
         return {task: loss for task, loss in losses.items() if loss is not None} or {"ce": zero_loss(model)}, visual
 
@@ -196,22 +218,26 @@ def kd_step(teacher, tokenizer, alpha: float, temperature: float) -> Callable:
     (alpha) and the targets (1 - alpha), with model.losses.kd_loss (docs/model.md "Distillation and
     quantization"). Teacher and student share the tokenizer, so their vocabularies and positions line up."""
 
+    @lockstep.aware
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         text, device = texts(tokenizer, batch), batch["image"].device
         turns = {task: chat_turns(tokenizer, batch, task, text, device) for task in TASKS}
-        if not any(turns.values()):
+        if not lockstep.needed(any(turns.values())):
             return {"ce": zero_loss(model)}
-        with torch.no_grad():
-            taught_visual = visual_of(teacher, batch)
+        with torch.no_grad():  # the teacher is not sharded: it runs what this rank's batch needs
+            taught_visual = teacher.visual_tokens(batch["image"]) if batch["image_present"].any() else None
             taught = {task: run(teacher, t, taught_visual, batch) for task, t in turns.items() if t is not None}
         visual = visual_of(model, batch)
         losses = {}
         for task, t in turns.items():
-            if t is None:
+            if not lockstep.needed(t is not None):
+                continue
+            if t is None:  # lockstep: another rank's batch has this turn
+                lockstep.sink(placeholder_logits(model, batch))
                 continue
             logits, targets = shifted(run(model, t, visual, batch), t.labels)
             losses[task] = kd_loss(logits, taught[task][:, :-1], targets, alpha, temperature)
-        return losses
+        return losses or {"ce": zero_loss(model)}
 
     return step
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from trimodal.model.layers import FeedForward, MultiHeadAttention
 from trimodal.model.trimodal.configuration import TrimodalConfig
@@ -66,7 +67,7 @@ class ConvModule(nn.Module):
         return self.drop(self.pointwise_out(y).transpose(1, 2))
 
 
-class ConformerBlock(nn.Module):
+class ConformerBlock(GradientCheckpointingLayer):  # checkpointable, as layers.EncoderBlock
     def __init__(self, dim: int, heads: int, ffn: int, kernel_size: int, act: str, dropout: float, eps: float):
         super().__init__()
         self.ffn1_ln, self.attn_ln, self.ffn2_ln, self.out_ln = (nn.LayerNorm(dim, eps=eps) for _ in range(4))

@@ -11,6 +11,7 @@ from trimodal.data.batches import decoder_labels, fitted, model_inputs, question
 from trimodal.data.records import MODALITIES
 from trimodal.evaluation.generation import ANSWER_TOKENS, answered, greedy
 from trimodal.evaluation.scoring import record_of
+from trimodal.model import lockstep
 from trimodal.model.chat import Prompted, chat_prompt_ids, right_padded, shifted
 from trimodal.model.family import Family, LossesFn, Predictions, Response, StepFn
 from trimodal.model.trimodal.configuration import TrimodalConfig
@@ -133,7 +134,9 @@ class TrimodalFamily(Family):
         """The rows' streams fused, and each chat prompt as the decoder's prefix, cut to `prompt_width` (the start
         of a long text goes; "<s>", the end of the instruction and "Assistant:" stay)."""
         index = torch.tensor(rows, device=batch["image"].device)
-        streams = {m: Stream(s.hidden[index], s.mask[index]) for m, s in media.items() if s.mask[index].any()}
+        # in lockstep every stream stays (all False where the rows lack it): every rank fuses the same streams
+        streams = {m: Stream(s.hidden[index], s.mask[index]) for m, s in media.items()
+                   if s.mask[index].any() or lockstep.active()}
         width = self.prompt_width(model)
         return Prompted(rows, batch, encoded=model.encoder.fuse(streams),
                         prompts=[fitted(ids, width) for ids in chat_prompt_ids(tokenizer, contents)])

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
+from trimodal.model import lockstep
 from trimodal.model.layers import EncoderBlock, MultiHeadAttention, on_present
 from trimodal.model.trimodal.configuration import TrimodalConfig
 
 MODALITIES = ("image", "text", "audio")
+PAIRS = tuple((s, t) for t in MODALITIES for s in MODALITIES if s != t)  # (source, target), in the order they run
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Stream:
         return self.mask.any(dim=-1)
 
 
-class GatedCrossAttention(nn.Module):
+class GatedCrossAttention(GradientCheckpointingLayer):  # checkpointable, as layers.EncoderBlock
     def __init__(self, dim: int, heads: int, gate_bias_init: float):
         super().__init__()
         self.cross_attn = MultiHeadAttention(dim, heads)
@@ -69,23 +72,36 @@ class MultimodalFusion(nn.Module):
     def cross(self, pair: str, target: torch.Tensor, target_present: torch.Tensor, source: Stream) -> torch.Tensor:
         """One pair's gated cross-attention, run on the samples that hold both modalities only: where the source
         is absent g = 0 leaves H_t as it is, and a sample without the target has no positions anything reads."""
-        both = target_present & source.present
-        if not both.any():
-            return target
-        return on_present(lambda h, s, m: self.pairs[pair](h, Stream(s, m)), both, target, source.hidden,
-                          source.mask, into=target)
+        return on_present(lambda h, s, m: self.pairs[pair](h, Stream(s, m)), target_present & source.present,
+                          target, source.hidden, source.mask, into=target)
 
     def forward(self, streams: dict[str, Stream]) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
-        """streams: the modalities present in the batch -> (H_multi [B, sum L, D], mask, slice per modality)."""
-        fused = {}
-        for target, stream in streams.items():
-            h = stream.hidden
+        """streams: the modalities present in the batch -> (H_multi [B, sum L, D], mask, slice per modality).
+        A pair runs when some sample holds both its modalities (in lockstep: some sample of some rank; a rank
+        that lacks one of the two streams runs the pair on a placeholder, trimodal/model/lockstep.py)."""
+        held = [t in streams and s in streams and bool((streams[t].present & streams[s].present).any())
+                for s, t in PAIRS]
+        run = dict(zip(PAIRS, lockstep.needed(*held), strict=True))
+        fused, loose = {}, []
+        for target in MODALITIES:
+            h = streams[target].hidden if target in streams else None
             for source in MODALITIES:
-                if source != target and source in streams:
-                    h = self.cross(f"{source}_to_{target}", h, stream.present, streams[source])
-            fused[target] = h + self.modality_embedding.weight[MODALITIES.index(target)]
+                if source == target or not run[source, target]:
+                    continue
+                if target in streams and source in streams:
+                    h = self.cross(f"{source}_to_{target}", h, streams[target].present, streams[source])
+                    continue
+                placeholder = self.pairs[f"{source}_to_{target}"](*self.placeholder(streams))  # lockstep
+                if h is None:
+                    loose.append(placeholder)  # no target here: tied to the fused sequence below
+                else:
+                    h = lockstep.tie(h, placeholder)
+            if h is not None:
+                fused[target] = h + self.modality_embedding.weight[MODALITIES.index(target)]
         order = [m for m in MODALITIES if m in fused]
         hidden = torch.cat([fused[m] for m in order], dim=1)
+        if loose:
+            hidden = lockstep.tie(hidden, loose)
         mask = torch.cat([streams[m].mask for m in order], dim=1)
         segments, start = {}, 0
         for m in order:
@@ -94,3 +110,10 @@ class MultimodalFusion(nn.Module):
         for block in self.joint:
             hidden = block(hidden, key_mask=mask)
         return hidden, mask, segments
+
+    @staticmethod
+    def placeholder(streams: dict[str, Stream]) -> tuple[torch.Tensor, Stream]:
+        """A target and a source of one position each, for a pair this rank's streams cannot feed."""
+        like = next(iter(streams.values())).hidden
+        zeros = like.new_zeros(1, 1, like.shape[-1])
+        return zeros, Stream(zeros, torch.ones(1, 1, dtype=torch.bool, device=like.device))

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, Generatio
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import ModelOutput
 
+from trimodal.model import lockstep
 from trimodal.model.layers import masked_mean, on_present
 from trimodal.model.losses import cross_entropy, weighted_sum
 from trimodal.model.trimodal.configuration import TrimodalConfig
@@ -54,8 +55,9 @@ class TrimodalPreTrainedModel(PreTrainedModel):
     config_class = TrimodalConfig
     base_model_prefix = "trimodal"
     main_input_name = "pixel_values"
-    supports_gradient_checkpointing = False
-    _no_split_modules = ["EncoderBlock", "DecoderBlock", "ConformerBlock"]
+    supports_gradient_checkpointing = True  # the blocks below (trainer.activation_checkpointing)
+    # the blocks FSDP shards one by one (trimodal/training/distributed.py); a GatedCrossAttention is fusion's
+    _no_split_modules = ["EncoderBlock", "DecoderBlock", "ConformerBlock", "GatedCrossAttention"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -99,24 +101,38 @@ class TrimodalEncoder(nn.Module):
                 text_mask=None, patch_mask=None, frame_mask=None) -> dict[str, Stream]:
         """Each encoder runs on the samples that hold its modality only (a batch mixing subsets would otherwise
         encode the blank inputs of the others: ~40% of the encoders' work on the demo); the other samples' rows
-        are zeros under a False mask, which nothing downstream reads."""
+        are zeros under a False mask, which nothing downstream reads. In lockstep (trimodal/model/lockstep.py) a
+        modality some rank holds is a stream on every rank, all False where this rank's batch lacks it."""
+        given = [x for x in (pixel_values, text_ids, input_features) if x is not None]
+        if not given:
+            raise ValueError("no input: pass at least one of pixel_values, input_features, text_ids")
+        b, device = given[0].shape[0], given[0].device
+        if pixel_values is not None and image_present is None:
+            image_present = torch.ones(b, dtype=torch.bool, device=device)
+        text_width = text_ids.shape[1] if text_ids is not None else 0
+        if text_width and text_mask is None:
+            text_mask = text_ids.ne(self.config.pad_token_id)
+        frames = input_features.shape[-1] if input_features is not None else 0
+        if frames and mel_lengths is None:
+            mel_lengths = torch.full((b,), frames, device=device)
+        image, text, audio = lockstep.needed(pixel_values is not None and bool(image_present.any()),
+                                             text_width > 0 and bool(text_mask.any()),
+                                             frames > 0 and bool(mel_lengths.gt(0).any()))
         streams = {}
-        if pixel_values is not None:
-            present = image_present if image_present is not None else torch.ones(
-                pixel_values.shape[0], dtype=torch.bool, device=pixel_values.device)
-            if present.any():
-                hidden = on_present(self.vision, present, pixel_values, patch_mask)
-                streams["image"] = Stream(hidden, present[:, None].expand(-1, hidden.shape[1]).contiguous())
-        if text_ids is not None and text_ids.shape[1] > 0:
-            mask = text_mask if text_mask is not None else text_ids.ne(self.config.pad_token_id)
-            if mask.any():
-                streams["text"] = Stream(on_present(self.text, mask.any(dim=-1), text_ids, mask), mask)
-        if input_features is not None and input_features.shape[-1] > 0:
-            lengths = mel_lengths if mel_lengths is not None else torch.full(
-                (input_features.shape[0],), input_features.shape[-1], device=input_features.device)
-            if lengths.gt(0).any():
-                hidden, mask = on_present(self.audio, lengths.gt(0), input_features, lengths, frame_mask)
-                streams["audio"] = Stream(hidden, mask)
+        if image:
+            hidden = on_present(self.vision, image_present, pixel_values, patch_mask)
+            streams["image"] = Stream(hidden, image_present[:, None].expand(-1, hidden.shape[1]).contiguous())
+        if text:
+            if not text_width:  # this rank's batch has no text at all: one padding position, masked
+                text_ids = torch.full((b, 1), self.config.pad_token_id, dtype=torch.long, device=device)
+                text_mask = torch.zeros(b, 1, dtype=torch.bool, device=device)
+            streams["text"] = Stream(on_present(self.text, text_mask.any(dim=-1), text_ids, text_mask), text_mask)
+        if audio:
+            if not frames:  # no audio in this rank's batch: silent frames of length 0 (the conv stem needs some)
+                input_features = torch.zeros(b, self.config.n_mels, 16, device=device)
+                mel_lengths, frame_mask = torch.zeros(b, dtype=torch.long, device=device), None
+            hidden, mask = on_present(self.audio, mel_lengths.gt(0), input_features, mel_lengths, frame_mask)
+            streams["audio"] = Stream(hidden, mask)
         if not streams:
             raise ValueError("no input: pass at least one of pixel_values, input_features, text_ids")
         return streams

@@ -20,6 +20,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from trimodal.model import lockstep
 from trimodal.model.layers import masked_mean
 from trimodal.model.losses import contrastive_loss, cross_entropy, mam_loss, masked_lm_loss, mim_loss, weighted_sum
 from trimodal.model.masking import mask_spans, mask_tokens, special_ids
@@ -78,13 +79,15 @@ def pretraining_losses(model, inputs: dict, generator: torch.Generator, masking:
         enc_inputs["frame_mask"] = targets["mam"] = mask_spans(valid, m.mam_prob, m.mam_span, generator)
     enc = model.encoder(**enc_inputs)
     r, seg = enc.last_hidden_state, enc.segments
+    # a modality only another rank holds is a stream here too (lockstep), with nothing of this rank's to predict
+    held = {m for m in seg if enc.unimodal_masks[m].any()}
     losses = {}
-    if "text" in seg:
+    if "text" in held:
         losses["mlm"] = masked_lm_loss(model.mlm_head(r[:, seg["text"]]), inputs["text_ids"], targets["mlm"])
-    if "image" in seg:
+    if "image" in held:
         tokens = visual_tokenizer(c.patch_size, c.num_channels, c.mim_bits)(inputs["pixel_values"])
         losses["mim"] = mim_loss(model.mim_head(r[:, seg["image"]]), tokens, targets["mim"])
-    if "audio" in seg:
+    if "audio" in held:
         target = mel_targets(inputs["input_features"], r[:, seg["audio"]].shape[1])
         losses["mam"] = mam_loss(model.mam_head(r[:, seg["audio"]]), target, targets["mam"])
     losses.update(contrastive_losses(model, enc, positives, pairable))
@@ -130,7 +133,8 @@ def mismatched(streams: dict[str, Stream], rows: torch.Tensor, positives: torch.
     negatives = {}
     for k, m in enumerate(names):
         source = torch.where(pick == k, donor, rows).to(streams[m].hidden.device)
-        if streams[m].mask[source].any():
+        # in lockstep every stream stays, all False where no negative holds it: every rank fuses the same streams
+        if streams[m].mask[source].any() or lockstep.active():
             negatives[m] = Stream(streams[m].hidden[source], streams[m].mask[source])
     return negatives, rows
 
@@ -150,10 +154,13 @@ def matching_loss(model, streams: dict[str, Stream], encoded, positives: torch.T
     ok = present.sum(1) >= 2
     if pairable is not None:
         ok = ok & pairable
-    if ok.sum() < 2:
+    negatives, rows = mismatched(streams, ok.nonzero().flatten(), positives, ok, generator) if ok.sum() >= 2 \
+        else ({}, None)
+    if not lockstep.needed(bool(negatives)):
         return None
-    negatives, rows = mismatched(streams, ok.nonzero().flatten(), positives, ok, generator)
-    if not negatives:
+    if not negatives:  # another rank matches: fusion and the core run on a placeholder here
+        fused = model.encoder.fuse(placeholder_streams(streams))
+        lockstep.sink(model.itm_head(masked_mean(fused.last_hidden_state, fused.attention_mask)))
         return None
     matched = masked_mean(encoded.last_hidden_state[ok], encoded.attention_mask[ok])
     fused = model.encoder.fuse(negatives)
@@ -174,13 +181,24 @@ def view_losses(model, streams: dict[str, Stream], caption: torch.Tensor, class_
     losses = {}
     for m, stream in streams.items():
         rows = stream.present & others & targeted
-        if not model.config.loss_weights.get(f"view_{m}") or not rows.any():
+        if not model.config.loss_weights.get(f"view_{m}") or not lockstep.needed(bool(rows.any())):
+            continue
+        if not rows.any():  # another rank has such samples: the same blocks run on a placeholder here
+            alone = model.encoder.fuse(placeholder_streams({m: stream}))
+            out = model(encoder_outputs=alone, decoder_input_ids=model.shift_right(caption[:1]))
+            lockstep.sink((out.logits, out.class_logits))
             continue
         alone = model.encoder.fuse({m: Stream(stream.hidden[rows], stream.mask[rows])})
         out = model(encoder_outputs=alone, decoder_input_ids=model.shift_right(caption[rows]))
         losses[f"view_{m}"] = (cross_entropy(out.logits, caption[rows])
                                + cross_entropy(out.class_logits[:, None], class_labels[rows][:, None]))
     return losses
+
+
+def placeholder_streams(streams: dict[str, Stream]) -> dict[str, Stream]:
+    """The streams' first sample, every position unmasked: a valid input for a pass run only to keep ranks in
+    lockstep (its output is sunk, trimodal/model/lockstep.py)."""
+    return {m: Stream(s.hidden[:1], torch.ones_like(s.mask[:1])) for m, s in streams.items()}
 
 
 def supervised_losses(model, inputs: dict, labels: torch.Tensor | None = None,

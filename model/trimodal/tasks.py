@@ -23,12 +23,14 @@ from collections.abc import Callable
 import torch
 
 from trimodal.data.batches import decoder_labels, model_inputs, question_prefixed, same_caption
+from trimodal.model import lockstep
 from trimodal.model.losses import cross_entropy, kd_loss
 from trimodal.model.trimodal.fusion import Stream
 from trimodal.model.trimodal.modeling import TrimodalForConditionalGeneration
 from trimodal.model.trimodal.objectives import contrastive_losses, matching_loss, pretraining_losses, view_losses
 
 
+@lockstep.aware
 def finetune_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
     return finetune_losses(model, batch, generator)[0]
 
@@ -50,11 +52,16 @@ def finetune_losses(model, batch: dict, generator: torch.Generator
     if itm is not None:
         losses["itm"] = itm
     asked, answer = question_prefixed(batch, model.config)
-    if (answer != -100).any():
-        losses["vqa"] = cross_entropy(model(encoder_outputs=encoded, decoder_input_ids=asked).logits, answer)
+    if lockstep.needed(bool((answer != -100).any())):
+        logits = model(encoder_outputs=encoded, decoder_input_ids=asked).logits
+        if (answer != -100).any():
+            losses["vqa"] = cross_entropy(logits, answer)
+        else:  # another rank's batch asks: the decoder ran in step, nothing here to learn from
+            lockstep.sink(logits)
     return losses, streams
 
 
+@lockstep.aware
 def pretrain_step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
     return pretraining_losses(model, model_inputs(batch), generator, positives=same_caption(batch),
                               pairable=batch.get("pairable"))
@@ -65,6 +72,7 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
     plus the student's own contrastive losses and image views (caption and class from the image alone, on records
     that also hold text or audio: the student's vision path idles beside them as the teacher's did)."""
 
+    @lockstep.aware
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = model_inputs(batch)
         caption = decoder_labels(batch["caption_ids"], batch["caption_mask"])
@@ -80,11 +88,14 @@ def distill_step(teacher: TrimodalForConditionalGeneration, alpha: float, temper
                   **contrastive_losses(model, encoded, same_caption(batch), batch.get("pairable")),
                   **view_losses(model, streams, caption, batch["label"])}
         asked, answer = question_prefixed(batch, model.config)  # the question as the decoder's prefix
-        if (answer != -100).any():
-            with torch.no_grad():
-                taught = teacher(encoder_outputs=teacher_encoded, decoder_input_ids=asked)
+        if lockstep.needed(bool((answer != -100).any())):
             out = model(encoder_outputs=encoded, decoder_input_ids=asked)
-            losses["vqa"] = kd_loss(out.logits, taught.logits, answer, alpha, temperature)
+            if (answer != -100).any():
+                with torch.no_grad():
+                    taught = teacher(encoder_outputs=teacher_encoded, decoder_input_ids=asked)
+                losses["vqa"] = kd_loss(out.logits, taught.logits, answer, alpha, temperature)
+            else:  # lockstep: another rank's batch asks
+                lockstep.sink(out.logits)
         return losses
 
     return step

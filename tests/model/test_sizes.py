@@ -26,9 +26,10 @@ def tiny_units():
 
 
 def block_lists(model):
-    """Every stack of blocks the model has, found by path rather than by class name."""
+    """Every stack of blocks the model has, found by path rather than by class name (fusion's cross-attention
+    pairs included)."""
     return [model.encoder.vision.blocks, model.encoder.text.blocks, model.encoder.audio.blocks,
-            model.encoder.fusion.joint, model.encoder.core.blocks, model.decoder.blocks]
+            model.encoder.fusion.pairs, model.encoder.fusion.joint, model.encoder.core.blocks, model.decoder.blocks]
 
 
 def test_tiny_units_match_the_real_model(tiny_units):

@@ -16,6 +16,7 @@ from trimodal.alignment.responses import logprobs, media_of, prompt_width, promp
 from trimodal.data.batches import to_device
 from trimodal.data.loader import make_loader, read_meta
 from trimodal.evaluation.generation import ANSWER_TOKENS
+from trimodal.model import lockstep
 from trimodal.model.chat import chat_prompt_ids, texts, zero_loss
 from trimodal.model.losses import kd_loss
 
@@ -31,6 +32,7 @@ def instruct_step(tokenizer, templates: dict, n_options: int, replay: Callable, 
     family's fine-tuning losses and the media they encoded (its `replay`, model/family.py)."""
     losses_of = instruct_losses(tokenizer, templates, n_options, replay, prompt_noise)
 
+    @lockstep.aware
     def step(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return losses_of(model, batch, generator)[0]
 
@@ -65,10 +67,16 @@ def instruct_losses(tokenizer, templates: dict, n_options: int, replay: Callable
             rows.append(i)
             contents.append(content(text[i], asked.prompt))
             targets.append(asked.target)
-        if not rows:
-            losses["instruct" if anchor is None else "anchor"] = zero_loss(model)
+        key = "instruct" if anchor is None else "anchor"
+        if not lockstep.needed(bool(rows)):
+            losses[key] = zero_loss(model)
             return losses, media
         media = media_of(model, batch) if media is None else media
+        if not rows:  # lockstep: another rank's batch has turns; the decoder runs on a placeholder turn here
+            placeholder = prompted(model, tokenizer, batch, media, [0], ["?"])
+            lockstep.sink(response_logits(model, tokenizer, placeholder, ["?"])[0])
+            losses[key] = zero_loss(model)
+            return losses, media
         asked = prompted(model, tokenizer, batch, media, rows, contents)
         if anchor is None:
             logp, tokens = logprobs(model, tokenizer, asked, targets)

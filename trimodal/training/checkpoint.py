@@ -159,17 +159,30 @@ def _load_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.O
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    tensors, _ = _sharded_state(model, optimizer)  # the layout to fill (get_state_dict creates optimizer state)
-    dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(path=str(folder)))
+    # the layout to fill: get_state_dict creates optimizer state for every trainable parameter, but a parameter
+    # whose block had not run yet when the checkpoint was written (per-block FSDP: the decoder while pretraining)
+    # had none, and must have none again, or its first real AdamW step would count one too many
+    tensors, created = _sharded_state(model, optimizer)
+    saved = set(dcp.HuggingFaceStorageReader(path=str(folder)).read_metadata().state_dict_metadata)
+    fresh = sorted(k for k in tensors if k not in saved)
+    if lost := [k for k in fresh if not k.startswith("optim.state.")]:
+        raise ValueError(f"{folder} lacks {len(lost)} tensors the model has, e.g. {lost[:3]}")
+    dcp.load({k: v for k, v in tensors.items() if k in saved},
+             storage_reader=dcp.HuggingFaceStorageReader(path=str(folder)))
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     weights.update({alias: weights[name] for alias, name in tied_aliases(model).items()})
-    optim = {**scalars, **{k.removeprefix("optim."): v for k, v in tensors.items() if k.startswith("optim.")}}
+    optim = {**created, **scalars,
+             **{k.removeprefix("optim."): v for k, v in tensors.items() if k.startswith("optim.")}}
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
                    options=StateDictOptions(**SHARDED_OPTIONS))
+    parameters = dict(model.named_parameters())
+    for name in {k.removeprefix("optim.state.").rsplit(".", 1)[0] for k in fresh}:
+        optimizer.state.pop(parameters[name], None)
 
 
-def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Collective: an FSDP model's whole state dict, gathered on CPU (rank 0 receives it; the others get {})."""
+def full_weights(model: torch.nn.Module, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """Collective: an FSDP model's whole state dict, gathered on CPU for rank 0 (the others get {}), or with
+    `everywhere` on every rank's device."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))

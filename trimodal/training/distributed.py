@@ -4,12 +4,18 @@ CPU, one code path), the rank's device, and the objectives wrapped for data para
 On CUDA every rank binds its own GPU (`torch.cuda.set_device(LOCAL_RANK)`) before the first collective;
 without it every rank's NCCL work lands on cuda:0. Collectives only ever see tensors on the rank's device.
 
-FSDP wraps the model as one unit (FSDP2 `fully_shard` on the root): parameters, gradients and optimizer states
-are sharded at rest and gathered for each step. Per-block units would need every rank to run the same modules,
-but which encoders run depends on each rank's batch (a rank whose batch holds no image skips the vision
-encoder), and mismatched gathers deadlock or, worse, mix tensors. For the same reason every parameter gets a
-gradient on every rank (`touch_all`): FSDP reduce-scatters the list of gradients it finds, and ranks with
-different lists would silently scatter the wrong numbers (tests/trimodal/training/test_distributed.py shows both).
+FSDP (FSDP2 `fully_shard`) shards parameters, gradients and optimizer states. Where the stage's step keeps the
+ranks in lockstep (trimodal/model/lockstep.py), each block the model names in `_no_split_modules` (encoder,
+fusion, reasoning and decoder blocks; LLM decoder layers) is a unit of its own, gathered just before it runs and
+freed after, and the root unit holds the rest (embeddings, heads, projections): a step's peak holds one block at a
+time rather than the whole model. Every rank must then call the same blocks in the same order, which lockstep
+ensures; the root's parameters a rank leaves unused (a head its batch gives no target) reduce-scatter as zeros
+(`set_reduce_scatter_unused_params`). A step that does not keep lockstep is wrapped as one unit: the whole model
+gathered for the step, and every parameter given a gradient on every rank (`touch_all`), since FSDP
+reduce-scatters the list of gradients it finds and ranks with different lists would silently scatter the wrong
+numbers (tests/trimodal/training/test_distributed.py shows it).
+On CUDA the units gather bf16 parameters and reduce gradients in fp32 (PyTorch's FSDP2 mixed precision); on CPU
+(gloo) everything stays fp32.
 """
 from __future__ import annotations
 
@@ -73,8 +79,9 @@ def touch_all(loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return loss + 0.0 * sum(p.sum() for p in module.parameters() if p.requires_grad)
 
 
-def wrap(module: nn.Module, strategy: str, world: World) -> nn.Module:
-    """The objectives module made data-parallel (ddp) or sharded (fsdp); unchanged in a single process."""
+def wrap(module: nn.Module, strategy: str, world: World, blocks: list[nn.Module] | None = None) -> nn.Module:
+    """The objectives module made data-parallel (ddp) or sharded (fsdp): `blocks` each a unit of their own
+    (None: one unit, the whole module); unchanged in a single process."""
     if strategy not in STRATEGIES:
         raise ValueError(f"trainer.strategy must be one of {STRATEGIES}, not {strategy!r}")
     if world.size == 1:
@@ -84,9 +91,24 @@ def wrap(module: nn.Module, strategy: str, world: World) -> nn.Module:
         # which modules run depends on the batch (absent modalities, the VQA pass), so some parameters go unused
         return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    return fully_shard(module, mesh=init_device_mesh(world.device.type, (world.size,)))
+    mesh = init_device_mesh(world.device.type, (world.size,))  # one mesh for every unit
+    precision = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                 if world.device.type == "cuda" else MixedPrecisionPolicy())
+    for block in reversed(blocks or []):  # innermost first, as fully_shard requires; the root last
+        fully_shard(block, mesh=mesh, mp_policy=precision)
+    sharded = fully_shard(module, mesh=mesh, mp_policy=precision)
+    if blocks:
+        sharded.set_reduce_scatter_unused_params(True)
+    return sharded
+
+
+def shard_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks FSDP makes units of: every module whose class its `_no_split_modules` names (chosen
+    before wrapping: fully_shard renames the classes it wraps)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
 
 
 def all_sum(values: dict[str, torch.Tensor], names: list[str], world: World) -> dict[str, float]:

@@ -42,11 +42,12 @@ from trimodal.data.batches import (
 )
 from trimodal.data.loader import make_loader, read_question_answers
 from trimodal.model.flops import FlopCounter
+from trimodal.model.lockstep import is_aware, lockstep
 from trimodal.model.losses import weighted_sum
 from trimodal.params import Params, PathsParams, TrainerParams
 from trimodal.params import TrainStageParams as TrainParams
 from trimodal.training.checkpoint import full_weights, latest_checkpoint, load_checkpoint, save_checkpoint
-from trimodal.training.distributed import World, all_sum, barrier, setup, teardown, touch_all, wrap
+from trimodal.training.distributed import World, all_sum, barrier, setup, shard_blocks, teardown, touch_all, wrap
 from trimodal.training.mfu import mfu, peak_flops
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
@@ -161,17 +162,23 @@ def clear_checkpoints(checkpoints: Path) -> None:
 
 class Objectives(nn.Module):
     """step_fn as a module, so DDP / FSDP wrap the whole objective computation. With `touch`, every parameter gets
-    a (zero) gradient on every rank, which FSDP's reduce-scatter needs (trimodal/training/distributed.py)."""
+    a (zero) gradient on every rank, which FSDP's reduce-scatter needs when the model is one unit; with `in_step`,
+    the step runs in lockstep with the other ranks (per-block units; trimodal/training/distributed.py)."""
 
-    def __init__(self, model: nn.Module, step_fn: StepFn, touch: bool = False, monitors: tuple[str, ...] = ()):
+    def __init__(self, model: nn.Module, step_fn: StepFn, touch: bool = False, monitors: tuple[str, ...] = (),
+                 in_step: bool = False, device: torch.device | None = None):
         super().__init__()
         self.model, self.step_fn, self.touch, self.monitors = model, step_fn, touch, monitors
+        self.in_step, self.device = in_step, device
 
     def forward(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the weighted total to backpropagate, each objective's loss and each monitor for the log)."""
-        losses = self.step_fn(self.model, batch, generator)
+        with lockstep(device=self.device) if self.in_step else nullcontext() as state:
+            losses = self.step_fn(self.model, batch, generator)
         total = weighted_sum({k: v for k, v in losses.items() if k not in self.monitors},
                              self.model.config.loss_weights)
+        if state is not None:  # the placeholders' outputs, times 0: their blocks' backward runs in step
+            total = total + state.residual()
         return (touch_all(total, self.model) if self.touch else total), losses
 
 
@@ -216,8 +223,8 @@ def fit(model: nn.Module, step_fn: StepFn, job: TrainJob, *, phase: str | None =
     model's config first (and so into the saved model's config.json).
     A stage of several phases (DeepSeek-VL's pretrain: adaptor warm-up, then joint pretraining) fits each: a
     `phase` checkpoints in a folder of its own inside the stage's and logs its metrics as `<phase>/<metric>` in
-    the stage's dvclive folder, and `every_rank` returns the model on every rank, for the next phase (DDP only:
-    FSDP's sharded parameters would need gathering on every rank; stages/pretrain.py refuses that combination).
+    the stage's dvclive folder, and `every_rank` returns the model on every rank, for the next phase (under FSDP
+    the shards gathered into a whole model on each rank, which the next phase shards again).
     `keep`: the train records the steps take (None: all); `summary`: numbers about the data (e.g. records skipped)
     for the stage's dvclive summary; `monitors`: numbers the step returns beside its losses that are logged, not
     trained on (e.g. DPO's reward margin)."""
@@ -248,10 +255,11 @@ def fit(model: nn.Module, step_fn: StepFn, job: TrainJob, *, phase: str | None =
             teardown(world)
 
 
-def whole_model(model: nn.Module, objectives: nn.Module, world: World) -> nn.Module | None:
-    """Collective under FSDP: the trained weights gathered into an ordinary (unsharded) model on rank 0."""
-    weights = full_weights(objectives)
-    if not world.main:
+def whole_model(model: nn.Module, objectives: nn.Module, world: World, everywhere: bool = False) -> nn.Module | None:
+    """Collective under FSDP: the trained weights gathered into an ordinary (unsharded) model on rank 0, or on
+    every rank (`everywhere`: a phase handing its model on to the next)."""
+    weights = full_weights(objectives, everywhere)
+    if not (world.main or everywhere):
         return None
     whole = type(model)(model.config)
     whole.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
@@ -287,7 +295,15 @@ def train(model: nn.Module, step_fn: StepFn, job: TrainJob, live=None, *, phase:
         print(f"{desc}: training {trained:,} parameters, {frozen:,} frozen ({', '.join(prefixes) or 'none'}{kept})")
     if live is not None:
         live.summary.update({f"{prefix}trained_parameters": trained, f"{prefix}frozen_parameters": frozen})
-    objectives = wrap(Objectives(model, step_fn, touch=sharded, monitors=monitors), strategy, world)
+    if job.trainer.activation_checkpointing:  # each block keeps its input only and recomputes in backward
+        model.activation_checkpointing_enable()
+    per_block = sharded and is_aware(step_fn)
+    blocks = shard_blocks(model) if per_block else None
+    if sharded and world.main:
+        print(f"{desc}: FSDP units: " + (f"{len(blocks)} blocks and the root" if per_block else
+                                         "the whole model as one (this stage's step does not keep ranks in lockstep)"))
+    objectives = wrap(Objectives(model, step_fn, touch=sharded and not per_block, monitors=monitors,
+                                 in_step=per_block, device=world.device), strategy, world, blocks)
     # after wrap: shards. fused: one kernel for all parameters (CPU and CUDA) instead of a dozen small ops each
     optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr, fused=True)
     scheduler = get_cosine_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)
@@ -335,7 +351,7 @@ def train(model: nn.Module, step_fn: StepFn, job: TrainJob, live=None, *, phase:
                             world, sharded=sharded)
     progress.close()
     if sharded:
-        model = whole_model(model, objectives, world)
+        model = whole_model(model, objectives, world, everywhere=every_rank)
     if model is not None:
         model.eval()
     return model if world.main or every_rank else None

@@ -251,3 +251,24 @@ def test_conv_stem_gives_one_token_per_patch_and_hides_masked_patches():
         assert not torch.allclose(encoder(pixels), encoder(changed))
     with pytest.raises(ValueError, match="power-of-two"):
         conv_stem(3, 64, 6)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    """Every block recomputes its activations in backward: nothing it computes may change."""
+    inputs = make_inputs(SUBSETS)
+    labels = torch.randint(5, 40, (len(SUBSETS), 5), generator=torch.Generator().manual_seed(1))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = TrimodalForConditionalGeneration(tiny_config(dropout=0.1)).train()  # dropout: its RNG replayed too
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        torch.manual_seed(1)
+        loss = model(**inputs, labels=labels, class_labels=torch.tensor([0, 1, 2, 0, 1, 2, 0])).loss
+        loss.backward()
+        results.append((loss, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = results
+    assert sum(m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")) >= 10
+    assert torch.equal(plain, checkpointed)
+    assert plain_grads.keys() == checkpointed_grads.keys()
+    assert all(torch.allclose(plain_grads[n], checkpointed_grads[n], atol=1e-7) for n in plain_grads)
