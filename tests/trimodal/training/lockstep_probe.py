@@ -1,7 +1,8 @@
 """Run under torchrun with 2 processes: training steps of a tiny trimodal model sharded per block (FSDP2), in which
 the ranks' batches hold different things, against one process computing the same batches.
 
-argv: shards tokenizer family:stage out.json [checkpointing]. The trimodal family: rank 0's batch holds no audio
+argv: shards tokenizer out.json job [job ...], a job "family:stage" or "family:stage+checkpointing" (activation
+checkpointing on). The trimodal family: rank 0's batch holds no audio
 and asks no question (no VQA pass), rank 1's holds audio and asks; every audio-holding sample of rank 1 also has
 another modality, so the matching and view objectives run there. DeepSeek-VL (which reads image and text): rank 0's
 batch holds no image and asks nothing, rank 1's holds images and asks. The step is the stage's (pretrain or
@@ -66,10 +67,10 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dic
             "adam": sum(size(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim)}
 
 
-def main(shards: str, tokenizer_path: str, job: str, out: str, checkpointing: bool) -> None:
-    world = setup()
+def probe(shards: str, tokenizer, job: str, world) -> dict | None:
+    """One job ("family:stage", "+checkpointing" for activation checkpointing): the result on rank 0."""
+    job, _, extra = job.partition("+")
     family, stage = job.split(":")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if family == "deepseek_vl":
         model = tiny_deepseek_vl(tokenizer, image_size=16, n_mels=20)
     else:
@@ -96,7 +97,7 @@ def main(shards: str, tokenizer_path: str, job: str, out: str, checkpointing: bo
     reference_optimizer = torch.optim.AdamW(param_groups(reference, 0.01), lr=1e-3, fused=True)
     reference_optimizer.step()
 
-    if checkpointing:
+    if extra == "checkpointing":
         model.activation_checkpointing_enable()
     blocks = shard_blocks(model)
     objectives = wrap(Objectives(model, step, in_step=True, device=world.device), "fsdp", world, blocks)
@@ -109,15 +110,24 @@ def main(shards: str, tokenizer_path: str, job: str, out: str, checkpointing: bo
     mine = {"losses": {k: v.item() for k, v in losses.items()}, "bytes": state_bytes(model, optimizer)}
     everyone = [None] * world.size
     dist.all_gather_object(everyone, mine)
+    if not world.main:
+        return None
+    gaps = {n: (grads[n] - expected[n]).abs().max().item() for n in expected}
+    return {"gradient_gap": max(gaps.values()), "worst": max(gaps, key=gaps.get), "ranks": everyone,
+            "reference_losses": reference_losses, "reference_bytes": state_bytes(reference, reference_optimizer),
+            "units": sum(isinstance(m, FSDPModule) for m in objectives.modules()), "blocks": len(blocks)}
+
+
+def main(shards: str, tokenizer_path: str, out: str, *jobs: str) -> None:
+    """Every job in one pair of processes (their start-up, imports and process group once)."""
+    world = setup()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    results = {job: probe(shards, tokenizer, job, world) for job in jobs}
     if world.main:
-        gaps = {n: (grads[n] - expected[n]).abs().max().item() for n in expected}
         with open(out, "w") as f:
-            json.dump({"gradient_gap": max(gaps.values()), "worst": max(gaps, key=gaps.get),
-                       "ranks": everyone, "reference_losses": reference_losses,
-                       "reference_bytes": state_bytes(reference, reference_optimizer),
-                       "units": sum(isinstance(m, FSDPModule) for m in objectives.modules()), "blocks": len(blocks)}, f)
+            json.dump(results, f)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5], checkpointing=sys.argv[5:] == ["checkpointing"])
+    main(*sys.argv[1:])

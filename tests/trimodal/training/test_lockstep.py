@@ -13,31 +13,31 @@ import pytest
 from tests.shard_fixtures import built_once, sharded
 
 REPO = Path(__file__).resolve().parents[3]
+JOBS = ["trimodal:finetune", "trimodal:pretrain", "trimodal:instruct", "deepseek_vl:finetune", "deepseek_vl:pretrain",
+        "deepseek_vl:instruct"]
+CHECKPOINTED = ["trimodal:finetune+checkpointing", "deepseek_vl:finetune+checkpointing"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return built_once(tmp_path_factory, "lockstep-data", sharded)
-
-
-def probe(data: Path, job: str, tmp_path: Path, *extra: str) -> dict:
-    out = tmp_path / "probe.json"
+def results(tmp_path_factory):
+    """Every job's result, from one pair of processes under torch.distributed.run."""
+    data = built_once(tmp_path_factory, "lockstep-data", sharded)
+    out = tmp_path_factory.mktemp("lockstep") / "probe.json"
     # DETAIL checks that every collective matches across ranks, so a rank out of step fails at once with the
     # mismatch rather than hanging or swapping parameters
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TORCH_DISTRIBUTED_DEBUG": "DETAIL"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "tests/trimodal/training/lockstep_probe.py"), str(data / "shards"),
-                           str(data / "tokenizer"), job, str(out), *extra], env=env, capture_output=True,
-                          text=True, timeout=600)
+                           str(data / "tokenizer"), str(out), *JOBS, *CHECKPOINTED], env=env, capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 
 
 @pytest.mark.slow  # two processes under torch.distributed.run
-@pytest.mark.parametrize("job", ["trimodal:finetune", "trimodal:pretrain", "trimodal:instruct", "deepseek_vl:finetune",
-                                 "deepseek_vl:pretrain", "deepseek_vl:instruct"])
-def test_ranks_with_different_modalities_train_in_lockstep_as_one_process_would(data, tmp_path, job):
-    result = probe(data, job, tmp_path)
+@pytest.mark.parametrize("job", JOBS)
+def test_ranks_with_different_modalities_train_in_lockstep_as_one_process_would(results, job):
+    result = results[job]
     assert result["units"] == result["blocks"] + 1 > 5  # every block a unit, and the root
     first, second = (r["losses"] for r in result["ranks"])
     if job == "trimodal:finetune":
@@ -61,7 +61,6 @@ def test_ranks_with_different_modalities_train_in_lockstep_as_one_process_would(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["trimodal", "deepseek_vl"])
-def test_activation_checkpointing_under_per_block_fsdp_gives_the_same_gradients(data, tmp_path, family):
-    result = probe(data, f"{family}:finetune", tmp_path, "checkpointing")
-    assert result["gradient_gap"] < 1e-5, result["worst"]
+@pytest.mark.parametrize("job", CHECKPOINTED)
+def test_activation_checkpointing_under_per_block_fsdp_gives_the_same_gradients(results, job):
+    assert results[job]["gradient_gap"] < 1e-5, results[job]["worst"]
