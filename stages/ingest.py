@@ -31,7 +31,7 @@ from trimodal.config_errors import run_main
 from trimodal.data.fetch import Fetched, fetch_async
 from trimodal.data.fileserver import LoopbackServer
 from trimodal.data.sources import SourceError, SourceRow, read_table, resolve_url, scheme_of, untracked_table
-from trimodal.data.spool import Spool
+from trimodal.data.spool import Spool, spool_beside
 from trimodal.data.tars import write_tar
 from trimodal.params import IngestParams, load_params
 
@@ -164,12 +164,6 @@ def manifest_rows(rows: list[SourceRow], media: dict[str, tuple[dict[str, str], 
             entry[kind] = locations.get(row.row_key)
             entry[f"{kind}_error"] = errors.get(row.row_key)
         yield entry
-
-
-def spool_beside(out_dir: Path) -> tempfile.TemporaryDirectory:
-    """Scratch space on the output's disk (a scrape may not fit in /tmp) for img2dataset's output and the spools,
-    named so that a killed run's is removed with its other temps (trimodal/atomic.py remove_stale_temps)."""
-    return tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.spool-", suffix=".tmp")
 
 
 def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Path) -> dict:

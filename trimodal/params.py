@@ -59,6 +59,7 @@ class PathsParams:
     sources: str
     demo: str
     raw: str
+    cache: str
     validated: str
     validate_report: str
     tokenizer: str
