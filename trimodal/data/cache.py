@@ -42,6 +42,12 @@ class BlobCache:
             row = self._db.execute("SELECT meta, data, stored_at FROM entries WHERE key = ?", (key,)).fetchone()
         return Entry(json.loads(row[0]), bytes(row[1]), row[2]) if row else None
 
+    def stored_at(self, key: str) -> float | None:
+        """When `key` was put, without reading its bytes; None if absent."""
+        with self._lock:
+            row = self._db.execute("SELECT stored_at FROM entries WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
     def put(self, key: str, meta: dict, data: bytes) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)",
