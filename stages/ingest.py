@@ -249,8 +249,8 @@ def manifest_rows(plan: Plan, payloads: dict[str, Payloads], shards: dict[str, S
             data = payloads[kind].get(url) if url else None
             if url and data is None:
                 error = payloads[kind].errors.get(url, "download failed: no result")
-            elif kind == "audio" and (error := too_large(data, params.max_audio_bytes)):
-                data = None
+            elif kind == "audio" and (oversize := too_large(data, params.max_audio_bytes)):
+                data, error = None, oversize
             entry[kind] = shards[kind].add(row_key, data) if data is not None else None
             entry[f"{kind}_error"] = error
             counts[f"{kind}_fetched"] += data is not None

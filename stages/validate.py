@@ -454,6 +454,7 @@ def validate_to(raw_dir: Path, out_dir: Path, params: ValidateParams, cache_dir:
           closing(Ledger(Path(work))) as ledger):
         for entry in tqdm(read_entries(manifest), desc="validate", unit="row", total=count_lines(manifest)):
             ledger.add(validate_row(entry, media, ledger.seen, params, settings, cache))
+        print(f"validate: decoded {cache.misses} payloads, reused {cache.hits} decoded before ({cache_dir})")
         costs = find_pairs(ledger, params)
         verdicts = deduplicate(ledger, params)
         features = write_outputs(tmp, ledger, verdicts)

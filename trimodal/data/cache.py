@@ -36,10 +36,13 @@ class BlobCache:
                          "stored_at REAL)")
         self._pending = 0
         self._lock = threading.Lock()
+        self.hits = self.misses = 0
 
     def get(self, key: str) -> Entry | None:
         with self._lock:
             row = self._db.execute("SELECT meta, data, stored_at FROM entries WHERE key = ?", (key,)).fetchone()
+            self.hits += row is not None
+            self.misses += row is None
         return Entry(json.loads(row[0]), bytes(row[1]), row[2]) if row else None
 
     def stored_at(self, key: str) -> float | None:
