@@ -29,6 +29,7 @@ output file byte for byte. `--no-reference` skips img2dataset alone and the imag
 from __future__ import annotations
 
 import argparse
+import colorsys
 import hashlib
 import json
 import os
@@ -85,7 +86,7 @@ PLANT_EVERY, PLANT_BACK = 100, 50  # --corpus similar: record i = 99 mod 100 rep
 
 
 def make_similar_record(i: int, media: Path, base_url: str) -> dict:
-    """Record i of the similar-pictures corpus: one grey background, two small coloured discs placed at random; a
+    """Record i of the similar-pictures corpus: one grey background, two small discs placed at random; a
     planted near duplicate (i = 99 mod 100) is record i - 50's picture as JPEG, with its sound and text."""
     if i % PLANT_EVERY == PLANT_EVERY - 1:
         original = i - PLANT_BACK
@@ -94,9 +95,10 @@ def make_similar_record(i: int, media: Path, base_url: str) -> dict:
     rng = rng_for(13, 0, i)
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (128, 128, 128))
     draw = ImageDraw.Draw(image)
-    for _ in range(2):
-        x, y = (int(v) for v in rng.integers(0, IMAGE_SIZE - 8, 2))
-        draw.ellipse((x, y, x + 6, y + 6), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    for _ in range(2):  # 10-pixel discs of saturated colours: distinct pictures stay > 8 apart (threshold 4)
+        x, y = (int(v) for v in rng.integers(0, IMAGE_SIZE - 10, 2))
+        rgb = colorsys.hsv_to_rgb(rng.uniform(), 1.0, rng.uniform(0.8, 1.0))
+        draw.ellipse((x, y, x + 10, y + 10), fill=tuple(int(255 * v) for v in rgb))
     image.save(media / f"{i:06d}.png", format="PNG")
     audio = synthesize_audio(int(rng.integers(1, 9)), float(rng.uniform(300, 2400)), SAMPLE_RATE, AUDIO_SECONDS, rng,
                              max_pulses=8)

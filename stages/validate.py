@@ -82,6 +82,10 @@ class Media:
     features: dict  # image_width and image_height, or audio_seconds
     converted: list[str]
     fingerprint: np.ndarray
+    digest: str = ""  # sha256 of `data`: what exact dedup compares
+
+    def __post_init__(self):
+        self.digest = self.digest or digest(self.data)
 
 
 @dataclass(slots=True)
@@ -177,13 +181,13 @@ def decoded(kind: str, payload: bytes, params: ValidateParams, settings: str, ca
             raise Rejected(hit.meta["rejected"])
         size = 4 * FINGERPRINT_WIDTH[kind]
         return Media(hit.data[size:], hit.meta["features"], hit.meta["converted"],
-                     np.frombuffer(hit.data[:size], dtype=np.float32))
+                     np.frombuffer(hit.data[:size], dtype=np.float32), hit.meta["digest"])
     try:
         media = _decode(kind, payload, params)
     except Rejected as e:
         cache.put(key, {"rejected": str(e)}, b"")
         raise
-    cache.put(key, {"features": media.features, "converted": media.converted},
+    cache.put(key, {"features": media.features, "converted": media.converted, "digest": media.digest},
               media.fingerprint.astype(np.float32).tobytes() + media.data)
     return media
 
@@ -262,7 +266,7 @@ class Ledger:
             record, media = outcome.accepted, outcome.media
             self.db.execute("INSERT INTO content VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (
                 pos, record["id"], record["source"], record["row"], record.get("split"),
-                *(digest(media[k].data) if k in media else None for k in KINDS),
+                *(media[k].digest if k in media else None for k in KINDS),
                 normalise_text(record.get("text")), normalise_text(record.get("question"))))
             for kind, medium in media.items():
                 self.spool.add(record[kind], medium.data)

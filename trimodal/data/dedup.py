@@ -124,18 +124,19 @@ def near_pairs(rows: RowFile, max_rms: float, grid: tuple[int, ...], block: tupl
     for start in range(0, n, batch):
         full = rows.read(start, min(start + batch, n))
         lims, _, found = index.range_search(coarse(full, grid, block), radius)
-        for k in range(len(full)):
-            i = start + k
-            js = np.unique(found[lims[k]:lims[k + 1]])
-            js = js[js > i]
-            stats.candidates += len(js)
-            if not len(js):
-                continue
-            distances = np.sqrt(np.mean((rows.take(js).astype(np.float64) - full[k]) ** 2, axis=1))
-            for j, distance in zip(js[distances <= max_rms].tolist(), distances[distances <= max_rms].tolist(),
-                                   strict=True):
-                stats.found += 1
-                yield i, j, distance
+        queries = np.repeat(np.arange(start, start + len(full)), np.diff(lims).astype(np.int64))
+        later = found > queries
+        queries, found = queries[later], found[later]
+        stats.candidates += len(found)
+        for first in range(0, len(found), batch * 8):  # the candidates' full rows a piece at a time
+            i, j = queries[first:first + batch * 8], found[first:first + batch * 8]
+            others, which = np.unique(j, return_inverse=True)  # each row read once per piece
+            distances = np.sqrt(np.mean((rows.take(others)[which].astype(np.float64) - full[i - start]) ** 2, axis=1))
+            near = distances <= max_rms
+            order = np.lexsort((j[near], i[near]))
+            stats.found += int(near.sum())
+            yield from zip(i[near][order].tolist(), j[near][order].tolist(), distances[near][order].tolist(),
+                           strict=True)
     stats.compared += int(faiss.cvar.indexIVF_stats.ndis)
 
 
