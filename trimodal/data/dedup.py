@@ -78,6 +78,7 @@ def audio_fingerprint(mono: np.ndarray, rate: int, n_fft: int = 512, max_hz: flo
 
 
 CELL, NPROBE = 256, 4  # rows per k-means cell of the near-duplicate index, cells searched per row
+PIECE = 2048  # candidate pairs checked at once: 2048 x 512 float64 differences, 8 MB
 
 
 @dataclass
@@ -101,7 +102,7 @@ def coarse(fingerprints: np.ndarray, grid: tuple[int, ...], block: tuple[int, ..
 
 
 def near_pairs(rows: RowFile, max_rms: float, grid: tuple[int, ...], block: tuple[int, ...],
-               stats: NearStats | None = None, batch: int = 8192, cell: int = CELL,
+               stats: NearStats | None = None, batch: int = 2048, cell: int = CELL,
                probes: int = NPROBE) -> Iterator[tuple[int, int, float]]:
     """(i, j, RMS distance), i < j, of the rows of `rows` whose fingerprints differ by at most `max_rms`.
 
@@ -128,8 +129,8 @@ def near_pairs(rows: RowFile, max_rms: float, grid: tuple[int, ...], block: tupl
         later = found > queries
         queries, found = queries[later], found[later]
         stats.candidates += len(found)
-        for first in range(0, len(found), batch * 8):  # the candidates' full rows a piece at a time
-            i, j = queries[first:first + batch * 8], found[first:first + batch * 8]
+        for first in range(0, len(found), PIECE):  # the candidates' full rows a piece at a time (PIECE x width)
+            i, j = queries[first:first + PIECE], found[first:first + PIECE]
             others, which = np.unique(j, return_inverse=True)  # each row read once per piece
             distances = np.sqrt(np.mean((rows.take(others)[which].astype(np.float64) - full[i - start]) ** 2, axis=1))
             near = distances <= max_rms
