@@ -32,6 +32,7 @@ class BlobCache:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False)  # ingest puts from its audio thread too
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit: a power cut may lose the last puts only
         self._db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, meta TEXT, data BLOB, "
                          "stored_at REAL)")
         self._pending = 0
