@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import hashlib
+import io
 import json
 import os
 import re
@@ -47,6 +48,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil  # installed with dvc
 import soundfile as sf
@@ -69,11 +71,18 @@ GOALS = {"ingest_vs_img2dataset": 0.8, "validate_vs_ingest": 1.0, "shard_vs_inge
 IMG2DATASET = "import json, sys, img2dataset; img2dataset.download(**json.loads(sys.argv[1]))"
 
 
-def make_record(i: int, media: Path, base_url: str) -> dict:
-    """Record i: its own shape, colour, background, pitch and pulse count, so validate's dedup keeps every one."""
+def distinct_picture(i: int) -> tuple[Image.Image, tuple[str, tuple[int, ...]], np.random.Generator]:
+    """Record i's picture: its own shape, colour and background; with (shape, colour) and the generator, which goes
+    on to its sound."""
     rng = rng_for(12, 0, i)
     shape, rgb = ALL_SHAPES[i % len(ALL_SHAPES)], tuple(int(v) for v in rng.integers(0, 256, 3))
-    draw_shape(shape, rgb, IMAGE_SIZE, rng).save(media / f"{i:06d}.png", format="PNG")
+    return draw_shape(shape, rgb, IMAGE_SIZE, rng), (shape, rgb), rng
+
+
+def make_record(i: int, media: Path, base_url: str) -> dict:
+    """Record i: its own shape, colour, background, pitch and pulse count, so validate's dedup keeps every one."""
+    picture, (shape, rgb), rng = distinct_picture(i)
+    picture.save(media / f"{i:06d}.png", format="PNG")
     audio = synthesize_audio(int(rng.integers(1, 9)), float(rng.uniform(300, 2400)), SAMPLE_RATE, AUDIO_SECONDS, rng,
                              max_pulses=8)
     sf.write(media / f"{i:06d}.wav", audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
@@ -85,20 +94,34 @@ def make_record(i: int, media: Path, base_url: str) -> dict:
 PLANT_EVERY, PLANT_BACK = 100, 50  # --corpus similar: record i = 99 mod 100 repeats record i - 50
 
 
-def make_similar_record(i: int, media: Path, base_url: str) -> dict:
-    """Record i of the similar-pictures corpus: one grey background, two small discs placed at random; a
-    planted near duplicate (i = 99 mod 100) is record i - 50's picture as JPEG, with its sound and text."""
-    if i % PLANT_EVERY == PLANT_EVERY - 1:
-        original = i - PLANT_BACK
-        Image.open(media / f"{original:06d}.png").save(media / f"{i:06d}.jpg", format="JPEG", quality=90)
-        return {**similar_fields(original, base_url), "id": f"bench-{i:06d}", "image_url": f"{base_url}/{i:06d}.jpg"}
+def similar_picture(i: int) -> tuple[Image.Image, np.random.Generator]:
+    """One grey background, two 10-pixel discs of saturated colours placed at random: every such picture has nearly
+    the same norm and thumbnail, yet distinct ones stay > 8 apart (the threshold is 4)."""
     rng = rng_for(13, 0, i)
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (128, 128, 128))
     draw = ImageDraw.Draw(image)
-    for _ in range(2):  # 10-pixel discs of saturated colours: distinct pictures stay > 8 apart (threshold 4)
+    for _ in range(2):
         x, y = (int(v) for v in rng.integers(0, IMAGE_SIZE - 10, 2))
         rgb = colorsys.hsv_to_rgb(rng.uniform(), 1.0, rng.uniform(0.8, 1.0))
         draw.ellipse((x, y, x + 10, y + 10), fill=tuple(int(255 * v) for v in rgb))
+    return image, rng
+
+
+def planted_copy(picture: Image.Image) -> bytes:
+    """A planted near duplicate: the picture re-encoded as JPEG."""
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_similar_record(i: int, media: Path, base_url: str) -> dict:
+    """Record i of the similar-pictures corpus (similar_picture); a planted near duplicate (i = 99 mod 100) is
+    record i - 50's picture as JPEG, with its sound and text."""
+    if i % PLANT_EVERY == PLANT_EVERY - 1:
+        original = i - PLANT_BACK
+        (media / f"{i:06d}.jpg").write_bytes(planted_copy(Image.open(media / f"{original:06d}.png")))
+        return {**similar_fields(original, base_url), "id": f"bench-{i:06d}", "image_url": f"{base_url}/{i:06d}.jpg"}
+    image, rng = similar_picture(i)
     image.save(media / f"{i:06d}.png", format="PNG")
     audio = synthesize_audio(int(rng.integers(1, 9)), float(rng.uniform(300, 2400)), SAMPLE_RATE, AUDIO_SECONDS, rng,
                              max_pulses=8)
