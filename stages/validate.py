@@ -116,7 +116,7 @@ def _empty_features(entry: dict) -> dict:
     }
 
 
-def check_fields(entry: dict, first_seen: dict[str, str], params: ValidateParams) -> None:
+def check_fields(entry: dict, first_seen: SeenIds, params: ValidateParams) -> None:
     """Record-level checks that need no decoding. Raises Rejected with the first failure."""
     if entry.get("table_error"):
         raise Rejected(entry["table_error"])
