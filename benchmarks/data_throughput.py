@@ -1,6 +1,7 @@
 """Data stages at scale: ingest images/s vs img2dataset alone, validate and shard records/s, peak RSS at two sizes.
 
 Usage: python benchmarks/data_throughput.py [--records 10000] [--small 1000] [--out PATH] [--keep DIR]
+       [--corpus distinct|similar] [--incremental] [--no-reference]
 Generates --records distinct records (a 64x64 PNG shape in a random colour, a 0.5 s WAV of tone pulses at a random
 pitch, text, caption, question, answer, label: stages/demo.py's drawing and synthesis) and serves them from a
 threaded http.server on 127.0.0.1. For each size (--small first, then --records, the small table being the first
@@ -16,10 +17,21 @@ ru_maxrss that wait4 reports (the largest single process of the tree: img2datase
 `tree_peak_rss_mb`, the sum of RSS over the process tree sampled every 0.1 s with psutil (shared pages counted once
 per process). The goals (issue 12) are judged at --records; `--keep DIR` keeps the scratch projects there (to
 profile a stage in place).
+
+Issue 33: `near_duplicates` per size is validate's near-duplicate search (pairs found, fingerprint distances the
+index computed, candidates checked in full). `--corpus similar` draws every picture on one background with two small
+objects (nearly equal norms and thumbnails: what made norm-sorted tiles quadratic) and plants a near duplicate every
+100th record (the picture of 50 records before as JPEG, its sound and text): `planted` says how many validate found.
+`--incremental` appends 1% new rows to the --records table, reruns ingest and validate in that project (the media and
+decode caches of data/cache warm), then both from scratch on the grown table in a fresh project, and compares every
+output file byte for byte. `--no-reference` skips img2dataset alone and the image-only ingest.
 """
 from __future__ import annotations
 
 import argparse
+import colorsys
+import hashlib
+import io
 import json
 import os
 import re
@@ -36,9 +48,11 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil  # installed with dvc
 import soundfile as sf
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,21 +67,77 @@ from trimodal.params import load_params  # noqa: E402
 
 TABLE = "data/sources/bench/records.jsonl"  # ingest reads tables under data/sources/ only
 SAMPLE_RATE, AUDIO_SECONDS, IMAGE_SIZE = 16000, 0.5, 64
-GOALS = {"ingest_vs_img2dataset": 0.8, "validate_vs_ingest": 1.0, "shard_vs_ingest": 1.0, "rss_large_vs_small": 1.2}
+GOALS = {"ingest_vs_img2dataset": 0.8, "validate_vs_ingest": 1.0, "shard_vs_ingest": 1.0, "rss_large_vs_small": 1.3}
 IMG2DATASET = "import json, sys, img2dataset; img2dataset.download(**json.loads(sys.argv[1]))"
+
+
+def distinct_picture(i: int) -> tuple[Image.Image, tuple[str, tuple[int, ...]], np.random.Generator]:
+    """Record i's picture: its own shape, colour and background; with (shape, colour) and the generator, which goes
+    on to its sound."""
+    rng = rng_for(12, 0, i)
+    shape, rgb = ALL_SHAPES[i % len(ALL_SHAPES)], tuple(int(v) for v in rng.integers(0, 256, 3))
+    return draw_shape(shape, rgb, IMAGE_SIZE, rng), (shape, rgb), rng
 
 
 def make_record(i: int, media: Path, base_url: str) -> dict:
     """Record i: its own shape, colour, background, pitch and pulse count, so validate's dedup keeps every one."""
-    rng = rng_for(12, 0, i)
-    shape, rgb = ALL_SHAPES[i % len(ALL_SHAPES)], tuple(int(v) for v in rng.integers(0, 256, 3))
-    draw_shape(shape, rgb, IMAGE_SIZE, rng).save(media / f"{i:06d}.png", format="PNG")
+    picture, (shape, rgb), rng = distinct_picture(i)
+    picture.save(media / f"{i:06d}.png", format="PNG")
     audio = synthesize_audio(int(rng.integers(1, 9)), float(rng.uniform(300, 2400)), SAMPLE_RATE, AUDIO_SECONDS, rng,
                              max_pulses=8)
     sf.write(media / f"{i:06d}.wav", audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return {"id": f"bench-{i:06d}", "image_url": f"{base_url}/{i:06d}.png", "audio_url": f"{base_url}/{i:06d}.wav",
             "text": f"record {i}: a {shape} in rgb{rgb}", "caption": f"a {shape} number {i}",
             "question": "what shape is it?", "answer": shape, "label": shape}
+
+
+PLANT_EVERY, PLANT_BACK = 100, 50  # --corpus similar: record i = 99 mod 100 repeats record i - 50
+
+
+def similar_picture(i: int) -> tuple[Image.Image, np.random.Generator]:
+    """One grey background, two 10-pixel discs of saturated colours placed at random: every such picture has nearly
+    the same norm and thumbnail, yet distinct ones stay > 8 apart (the threshold is 4)."""
+    rng = rng_for(13, 0, i)
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    for _ in range(2):
+        x, y = (int(v) for v in rng.integers(0, IMAGE_SIZE - 10, 2))
+        rgb = colorsys.hsv_to_rgb(rng.uniform(), 1.0, rng.uniform(0.8, 1.0))
+        draw.ellipse((x, y, x + 10, y + 10), fill=tuple(int(255 * v) for v in rgb))
+    return image, rng
+
+
+def planted_copy(picture: Image.Image) -> bytes:
+    """A planted near duplicate: the picture re-encoded as JPEG."""
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_similar_record(i: int, media: Path, base_url: str) -> dict:
+    """Record i of the similar-pictures corpus (similar_picture); a planted near duplicate (i = 99 mod 100) is
+    record i - 50's picture as JPEG, with its sound and text."""
+    if i % PLANT_EVERY == PLANT_EVERY - 1:
+        original = i - PLANT_BACK
+        (media / f"{i:06d}.jpg").write_bytes(planted_copy(Image.open(media / f"{original:06d}.png")))
+        return {**similar_fields(original, base_url), "id": f"bench-{i:06d}", "image_url": f"{base_url}/{i:06d}.jpg"}
+    image, rng = similar_picture(i)
+    image.save(media / f"{i:06d}.png", format="PNG")
+    audio = synthesize_audio(int(rng.integers(1, 9)), float(rng.uniform(300, 2400)), SAMPLE_RATE, AUDIO_SECONDS, rng,
+                             max_pulses=8)
+    sf.write(media / f"{i:06d}.wav", audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return similar_fields(i, base_url)
+
+
+def similar_fields(i: int, base_url: str) -> dict:
+    return {"id": f"bench-{i:06d}", "image_url": f"{base_url}/{i:06d}.png", "audio_url": f"{base_url}/{i:06d}.wav",
+            "text": f"record {i}: two discs", "caption": f"discs number {i}", "question": "how many discs?",
+            "answer": "two", "label": "discs"}
+
+
+def planted(rows: list[dict]) -> dict[str, str]:
+    """id of each planted near duplicate -> the id of the record it repeats."""
+    return {r["id"]: f"bench-{int(r['id'][6:]) - PLANT_BACK:06d}" for r in rows if r["image_url"].endswith(".jpg")}
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -207,8 +277,9 @@ def ingest_images_only(root: Path, code: Path, rows: list[dict]) -> dict:
     return result
 
 
-def run_size(root: Path, code: Path, rows: list[dict]) -> dict:
-    """Every stage of `code` on `rows` in a fresh scratch project under root."""
+def run_size(root: Path, code: Path, rows: list[dict], reference: bool = True) -> dict:
+    """Every stage of `code` on `rows` in a fresh scratch project under root; `reference`: img2dataset alone and the
+    image-only ingest too."""
     n, project = len(rows), root / f"project-{len(rows)}"
     (project / TABLE).parent.mkdir(parents=True)
     write_jsonl(project / TABLE, rows)
@@ -216,40 +287,80 @@ def run_size(root: Path, code: Path, rows: list[dict]) -> dict:
     measured("params", [*stage, "stages.common.params", "write", f"data.sources=[{TABLE}]"], project, code)
     print(f"{n} records:", flush=True)
     urls = [r["image_url"] for r in rows]
-    i2d = [img2dataset_alone(project, code, urls, 1)]
-    images_only = ingest_images_only(root, code, rows)
+    i2d = [img2dataset_alone(project, code, urls, 1)] if reference else []
+    images_only = ingest_images_only(root, code, rows) if reference else None
     steps = {"ingest": measured("ingest", [*stage, "stages.ingest"], project, code)}
-    i2d.append(img2dataset_alone(project, code, urls, 2))
+    if reference:
+        i2d.append(img2dataset_alone(project, code, urls, 2))
     for name in ("validate", "tokenizer", "shard"):
         steps[name] = measured(name, [*stage, f"stages.{name}"], project, code)
     for step in steps.values():
         step["records_per_s"] = round(n / step["seconds"], 1)
     steps["ingest"]["images_per_s"] = steps["ingest"]["records_per_s"]  # every record has one image
     steps["ingest"]["img2dataset_reported_images_per_s"] = img2dataset_rate(project / "ingest.log")
-    i2d_s = sum(r["seconds"] for r in i2d) / len(i2d)
     raw = json.loads((project / "data/raw/summary.json").read_text())
     validated = json.loads((project / "metrics/validate.json").read_text())
-    return {
+    result = {
         "records": n,
-        "img2dataset_alone": {"runs": i2d, "images_per_s": round(n / i2d_s, 1)},
-        "ingest_images_only": images_only,
         **steps,
         "ingest_fetched": {k: raw[k] for k in ("images_fetched", "images_failed", "audio_fetched", "audio_failed")},
         "validated": {k: validated[k] for k in ("n_accepted", "n_rejected", "n_duplicates", "duplicates",
                                                 "gate_passed")},
+        "near_duplicates": validated["duplicates"].get("search"),
         "validated_equals_input": validated["n_accepted"] == n,
-        "ingest_vs_img2dataset": round(i2d_s / images_only["seconds"], 3),  # the same URLs, the same job
-        "ingest_with_audio_vs_img2dataset": round(i2d_s / steps["ingest"]["seconds"], 3),  # and 1 sound a record
         "validate_vs_ingest": round(steps["ingest"]["seconds"] / steps["validate"]["seconds"], 3),
         "shard_vs_ingest": round(steps["ingest"]["seconds"] / steps["shard"]["seconds"], 3),
     }
+    if plants := planted(rows):
+        quarantine = (project / "data/validated/quarantine.jsonl").read_text().splitlines()
+        found = {q["id"]: q.get("duplicate_of") for q in map(json.loads, quarantine)}
+        result["planted"] = {"near_duplicates": len(plants),
+                             "found": sum(found.get(dup) == kept for dup, kept in plants.items())}
+    if reference:
+        i2d_s = sum(r["seconds"] for r in i2d) / len(i2d)
+        result.update(img2dataset_alone={"runs": i2d, "images_per_s": round(n / i2d_s, 1)},
+                      ingest_images_only=images_only,
+                      ingest_vs_img2dataset=round(i2d_s / images_only["seconds"], 3),  # the same URLs, the same job
+                      ingest_with_audio_vs_img2dataset=round(i2d_s / steps["ingest"]["seconds"], 3))
+    return result
+
+
+def tree_digests(project: Path) -> dict[str, str]:
+    """sha256 of every file ingest and validate write (data/raw, data/validated, metrics/validate.json)."""
+    files = [*(project / "data/raw").rglob("*"), *(project / "data/validated").rglob("*"),
+             project / "metrics/validate.json"]
+    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)
+            if p.is_file()}
+
+
+def run_incremental(root: Path, code: Path, rows: list[dict], grown: list[dict]) -> dict:
+    """ingest and validate again in the --records project after appending rows (grown = rows + the new ones), then
+    both from scratch on `grown` in a fresh project; seconds per stage, ratios and byte identity."""
+    project, fresh = root / f"project-{len(rows)}", root / f"project-{len(grown)}-fresh"
+    write_jsonl(project / TABLE, grown)
+    (fresh / TABLE).parent.mkdir(parents=True)
+    write_jsonl(fresh / TABLE, grown)
+    measured("params", [sys.executable, "-m", "stages.common.params", "write", f"data.sources=[{TABLE}]"], fresh, code)
+    print(f"+{len(grown) - len(rows)} rows, incremental then from scratch:", flush=True)
+    steps = {}
+    for name in ("ingest", "validate"):
+        steps[name] = {"incremental": measured(f"{name}-incremental", [sys.executable, "-m", f"stages.{name}"],
+                                               project, code)}
+    for name in ("ingest", "validate"):
+        steps[name]["from_scratch"] = measured(name, [sys.executable, "-m", f"stages.{name}"], fresh, code)
+        steps[name]["incremental_vs_from_scratch"] = round(
+            steps[name]["incremental"]["seconds"] / steps[name]["from_scratch"]["seconds"], 4)
+    same, other = tree_digests(project), tree_digests(fresh)
+    return {"records": len(rows), "appended": len(grown) - len(rows), **steps,
+            "outputs_compared": len(other), "byte_identical": same == other,
+            "differing": sorted(k for k in set(same) | set(other) if same.get(k) != other.get(k))[:20]}
 
 
 def verdict(small: dict, large: dict) -> dict:
     rss = {name: {key: round(large[name][key] / small[name][key], 3) for key in ("peak_rss_mb", "tree_peak_rss_mb")}
            for name in ("ingest", "validate", "shard")}
     met = {name: large[name] >= GOALS[name] for name in ("ingest_vs_img2dataset", "validate_vs_ingest",
-                                                          "shard_vs_ingest")}
+                                                          "shard_vs_ingest") if name in large}
     met.update({f"rss_flat_{name}": ratio["tree_peak_rss_mb"] <= GOALS["rss_large_vs_small"]
                 and ratio["peak_rss_mb"] <= GOALS["rss_large_vs_small"] for name, ratio in rss.items()})
     return {"rss_large_vs_small": rss, "goals": GOALS, "goals_met": met}
@@ -261,13 +372,17 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1000, help="the size the memory ratio compares against")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/data_throughput.json"))
     parser.add_argument("--keep", help="build the scratch projects in this (new) folder and keep them")
+    parser.add_argument("--corpus", choices=["distinct", "similar"], default="distinct",
+                        help="distinct pictures (default) or similar ones with planted near duplicates")
+    parser.add_argument("--incremental", action="store_true", help="then append 1%% rows and rerun ingest, validate")
+    parser.add_argument("--no-reference", action="store_true", help="skip img2dataset alone, image-only ingest")
     parser.add_argument("--server", choices=["nginx", "python"],
                         help="the media server (default: nginx when installed, else python)")
     args = parser.parse_args()
     server = args.server or ("nginx" if shutil.which("nginx") else "python")
     if server == "nginx" and not shutil.which("nginx"):
         sys.exit("--server nginx: nginx is not installed (apt-get install nginx-light)")
-    result = {"media_server": server, "cpu_count": os.cpu_count(),
+    result = {"media_server": server, "corpus": args.corpus, "cpu_count": os.cpu_count(),
               "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="trimodal-bench-") as tmp:
@@ -278,9 +393,15 @@ def main() -> None:
         code.mkdir(parents=True)
         clone_worktree(code)  # the working tree as it is now: edits made while this runs do not mix in
         with serve(media, server) as base_url:
-            rows = [make_record(i, media, base_url) for i in tqdm(range(args.records), desc="generate", unit="record")]
-            small, large = run_size(root, code, rows[:args.small]), run_size(root, code, rows)
-    result.update(small=small, large=large, **verdict(small, large))
+            make = make_similar_record if args.corpus == "similar" else make_record
+            total = args.records + (args.records // 100 if args.incremental else 0)
+            rows = [make(i, media, base_url) for i in tqdm(range(total), desc="generate", unit="record")]
+            reference = not args.no_reference
+            small = run_size(root, code, rows[:args.small], reference)
+            large = run_size(root, code, rows[:args.records], reference)
+            result.update(small=small, large=large, **verdict(small, large))
+            if args.incremental:
+                result["incremental"] = run_incremental(root, code, rows[:args.records], rows)
     result["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     result["total_s"] = round(time.perf_counter() - started, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

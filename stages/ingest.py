@@ -6,6 +6,12 @@ thread pool; text is inline. Nothing is
 judged here beyond "could it be fetched": decoding and rejection are validate's job, so every input row
 appears in data/raw/manifest.jsonl with its payload location or the reason it could not be fetched.
 
+Incremental (issue 33): remote media fetched before are taken from data/cache/ingest.sqlite by URL
+(trimodal/data/cache.py) until `ingest.media_ttl_s` has passed since their fetch (0: never), or refetched all with
+`ingest.force_ingest`; so a grown table fetches its new URLs only, and a row whose URL changed fetches the new one.
+The outputs are the same bytes either way. The rows and the fetch plan wait in sqlite, the payloads in the cache or
+a scratch spool: memory is flat in the rows.
+
 Outputs (rewritten canonically so identical inputs give identical bytes and DVC hashes):
   data/raw/manifest.jsonl        one line per input row, in source order
   data/raw/images-NNNNNN.tar     raw image bytes, member name = row_key
@@ -15,11 +21,14 @@ Outputs (rewritten canonically so identical inputs give identical bytes and DVC 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,31 +37,91 @@ from tqdm import tqdm
 
 from trimodal.atomic import atomic_dir, write_json, write_jsonl
 from trimodal.config_errors import run_main
-from trimodal.data.fetch import Fetched, fetch_async
+from trimodal.data.cache import BlobCache
+from trimodal.data.fetch import fetch_async
 from trimodal.data.fileserver import LoopbackServer
-from trimodal.data.sources import SourceError, SourceRow, read_table, resolve_url, scheme_of, untracked_table
-from trimodal.data.spool import Spool
+from trimodal.data.sources import SourceError, SourceRow, iter_table, resolve_url, scheme_of, untracked_table
+from trimodal.data.spool import Spool, spool_beside
 from trimodal.data.tars import write_tar
 from trimodal.params import IngestParams, load_params
 
 FETCHABLE = ("", "file", "http", "https", "s3")
 LOOPBACK_SLACK_S = 5  # img2dataset waits this much longer than the loopback server's own fetch may take
+KINDS = ("image", "audio")  # the fetched media, in the order a manifest entry lists them
 
 
-def plan_fetches(rows: list[SourceRow], column: str) -> tuple[dict[str, str], dict[str, str]]:
-    """row_key -> absolute URL to fetch, and row_key -> why it cannot be fetched (unsupported scheme)."""
-    todo: dict[str, str] = {}
-    failed: dict[str, str] = {}
-    for row in rows:
-        url = (row.fields or {}).get(column)
-        if not url:
-            continue
-        absolute = resolve_url(url, row.source)
-        if scheme_of(absolute) not in FETCHABLE:
-            failed[row.row_key] = f"unsupported URL scheme {scheme_of(absolute)!r}"
+class Plan:
+    """Every source row and what to fetch for it, in sqlite under the stage's scratch folder (issue 33: memory flat
+    in the rows): rows by row_key (source order), each medium's absolute URL or why it cannot be fetched."""
+
+    def __init__(self, work: Path):
+        self.db = sqlite3.connect(work / "plan.sqlite")
+        self.db.executescript("""
+            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+            CREATE TABLE rows (row_key TEXT PRIMARY KEY, source TEXT, line INTEGER, fields TEXT, table_error TEXT,
+                               image_url TEXT, image_error TEXT, audio_url TEXT, audio_error TEXT);
+        """)
+
+    def add(self, row: SourceRow) -> None:
+        media = [value for kind in KINDS for value in _fetch_of(row, f"{kind}_url")]
+        self.db.execute("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (row.row_key, row.source, row.line, json.dumps(row.fields), row.table_error, *media))
+
+    def urls(self, kind: str) -> list[str]:
+        """The distinct URLs of `kind` to fetch, sorted."""
+        return [u for (u,) in self.db.execute(f"SELECT DISTINCT {kind}_url FROM rows WHERE {kind}_url IS NOT NULL "
+                                              f"ORDER BY {kind}_url")]
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+
+
+def _fetch_of(row: SourceRow, column: str) -> tuple[str | None, str | None]:
+    """(absolute URL to fetch, why it cannot be fetched) of one medium of a row; (None, None) when it has none."""
+    url = (row.fields or {}).get(column)
+    if not url:
+        return None, None
+    absolute = resolve_url(url, row.source)
+    if scheme_of(absolute) not in FETCHABLE:
+        return None, f"unsupported URL scheme {scheme_of(absolute)!r}"
+    return absolute, None
+
+
+class Payloads:
+    """Fetched bytes by URL: remote ones in the media cache (trimodal/data/cache.py: reused by the next run until
+    `ingest.media_ttl_s` has passed, or never with `ingest.force_ingest`), local files in a scratch Spool (read again
+    each run: they are cheap, and DVC hashes them), failures by URL. `put` may run in the audio thread."""
+
+    def __init__(self, cache: BlobCache, spool: Spool, params: IngestParams):
+        self.cache, self.spool, self.params = cache, spool, params
+        self.errors: dict[str, str] = {}
+        self.reused = 0
+
+    @staticmethod
+    def cacheable(url: str) -> bool:
+        return url.partition(":")[0].lower() in ("http", "https", "s3")  # scheme_of's answer, without urlparse's cost
+
+    def todo(self, urls: list[str]) -> list[str]:
+        """The URLs of `urls` to fetch: all but the cached ones still fresh."""
+        now, ttl = time.time(), self.params.media_ttl_s
+        fresh = [not self.params.force_ingest and self.cacheable(u) and (when := self.cache.stored_at(u)) is not None
+                 and (ttl <= 0 or now - when < ttl) for u in urls]
+        self.reused += sum(fresh)
+        return [u for u, ok in zip(urls, fresh, strict=True) if not ok]
+
+    def put(self, url: str, data: bytes) -> None:
+        if self.cacheable(url):
+            self.cache.put(url, {}, data)
         else:
-            todo[row.row_key] = absolute
-    return todo, failed
+            self.spool.add(url, data)
+
+    def get(self, url: str) -> bytes | None:
+        if url in self.errors:
+            return None
+        if url in self.spool:
+            return self.spool[url]
+        entry = self.cache.get(url) if self.cacheable(url) else None
+        return entry.data if entry else None
 
 
 def img2dataset_args(url_list: Path, out: Path, params: IngestParams) -> dict:
@@ -79,134 +148,158 @@ def img2dataset_args(url_list: Path, out: Path, params: IngestParams) -> dict:
     )
 
 
-def fetch_images(todo: dict[str, str], params: IngestParams, workdir: Path, spool: Spool) -> dict[str, str]:
-    """Download images with img2dataset into `spool`; returns row_key -> why not, for every other key of `todo`."""
-    if not todo:
-        return {}
+def fetch_images(urls: list[str], params: IngestParams, workdir: Path, payloads: Payloads) -> None:
+    """Download images with img2dataset into `payloads` (the URL's position in `urls` rides along as its key);
+    every URL that yields no bytes gets its reason in payloads.errors."""
+    if not urls:
+        return
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
     import img2dataset
     import pandas as pd
     import pyarrow.parquet as pq
 
-    with LoopbackServer(list(todo.values()), params) as server:
+    with LoopbackServer(urls, params) as server:
         url_list = workdir / "img2dataset-input.parquet"
-        pd.DataFrame({"url": [server.url_for(u) for u in todo.values()], "row_key": list(todo)}).to_parquet(url_list)
+        pd.DataFrame({"url": [server.url_for(u) for u in urls], "row_key": [str(i) for i in range(len(urls))]}
+                     ).to_parquet(url_list)
         out = workdir / "img2dataset-output"
         img2dataset.download(**img2dataset_args(url_list, out, params))
-    errors: dict[str, str] = {}
+    done = set()
     for table in sorted(out.glob("*.parquet")):
         # a batch at a time: a shard of large images need not fit in memory at once
         for batch in pq.ParquetFile(table).iter_batches(batch_size=64, columns=["row_key", "status", "error_message",
                                                                                 "jpg"]):
             for rec in batch.to_pylist():
-                key = rec["row_key"]
+                url = urls[int(rec["row_key"])]
+                done.add(url)
                 if rec["status"] == "success" and rec["jpg"] is not None:
-                    spool.add(key, rec["jpg"])
+                    payloads.put(url, rec["jpg"])
                 elif rec["status"] == "success":
-                    errors[key] = "download failed: missing from img2dataset shard"
+                    payloads.errors[url] = "download failed: missing from img2dataset shard"
                 else:  # the loopback server knows why, img2dataset saw a 502
-                    reason = server.errors.get(todo[key])
-                    errors[key] = reason or f"download failed: {rec['error_message'] or rec['status']}"
-    for key in todo:  # img2dataset can drop a row entirely (e.g. a crashed shard): never lose it silently
-        if key not in spool and key not in errors:
-            errors[key] = "download failed: no result from img2dataset"
-    return errors
+                    reason = server.errors.get(url)
+                    payloads.errors[url] = reason or f"download failed: {rec['error_message'] or rec['status']}"
+    for url in urls:  # img2dataset can drop a row entirely (e.g. a crashed shard): never lose it silently
+        if url not in done:
+            payloads.errors[url] = "download failed: no result from img2dataset"
 
 
-def fetch_audio(todo: dict[str, str], params: IngestParams, spool: Spool) -> dict[str, str]:
-    """Fetch audio into `spool`, each result as it comes, `threads` at a time on one event loop (http(s) through one
-    aiohttp session: trimodal/data/fetch.py); returns row_key -> why not, for every other key of `todo`."""
-    async def fetch_all() -> dict[str, str]:
+def fetch_audio(urls: list[str], params: IngestParams, payloads: Payloads) -> None:
+    """Fetch audio into `payloads`, each result as it comes, `threads` at a time on one event loop (http(s) through
+    one aiohttp session: trimodal/data/fetch.py); every URL that yields no bytes gets its reason in payloads.errors."""
+    async def fetch_all() -> None:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max(params.threads, 1)))  # local, s3
-        gate, errors = asyncio.Semaphore(max(params.threads, 1)), {}
+        gate = asyncio.Semaphore(max(params.threads, 1))
         async with aiohttp.ClientSession() as session:
-            async def one(key: str, url: str) -> None:
+            async def one(url: str) -> None:
                 async with gate:
-                    fetched = too_large(await fetch_async(session, url, params), params.max_audio_bytes)
+                    fetched = await fetch_async(session, url, params)
                 if fetched.data is None:
-                    errors[key] = fetched.error or "download failed: no reason given"
+                    payloads.errors[url] = fetched.error or "download failed: no reason given"
                 else:
-                    spool.add(key, fetched.data)
+                    payloads.put(url, fetched.data)
 
-            done = asyncio.as_completed([one(key, url) for key, url in todo.items()])
-            for next_done in tqdm(done, total=len(todo), desc="ingest: audio", unit="file", disable=not todo):
+            done = asyncio.as_completed([one(url) for url in urls])
+            for next_done in tqdm(done, total=len(urls), desc="ingest: audio", unit="file", disable=not urls):
                 await next_done
-        return errors
 
-    return asyncio.run(fetch_all())
-
-
-def too_large(fetched: Fetched, max_bytes: int) -> Fetched:
-    if fetched.data is not None and len(fetched.data) > max_bytes:
-        return Fetched(error=f"download failed: {len(fetched.data)} bytes > max_audio_bytes {max_bytes}")
-    return fetched
+    asyncio.run(fetch_all())
 
 
-def write_media_shards(out_dir: Path, prefix: str, payloads: Mapping[str, bytes], size: int) -> dict[str, str]:
-    """Canonical shards of the payloads, one shard in memory at a time; returns row_key -> 'shard.tar:member'."""
-    keys = sorted(payloads)
-    locations = {}
-    for start in range(0, len(keys), size):
-        name = f"{prefix}-{start // size:06d}.tar"
-        chunk = keys[start:start + size]
-        write_tar(out_dir / name, {k: payloads[k] for k in chunk})
-        locations.update({k: f"{name}:{k}" for k in chunk})
-    return locations
+def too_large(data: bytes | None, max_bytes: int) -> str | None:
+    if data is not None and len(data) > max_bytes:
+        return f"download failed: {len(data)} bytes > max_audio_bytes {max_bytes}"
+    return None
 
 
-def manifest_rows(rows: list[SourceRow], media: dict[str, tuple[dict[str, str], dict[str, str]]]) -> Iterator[dict]:
-    """One entry per row; `media`: kind -> (row_key -> why not fetched, row_key -> 'shard.tar:member')."""
-    for row in rows:
-        entry: dict = {"row_key": row.row_key, "source": row.source, "line": row.line,
-                       "fields": row.fields, "table_error": row.table_error}
-        for kind, (errors, locations) in media.items():
-            entry[kind] = locations.get(row.row_key)
-            entry[f"{kind}_error"] = errors.get(row.row_key)
+class ShardWriter:
+    """Canonical shards `<prefix>-NNNNNN.tar` of `size` members each, filled in row_key order, one in memory."""
+
+    def __init__(self, out_dir: Path, prefix: str, size: int):
+        self.out_dir, self.prefix, self.size = out_dir, prefix, size
+        self.members: dict[str, bytes] = {}
+        self.written = 0
+
+    def add(self, row_key: str, data: bytes) -> str:
+        """Returns the member's 'shard.tar:member' location."""
+        name = f"{self.prefix}-{self.written // self.size:06d}.tar"
+        self.members[row_key] = data
+        self.written += 1
+        if len(self.members) == self.size:
+            self.flush()
+        return f"{name}:{row_key}"
+
+    def flush(self) -> None:
+        if self.members:
+            write_tar(self.out_dir / f"{self.prefix}-{(self.written - 1) // self.size:06d}.tar", self.members)
+            self.members = {}
+
+
+def manifest_rows(plan: Plan, payloads: dict[str, Payloads], shards: dict[str, ShardWriter], params: IngestParams,
+                  counts: dict[str, int]) -> Iterator[dict]:
+    """One entry per row in source order, each fetched payload written to its kind's shards on the way; `counts`
+    gets <kind>_fetched and <kind>_failed."""
+    for row_key, source, line, fields, table_error, *media in plan.db.execute(
+            "SELECT row_key, source, line, fields, table_error, image_url, image_error, audio_url, audio_error "
+            "FROM rows ORDER BY row_key"):
+        entry: dict = {"row_key": row_key, "source": source, "line": line, "fields": json.loads(fields),
+                       "table_error": table_error}
+        for kind, url, error in zip(KINDS, media[::2], media[1::2], strict=True):
+            data = payloads[kind].get(url) if url else None
+            if url and data is None:
+                error = payloads[kind].errors.get(url, "download failed: no result")
+            elif kind == "audio" and (oversize := too_large(data, params.max_audio_bytes)):
+                data, error = None, oversize
+            entry[kind] = shards[kind].add(row_key, data) if data is not None else None
+            entry[f"{kind}_error"] = error
+            counts[f"{kind}_fetched"] += data is not None
+            counts[f"{kind}_failed"] += error is not None
         yield entry
 
 
-def spool_beside(out_dir: Path) -> tempfile.TemporaryDirectory:
-    """Scratch space on the output's disk (a scrape may not fit in /tmp) for img2dataset's output and the spools,
-    named so that a killed run's is removed with its other temps (trimodal/atomic.py remove_stale_temps)."""
-    return tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.spool-", suffix=".tmp")
-
-
-def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Path) -> dict:
+def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Path, cache_dir: Path) -> dict:
     """`tracked`: ingest's dvc.yaml dep (paths.sources); a local table must lie in it to be hashed."""
     if not sources:
         raise SystemExit("ingest: params data.sources is empty: list at least one table (csv, parquet or jsonl)")
     if refused := [reason for source in sources if (reason := untracked_table(source, tracked))]:
         raise SystemExit("ingest: " + "\n  ".join(refused))
-    try:
-        rows = [row for i, source in enumerate(sources) for row in read_table(source, i)]
-    except SourceError as e:
-        raise SystemExit(f"ingest: {e}") from e
-    image_todo, image_failed = plan_fetches(rows, "image_url")
-    audio_todo, audio_failed = plan_fetches(rows, "audio_url")
-    print(f"ingest: {len(rows)} rows from {len(sources)} sources; "
-          f"fetching {len(image_todo)} images, {len(audio_todo)} audio files")
-    with (atomic_dir(out_dir) as tmp, spool_beside(out_dir) as work,
+    with (atomic_dir(out_dir) as tmp, spool_beside(out_dir) as work, BlobCache(cache_dir / "ingest.sqlite") as cache,
           tempfile.TemporaryFile(dir=work) as image_file, tempfile.TemporaryFile(dir=work) as audio_file):
-        images, audio = Spool(image_file), Spool(audio_file)  # trimodal/data/spool.py: memory flat in the rows
+        plan = Plan(Path(work))
+        try:
+            for i, source in enumerate(sources):
+                for row in iter_table(source, i):
+                    plan.add(row)
+        except SourceError as e:
+            raise SystemExit(f"ingest: {e}") from e
+        images = Payloads(cache, Spool(image_file), params)
+        audio = Payloads(cache, Spool(audio_file), params)  # one spool each: the audio thread writes its own
+        image_urls, audio_urls = images.todo(plan.urls("image")), audio.todo(plan.urls("audio"))
+        print(f"ingest: {plan.count()} rows from {len(sources)} sources; fetching {len(image_urls)} images and "
+              f"{len(audio_urls)} audio files, reusing {images.reused} and {audio.reused} fetched before ({cache_dir})")
         with ThreadPoolExecutor(1) as beside:  # audio meanwhile: img2dataset leaves a core idle much of the time
-            audio_job = beside.submit(fetch_audio, audio_todo, params, audio)
-            image_errors = {**fetch_images(image_todo, params, Path(work), images), **image_failed}
-            audio_errors = {**audio_job.result(), **audio_failed}
-        media = {
-            "image": (image_errors, write_media_shards(tmp, "images", images, params.shard_size)),
-            "audio": (audio_errors, write_media_shards(tmp, "audio", audio, params.shard_size)),
-        }
-        write_jsonl(tmp / "manifest.jsonl", manifest_rows(rows, media))
+            audio_job = beside.submit(fetch_audio, audio_urls, params, audio)
+            fetch_images(image_urls, params, Path(work), images)
+            audio_job.result()
+        cache.commit()
+        shards = {"image": ShardWriter(tmp, "images", params.shard_size),
+                  "audio": ShardWriter(tmp, "audio", params.shard_size)}
+        counts = dict.fromkeys(("image_fetched", "image_failed", "audio_fetched", "audio_failed"), 0)
+        write_jsonl(tmp / "manifest.jsonl", manifest_rows(plan, {"image": images, "audio": audio}, shards, params,
+                                                          counts))
+        for writer in shards.values():
+            writer.flush()
         summary = {
-            "rows": len(rows),
-            "malformed_lines": sum(r.table_error is not None for r in rows),
-            "images_fetched": len(images),
-            "images_failed": len(image_errors),
-            "audio_fetched": len(audio),
-            "audio_failed": len(audio_errors),
+            "rows": plan.count(),
+            "malformed_lines": plan.db.execute("SELECT COUNT(*) FROM rows WHERE table_error IS NOT NULL").fetchone()[0],
+            "images_fetched": counts["image_fetched"],
+            "images_failed": counts["image_failed"],
+            "audio_fetched": counts["audio_fetched"],
+            "audio_failed": counts["audio_failed"],
             "sources": list(sources),
         }
+        plan.db.close()
         write_json(tmp / "summary.json", summary)
     print("ingest: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "sources"))
     return summary
@@ -214,7 +307,8 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Pa
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
-    run(params.data.sources, Path(params.paths.raw), params.ingest, Path(params.paths.sources))
+    paths = params.paths
+    run(params.data.sources, Path(paths.raw), params.ingest, Path(paths.sources), Path(paths.cache))
 
 
 if __name__ == "__main__":

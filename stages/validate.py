@@ -17,46 +17,75 @@ as an earlier accepted record's, or near duplicates of them with the rest equal,
 an image or a sound (exact or near) but differ otherwise are kept, with one `content_group` (the id of the group's
 first record), so that shard puts them in one split: no test media in train.
 
-Memory is flat in the number of rows (issue 12): converted media wait in a scratch file (`Spool`) in the temp output
-dir until dedup has seen every record, and memory keeps per record only what dedup compares (digests, fingerprints)
-and the manifest and feature rows.
+Memory is flat in the number of rows (issues 12, 33): every row's outcome, the content dedup compares, the converted
+media and the fingerprints wait on disk (a `Ledger`: sqlite and scratch files beside the output) until dedup has
+seen every record; near duplicates come from an index whose cost grows linearly with the records
+(trimodal/data/dedup.py near_pairs). Decoded media are kept in data/cache/validate.sqlite by the sha256 of the payload
+and the decoding settings (trimodal/data/cache.py), so a grown source decodes only its new payloads.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import sqlite3
 import sys
 import tempfile
+from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL
+import soundfile as sf
+import soxr
 from tqdm import tqdm
 
-from trimodal.atomic import atomic_dir, write_json, write_jsonl
+from trimodal.atomic import atomic_dir, atomic_open, write_json
 from trimodal.config_errors import run_main
+from trimodal.data import dedup as dedup_module
 from trimodal.data import limits as media_limits
-from trimodal.data.dedup import Groups, audio_fingerprint, digest, image_fingerprint, near_pairs, normalise_text
+from trimodal.data import media as media_module
+from trimodal.data.cache import BlobCache
+from trimodal.data.dedup import (
+    AUDIO_BLOCK,
+    AUDIO_GRID,
+    FINGERPRINT_WIDTH,
+    IMAGE_BLOCK,
+    IMAGE_GRID,
+    Groups,
+    NearStats,
+    audio_fingerprint,
+    digest,
+    image_fingerprint,
+    near_pairs,
+    normalise_text,
+)
 from trimodal.data.gate import GateLimits, features_summary_metrics, run_gate
-from trimodal.data.media import DecodedAudio, DecodedImage, Rejected, decode_audio, decode_image
+from trimodal.data.media import Rejected, decode_audio, decode_image
 from trimodal.data.records import INPUT_FIELDS, META_FIELDS, SPLITS, TARGET_FIELDS, record_key, unsafe_id_reason
-from trimodal.data.spool import Spool
+from trimodal.data.spool import RowFile, Spool, spool_beside
 from trimodal.data.tars import TarMembers, write_tar
 from trimodal.params import ValidateParams, load_params
 
 RECORDS_PER_MEDIA_TAR = 1000
+KINDS = ("image", "audio")  # the media a record may carry, in the order its manifest entry lists conversions
 
 
 @dataclass(slots=True)
-class Content:
-    """What dedup compares of one accepted record."""
-    image: str | None  # sha256 of the normalised PNG
-    audio: str | None  # sha256 of the normalised WAV
-    text: str | None  # normalised
-    question: str | None
-    image_fp: np.ndarray | None
-    audio_fp: np.ndarray | None
+class Media:
+    """One decoded medium as validate keeps it: the normalised bytes (PNG or float WAV), what the feature table and
+    the manifest say of it, and its near-duplicate fingerprint (trimodal/data/dedup.py)."""
+    data: bytes
+    features: dict  # image_width and image_height, or audio_seconds
+    converted: list[str]
+    fingerprint: np.ndarray
+    digest: str = ""  # sha256 of `data`: what exact dedup compares
+
+    def __post_init__(self):
+        self.digest = self.digest or digest(self.data)
 
 
 @dataclass(slots=True)
@@ -67,7 +96,7 @@ class Outcome:
     row_key: str = ""
     accepted: dict | None = None
     rejected: dict | None = None
-    content: Content | None = None  # of an accepted record, until dedup has compared it
+    media: dict[str, Media] = field(default_factory=dict)  # of an accepted record, until the ledger has it
 
 
 def _empty_features(entry: dict) -> dict:
@@ -87,7 +116,7 @@ def _empty_features(entry: dict) -> dict:
     }
 
 
-def check_fields(entry: dict, first_seen: dict[str, str], params: ValidateParams) -> None:
+def check_fields(entry: dict, first_seen: SeenIds, params: ValidateParams) -> None:
     """Record-level checks that need no decoding. Raises Rejected with the first failure."""
     if entry.get("table_error"):
         raise Rejected(entry["table_error"])
@@ -123,159 +152,286 @@ def _payload(entry: dict, kind: str, media: TarMembers) -> bytes:
     return media.get(entry[kind])
 
 
-def validate_row(entry: dict, media: TarMembers, first_seen: dict[str, str], params: ValidateParams,
-                 spool: Spool) -> Outcome:
-    """An accepted row's converted media go to `spool`; the outcome keeps what dedup compares of them."""
+def decoding_settings(params: ValidateParams) -> str:
+    """Everything a decoded medium depends on besides its bytes: the limits, the decoding and fingerprint code and
+    the libraries under it. Part of every decode-cache key, so a change to any of them decodes everything again."""
+    code = [Path(m.__file__).read_bytes() for m in (media_module, dedup_module)]
+    return json.dumps({"min_side": params.min_side, "max_pixels": params.max_pixels, "sample_rate": params.sample_rate,
+                       "max_seconds": params.max_seconds, "code": [digest(c) for c in code],
+                       "libraries": [PIL.__version__, np.__version__, sf.__version__, soxr.__version__]})
+
+
+def _decode(kind: str, payload: bytes, params: ValidateParams) -> Media:
+    if kind == "image":
+        image = decode_image(payload, min_side=params.min_side, max_pixels=params.max_pixels)
+        return Media(image.png, {"image_width": float(image.width), "image_height": float(image.height)},
+                     [f"image {image.converted_from}->RGB"] if image.converted_from else [],
+                     image_fingerprint(image.rgb))
+    audio = decode_audio(payload, sample_rate=params.sample_rate, max_seconds=params.max_seconds)
+    return Media(audio.wav, {"audio_seconds": audio.seconds}, [f"audio {c}" for c in audio.converted],
+                 audio_fingerprint(audio.samples, audio.rate))
+
+
+def decoded(kind: str, payload: bytes, params: ValidateParams, settings: str, cache: BlobCache) -> Media:
+    """`payload` decoded, from the cache when these bytes were decoded before with these settings (a rejection too).
+    Raises Rejected."""
+    key = digest(f"{kind}\n{settings}\n".encode() + payload)
+    if hit := cache.get(key):
+        if "rejected" in hit.meta:
+            raise Rejected(hit.meta["rejected"])
+        size = 4 * FINGERPRINT_WIDTH[kind]
+        return Media(hit.data[size:], hit.meta["features"], hit.meta["converted"],
+                     np.frombuffer(hit.data[:size], dtype=np.float32), hit.meta["digest"])
+    try:
+        media = _decode(kind, payload, params)
+    except Rejected as e:
+        cache.put(key, {"rejected": str(e)}, b"")
+        raise
+    cache.put(key, {"features": media.features, "converted": media.converted, "digest": media.digest},
+              media.fingerprint.astype(np.float32).tobytes() + media.data)
+    return media
+
+
+def validate_row(entry: dict, media: TarMembers, first_seen: SeenIds, params: ValidateParams, settings: str,
+                 cache: BlobCache) -> Outcome:
+    """An accepted row's outcome carries its decoded media (Outcome.media) for the ledger."""
     features = _empty_features(entry)
     outcome = Outcome(features=features, row_key=entry["row_key"])
-    image = audio = None
     try:
         check_fields(entry, first_seen, params)
         fields = entry["fields"]
         key = record_key(fields["id"])
         record = {name: fields.get(name) for name in ("id", "text", *TARGET_FIELDS, *META_FIELDS)}
         record.update(key=key, source=entry["source"], row=entry["line"], image=None, audio=None, converted=[])
-        if fields.get("image_url"):
-            image = decode_image(_payload(entry, "image", media), min_side=params.min_side,
-                                 max_pixels=params.max_pixels)
-            record["image"] = f"{key}.png"
-            if image.converted_from:
-                record["converted"].append(f"image {image.converted_from}->RGB")
-            features.update(image_width=float(image.width), image_height=float(image.height))
-        if fields.get("audio_url"):
-            audio = decode_audio(_payload(entry, "audio", media), sample_rate=params.sample_rate,
-                                 max_seconds=params.max_seconds)
-            record["audio"] = f"{key}.wav"
-            record["converted"].extend(f"audio {c}" for c in audio.converted)
-            features["audio_seconds"] = audio.seconds
+        for kind, suffix in (("image", "png"), ("audio", "wav")):
+            if fields.get(f"{kind}_url"):
+                outcome.media[kind] = medium = decoded(kind, _payload(entry, kind, media), params, settings, cache)
+                record[kind] = f"{key}.{suffix}"
+                record["converted"].extend(medium.converted)
+                features.update(medium.features)
     except Rejected as e:
         features["reason"] = str(e)
         fields = entry.get("fields") or {}
         outcome.rejected = {"id": fields.get("id"), "reason": str(e), "source": entry["source"],
                             "line": entry["line"], "row_key": entry["row_key"]}
+        outcome.media = {}
         return outcome
     features["status"] = "accepted"
     outcome.accepted = record
-    outcome.content = content_of(record, image, audio)
-    if image:
-        spool.add(record["image"], image.png)
-    if audio:
-        spool.add(record["audio"], audio.wav)
     return outcome
 
 
-def content_of(record: dict, image: DecodedImage | None, audio: DecodedAudio | None) -> Content:
-    return Content(digest(image.png) if image else None, digest(audio.wav) if audio else None,
-                   normalise_text(record.get("text")), normalise_text(record.get("question")),
-                   image_fingerprint(image.rgb) if image else None,
-                   audio_fingerprint(audio.samples, audio.rate) if audio else None)
+class SeenIds:
+    """Record id -> where it was first seen ("source line n"), in the ledger's database."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __contains__(self, record_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM seen WHERE id = ?", (record_id,)).fetchone() is not None
+
+    def __getitem__(self, record_id: str) -> str:
+        return self._db.execute("SELECT at FROM seen WHERE id = ?", (record_id,)).fetchone()[0]
+
+    def __setitem__(self, record_id: str, where: str) -> None:
+        self._db.execute("INSERT INTO seen VALUES (?, ?)", (record_id, where))
 
 
-def _rms(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((a - b) ** 2)))
+class Ledger:
+    """validate's state that grows with the rows, in files under `work` (issue 33: memory flat in the rows): every
+    row's outcome and each accepted record's content (digests, normalised text) in sqlite, the converted media in
+    a Spool, the fingerprints in one RowFile per kind. An accepted record's position `pos` counts accepted records
+    in input order."""
+
+    def __init__(self, work: Path):
+        self.db = sqlite3.connect(work / "ledger.sqlite")
+        self.db.executescript("""
+            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+            CREATE TABLE seen (id TEXT PRIMARY KEY, at TEXT);
+            CREATE TABLE rows (idx INTEGER PRIMARY KEY, pos INTEGER, row_key TEXT, features TEXT, accepted TEXT,
+                               rejected TEXT);
+            CREATE TABLE content (pos INTEGER PRIMARY KEY, id TEXT, source TEXT, row INTEGER, split TEXT,
+                                  image TEXT, audio TEXT, text TEXT, question TEXT);
+            CREATE TABLE pairs (i INTEGER, j INTEGER, kind TEXT, distance REAL);
+        """)
+        self.seen = SeenIds(self.db)
+        self.spool = Spool(open(work / "media.spool", "w+b"))  # noqa: SIM115 - closed with the ledger
+        self.fingerprints = {kind: (RowFile(open(work / f"{kind}.rows", "w+b"), width), array("q"))  # noqa: SIM115
+                             for kind, width in FINGERPRINT_WIDTH.items()}
+        self.rows = self.accepted = 0
+
+    def add(self, outcome: Outcome) -> None:
+        pos = self.accepted if outcome.accepted else None
+        if outcome.accepted:
+            record, media = outcome.accepted, outcome.media
+            self.db.execute("INSERT INTO content VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+                pos, record["id"], record["source"], record["row"], record.get("split"),
+                *(media[k].digest if k in media else None for k in KINDS),
+                normalise_text(record.get("text")), normalise_text(record.get("question"))))
+            for kind, medium in media.items():
+                self.spool.add(record[kind], medium.data)
+                rows, positions = self.fingerprints[kind]
+                rows.append(medium.fingerprint)
+                positions.append(pos)
+            self.accepted += 1
+        self.db.execute("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?)", (
+            self.rows, pos, outcome.row_key, json.dumps(outcome.features), _json(outcome.accepted),
+            _json(outcome.rejected)))
+        self.rows += 1
+
+    def content(self, pos: int) -> tuple:
+        """(id, source, row, split, image, audio, text, question) of accepted record `pos`."""
+        return self.db.execute("SELECT id, source, row, split, image, audio, text, question FROM content "
+                               "WHERE pos = ?", (pos,)).fetchone()
+
+    def close(self) -> None:
+        self.db.close()
+        self.spool.close()
+        for rows, _ in self.fingerprints.values():
+            rows.close()
+
+
+def _json(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _limits(params: ValidateParams) -> dict[str, float]:
     return {"image": params.near_duplicate_image_rms, "audio": params.near_duplicate_audio_db}
 
 
-def _near(kind: str, a: Content, b: Content, limit: float) -> float | None:
-    """None unless `kind` of a and b is the same content or a near duplicate; else the fingerprint distance."""
-    da, db = getattr(a, kind), getattr(b, kind)
-    if da is None or db is None:
-        return 0.0 if da is db else None
-    if da == db:
-        return 0.0
-    distance = _rms(getattr(a, f"{kind}_fp"), getattr(b, f"{kind}_fp"))
-    return distance if distance <= limit else None
+NEAR_INDEX = {"image": (IMAGE_GRID, IMAGE_BLOCK), "audio": (AUDIO_GRID, AUDIO_BLOCK)}  # what near_pairs indexes
 
 
-def _pairs(contents: list[Content], kind: str, limit: float) -> Iterator[tuple[int, int]]:
-    """Pairs of records whose `kind` media are the same or near (exact digests first, then fingerprints)."""
-    positions = [i for i, c in enumerate(contents) if getattr(c, kind) is not None]
-    first: dict[str, int] = {}
-    for i in positions:
-        key = getattr(contents[i], kind)
-        if key in first:
-            yield first[key], i
-        first.setdefault(key, i)
-    if positions and limit > 0:
-        fps = np.stack([getattr(contents[i], f"{kind}_fp") for i in positions])
-        for a, b in near_pairs(fps, limit):
-            yield positions[a], positions[b]
+def find_pairs(ledger: Ledger, params: ValidateParams) -> dict[str, dict]:
+    """Fill the ledger's `pairs`: records whose `kind` media are the same (each with the first record holding those
+    bytes, distance 0) or near (every pair within the threshold); returns near_pairs' costs per kind."""
+    db, costs = ledger.db, {}
+    for kind, limit in _limits(params).items():
+        db.execute(f"INSERT INTO pairs SELECT first, pos, ?, 0.0 FROM (SELECT pos, MIN(pos) OVER (PARTITION BY "
+                   f"{kind}) AS first FROM content WHERE {kind} IS NOT NULL) WHERE first != pos", (kind,))
+        rows, positions = ledger.fingerprints[kind]
+        stats = NearStats()
+        db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?)",
+                       ((positions[i], positions[j], kind, d) for i, j, d in near_pairs(rows, limit, *NEAR_INDEX[kind],
+                                                                                         stats)))
+        costs[kind] = {"fingerprints": len(rows), "compared": stats.compared, "candidates": stats.candidates,
+                       "near_pairs": stats.found}
+    db.execute("CREATE INDEX pairs_by_j ON pairs (j, i)")
+    return costs
 
 
-def deduplicate(outcomes: list[Outcome], params: ValidateParams) -> dict[str, int]:
-    """Quarantine accepted records that duplicate an earlier one; give the rest their `content_group`. Drops the
-    outcomes' contents: nothing after needs them."""
-    accepted = [o for o in outcomes if o.accepted]
-    contents = [o.content for o in accepted]
-    limits = _limits(params)
-    exact: dict[tuple, int] = {}
-    duplicate_of: dict[int, tuple[int, str | None]] = {}  # position -> (kept position, what was near; None: exact)
-    for i, c in enumerate(contents):
-        if c.image is None and c.audio is None and not params.dedup_text_only:
-            continue  # templated corpora (the demo's) repeat short texts by design
-        key = (c.image, c.audio, c.text, c.question)
-        if key in exact:
-            duplicate_of[i] = (exact[key], None)
-        exact.setdefault(key, i)
-    shared = {pair for kind, limit in limits.items() for pair in _pairs(contents, kind, limit)}
-    for i, j in sorted(shared, key=lambda p: (p[1], p[0])):
-        if j in duplicate_of or (a := contents[i]).text != contents[j].text or a.question != contents[j].question:
+def _shared(db: sqlite3.Connection) -> Iterator[tuple[int, int, dict[str, float]]]:
+    """(i, j, kind -> distance) of every pair of records sharing media, by j then i."""
+    rows = db.execute("SELECT i, j, kind, MIN(distance) FROM pairs GROUP BY j, i, kind ORDER BY j, i")
+    for (i, j), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
+        yield i, j, {kind: distance for _, _, kind, distance in group}
+
+
+@dataclass
+class Verdicts:
+    """What dedup decided for the accepted records, by position."""
+    duplicate_of: dict[int, tuple[int, str | None]]  # position -> (kept position, what was near; None: exact)
+    roots: list[int]  # position -> the first position of its content group
+    pins: dict[int, str]  # group root -> the split its first pinning record names: the whole group goes there
+    moved: int = 0  # records moved to their group's pinned split (counted as they are written)
+
+
+def deduplicate(ledger: Ledger, params: ValidateParams) -> Verdicts:
+    """Which accepted records duplicate an earlier one, and the content groups of the rest (find_pairs first)."""
+    db = ledger.db
+    duplicate_of: dict[int, tuple[int, str | None]] = {}
+    text_only = "" if params.dedup_text_only else "WHERE image IS NOT NULL OR audio IS NOT NULL"  # templated corpora
+    for pos, first in db.execute(f"SELECT pos, MIN(pos) OVER (PARTITION BY image, audio, text, question) FROM content "
+                                 f"{text_only}"):
+        if first != pos:
+            duplicate_of[pos] = (first, None)
+    for i, j, found in _shared(db):
+        a, b = ledger.content(i)[4:], ledger.content(j)[4:]  # image, audio, text, question
+        if j in duplicate_of or a[2:] != b[2:]:
             continue
-        b = contents[j]
-        distances = {kind: _near(kind, a, b, limit) for kind, limit in limits.items()
-                     if getattr(a, kind) or getattr(b, kind)}
+        distances = {kind: 0.0 if a[k] == b[k] else found.get(kind) for k, kind in enumerate(KINDS) if a[k] or b[k]}
         if all(d is not None for d in distances.values()):
             kept = duplicate_of.get(i, (i, None))[0]
-            duplicate_of[j] = (kept, ", ".join(f"same {kind}" if getattr(a, kind) == getattr(b, kind) else
+            duplicate_of[j] = (kept, ", ".join(f"same {kind}" if a[KINDS.index(kind)] == b[KINDS.index(kind)] else
                                               f"{kind} within {d:.2f}" for kind, d in distances.items())
                                + ", same text and question")
-    groups = Groups(len(accepted))
-    for i, j in shared:
+    groups = Groups(ledger.accepted)
+    for i, j, _ in _shared(db):
         if i not in duplicate_of and j not in duplicate_of:
             groups.join(i, j)
     roots = groups.roots()
-    pins: dict[int, str] = {}  # group root -> the split its first pinning record names: the whole group goes there
-    for i, o in enumerate(accepted):
-        if i not in duplicate_of and o.accepted.get("split"):
-            pins.setdefault(roots[i], o.accepted["split"])
-    moved = 0
-    for i, o in enumerate(accepted):
-        if i in duplicate_of:
-            kept, near = duplicate_of[i]
-            first = accepted[kept].accepted
+    pins: dict[int, str] = {}
+    for pos, split in db.execute("SELECT pos, split FROM content WHERE split IS NOT NULL ORDER BY pos"):
+        if pos not in duplicate_of:
+            pins.setdefault(roots[pos], split)
+    return Verdicts(duplicate_of, roots, pins)
+
+
+def judged(ledger: Ledger, verdicts: Verdicts) -> Iterator[tuple[dict, dict | None, dict | None]]:
+    """Every row in input order as (features, accepted, rejected) after dedup: duplicates quarantined naming the kept
+    record, the others with their `content_group` and their group's pinned split."""
+    for pos, row_key, features, accepted, rejected in ledger.db.execute(
+            "SELECT pos, row_key, features, accepted, rejected FROM rows ORDER BY idx"):
+        features, accepted, rejected = json.loads(features), _loads(accepted), _loads(rejected)
+        if pos is not None and pos in verdicts.duplicate_of:
+            kept, near = verdicts.duplicate_of[pos]
+            kept_id, kept_source, kept_row = ledger.content(kept)[:3]
             what = (f"near duplicate: {near}" if near else "duplicate content: same image, audio, text and question")
-            reason = f"{what} as {first['id']} ({first['source']} line {first['row']}); the first is kept"
-            o.features.update(status="duplicate", reason=reason)
-            o.rejected = {"id": o.accepted["id"], "reason": reason, "source": o.accepted["source"],
-                          "line": o.accepted["row"], "row_key": o.row_key, "duplicate_of": first["id"]}
-            o.accepted = None
-        else:
-            o.accepted["content_group"] = accepted[roots[i]].accepted["id"]
-            if (pin := pins.get(roots[i])) and o.accepted.get("split") != pin:
-                moved += 1  # it shares media with a record pinned elsewhere: both in one split, or one leaks
-                o.accepted["split"] = pin
-        o.content = None
-    exact_count = sum(near is None for _, near in duplicate_of.values())
-    grouped = sum(1 for i, r in enumerate(roots) if i not in duplicate_of and r != i)
-    return {"exact": exact_count, "near": len(duplicate_of) - exact_count,
-            "records_sharing_media_with_an_earlier_one": grouped,
-            "records_moved_to_a_pinned_split_of_their_group": moved}
+            reason = f"{what} as {kept_id} ({kept_source} line {kept_row}); the first is kept"
+            features.update(status="duplicate", reason=reason)
+            rejected = {"id": accepted["id"], "reason": reason, "source": accepted["source"],
+                        "line": accepted["row"], "row_key": row_key, "duplicate_of": kept_id}
+            accepted = None
+        elif pos is not None:
+            root = verdicts.roots[pos]
+            accepted["content_group"] = accepted["id"] if root == pos else ledger.content(root)[0]
+            if (pin := verdicts.pins.get(root)) and accepted.get("split") != pin:
+                verdicts.moved += 1  # it shares media with a record pinned elsewhere: both in one split, or one leaks
+                accepted["split"] = pin
+        yield features, accepted, rejected
 
 
-def write_media(out_dir: Path, accepted: list[Outcome], spool: Spool) -> None:
-    """Accepted media from the spool into canonical tars; manifest entries get their 'tar:member' locations."""
-    for start in range(0, len(accepted), RECORDS_PER_MEDIA_TAR):
-        name = f"media-{start // RECORDS_PER_MEDIA_TAR:06d}.tar"
-        chunk = accepted[start:start + RECORDS_PER_MEDIA_TAR]
-        members = [o.accepted[kind] for o in chunk for kind in ("image", "audio") if o.accepted[kind]]
-        write_tar(out_dir / name, spool.only(members))
-        for o in chunk:
-            for kind in ("image", "audio"):
-                if o.accepted[kind]:
-                    o.accepted[kind] = f"{name}:{o.accepted[kind]}"
+def _loads(text: str | None) -> dict | None:
+    return None if text is None else json.loads(text)
+
+
+def write_outputs(out_dir: Path, ledger: Ledger, verdicts: Verdicts) -> pd.DataFrame:
+    """Media tars (RECORDS_PER_MEDIA_TAR accepted records each, their members from the spool), manifest, quarantine
+    and feature table, one pass over the ledger; returns the feature table."""
+    tables: list[pd.DataFrame] = []
+    features: list[dict] = []
+    chunk: list[dict] = []
+    tars = 0
+    with (atomic_open(out_dir / "manifest.jsonl", "w") as manifest,
+          atomic_open(out_dir / "quarantine.jsonl", "w") as quarantine):
+        def flush() -> None:
+            nonlocal tars
+            name = f"media-{tars:06d}.tar"
+            members = [r[kind] for r in chunk for kind in ("image", "audio") if r[kind]]
+            write_tar(out_dir / name, ledger.spool.only(members))
+            for r in chunk:
+                for kind in ("image", "audio"):
+                    if r[kind]:
+                        r[kind] = f"{name}:{r[kind]}"
+                manifest.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
+            chunk.clear()
+            tars += 1
+
+        for row_features, accepted, rejected in judged(ledger, verdicts):
+            features.append(row_features)
+            if len(features) == 10000:  # the feature table in pieces: no list of every row's dict
+                tables.append(pd.DataFrame(features))
+                features.clear()
+            if rejected:
+                quarantine.write(json.dumps(rejected, sort_keys=True, ensure_ascii=False) + "\n")
+            if accepted:
+                chunk.append(accepted)
+                if len(chunk) == RECORDS_PER_MEDIA_TAR:
+                    flush()
+        if chunk:
+            flush()
+    tables.append(pd.DataFrame(features))
+    return pd.concat(tables, ignore_index=True)
 
 
 def read_entries(manifest: Path) -> Iterator[dict]:
@@ -289,31 +445,37 @@ def count_lines(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def validate_to(raw_dir: Path, out_dir: Path, params: ValidateParams) -> tuple[pd.DataFrame, dict[str, int]]:
+def validate_to(raw_dir: Path, out_dir: Path, params: ValidateParams, cache_dir: Path) -> tuple[pd.DataFrame, dict]:
     """Write out_dir (media tars, manifest, quarantine, feature table); return the feature table and duplicate
-    counts. The records are freed on return, before the gate loads Great Expectations."""
+    counts. The per-row state lives in a Ledger on disk beside out_dir, gone on return, before the gate loads Great
+    Expectations."""
     manifest = raw_dir / "manifest.jsonl"
     if not manifest.exists():
         raise SystemExit(f"validate: {manifest} not found: run the ingest stage first (dvc repro ingest)")
     media = TarMembers(raw_dir)
-    first_seen: dict[str, str] = {}
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryFile(dir=tmp) as scratch:  # nameless: a kill -9 leaves no file
-        spool = Spool(scratch)
-        entries = tqdm(read_entries(manifest), desc="validate", unit="row", total=count_lines(manifest))
-        outcomes = [validate_row(e, media, first_seen, params, spool) for e in entries]
-        duplicates = deduplicate(outcomes, params)
-        accepted = [o for o in outcomes if o.accepted]
-        features = pd.DataFrame([o.features for o in outcomes])
-        write_media(tmp, accepted, spool)
-        write_jsonl(tmp / "manifest.jsonl", (o.accepted for o in accepted))
-        write_jsonl(tmp / "quarantine.jsonl", (o.rejected for o in outcomes if o.rejected))
+    settings = decoding_settings(params)
+    with (atomic_dir(out_dir) as tmp, spool_beside(out_dir) as work, BlobCache(cache_dir / "validate.sqlite") as cache,
+          closing(Ledger(Path(work))) as ledger):
+        for entry in tqdm(read_entries(manifest), desc="validate", unit="row", total=count_lines(manifest)):
+            ledger.add(validate_row(entry, media, ledger.seen, params, settings, cache))
+        print(f"validate: decoded {cache.misses} payloads, reused {cache.hits} decoded before ({cache_dir})")
+        costs = find_pairs(ledger, params)
+        verdicts = deduplicate(ledger, params)
+        features = write_outputs(tmp, ledger, verdicts)
         features.to_parquet(tmp / "features.parquet", index=False)
         media_limits.write(tmp, media_limits.MediaLimits.of(params))
+    exact = sum(near is None for _, near in verdicts.duplicate_of.values())
+    duplicates = {"exact": exact, "near": len(verdicts.duplicate_of) - exact,
+                  "records_sharing_media_with_an_earlier_one": sum(
+                      1 for i, r in enumerate(verdicts.roots) if i not in verdicts.duplicate_of and r != i),
+                  "records_moved_to_a_pinned_split_of_their_group": verdicts.moved,
+                  "search": costs}
     return features, duplicates
 
 
-def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params: ValidateParams) -> bool:
-    features, duplicates = validate_to(raw_dir, out_dir, params)
+def run(raw_dir: Path, out_dir: Path, metrics_path: Path, docs_dir: Path, params: ValidateParams,
+        cache_dir: Path) -> bool:
+    features, duplicates = validate_to(raw_dir, out_dir, params, cache_dir)
     limits = GateLimits(max_reject_fraction=params.max_reject_fraction, min_side=params.min_side,
                         max_pixels=params.max_pixels, max_seconds=params.max_seconds,
                         max_caption_chars=params.max_caption_chars)
@@ -333,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params("params.yaml", sys.argv[1:] if argv is None else argv)
     paths = params.paths
     if not run(Path(paths.raw), Path(paths.validated), Path(paths.metrics) / "validate.json",
-               Path(paths.validate_report), params.validate):
+               Path(paths.validate_report), params.validate, Path(paths.cache)):
         raise SystemExit("validate: the data gate failed (see the summary above); fix the sources or the limits")
 
 

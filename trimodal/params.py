@@ -59,6 +59,7 @@ class PathsParams:
     sources: str
     demo: str
     raw: str
+    cache: str
     validated: str
     validate_report: str
     tokenizer: str
@@ -91,6 +92,8 @@ class IngestParams:
     threads: int
     shard_size: int
     max_audio_bytes: int
+    force_ingest: bool  # fetch every remote URL again, fetched before or not (stages/ingest.py)
+    media_ttl_s: float  # remote media fetched longer ago are fetched again; 0: never
 
 
 @dataclass

@@ -21,7 +21,7 @@ from trimodal.data.tars import read_tar
 
 pytestmark = pytest.mark.slow  # ingest + validate of the hostile corpus
 
-OUTPUT_ROOTS = ("data/raw/", "data/validated/", "metrics/", "reports/")
+OUTPUT_ROOTS = ("data/raw/", "data/cache/", "data/validated/", "metrics/", "reports/")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
@@ -86,27 +87,25 @@ def _fields(obj: dict) -> dict[str, str | None]:
     return {name: _clean(obj.get(name)) for name in ALL_FIELDS}
 
 
-Parsed = list[tuple[int, dict | None, str | None]]  # (line in the file, the row or None, why it is malformed)
+Parsed = Iterator[tuple[int, dict | None, str | None]]  # (line in the file, the row or None, why it is malformed)
 
 
 def _jsonl_rows(data: bytes) -> Parsed:
-    rows: Parsed = []
     for line, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            rows.append((line, None, f"malformed table line: not UTF-8 ({e.reason})"))
+            yield line, None, f"malformed table line: not UTF-8 ({e.reason})"
             continue
         except json.JSONDecodeError as e:
-            rows.append((line, None, f"malformed table line: invalid JSON ({e.msg} at column {e.colno})"))
+            yield line, None, f"malformed table line: invalid JSON ({e.msg} at column {e.colno})"
             continue
         if not isinstance(obj, dict):
-            rows.append((line, None, f"malformed table line: expected a JSON object, got {type(obj).__name__}"))
+            yield line, None, f"malformed table line: expected a JSON object, got {type(obj).__name__}"
         else:
-            rows.append((line, obj, None))
-    return rows
+            yield line, obj, None
 
 
 def _csv_rows(data: bytes, delimiter: str) -> Parsed:
@@ -115,26 +114,26 @@ def _csv_rows(data: bytes, delimiter: str) -> Parsed:
     try:
         header = next(reader)
     except StopIteration:
-        return []
-    rows: Parsed = []
+        return
     end = reader.line_num
     for cells in reader:
         line, end = end + 1, reader.line_num  # a quoted cell may span lines: the row starts after the last one
         if not cells or all(not c.strip() for c in cells):
             continue
         if len(cells) != len(header):
-            rows.append((line, None, f"malformed table line: expected {len(header)} columns, got {len(cells)}"))
+            yield line, None, f"malformed table line: expected {len(header)} columns, got {len(cells)}"
         elif any("\ufffd" in c for c in cells):
-            rows.append((line, None, "malformed table line: not UTF-8"))
+            yield line, None, "malformed table line: not UTF-8"
         else:
-            rows.append((line, dict(zip(header, cells, strict=True)), None))
-    return rows
+            yield line, dict(zip(header, cells, strict=True)), None
 
 
 def _parquet_rows(data: bytes) -> Parsed:
     import pyarrow.parquet as pq
 
-    return [(n, row, None) for n, row in enumerate(pq.read_table(io.BytesIO(data)).to_pylist(), start=1)]
+    batches = pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=1024)
+    rows = (row for batch in batches for row in batch.to_pylist())
+    return ((n, row, None) for n, row in enumerate(rows, start=1))
 
 
 def read_bytes(url: str, timeout_s: float | None = None) -> bytes:
@@ -152,6 +151,11 @@ def read_bytes(url: str, timeout_s: float | None = None) -> bytes:
 
 def read_table(source: str, index: int) -> list[SourceRow]:
     """All rows of one source table, parsed or marked malformed, in file order."""
+    return list(iter_table(source, index))
+
+
+def iter_table(source: str, index: int) -> Iterator[SourceRow]:
+    """read_table one row at a time: the rows need not all be in memory (ingest keeps them in sqlite)."""
     suffix = next((s for s in TABLE_SUFFIXES if urlparse(source).path.lower().endswith(s)), None)
     if suffix is None:
         raise SourceError(f"source {source!r}: unknown table format (expected one of {', '.join(TABLE_SUFFIXES)})")
@@ -168,15 +172,8 @@ def read_table(source: str, index: int) -> list[SourceRow]:
             parsed = _csv_rows(data, "\t" if suffix == ".tsv" else ",")
         else:
             parsed = _jsonl_rows(data)
+        for n, (line, obj, error) in enumerate(parsed, start=1):
+            yield SourceRow(row_key=f"{index:03d}-{n:08d}", source=source, line=line,
+                            fields=_fields(obj) if obj is not None else None, table_error=error)
     except Exception as e:  # noqa: BLE001
         raise SourceError(f"source {source!r}: cannot parse {suffix} table ({type(e).__name__}: {e})") from e
-    return [
-        SourceRow(
-            row_key=f"{index:03d}-{n:08d}",
-            source=source,
-            line=line,
-            fields=_fields(obj) if obj is not None else None,
-            table_error=error,
-        )
-        for n, (line, obj, error) in enumerate(parsed, start=1)
-    ]

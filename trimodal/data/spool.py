@@ -3,13 +3,18 @@
 ingest holds every fetched image and sound until the canonical raw shards are written (they are sorted by row
 key), validate every converted medium until dedup has seen all records. Both keep them in one scratch file (a
 nameless temporary file: a kill -9 leaves nothing behind) and in memory only an offset and a size per member.
+validate's fingerprints wait the same way in a `RowFile` (fixed-width rows: nothing at all in memory per row).
 """
 from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import IO
+
+import numpy as np
 
 
 class Spool(Mapping[str, bytes]):
@@ -30,6 +35,9 @@ class Spool(Mapping[str, bytes]):
         view._spans = {name: self._spans[name] for name in names}
         return view
 
+    def close(self) -> None:
+        self._file.close()
+
     def __contains__(self, name: object) -> bool:  # without reading the bytes, as Mapping's own would
         return name in self._spans
 
@@ -43,3 +51,47 @@ class Spool(Mapping[str, bytes]):
 
     def __len__(self) -> int:
         return len(self._spans)
+
+
+class RowFile:
+    """float32 rows of `width` numbers appended to `file` (opened "w+b"); read back by position. Reads go through
+    the file, not a memory map, whose pages would count in the process's resident memory."""
+
+    def __init__(self, file: IO[bytes], width: int):
+        self._file, self.width, self._rows = file, width, 0
+
+    def append(self, row: np.ndarray) -> int:
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(np.ascontiguousarray(row, dtype=np.float32).tobytes())
+        self._rows += 1
+        return self._rows - 1
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 as one [stop - start, width] array."""
+        self._file.flush()
+        return self._pread(start, stop - start)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The rows at `positions` (any order), one [len, width] array."""
+        self._file.flush()
+        out = np.empty((len(positions), self.width), dtype=np.float32)
+        for k, position in enumerate(positions.tolist()):
+            out[k] = self._pread(position, 1)[0]
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _pread(self, start: int, count: int) -> np.ndarray:
+        size = 4 * self.width
+        data = os.pread(self._file.fileno(), count * size, start * size)
+        return np.frombuffer(data, dtype=np.float32).reshape(-1, self.width)
+
+    def __len__(self) -> int:
+        return self._rows
+
+
+def spool_beside(out_dir: Path) -> tempfile.TemporaryDirectory:
+    """Scratch space on the output's disk (a scrape may not fit in /tmp), named so that a killed run's is removed
+    with its other temps (trimodal/atomic.py remove_stale_temps)."""
+    return tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.spool-", suffix=".tmp")

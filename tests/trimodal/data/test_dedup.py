@@ -1,33 +1,86 @@
 """Near-duplicate search and content groups (trimodal/data/dedup.py) against brute force and by hand."""
-import numpy as np
+import tempfile
 
-from trimodal.data.dedup import Groups, near_pairs, normalise_text
+import numpy as np
+from PIL import Image, ImageDraw
+
+from trimodal.data.dedup import (
+    CELL,
+    IMAGE_BLOCK,
+    IMAGE_GRID,
+    NPROBE,
+    Groups,
+    NearStats,
+    coarse,
+    image_fingerprint,
+    near_pairs,
+    normalise_text,
+)
+from trimodal.data.spool import RowFile
 
 
 def brute_force(x: np.ndarray, max_rms: float) -> set[tuple[int, int]]:
+    x = x.astype(np.float64)
+    rms = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).mean(axis=2), 0))
+    return {(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(rms <= max_rms, k=1)), strict=True)}
+
+
+def searched(x: np.ndarray, max_rms: float, grid: tuple, block: tuple, stats: NearStats | None = None,
+             cell: int = CELL) -> list:
+    with tempfile.TemporaryFile() as scratch:
+        rows = RowFile(scratch, x.shape[1])
+        for row in x:
+            rows.append(row)
+        return [(i, j) for i, j, _ in near_pairs(rows, max_rms, grid, block, stats, batch=64, cell=cell)]
+
+
+def test_near_pairs_match_brute_force_across_batches():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (300, 8)).astype(np.float32)
+    x[207] = x[3] + 0.01  # a planted near pair, in another batch
+    brute = brute_force(x, 0.9)
+    assert (3, 207) in brute and 0 < len(brute) < 300 * 299 // 2
+    pairs = searched(x, 0.9, (8,), (2,))
+    assert len(pairs) == len(set(pairs)) and set(pairs) == brute
+    assert searched(np.zeros((1, 8), np.float32), 1.0, (8,), (2,)) == []
+
+
+def test_coarse_rows_are_never_further_apart_than_the_full_rows():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (200, 192)).astype(np.float32)
+    small = coarse(x, IMAGE_GRID, IMAGE_BLOCK)
+    assert small.shape == (200, 48)
+    full = np.sqrt(np.mean((x[:100] - x[100:]) ** 2, axis=1))
+    reduced = np.sqrt(np.mean((small[:100] - small[100:]) ** 2, axis=1))
+    assert np.all(reduced <= full + 1e-4) and reduced.mean() < 0.9 * full.mean()
+
+
+def similar_picture(rng: np.random.Generator) -> Image.Image:
+    """One grey background, two small objects: every such picture has nearly the same norm and thumbnail."""
+    image = Image.new("RGB", (64, 64), (200, 200, 200))
+    draw = ImageDraw.Draw(image)
+    for _ in range(2):
+        x, y = (int(v) for v in rng.integers(0, 56, 2))
+        draw.ellipse((x, y, x + 8, y + 8), fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+    return image
+
+
+def test_similar_pictures_planted_duplicates_are_found_comparing_a_bounded_number_per_row():
+    rng = np.random.default_rng(2)
+    pictures = [similar_picture(rng) for _ in range(1200)]
+    planted = {(k, 1200 + n) for n, k in enumerate(range(0, 1200, 40))}  # every 40th again, JPEG-like noisy
+    copies = [Image.fromarray(np.clip(np.asarray(pictures[k], np.int16) + rng.integers(-6, 7, (64, 64, 3)), 0, 255)
+                              .astype(np.uint8)) for k, _ in sorted(planted)]
+    x = np.stack([image_fingerprint(p) for p in pictures + copies])
+    norms = np.linalg.norm(x, axis=1)
+    assert norms.std() < 0.02 * norms.mean()  # what made norm-sorted tiles compare every pair
+    brute = brute_force(x, 4.0)
+    assert planted <= brute
+    stats = NearStats()
+    pairs = set(searched(x, 4.0, IMAGE_GRID, IMAGE_BLOCK, stats, cell=40))  # 30 cells of the index
+    assert pairs == brute and stats.found == len(brute)
     n = len(x)
-    return {(i, j) for i in range(n) for j in range(i + 1, n) if np.sqrt(np.mean((x[i] - x[j]) ** 2)) <= max_rms}
-
-
-def test_near_pairs_match_brute_force_across_blocks():
-    rng = np.random.default_rng(0)
-    x = rng.normal(0, 1, (50, 6)).astype(np.float32)
-    x[7] = x[3] + 0.01  # a planted near pair
-    brute = brute_force(x, 0.9)
-    assert (3, 7) in brute and 0 < len(brute) < 1225
-    pairs = list(near_pairs(x, 0.9, block=8))  # blocks of 8 rows: pairs that cross blocks are found too
-    assert len(pairs) == len(set(pairs)) and set(pairs) == brute
-    assert list(near_pairs(np.zeros((0, 6)), 1.0)) == []
-
-
-def test_near_pairs_skip_rows_far_apart_in_norm_yet_find_every_pair():
-    """Rows strung along a line: a block's norms reach only its neighbours (a third of the pairs are compared)."""
-    rng = np.random.default_rng(0)
-    x = (rng.uniform(0, 20, (50, 1)) + rng.normal(0, 0.3, (50, 6))).astype(np.float32)
-    brute = brute_force(x, 0.9)
-    assert len(brute) > 50
-    pairs = list(near_pairs(x, 0.9, block=8))
-    assert len(pairs) == len(set(pairs)) and set(pairs) == brute
+    assert stats.compared < n * NPROBE * 40 * 3 < n * (n - 1) / 2  # each row meets NPROBE cells, not every row
 
 
 def test_groups_are_named_by_their_first_record():

@@ -1,7 +1,9 @@
 """The scratch-file spool of trimodal/data/spool.py: members come back as added, a subset tars like plain bytes."""
 import tempfile
 
-from trimodal.data.spool import Spool
+import numpy as np
+
+from trimodal.data.spool import RowFile, Spool
 from trimodal.data.tars import write_tar
 
 
@@ -18,3 +20,13 @@ def test_spool_gives_back_each_member_and_tars_a_subset_as_the_bytes_would(tmp_p
         write_tar(tmp_path / "spooled.tar", spool.only(kept))
     write_tar(tmp_path / "bytes.tar", {name: members[name] for name in kept})
     assert (tmp_path / "spooled.tar").read_bytes() == (tmp_path / "bytes.tar").read_bytes()
+
+
+def test_row_file_gives_back_rows_by_range_and_by_position(tmp_path):
+    rows = np.arange(60, dtype=np.float32).reshape(10, 6) * 1.5
+    with tempfile.TemporaryFile(dir=tmp_path) as scratch:
+        stored = RowFile(scratch, 6)
+        assert [stored.append(row) for row in rows] == list(range(10)) and len(stored) == 10
+        assert np.array_equal(stored.read(2, 5), rows[2:5])
+        assert np.array_equal(stored.take(np.array([9, 0, 4, 4])), rows[[9, 0, 4, 4]])
+        assert stored.take(np.array([], dtype=np.int64)).shape == (0, 6)
