@@ -49,7 +49,9 @@ def ingested(tmp_path_factory):
 
 def test_ingest_ends_in_bounded_time_and_leaves_no_connection_open(ingested):
     seconds, _, _, hung_up = ingested
-    assert seconds < 30, f"ingest took {seconds:.0f} s with a 2 s budget per URL"
+    # a drip that outlives its budget stalls ingest until run_stage's 120 s timeout; 60 s leaves room for the
+    # stage's start-up (imports, img2dataset's workers), which took 32 s in all on a loaded 2-core machine
+    assert seconds < 60, f"ingest took {seconds:.0f} s with a 2 s budget per URL"
     assert hung_up
 
 
