@@ -39,12 +39,10 @@ class Lockstep:
     def __init__(self, group: dist.ProcessGroup | None = None, device: torch.device | None = None):
         self.group, self.device = group, device or torch.device("cpu")
         self.sunk: list[torch.Tensor] = []
-        self.decisions = 0  # all-reduces so far (tests compare the sequence across ranks)
 
     def needed(self, flags: list[bool]) -> list[bool]:
         local = torch.tensor([bool(f) for f in flags], dtype=torch.int32, device=self.device)
         dist.all_reduce(local, op=dist.ReduceOp.MAX, group=self.group)
-        self.decisions += 1
         return [bool(v) for v in local.tolist()]
 
     def sink(self, outputs) -> None:

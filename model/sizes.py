@@ -23,6 +23,7 @@ import yaml
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from trimodal.model.activations import Lengths, measure
+from trimodal.model.activations import blocks as block_stacks
 from trimodal.model.families import DEEPSEEK_VL, TRIMODAL, build_config, family_of, model_class, read_preset
 from trimodal.model.trimodal.configuration import PRESETS_DIR
 
@@ -101,8 +102,7 @@ class Units:
 
 def fsdp_units(preset: str) -> Units:
     model = meta_model(preset)
-    blocks = [sum(p.numel() for p in m.parameters()) for m in model.modules()
-              if type(m).__name__ in model._no_split_modules]
+    blocks = [sum(p.numel() for p in m.parameters()) for _, m in block_stacks(model)]
     total = sum(p.numel() for p in model.parameters())
     return Units(total, total - sum(blocks), max(blocks))
 
