@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from trimodal.model.blocks import stacks
 from trimodal.model.families import DEEPSEEK_VL, family_of, model_class, read_preset
 from trimodal.model.trimodal.fusion import MODALITIES
 
@@ -73,7 +74,7 @@ class SavedBytes:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.blocks = {m: stack for stack, m in blocks(model)}
+        self.blocks = {m: stack for stack, m in stacks(model)}
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.seen: set[int] = set()
         self.stack: list[str] = []
@@ -113,25 +114,13 @@ class SavedBytes:
             handle.remove()
 
 
-def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(stack, block) for each block the model names in `_no_split_modules`: a layer of a ModuleList belongs to
-    the list's stack (identical layers, counted by depth); any other block (a fusion pair) is a stack of its own."""
-    names, modules = set(model._no_split_modules), dict(model.named_modules())
-    found = []
-    for name, m in modules.items():
-        if type(m).__name__ in names:
-            parent = name.rsplit(".", 1)[0]
-            found.append((parent if isinstance(modules.get(parent), nn.ModuleList) else name, m))
-    return found
-
-
 def shallow_config(preset: str, vocab_size: int | None = None) -> tuple[PreTrainedConfig, dict[str, int]]:
     """The preset's config with every stack one layer deep, and each stack's real depth (by module path)."""
     from trimodal.model.sizes import meta_model, preset_config
 
     config = preset_config(preset)
     depth: dict[str, int] = defaultdict(int)
-    for stack, _ in blocks(meta_model(preset)):
+    for stack, _ in stacks(meta_model(preset)):
         depth[stack] += 1
     shallow = copy.deepcopy(config)
     if family_of(read_preset(preset)) == DEEPSEEK_VL:

@@ -23,7 +23,7 @@ import yaml
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from trimodal.model.activations import Lengths, measure
-from trimodal.model.activations import blocks as block_stacks
+from trimodal.model.blocks import blocks as model_blocks
 from trimodal.model.families import DEEPSEEK_VL, TRIMODAL, build_config, family_of, model_class, read_preset
 from trimodal.model.trimodal.configuration import PRESETS_DIR
 
@@ -102,7 +102,7 @@ class Units:
 
 def fsdp_units(preset: str) -> Units:
     model = meta_model(preset)
-    blocks = [sum(p.numel() for p in m.parameters()) for _, m in block_stacks(model)]
+    blocks = [sum(p.numel() for p in m.parameters()) for m in model_blocks(model)]
     total = sum(p.numel() for p in model.parameters())
     return Units(total, total - sum(blocks), max(blocks))
 

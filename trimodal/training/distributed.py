@@ -104,13 +104,6 @@ def wrap(module: nn.Module, strategy: str, world: World, blocks: list[nn.Module]
     return sharded
 
 
-def shard_blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's blocks FSDP makes units of: every module whose class its `_no_split_modules` names (chosen
-    before wrapping: fully_shard renames the classes it wraps)."""
-    names = set(getattr(model, "_no_split_modules", None) or ())
-    return [m for m in model.modules() if type(m).__name__ in names]
-
-
 def all_sum(values: dict[str, torch.Tensor], names: list[str], world: World) -> dict[str, float]:
     """Per name, the sum over ranks (0 where a rank lacks it: its batches may lack an objective); one host sync."""
     zero = torch.zeros((), device=world.device)

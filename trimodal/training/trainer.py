@@ -41,13 +41,14 @@ from trimodal.data.batches import (
     to_device,
 )
 from trimodal.data.loader import make_loader, read_question_answers
+from trimodal.model.blocks import blocks
 from trimodal.model.flops import FlopCounter
 from trimodal.model.lockstep import is_aware, lockstep
 from trimodal.model.losses import weighted_sum
 from trimodal.params import Params, PathsParams, TrainerParams
 from trimodal.params import TrainStageParams as TrainParams
 from trimodal.training.checkpoint import full_weights, latest_checkpoint, load_checkpoint, save_checkpoint
-from trimodal.training.distributed import World, all_sum, barrier, setup, shard_blocks, teardown, touch_all, wrap
+from trimodal.training.distributed import World, all_sum, barrier, setup, teardown, touch_all, wrap
 from trimodal.training.mfu import mfu, peak_flops
 
 StepFn = Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]]
@@ -298,12 +299,12 @@ def train(model: nn.Module, step_fn: StepFn, job: TrainJob, live=None, *, phase:
     if job.trainer.activation_checkpointing:  # each block keeps its input only and recomputes in backward
         model.activation_checkpointing_enable()
     per_block = sharded and is_aware(step_fn)
-    blocks = shard_blocks(model) if per_block else None
+    units = blocks(model) if per_block else None
     if sharded and world.main:
-        print(f"{desc}: FSDP units: " + (f"{len(blocks)} blocks and the root" if per_block else
+        print(f"{desc}: FSDP units: " + (f"{len(units)} blocks and the root" if per_block else
                                          "the whole model as one (this stage's step does not keep ranks in lockstep)"))
     objectives = wrap(Objectives(model, step_fn, touch=sharded and not per_block, monitors=monitors,
-                                 in_step=per_block, device=world.device), strategy, world, blocks)
+                                 in_step=per_block, device=world.device), strategy, world, units)
     # after wrap: shards. fused: one kernel for all parameters (CPU and CUDA) instead of a dozen small ops each
     optimizer = torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr, fused=True)
     scheduler = get_cosine_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)

@@ -28,9 +28,10 @@ from tests.shard_fixtures import tiny_deepseek_vl
 from trimodal.alignment.instruction_tasks import instruct_step
 from trimodal.data.batches import pairable
 from trimodal.data.loader import make_loader
+from trimodal.model.blocks import blocks
 from trimodal.model.families import family_for
 from trimodal.params import defaults
-from trimodal.training.distributed import setup, shard_blocks, wrap
+from trimodal.training.distributed import setup, wrap
 from trimodal.training.trainer import Objectives, param_groups
 
 
@@ -99,8 +100,8 @@ def probe(shards: str, tokenizer, job: str, world) -> dict | None:
 
     if extra == "checkpointing":
         model.activation_checkpointing_enable()
-    blocks = shard_blocks(model)
-    objectives = wrap(Objectives(model, step, in_step=True, device=world.device), "fsdp", world, blocks)
+    units = blocks(model)
+    objectives = wrap(Objectives(model, step, in_step=True, device=world.device), "fsdp", world, units)
     optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3, fused=True)
     total, losses = objectives(batches[world.rank], torch.Generator().manual_seed(world.rank))
     total.backward()
@@ -115,7 +116,7 @@ def probe(shards: str, tokenizer, job: str, world) -> dict | None:
     gaps = {n: (grads[n] - expected[n]).abs().max().item() for n in expected}
     return {"gradient_gap": max(gaps.values()), "worst": max(gaps, key=gaps.get), "ranks": everyone,
             "reference_losses": reference_losses, "reference_bytes": state_bytes(reference, reference_optimizer),
-            "units": sum(isinstance(m, FSDPModule) for m in objectives.modules()), "blocks": len(blocks)}
+            "units": sum(isinstance(m, FSDPModule) for m in objectives.modules()), "blocks": len(units)}
 
 
 def main(shards: str, tokenizer_path: str, out: str, *jobs: str) -> None:
