@@ -1,7 +1,7 @@
 """The DeepSeek-VL family through the DAG's stages, each run as dvc.yaml runs it (`python -m stages.<name>`) from a
-params.yaml composed with `model=deepseek_vl`: pretrain (adaptor warm-up, then joint pretraining; on two DDP
-processes), finetune, instruct, preferences, align (DPO), distill, quantize and evaluate on tiny shards holding
-every modality subset, audio-only records included."""
+params.yaml composed with `model=deepseek_vl`: pretrain (adaptor warm-up, then joint pretraining), instruct, align
+(DPO) and distill on two processes sharded per block (FSDP), finetune on two DDP processes, then preferences, quantize
+and evaluate, on tiny shards holding every modality subset, audio-only records included."""
 import json
 
 import pytest
@@ -36,12 +36,14 @@ def project(tmp_path_factory):
     values["evaluate"].update(shards=str(data / "shards"), latency_batch_sizes=[1], latency_repeats=2)
     values["paths"].update(shards=str(data / "shards"), tokenizer=str(data / "tokenizer"))
     write(root / "params.yaml", values, ["model=deepseek_vl"])
-    # pretrain under torchrun with two processes sharded per block (FSDP, gloo): the warm-up's shards are gathered
-    # into a whole model on every rank and sharded again for joint pretraining, rank 0 saves; finetune under DDP
-    run_stage("pretrain", root, "trainer.devices=2", "trainer.strategy=fsdp")
-    run_stage("finetune", root, "trainer.devices=2", "trainer.strategy=ddp")
-    for stage in ("instruct", "preferences", "align", "distill", "quantize", "evaluate"):
-        run_stage(stage, root)
+    # every training stage under torchrun with two processes, sharded per block (FSDP, gloo) but finetune (DDP):
+    # pretrain's warm-up shards are gathered into a whole model on every rank and sharded again for joint
+    # pretraining; align's frozen reference and distill's teacher are not sharded; rank 0 saves
+    two = ("trainer.devices=2", "trainer.strategy=fsdp")
+    for stage, overrides in (("pretrain", two), ("finetune", ("trainer.devices=2", "trainer.strategy=ddp")),
+                             ("instruct", two), ("preferences", ()), ("align", two), ("distill", two),
+                             ("quantize", ()), ("evaluate", ())):
+        run_stage(stage, root, *overrides)
     return root
 
 
