@@ -9,7 +9,9 @@ appears in data/raw/manifest.jsonl with its payload location or the reason it co
 Incremental (issue 33): remote media fetched before are taken from data/cache/ingest.sqlite by URL
 (trimodal/data/cache.py) until `ingest.media_ttl_s` has passed since their fetch (0: never), or refetched all with
 `ingest.force_ingest`; so a grown table fetches its new URLs only, and a row whose URL changed fetches the new one.
-The outputs are the same bytes either way. The rows and the fetch plan wait in sqlite, the payloads in the cache or
+A canonical shard whose members (row keys and payload hashes) were written before is linked from
+data/cache/ingest-shards (trimodal/data/shardstore.py) instead of being read and written again. The outputs are the
+same bytes either way. The rows and the fetch plan wait in sqlite, the payloads in the cache or
 a scratch spool: memory is flat in the rows.
 
 Outputs (rewritten canonically so identical inputs give identical bytes and DVC hashes):
@@ -21,6 +23,7 @@ Outputs (rewritten canonically so identical inputs give identical bytes and DVC 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -40,6 +43,7 @@ from trimodal.config_errors import run_main
 from trimodal.data.cache import BlobCache
 from trimodal.data.fetch import fetch_async
 from trimodal.data.fileserver import LoopbackServer
+from trimodal.data.shardstore import ShardStore
 from trimodal.data.sources import SourceError, SourceRow, iter_table, resolve_url, scheme_of, untracked_table
 from trimodal.data.spool import Spool, spool_beside
 from trimodal.data.tars import write_tar
@@ -122,6 +126,15 @@ class Payloads:
             return self.spool[url]
         entry = self.cache.get(url) if self.cacheable(url) else None
         return entry.data if entry else None
+
+    def identity(self, url: str) -> tuple[str, int] | None:
+        """(sha256, size) of what `url` fetched, from the cache without reading the bytes; None if nothing."""
+        if url in self.errors:
+            return None
+        if url in self.spool:
+            data = self.spool[url]
+            return hashlib.sha256(data).hexdigest(), len(data)
+        return self.cache.identity(url) if self.cacheable(url) else None
 
 
 def img2dataset_args(url_list: Path, out: Path, params: IngestParams) -> dict:
@@ -210,33 +223,46 @@ def fetch_audio(urls: list[str], params: IngestParams, payloads: Payloads) -> No
     asyncio.run(fetch_all())
 
 
-def too_large(data: bytes | None, max_bytes: int) -> str | None:
-    if data is not None and len(data) > max_bytes:
-        return f"download failed: {len(data)} bytes > max_audio_bytes {max_bytes}"
+def too_large(size: int, max_bytes: int) -> str | None:
+    if size > max_bytes:
+        return f"download failed: {size} bytes > max_audio_bytes {max_bytes}"
     return None
 
 
 class ShardWriter:
-    """Canonical shards `<prefix>-NNNNNN.tar` of `size` members each, filled in row_key order, one in memory."""
+    """Canonical shards `<prefix>-NNNNNN.tar` of `size` members each, filled in row_key order. A shard's members are
+    known by URL and identity until it is full: then it is restored from the shard store (the same members were
+    written before: trimodal/data/shardstore.py) or built from the payloads, one shard's bytes in memory."""
 
-    def __init__(self, out_dir: Path, prefix: str, size: int):
-        self.out_dir, self.prefix, self.size = out_dir, prefix, size
-        self.members: dict[str, bytes] = {}
+    def __init__(self, out_dir: Path, prefix: str, size: int, payloads: Payloads, store: ShardStore):
+        self.out_dir, self.prefix, self.size, self.payloads, self.store = out_dir, prefix, size, payloads, store
+        self.members: list[tuple[str, str, str, int]] = []  # row_key, url, sha256, size
         self.written = 0
 
-    def add(self, row_key: str, data: bytes) -> str:
+    def add(self, row_key: str, url: str, identity: tuple[str, int]) -> str:
         """Returns the member's 'shard.tar:member' location."""
         name = f"{self.prefix}-{self.written // self.size:06d}.tar"
-        self.members[row_key] = data
+        self.members.append((row_key, url, *identity))
         self.written += 1
         if len(self.members) == self.size:
             self.flush()
         return f"{name}:{row_key}"
 
     def flush(self) -> None:
-        if self.members:
-            write_tar(self.out_dir / f"{self.prefix}-{(self.written - 1) // self.size:06d}.tar", self.members)
-            self.members = {}
+        if not self.members:
+            return
+        path = self.out_dir / f"{self.prefix}-{(self.written - 1) // self.size:06d}.tar"
+        listed = [(row_key, sha, size) for row_key, _, sha, size in self.members]
+        if not self.store.restore(listed, path):
+            write_tar(path, {row_key: self._bytes(url, sha) for row_key, url, sha, _ in self.members})
+            self.store.keep(listed, path)
+        self.members = []
+
+    def _bytes(self, url: str, sha: str) -> bytes:
+        data = self.payloads.get(url)
+        if data is None or hashlib.sha256(data).hexdigest() != sha:  # the cache changed under this run
+            raise SystemExit(f"ingest: the payload of {url} changed during the run: run ingest again")
+        return data
 
 
 def manifest_rows(plan: Plan, payloads: dict[str, Payloads], shards: dict[str, ShardWriter], params: IngestParams,
@@ -249,14 +275,14 @@ def manifest_rows(plan: Plan, payloads: dict[str, Payloads], shards: dict[str, S
         entry: dict = {"row_key": row_key, "source": source, "line": line, "fields": json.loads(fields),
                        "table_error": table_error}
         for kind, url, error in zip(KINDS, media[::2], media[1::2], strict=True):
-            data = payloads[kind].get(url) if url else None
-            if url and data is None:
+            identity = payloads[kind].identity(url) if url else None
+            if url and identity is None:
                 error = payloads[kind].errors.get(url, "download failed: no result")
-            elif kind == "audio" and (oversize := too_large(data, params.max_audio_bytes)):
-                data, error = None, oversize
-            entry[kind] = shards[kind].add(row_key, data) if data is not None else None
+            elif kind == "audio" and identity and (oversize := too_large(identity[1], params.max_audio_bytes)):
+                identity, error = None, oversize
+            entry[kind] = shards[kind].add(row_key, url, identity) if identity is not None else None
             entry[f"{kind}_error"] = error
-            counts[f"{kind}_fetched"] += data is not None
+            counts[f"{kind}_fetched"] += identity is not None
             counts[f"{kind}_failed"] += error is not None
         yield entry
 
@@ -286,8 +312,9 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Pa
             fetch_images(image_urls, params, Path(work), images)
             audio_job.result()
         cache.commit()
-        shards = {"image": ShardWriter(tmp, "images", params.shard_size),
-                  "audio": ShardWriter(tmp, "audio", params.shard_size)}
+        store = ShardStore(cache_dir / "ingest-shards")
+        shards = {"image": ShardWriter(tmp, "images", params.shard_size, images, store),
+                  "audio": ShardWriter(tmp, "audio", params.shard_size, audio, store)}
         counts = dict.fromkeys(("image_fetched", "image_failed", "audio_fetched", "audio_failed"), 0)
         write_jsonl(tmp / "manifest.jsonl", manifest_rows(plan, {"image": images, "audio": audio}, shards, params,
                                                           counts))
@@ -304,6 +331,7 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Pa
         }
         plan.db.close()
         write_json(tmp / "summary.json", summary)
+        print(f"ingest: {store.built} shards written, {store.linked} the same as before ({store.root})")
     print("ingest: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "sources"))
     return summary
 
