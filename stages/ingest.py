@@ -56,25 +56,37 @@ KINDS = ("image", "audio")  # the fetched media, in the order a manifest entry l
 
 class Plan:
     """Every source row and what to fetch for it, in sqlite under the stage's scratch folder (issue 33: memory flat
-    in the rows): rows by row_key (source order), each medium's absolute URL or why it cannot be fetched."""
+    in the rows): rows by row_key (source order), each medium's absolute URL or why it cannot be fetched. The media
+    cache is attached, so that what it holds of every URL comes in one query, not one per URL."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, cache: BlobCache):
         self.db = sqlite3.connect(work / "plan.sqlite")
         self.db.executescript("""
             PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
             CREATE TABLE rows (row_key TEXT PRIMARY KEY, source TEXT, line INTEGER, fields TEXT, table_error TEXT,
                                image_url TEXT, image_error TEXT, audio_url TEXT, audio_error TEXT);
         """)
+        self.db.execute("ATTACH DATABASE ? AS cache", (str(cache.path),))  # after the pragmas, which are for this one
 
     def add(self, row: SourceRow) -> None:
         media = [value for kind in KINDS for value in _fetch_of(row, f"{kind}_url")]
         self.db.execute("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (row.row_key, row.source, row.line, json.dumps(row.fields), row.table_error, *media))
 
-    def urls(self, kind: str) -> list[str]:
-        """The distinct URLs of `kind` to fetch, sorted."""
-        return [u for (u,) in self.db.execute(f"SELECT DISTINCT {kind}_url FROM rows WHERE {kind}_url IS NOT NULL "
-                                              f"ORDER BY {kind}_url")]
+    def urls(self, kind: str) -> list[tuple[str, float | None]]:
+        """The distinct URLs of `kind` to fetch, sorted, each with when the media cache stored it (None: never)."""
+        self.db.commit()  # a new read of the cache, which the fetches write through their own connection
+        return self.db.execute(f"SELECT DISTINCT {kind}_url, stored_at FROM rows LEFT JOIN cache.entries ON "
+                               f"key = {kind}_url WHERE {kind}_url IS NOT NULL ORDER BY {kind}_url").fetchall()
+
+    def rows(self) -> Iterator[tuple]:
+        """Every row in row_key order with (sha256, size) of each medium's cache entry, NULLs where none."""
+        self.db.commit()
+        return self.db.execute(
+            "SELECT row_key, source, line, fields, table_error, image_url, image_error, audio_url, audio_error, "
+            "image.sha256, image.size, audio.sha256, audio.size FROM rows "
+            "LEFT JOIN cache.entries AS image ON image.key = image_url "
+            "LEFT JOIN cache.entries AS audio ON audio.key = audio_url ORDER BY row_key")
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
@@ -105,13 +117,13 @@ class Payloads:
     def cacheable(url: str) -> bool:
         return url.partition(":")[0].lower() in ("http", "https", "s3")  # scheme_of's answer, without urlparse's cost
 
-    def todo(self, urls: list[str]) -> list[str]:
-        """The URLs of `urls` to fetch: all but the cached ones still fresh."""
+    def todo(self, urls: list[tuple[str, float | None]]) -> list[str]:
+        """The URLs of `urls` ((URL, when cached) pairs) to fetch: all but the cached ones still fresh."""
         now, ttl = time.time(), self.params.media_ttl_s
-        fresh = [not self.params.force_ingest and self.cacheable(u) and (when := self.cache.stored_at(u)) is not None
-                 and (ttl <= 0 or now - when < ttl) for u in urls]
+        fresh = [not self.params.force_ingest and self.cacheable(u) and when is not None
+                 and (ttl <= 0 or now - when < ttl) for u, when in urls]
         self.reused += sum(fresh)
-        return [u for u, ok in zip(urls, fresh, strict=True) if not ok]
+        return [u for (u, _), ok in zip(urls, fresh, strict=True) if not ok]
 
     def put(self, url: str, data: bytes) -> None:
         if self.cacheable(url):
@@ -127,14 +139,17 @@ class Payloads:
         entry = self.cache.get(url) if self.cacheable(url) else None
         return entry.data if entry else None
 
-    def identity(self, url: str) -> tuple[str, int] | None:
-        """(sha256, size) of what `url` fetched, from the cache without reading the bytes; None if nothing."""
+    def identity(self, url: str, cached: tuple[str | None, int | None]) -> tuple[str, int] | None:
+        """(sha256, size) of what `url` fetched, without reading the bytes of a cached one; None if nothing.
+        `cached`: what Plan.rows found in the cache (None where an entry is older than those columns, or absent)."""
         if url in self.errors:
             return None
         if url in self.spool:
             data = self.spool[url]
             return hashlib.sha256(data).hexdigest(), len(data)
-        return self.cache.identity(url) if self.cacheable(url) else None
+        if not self.cacheable(url):
+            return None
+        return cached if cached[0] is not None else self.cache.identity(url)
 
 
 def img2dataset_args(url_list: Path, out: Path, params: IngestParams) -> dict:
@@ -269,13 +284,11 @@ def manifest_rows(plan: Plan, payloads: dict[str, Payloads], shards: dict[str, S
                   counts: dict[str, int]) -> Iterator[dict]:
     """One entry per row in source order, each fetched payload written to its kind's shards on the way; `counts`
     gets <kind>_fetched and <kind>_failed."""
-    for row_key, source, line, fields, table_error, *media in plan.db.execute(
-            "SELECT row_key, source, line, fields, table_error, image_url, image_error, audio_url, audio_error "
-            "FROM rows ORDER BY row_key"):
+    for row_key, source, line, fields, table_error, *media in plan.rows():
         entry: dict = {"row_key": row_key, "source": source, "line": line, "fields": json.loads(fields),
                        "table_error": table_error}
-        for kind, url, error in zip(KINDS, media[::2], media[1::2], strict=True):
-            identity = payloads[kind].identity(url) if url else None
+        for kind, url, error, cached in zip(KINDS, media[0:4:2], media[1:4:2], (media[4:6], media[6:8]), strict=True):
+            identity = payloads[kind].identity(url, cached) if url else None
             if url and identity is None:
                 error = payloads[kind].errors.get(url, "download failed: no result")
             elif kind == "audio" and identity and (oversize := too_large(identity[1], params.max_audio_bytes)):
@@ -295,7 +308,7 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Pa
         raise SystemExit("ingest: " + "\n  ".join(refused))
     with (atomic_dir(out_dir) as tmp, spool_beside(out_dir) as work, BlobCache(cache_dir / "ingest.sqlite") as cache,
           tempfile.TemporaryFile(dir=work) as image_file, tempfile.TemporaryFile(dir=work) as audio_file):
-        plan = Plan(Path(work))
+        plan = Plan(Path(work), cache)
         try:
             for i, source in enumerate(sources):
                 for row in iter_table(source, i):
