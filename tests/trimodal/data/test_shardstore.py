@@ -28,6 +28,7 @@ def test_a_stored_shard_comes_back_byte_identical_and_a_damaged_one_never(tmp_pa
     assert read_tar(tmp_path / "again.tar") == members
     other = {**members, "000-00000001": b"eno"}  # same names and sizes, other bytes: another key
     assert not store.restore(listed(other), tmp_path / "other.tar")
+    assert not ShardStore(tmp_path / "store", writer="another tars.py").restore(listed(members), tmp_path / "o.tar")
     (stored,) = (tmp_path / "store").glob("*.tar")
     stored.unlink()  # what a killed copy would leave: a short file
     stored.write_bytes((tmp_path / "first.tar").read_bytes()[:-512])
