@@ -18,13 +18,14 @@ ru_maxrss that wait4 reports (the largest single process of the tree: img2datase
 per process). The goals (issue 12) are judged at --records; `--keep DIR` keeps the scratch projects there (to
 profile a stage in place).
 
-Issue 33: `near_duplicates` per size is validate's near-duplicate search (pairs found, fingerprint distances the
-index computed, candidates checked in full). `--corpus similar` draws every picture on one background with two small
-objects (nearly equal norms and thumbnails: what made norm-sorted tiles quadratic) and plants a near duplicate every
-100th record (the picture of 50 records before as JPEG, its sound and text): `planted` says how many validate found.
-`--incremental` appends 1% new rows to the --records table, reruns ingest and validate in that project (the media and
-decode caches of data/cache warm), then both from scratch on the grown table in a fresh project, and compares every
-output file byte for byte. `--no-reference` skips img2dataset alone and the image-only ingest.
+Issue 33: `near_duplicates` per size is what validate's near-duplicate search holds (fingerprints, near pairs; a
+run's search cost is in its log, since an incremental run searches less, and in benchmarks/near_duplicates.py).
+`--corpus similar` draws every picture on one background with two small objects (nearly equal norms and thumbnails:
+what made norm-sorted tiles quadratic) and plants a near duplicate every 100th record (the picture of 50 records
+before as JPEG, its sound and text): `planted` says how many validate found. `--incremental` appends 1% new rows to
+the --records table, reruns ingest and validate in that project (data/cache warm: media, decoded media, shards,
+validate's ledger), then both from scratch on the grown table in a fresh project, and compares every output file
+byte for byte. `--no-reference` skips img2dataset alone and the image-only ingest.
 """
 from __future__ import annotations
 

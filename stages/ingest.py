@@ -9,7 +9,9 @@ appears in data/raw/manifest.jsonl with its payload location or the reason it co
 Incremental (issue 33): remote media fetched before are taken from data/cache/ingest.sqlite by URL
 (trimodal/data/cache.py) until `ingest.media_ttl_s` has passed since their fetch (0: never), or refetched all with
 `ingest.force_ingest`; so a grown table fetches its new URLs only, and a row whose URL changed fetches the new one.
-The outputs are the same bytes either way. The rows and the fetch plan wait in sqlite, the payloads in the cache or
+A canonical shard whose members (row keys and payload hashes) were written before is linked from
+data/cache/ingest-shards (trimodal/data/shardstore.py) instead of being read and written again. The outputs are the
+same bytes either way. The rows and the fetch plan wait in sqlite, the payloads in the cache or
 a scratch spool: memory is flat in the rows.
 
 Outputs (rewritten canonically so identical inputs give identical bytes and DVC hashes):
@@ -21,6 +23,7 @@ Outputs (rewritten canonically so identical inputs give identical bytes and DVC 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -40,6 +43,7 @@ from trimodal.config_errors import run_main
 from trimodal.data.cache import BlobCache
 from trimodal.data.fetch import fetch_async
 from trimodal.data.fileserver import LoopbackServer
+from trimodal.data.shardstore import ShardStore
 from trimodal.data.sources import SourceError, SourceRow, iter_table, resolve_url, scheme_of, untracked_table
 from trimodal.data.spool import Spool, spool_beside
 from trimodal.data.tars import write_tar
@@ -52,25 +56,37 @@ KINDS = ("image", "audio")  # the fetched media, in the order a manifest entry l
 
 class Plan:
     """Every source row and what to fetch for it, in sqlite under the stage's scratch folder (issue 33: memory flat
-    in the rows): rows by row_key (source order), each medium's absolute URL or why it cannot be fetched."""
+    in the rows): rows by row_key (source order), each medium's absolute URL or why it cannot be fetched. The media
+    cache is attached, so that what it holds of every URL comes in one query, not one per URL."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, cache: BlobCache):
         self.db = sqlite3.connect(work / "plan.sqlite")
         self.db.executescript("""
             PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
             CREATE TABLE rows (row_key TEXT PRIMARY KEY, source TEXT, line INTEGER, fields TEXT, table_error TEXT,
                                image_url TEXT, image_error TEXT, audio_url TEXT, audio_error TEXT);
         """)
+        self.db.execute("ATTACH DATABASE ? AS cache", (str(cache.path),))  # after the pragmas, which are for this one
 
     def add(self, row: SourceRow) -> None:
         media = [value for kind in KINDS for value in _fetch_of(row, f"{kind}_url")]
         self.db.execute("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (row.row_key, row.source, row.line, json.dumps(row.fields), row.table_error, *media))
 
-    def urls(self, kind: str) -> list[str]:
-        """The distinct URLs of `kind` to fetch, sorted."""
-        return [u for (u,) in self.db.execute(f"SELECT DISTINCT {kind}_url FROM rows WHERE {kind}_url IS NOT NULL "
-                                              f"ORDER BY {kind}_url")]
+    def urls(self, kind: str) -> list[tuple[str, float | None]]:
+        """The distinct URLs of `kind` to fetch, sorted, each with when the media cache stored it (None: never)."""
+        self.db.commit()  # a new read of the cache, which the fetches write through their own connection
+        return self.db.execute(f"SELECT DISTINCT {kind}_url, stored_at FROM rows LEFT JOIN cache.entries ON "
+                               f"key = {kind}_url WHERE {kind}_url IS NOT NULL ORDER BY {kind}_url").fetchall()
+
+    def rows(self) -> Iterator[tuple]:
+        """Every row in row_key order with (sha256, size) of each medium's cache entry, NULLs where none."""
+        self.db.commit()
+        return self.db.execute(
+            "SELECT row_key, source, line, fields, table_error, image_url, image_error, audio_url, audio_error, "
+            "image.sha256, image.size, audio.sha256, audio.size FROM rows "
+            "LEFT JOIN cache.entries AS image ON image.key = image_url "
+            "LEFT JOIN cache.entries AS audio ON audio.key = audio_url ORDER BY row_key")
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
@@ -101,13 +117,13 @@ class Payloads:
     def cacheable(url: str) -> bool:
         return url.partition(":")[0].lower() in ("http", "https", "s3")  # scheme_of's answer, without urlparse's cost
 
-    def todo(self, urls: list[str]) -> list[str]:
-        """The URLs of `urls` to fetch: all but the cached ones still fresh."""
+    def todo(self, urls: list[tuple[str, float | None]]) -> list[str]:
+        """The URLs of `urls` ((URL, when cached) pairs) to fetch: all but the cached ones still fresh."""
         now, ttl = time.time(), self.params.media_ttl_s
-        fresh = [not self.params.force_ingest and self.cacheable(u) and (when := self.cache.stored_at(u)) is not None
-                 and (ttl <= 0 or now - when < ttl) for u in urls]
+        fresh = [not self.params.force_ingest and self.cacheable(u) and when is not None
+                 and (ttl <= 0 or now - when < ttl) for u, when in urls]
         self.reused += sum(fresh)
-        return [u for u, ok in zip(urls, fresh, strict=True) if not ok]
+        return [u for (u, _), ok in zip(urls, fresh, strict=True) if not ok]
 
     def put(self, url: str, data: bytes) -> None:
         if self.cacheable(url):
@@ -122,6 +138,18 @@ class Payloads:
             return self.spool[url]
         entry = self.cache.get(url) if self.cacheable(url) else None
         return entry.data if entry else None
+
+    def identity(self, url: str, cached: tuple[str | None, int | None]) -> tuple[str, int] | None:
+        """(sha256, size) of what `url` fetched, without reading the bytes of a cached one; None if nothing.
+        `cached`: what Plan.rows found in the cache (None where an entry is older than those columns, or absent)."""
+        if url in self.errors:
+            return None
+        if url in self.spool:
+            data = self.spool[url]
+            return hashlib.sha256(data).hexdigest(), len(data)
+        if not self.cacheable(url):
+            return None
+        return cached if cached[0] is not None else self.cache.identity(url)
 
 
 def img2dataset_args(url_list: Path, out: Path, params: IngestParams) -> dict:
@@ -210,53 +238,64 @@ def fetch_audio(urls: list[str], params: IngestParams, payloads: Payloads) -> No
     asyncio.run(fetch_all())
 
 
-def too_large(data: bytes | None, max_bytes: int) -> str | None:
-    if data is not None and len(data) > max_bytes:
-        return f"download failed: {len(data)} bytes > max_audio_bytes {max_bytes}"
+def too_large(size: int, max_bytes: int) -> str | None:
+    if size > max_bytes:
+        return f"download failed: {size} bytes > max_audio_bytes {max_bytes}"
     return None
 
 
 class ShardWriter:
-    """Canonical shards `<prefix>-NNNNNN.tar` of `size` members each, filled in row_key order, one in memory."""
+    """Canonical shards `<prefix>-NNNNNN.tar` of `size` members each, filled in row_key order. A shard's members are
+    known by URL and identity until it is full: then it is restored from the shard store (the same members were
+    written before: trimodal/data/shardstore.py) or built from the payloads, one shard's bytes in memory."""
 
-    def __init__(self, out_dir: Path, prefix: str, size: int):
-        self.out_dir, self.prefix, self.size = out_dir, prefix, size
-        self.members: dict[str, bytes] = {}
+    def __init__(self, out_dir: Path, prefix: str, size: int, payloads: Payloads, store: ShardStore):
+        self.out_dir, self.prefix, self.size, self.payloads, self.store = out_dir, prefix, size, payloads, store
+        self.members: list[tuple[str, str, str, int]] = []  # row_key, url, sha256, size
         self.written = 0
 
-    def add(self, row_key: str, data: bytes) -> str:
+    def add(self, row_key: str, url: str, identity: tuple[str, int]) -> str:
         """Returns the member's 'shard.tar:member' location."""
         name = f"{self.prefix}-{self.written // self.size:06d}.tar"
-        self.members[row_key] = data
+        self.members.append((row_key, url, *identity))
         self.written += 1
         if len(self.members) == self.size:
             self.flush()
         return f"{name}:{row_key}"
 
     def flush(self) -> None:
-        if self.members:
-            write_tar(self.out_dir / f"{self.prefix}-{(self.written - 1) // self.size:06d}.tar", self.members)
-            self.members = {}
+        if not self.members:
+            return
+        path = self.out_dir / f"{self.prefix}-{(self.written - 1) // self.size:06d}.tar"
+        listed = [(row_key, sha, size) for row_key, _, sha, size in self.members]
+        if not self.store.restore(listed, path):
+            write_tar(path, {row_key: self._bytes(url, sha) for row_key, url, sha, _ in self.members})
+            self.store.keep(listed, path)
+        self.members = []
+
+    def _bytes(self, url: str, sha: str) -> bytes:
+        data = self.payloads.get(url)
+        if data is None or hashlib.sha256(data).hexdigest() != sha:  # the cache changed under this run
+            raise SystemExit(f"ingest: the payload of {url} changed during the run: run ingest again")
+        return data
 
 
 def manifest_rows(plan: Plan, payloads: dict[str, Payloads], shards: dict[str, ShardWriter], params: IngestParams,
                   counts: dict[str, int]) -> Iterator[dict]:
     """One entry per row in source order, each fetched payload written to its kind's shards on the way; `counts`
     gets <kind>_fetched and <kind>_failed."""
-    for row_key, source, line, fields, table_error, *media in plan.db.execute(
-            "SELECT row_key, source, line, fields, table_error, image_url, image_error, audio_url, audio_error "
-            "FROM rows ORDER BY row_key"):
+    for row_key, source, line, fields, table_error, *media in plan.rows():
         entry: dict = {"row_key": row_key, "source": source, "line": line, "fields": json.loads(fields),
                        "table_error": table_error}
-        for kind, url, error in zip(KINDS, media[::2], media[1::2], strict=True):
-            data = payloads[kind].get(url) if url else None
-            if url and data is None:
+        for kind, url, error, cached in zip(KINDS, media[0:4:2], media[1:4:2], (media[4:6], media[6:8]), strict=True):
+            identity = payloads[kind].identity(url, cached) if url else None
+            if url and identity is None:
                 error = payloads[kind].errors.get(url, "download failed: no result")
-            elif kind == "audio" and (oversize := too_large(data, params.max_audio_bytes)):
-                data, error = None, oversize
-            entry[kind] = shards[kind].add(row_key, data) if data is not None else None
+            elif kind == "audio" and identity and (oversize := too_large(identity[1], params.max_audio_bytes)):
+                identity, error = None, oversize
+            entry[kind] = shards[kind].add(row_key, url, identity) if identity is not None else None
             entry[f"{kind}_error"] = error
-            counts[f"{kind}_fetched"] += data is not None
+            counts[f"{kind}_fetched"] += identity is not None
             counts[f"{kind}_failed"] += error is not None
         yield entry
 
@@ -269,7 +308,7 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Pa
         raise SystemExit("ingest: " + "\n  ".join(refused))
     with (atomic_dir(out_dir) as tmp, spool_beside(out_dir) as work, BlobCache(cache_dir / "ingest.sqlite") as cache,
           tempfile.TemporaryFile(dir=work) as image_file, tempfile.TemporaryFile(dir=work) as audio_file):
-        plan = Plan(Path(work))
+        plan = Plan(Path(work), cache)
         try:
             for i, source in enumerate(sources):
                 for row in iter_table(source, i):
@@ -286,8 +325,9 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Pa
             fetch_images(image_urls, params, Path(work), images)
             audio_job.result()
         cache.commit()
-        shards = {"image": ShardWriter(tmp, "images", params.shard_size),
-                  "audio": ShardWriter(tmp, "audio", params.shard_size)}
+        store = ShardStore(cache_dir / "ingest-shards")
+        shards = {"image": ShardWriter(tmp, "images", params.shard_size, images, store),
+                  "audio": ShardWriter(tmp, "audio", params.shard_size, audio, store)}
         counts = dict.fromkeys(("image_fetched", "image_failed", "audio_fetched", "audio_failed"), 0)
         write_jsonl(tmp / "manifest.jsonl", manifest_rows(plan, {"image": images, "audio": audio}, shards, params,
                                                           counts))
@@ -304,6 +344,7 @@ def run(sources: Sequence[str], out_dir: Path, params: IngestParams, tracked: Pa
         }
         plan.db.close()
         write_json(tmp / "summary.json", summary)
+        print(f"ingest: {store.built} shards written, {store.linked} the same as before ({store.root})")
     print("ingest: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "sources"))
     return summary
 

@@ -17,16 +17,25 @@ as an earlier accepted record's, or near duplicates of them with the rest equal,
 an image or a sound (exact or near) but differ otherwise are kept, with one `content_group` (the id of the group's
 first record), so that shard puts them in one split: no test media in train.
 
-Memory is flat in the number of rows (issues 12, 33): every row's outcome, the content dedup compares, the converted
-media and the fingerprints wait on disk (a `Ledger`: sqlite and scratch files beside the output) until dedup has
-seen every record; near duplicates come from an index whose cost grows linearly with the records
-(trimodal/data/dedup.py near_pairs). Decoded media are kept in data/cache/validate.sqlite by the sha256 of the payload
-and the decoding settings (trimodal/data/cache.py), so a grown source decodes only its new payloads.
+Memory is flat in the number of rows (issues 12, 33): every row's outcome, the content dedup compares and the
+fingerprints wait on disk (a `Ledger`: sqlite and files in data/cache/validate-state) until dedup has seen every
+record; near duplicates come from an exact search whose cost grows linearly with the records (trimodal/data/dedup.py
+near_pairs). Decoded media are kept in data/cache/validate.sqlite by the sha256 of the payload and the decoding
+settings (trimodal/data/cache.py), and the media tars are written from there.
+
+Incremental (issue 33, docs/data.md "Incremental runs"): the ledger stays in data/cache between runs, so a grown
+manifest keeps the outcomes and near pairs of its unchanged prefix of rows (same lines, same raw tars, same
+settings and code) and validates, decodes and searches the rest; media tars holding the same members as before are
+linked from data/cache/validate-shards (trimodal/data/shardstore.py). The outputs are the same bytes either way.
 """
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import hashlib
 import itertools
 import json
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -48,6 +57,7 @@ from trimodal.config_errors import run_main
 from trimodal.data import dedup as dedup_module
 from trimodal.data import limits as media_limits
 from trimodal.data import media as media_module
+from trimodal.data import records as records_module
 from trimodal.data.cache import BlobCache
 from trimodal.data.dedup import (
     AUDIO_BLOCK,
@@ -62,11 +72,13 @@ from trimodal.data.dedup import (
     image_fingerprint,
     near_pairs,
     normalise_text,
+    resumed_index,
 )
 from trimodal.data.gate import GateLimits, features_summary_metrics, run_gate
 from trimodal.data.media import Rejected, decode_audio, decode_image
 from trimodal.data.records import INPUT_FIELDS, META_FIELDS, SPLITS, TARGET_FIELDS, record_key, unsafe_id_reason
-from trimodal.data.spool import RowFile, Spool, spool_beside
+from trimodal.data.shardstore import ShardStore
+from trimodal.data.spool import RowFile
 from trimodal.data.tars import TarMembers, write_tar
 from trimodal.params import ValidateParams, load_params
 
@@ -83,6 +95,7 @@ class Media:
     converted: list[str]
     fingerprint: np.ndarray
     digest: str = ""  # sha256 of `data`: what exact dedup compares
+    key: str = ""  # its entry in the decode cache, where the output tars take `data` from
 
     def __post_init__(self):
         self.digest = self.digest or digest(self.data)
@@ -181,7 +194,7 @@ def decoded(kind: str, payload: bytes, params: ValidateParams, settings: str, ca
             raise Rejected(hit.meta["rejected"])
         size = 4 * FINGERPRINT_WIDTH[kind]
         return Media(hit.data[size:], hit.meta["features"], hit.meta["converted"],
-                     np.frombuffer(hit.data[:size], dtype=np.float32), hit.meta["digest"])
+                     np.frombuffer(hit.data[:size], dtype=np.float32), hit.meta["digest"], key)
     try:
         media = _decode(kind, payload, params)
     except Rejected as e:
@@ -189,7 +202,17 @@ def decoded(kind: str, payload: bytes, params: ValidateParams, settings: str, ca
         raise
     cache.put(key, {"features": media.features, "converted": media.converted, "digest": media.digest},
               media.fingerprint.astype(np.float32).tobytes() + media.data)
+    media.key = key
     return media
+
+
+def decoded_bytes(cache: BlobCache, kind: str, key: str, sha: str) -> bytes:
+    """The normalised medium `decoded` kept under `key`; raises StaleState when it is gone or not `sha`."""
+    entry = cache.get(key)
+    data = entry.data[4 * FINGERPRINT_WIDTH[kind]:] if entry else None
+    if data is None or digest(data) != sha:
+        raise StaleState(f"decoded {kind} {key} is not in {cache.path}")
+    return data
 
 
 def validate_row(entry: dict, media: TarMembers, first_seen: SeenIds, params: ValidateParams, settings: str,
@@ -222,10 +245,11 @@ def validate_row(entry: dict, media: TarMembers, first_seen: SeenIds, params: Va
 
 
 class SeenIds:
-    """Record id -> where it was first seen ("source line n"), in the ledger's database."""
+    """Record id -> where it was first seen ("source line n"), in the ledger's database, with the row that saw it."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self._db = db
+    def __init__(self, ledger: Ledger):
+        self._ledger = ledger
+        self._db = ledger.db
 
     def __contains__(self, record_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM seen WHERE id = ?", (record_id,)).fetchone() is not None
@@ -234,49 +258,121 @@ class SeenIds:
         return self._db.execute("SELECT at FROM seen WHERE id = ?", (record_id,)).fetchone()[0]
 
     def __setitem__(self, record_id: str, where: str) -> None:
-        self._db.execute("INSERT INTO seen VALUES (?, ?)", (record_id, where))
+        self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (record_id, where, self._ledger.rows))
+
+
+class StaleState(Exception):
+    """What an earlier run left in the cache does not hold up: validate starts again from nothing."""
 
 
 class Ledger:
-    """validate's state that grows with the rows, in files under `work` (issue 33: memory flat in the rows): every
-    row's outcome and each accepted record's content (digests, normalised text) in sqlite, the converted media in
-    a Spool, the fingerprints in one RowFile per kind. An accepted record's position `pos` counts accepted records
-    in input order."""
+    """validate's state that grows with the rows, in files under `folder` (issue 33: memory flat in the rows): every
+    row's outcome and each accepted record's content (digests, normalised text, where the decoded media are in the
+    decode cache) in sqlite, the fingerprints in one RowFile per kind, the near pairs found. An accepted record's
+    position `pos` counts accepted records in input order.
 
-    def __init__(self, work: Path):
-        self.db = sqlite3.connect(work / "ledger.sqlite")
+    The folder is kept in `paths.cache` between runs (docs/data.md "Incremental runs"): a row's outcome depends only
+    on its manifest line, its payloads' bytes, the rows before it and `key` (the settings and the code), so a run
+    keeps the longest prefix of rows whose lines and raw tars are unchanged (`keep_prefix`) and validates the rest;
+    the near pairs among kept records stand (the search is exact: trimodal/data/dedup.py). The claim that the folder
+    is whole lives in the decode cache: it is withdrawn when a run starts and made again when its outputs are
+    written, so a killed run, a deleted folder or a deleted cache leave nothing to trust."""
+
+    def __init__(self, folder: Path, cache: BlobCache, key: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.cache, self.key = folder, cache, key
+        claim = cache.get(CLAIM)
+        cache.put(CLAIM, {}, b"")
+        cache.commit()
+        claim = claim.meta if claim and claim.meta.get("key") == key else {}
+        if not claim:
+            for path in folder.iterdir():
+                path.unlink()
+        self.db = sqlite3.connect(folder / "ledger.sqlite")
         self.db.executescript("""
             PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-            CREATE TABLE seen (id TEXT PRIMARY KEY, at TEXT);
-            CREATE TABLE rows (idx INTEGER PRIMARY KEY, pos INTEGER, row_key TEXT, features TEXT, accepted TEXT,
-                               rejected TEXT);
-            CREATE TABLE content (pos INTEGER PRIMARY KEY, id TEXT, source TEXT, row INTEGER, split TEXT,
-                                  image TEXT, audio TEXT, text TEXT, question TEXT);
-            CREATE TABLE pairs (i INTEGER, j INTEGER, kind TEXT, distance REAL);
+            CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at TEXT, idx INTEGER);
+            CREATE TABLE IF NOT EXISTS rows (idx INTEGER PRIMARY KEY, pos INTEGER, row_key TEXT, line TEXT,
+                                             image_tar TEXT, audio_tar TEXT, features TEXT, accepted TEXT,
+                                             rejected TEXT);
+            CREATE TABLE IF NOT EXISTS content (pos INTEGER PRIMARY KEY, id TEXT, source TEXT, row INTEGER,
+                                                split TEXT, image TEXT, audio TEXT, text TEXT, question TEXT,
+                                                image_key TEXT, image_size INTEGER, audio_key TEXT,
+                                                audio_size INTEGER);
+            CREATE TABLE IF NOT EXISTS pairs (i INTEGER, j INTEGER, kind TEXT, distance REAL, near INTEGER);
+            CREATE INDEX IF NOT EXISTS pairs_by_j ON pairs (j, i);
+            CREATE TABLE IF NOT EXISTS raw (name TEXT PRIMARY KEY, sha256 TEXT);
         """)
-        self.seen = SeenIds(self.db)
-        self.spool = Spool(open(work / "media.spool", "w+b"))  # noqa: SIM115 - closed with the ledger
-        self.fingerprints = {kind: (RowFile(open(work / f"{kind}.rows", "w+b"), width), array("q"))  # noqa: SIM115
+        self.seen = SeenIds(self)
+        self.fingerprints = {kind: (RowFile(_opened(folder / f"{kind}.rows"), width), _positions(folder, kind))
                              for kind, width in FINGERPRINT_WIDTH.items()}
+        self.indexes: dict = {}
+        self.kept = claim.get("rows", 0) if self._whole(claim) else 0  # rows of the earlier run that may stand
         self.rows = self.accepted = 0
+        self.searched = dict.fromkeys(KINDS, 0)  # fingerprints whose near pairs are in `pairs`
 
-    def add(self, outcome: Outcome) -> None:
+    def _whole(self, claim: dict) -> bool:
+        """The cheap check: the files hold as many rows and fingerprints as the claim says."""
+        if not claim:
+            return False
+        counts = {kind: (len(rows), len(positions)) for kind, (rows, positions) in self.fingerprints.items()}
+        return (self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == claim["rows"]
+                and all(counts[kind] == (n, n) for kind, n in claim["fingerprints"].items()))
+
+    def keep_prefix(self, manifest: Path, raw_dir: Path) -> int:
+        """Keep the rows of the earlier run up to the first whose manifest line changed or whose raw tar's bytes did;
+        drop the rest. Returns how many were kept."""
+        tars = {path.name: _file_sha256(path) for path in sorted(raw_dir.glob("*.tar"))}
+        limit = self.kept
+        if changed := [name for name, sha in self.db.execute("SELECT name, sha256 FROM raw") if tars.get(name) != sha]:
+            marks = ", ".join("?" * len(changed))
+            first = self.db.execute(f"SELECT MIN(idx) FROM rows WHERE image_tar IN ({marks}) OR audio_tar IN "
+                                    f"({marks})", changed + changed).fetchone()[0]
+            limit = min(limit, limit if first is None else first)
+        kept = 0
+        with open(manifest, encoding="utf-8") as f:
+            lines = (line for line in f if line.strip())
+            for line, (stored,) in zip(lines, self.db.execute("SELECT line FROM rows ORDER BY idx"), strict=False):
+                if kept >= limit or digest(line.encode()) != stored:
+                    break
+                kept += 1
+        self._truncate(kept)
+        self.db.execute("DELETE FROM raw")
+        self.db.executemany("INSERT INTO raw VALUES (?, ?)", tars.items())
+        return kept
+
+    def _truncate(self, rows: int) -> None:
+        accepted = self.db.execute("SELECT COUNT(pos) FROM rows WHERE idx < ?", (rows,)).fetchone()[0]
+        for statement in ("DELETE FROM rows WHERE idx >= :rows", "DELETE FROM seen WHERE idx >= :rows",
+                          "DELETE FROM content WHERE pos >= :accepted",
+                          "DELETE FROM pairs WHERE j >= :accepted OR near = 0"):
+            self.db.execute(statement, {"rows": rows, "accepted": accepted})
+        for kind, (fingerprints, positions) in self.fingerprints.items():
+            keep = bisect.bisect_left(positions, accepted)
+            fingerprints.truncate(keep)
+            del positions[keep:]
+            self.searched[kind] = keep
+        self.rows, self.accepted = rows, accepted
+
+    def add(self, outcome: Outcome, line: str, entry: dict) -> None:
         pos = self.accepted if outcome.accepted else None
         if outcome.accepted:
             record, media = outcome.accepted, outcome.media
-            self.db.execute("INSERT INTO content VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+            self.db.execute("INSERT INTO content VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
                 pos, record["id"], record["source"], record["row"], record.get("split"),
                 *(media[k].digest if k in media else None for k in KINDS),
-                normalise_text(record.get("text")), normalise_text(record.get("question"))))
+                normalise_text(record.get("text")), normalise_text(record.get("question")),
+                *(value for k in KINDS for value in ((media[k].key, len(media[k].data)) if k in media
+                                                     else (None, None)))))
             for kind, medium in media.items():
-                self.spool.add(record[kind], medium.data)
                 rows, positions = self.fingerprints[kind]
                 rows.append(medium.fingerprint)
                 positions.append(pos)
             self.accepted += 1
-        self.db.execute("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?)", (
-            self.rows, pos, outcome.row_key, json.dumps(outcome.features), _json(outcome.accepted),
-            _json(outcome.rejected)))
+        self.db.execute("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+            self.rows, pos, outcome.row_key, digest(line.encode()),
+            *((entry.get(kind) or "").partition(":")[0] or None for kind in KINDS),
+            json.dumps(outcome.features), _json(outcome.accepted), _json(outcome.rejected)))
         self.rows += 1
 
     def content(self, pos: int) -> tuple:
@@ -284,11 +380,60 @@ class Ledger:
         return self.db.execute("SELECT id, source, row, split, image, audio, text, question FROM content "
                                "WHERE pos = ?", (pos,)).fetchone()
 
+    def members(self, first: int, last: int) -> dict[int, tuple]:
+        """pos -> (image digest, size, cache key, audio digest, size, cache key) of accepted records first..last."""
+        return {pos: rest for pos, *rest in self.db.execute(
+            "SELECT pos, image, image_size, image_key, audio, audio_size, audio_key FROM content WHERE pos BETWEEN ? "
+            "AND ?", (first, last))}
+
+    def near_index(self, kind: str):
+        """The near-duplicate index of `kind` kept by the earlier run, cut to the fingerprints kept and holding
+        every fingerprint now (trimodal/data/dedup.py resumed_index)."""
+        rows, _ = self.fingerprints[kind]
+        self.indexes[kind] = resumed_index(self.folder / f"{kind}.index", rows, *NEAR_INDEX[kind])
+        return self.indexes[kind]
+
+    def save(self) -> None:
+        """Make the claim that the folder is whole (after the outputs are written)."""
+        self.db.commit()
+        import faiss
+
+        for kind, (rows, positions) in self.fingerprints.items():
+            rows.flush()
+            with open(self.folder / f"{kind}.pos", "wb") as f:
+                positions.tofile(f)
+            if kind in self.indexes:
+                faiss.write_index(self.indexes[kind], str(self.folder / f"{kind}.index"))
+            else:
+                (self.folder / f"{kind}.index").unlink(missing_ok=True)
+        self.cache.put(CLAIM, {"key": self.key, "rows": self.rows,
+                               "fingerprints": {kind: len(rows) for kind, (rows, _) in self.fingerprints.items()}},
+                       b"")
+        self.cache.commit()
+
     def close(self) -> None:
         self.db.close()
-        self.spool.close()
         for rows, _ in self.fingerprints.values():
             rows.close()
+
+
+CLAIM = "ledger"  # the decode cache's entry saying which run's ledger state (paths.cache/validate-state) is whole
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _opened(path: Path):
+    return open(path, "r+b" if path.exists() else "w+b")  # noqa: SIM115 - closed with the ledger
+
+
+def _positions(folder: Path, kind: str) -> array:
+    positions = array("q")
+    if (path := folder / f"{kind}.pos").exists():
+        positions.frombytes(path.read_bytes())
+    return positions
 
 
 def _json(value: dict | None) -> str | None:
@@ -304,19 +449,24 @@ NEAR_INDEX = {"image": (IMAGE_GRID, IMAGE_BLOCK), "audio": (AUDIO_GRID, AUDIO_BL
 
 def find_pairs(ledger: Ledger, params: ValidateParams) -> dict[str, dict]:
     """Fill the ledger's `pairs`: records whose `kind` media are the same (each with the first record holding those
-    bytes, distance 0) or near (every pair within the threshold); returns near_pairs' costs per kind."""
+    bytes, distance 0) or near (every pair within the threshold: the kept records' pairs stand, the new fingerprints
+    are searched against all); returns what each kind's search holds (fingerprints, near pairs: the same whether
+    or not a run kept rows) and prints what this run's cost."""
     db, costs = ledger.db, {}
     for kind, limit in _limits(params).items():
-        db.execute(f"INSERT INTO pairs SELECT first, pos, ?, 0.0 FROM (SELECT pos, MIN(pos) OVER (PARTITION BY "
+        db.execute(f"INSERT INTO pairs SELECT first, pos, ?, 0.0, 0 FROM (SELECT pos, MIN(pos) OVER (PARTITION BY "
                    f"{kind}) AS first FROM content WHERE {kind} IS NOT NULL) WHERE first != pos", (kind,))
         rows, positions = ledger.fingerprints[kind]
         stats = NearStats()
-        db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?)",
-                       ((positions[i], positions[j], kind, d) for i, j, d in near_pairs(rows, limit, *NEAR_INDEX[kind],
-                                                                                         stats)))
-        costs[kind] = {"fingerprints": len(rows), "compared": stats.compared, "candidates": stats.candidates,
-                       "near_pairs": stats.found}
-    db.execute("CREATE INDEX pairs_by_j ON pairs (j, i)")
+        if len(rows) >= 2 and limit > 0:
+            index = ledger.near_index(kind)
+            db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?, 1)", (
+                (positions[i], positions[j], kind, d) for i, j, d in near_pairs(
+                    rows, limit, *NEAR_INDEX[kind], stats, start=ledger.searched[kind], index=index)))
+        found = db.execute("SELECT COUNT(*) FROM pairs WHERE kind = ? AND near = 1", (kind,)).fetchone()[0]
+        costs[kind] = {"fingerprints": len(rows), "near_pairs": found}
+        print(f"validate: {kind} near duplicates: searched {len(rows) - ledger.searched[kind]} of {len(rows)} "
+              f"fingerprints, {stats.compared} distances, {stats.candidates} candidates, {stats.found} new pairs")
     return costs
 
 
@@ -367,9 +517,9 @@ def deduplicate(ledger: Ledger, params: ValidateParams) -> Verdicts:
     return Verdicts(duplicate_of, roots, pins)
 
 
-def judged(ledger: Ledger, verdicts: Verdicts) -> Iterator[tuple[dict, dict | None, dict | None]]:
-    """Every row in input order as (features, accepted, rejected) after dedup: duplicates quarantined naming the kept
-    record, the others with their `content_group` and their group's pinned split."""
+def judged(ledger: Ledger, verdicts: Verdicts) -> Iterator[tuple[int | None, dict, dict | None, dict | None]]:
+    """Every row in input order as (pos, features, accepted, rejected) after dedup: duplicates quarantined naming the
+    kept record, the others with their `content_group` and their group's pinned split."""
     for pos, row_key, features, accepted, rejected in ledger.db.execute(
             "SELECT pos, row_key, features, accepted, rejected FROM rows ORDER BY idx"):
         features, accepted, rejected = json.loads(features), _loads(accepted), _loads(rejected)
@@ -388,36 +538,58 @@ def judged(ledger: Ledger, verdicts: Verdicts) -> Iterator[tuple[dict, dict | No
             if (pin := verdicts.pins.get(root)) and accepted.get("split") != pin:
                 verdicts.moved += 1  # it shares media with a record pinned elsewhere: both in one split, or one leaks
                 accepted["split"] = pin
-        yield features, accepted, rejected
+        yield pos, features, accepted, rejected
 
 
 def _loads(text: str | None) -> dict | None:
     return None if text is None else json.loads(text)
 
 
-def write_outputs(out_dir: Path, ledger: Ledger, verdicts: Verdicts) -> pd.DataFrame:
-    """Media tars (RECORDS_PER_MEDIA_TAR accepted records each, their members from the spool), manifest, quarantine
-    and feature table, one pass over the ledger; returns the feature table."""
+class MediaTars:
+    """validate's media tars, RECORDS_PER_MEDIA_TAR accepted records each: restored from the shard store when the
+    same members were written before (trimodal/data/shardstore.py), else built from the decode cache."""
+
+    def __init__(self, out_dir: Path, ledger: Ledger, store: ShardStore):
+        self.out_dir, self.ledger, self.store = out_dir, ledger, store
+        self.written = 0
+
+    def write(self, chunk: list[tuple[int, dict]]) -> str:
+        """Write the tar of `chunk` ((pos, record) in order); returns its name."""
+        name = f"media-{self.written:06d}.tar"
+        members, where = [], {}
+        content = self.ledger.members(chunk[0][0], chunk[-1][0])
+        for pos, record in chunk:
+            image, image_size, image_key, audio, audio_size, audio_key = content[pos]
+            for kind, sha, size, key in (("image", image, image_size, image_key), ("audio", audio, audio_size,
+                                                                                    audio_key)):
+                if record[kind]:
+                    members.append((record[kind], sha, size))
+                    where[record[kind]] = (kind, key, sha)
+        if not self.store.restore(members, self.out_dir / name):
+            write_tar(self.out_dir / name, {member: decoded_bytes(self.ledger.cache, *where[member])
+                                            for member, _, _ in members})
+            self.store.keep(members, self.out_dir / name)
+        self.written += 1
+        return name
+
+
+def write_outputs(out_dir: Path, ledger: Ledger, verdicts: Verdicts, tars: MediaTars) -> pd.DataFrame:
+    """Media tars, manifest, quarantine and feature table, one pass over the ledger; returns the feature table."""
     tables: list[pd.DataFrame] = []
     features: list[dict] = []
-    chunk: list[dict] = []
-    tars = 0
+    chunk: list[tuple[int, dict]] = []
     with (atomic_open(out_dir / "manifest.jsonl", "w") as manifest,
           atomic_open(out_dir / "quarantine.jsonl", "w") as quarantine):
         def flush() -> None:
-            nonlocal tars
-            name = f"media-{tars:06d}.tar"
-            members = [r[kind] for r in chunk for kind in ("image", "audio") if r[kind]]
-            write_tar(out_dir / name, ledger.spool.only(members))
-            for r in chunk:
+            name = tars.write(chunk)
+            for _, r in chunk:
                 for kind in ("image", "audio"):
                     if r[kind]:
                         r[kind] = f"{name}:{r[kind]}"
                 manifest.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
             chunk.clear()
-            tars += 1
 
-        for row_features, accepted, rejected in judged(ledger, verdicts):
+        for pos, row_features, accepted, rejected in judged(ledger, verdicts):
             features.append(row_features)
             if len(features) == 10000:  # the feature table in pieces: no list of every row's dict
                 tables.append(pd.DataFrame(features))
@@ -425,7 +597,7 @@ def write_outputs(out_dir: Path, ledger: Ledger, verdicts: Verdicts) -> pd.DataF
             if rejected:
                 quarantine.write(json.dumps(rejected, sort_keys=True, ensure_ascii=False) + "\n")
             if accepted:
-                chunk.append(accepted)
+                chunk.append((pos, accepted))
                 if len(chunk) == RECORDS_PER_MEDIA_TAR:
                     flush()
         if chunk:
@@ -434,36 +606,57 @@ def write_outputs(out_dir: Path, ledger: Ledger, verdicts: Verdicts) -> pd.DataF
     return pd.concat(tables, ignore_index=True)
 
 
-def read_entries(manifest: Path) -> Iterator[dict]:
-    """Ingest's manifest one row at a time: rows are needed only while they are validated."""
-    with open(manifest, encoding="utf-8") as f:
-        yield from (json.loads(line) for line in f if line.strip())
-
-
 def count_lines(path: Path) -> int:
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
 
 
+def state_key(params: ValidateParams, settings: str) -> str:
+    """What every row's outcome and every near pair depends on besides the rows: the parameters, the decoding
+    settings and the code that judges a row."""
+    code = [Path(m.__file__).read_bytes() for m in (sys.modules[__name__], records_module)]
+    return digest(json.dumps([dataclasses.asdict(params), settings, [digest(c) for c in code]]).encode())
+
+
 def validate_to(raw_dir: Path, out_dir: Path, params: ValidateParams, cache_dir: Path) -> tuple[pd.DataFrame, dict]:
     """Write out_dir (media tars, manifest, quarantine, feature table); return the feature table and duplicate
-    counts. The per-row state lives in a Ledger on disk beside out_dir, gone on return, before the gate loads Great
-    Expectations."""
+    counts. The per-row state lives in a Ledger on disk in cache_dir, closed on return, before the gate loads Great
+    Expectations. What an earlier run left that does not hold up is dropped and the rows validated again."""
     manifest = raw_dir / "manifest.jsonl"
     if not manifest.exists():
         raise SystemExit(f"validate: {manifest} not found: run the ingest stage first (dvc repro ingest)")
+    try:
+        return _validate_to(manifest, raw_dir, out_dir, params, cache_dir)
+    except StaleState as e:
+        print(f"validate: {e}; validating every row again")
+        shutil.rmtree(cache_dir / "validate-state", ignore_errors=True)
+        return _validate_to(manifest, raw_dir, out_dir, params, cache_dir)
+
+
+def _validate_to(manifest: Path, raw_dir: Path, out_dir: Path, params: ValidateParams,
+                 cache_dir: Path) -> tuple[pd.DataFrame, dict]:
     media = TarMembers(raw_dir)
     settings = decoding_settings(params)
-    with (atomic_dir(out_dir) as tmp, spool_beside(out_dir) as work, BlobCache(cache_dir / "validate.sqlite") as cache,
-          closing(Ledger(Path(work))) as ledger):
-        for entry in tqdm(read_entries(manifest), desc="validate", unit="row", total=count_lines(manifest)):
-            ledger.add(validate_row(entry, media, ledger.seen, params, settings, cache))
-        print(f"validate: decoded {cache.misses} payloads, reused {cache.hits} decoded before ({cache_dir})")
+    with (atomic_dir(out_dir) as tmp, BlobCache(cache_dir / "validate.sqlite") as cache,
+          closing(Ledger(cache_dir / "validate-state", cache, state_key(params, settings))) as ledger):
+        kept = ledger.keep_prefix(manifest, raw_dir)
+        cache.hits = cache.misses = 0  # what the rows below decode
+        total = count_lines(manifest)
+        with open(manifest, encoding="utf-8") as f:
+            lines = itertools.islice((line for line in f if line.strip()), kept, None)
+            for line in tqdm(lines, desc="validate", unit="row", total=total - kept):
+                entry = json.loads(line)
+                ledger.add(validate_row(entry, media, ledger.seen, params, settings, cache), line, entry)
+        print(f"validate: {kept} rows as the run before ({cache_dir / 'validate-state'}), {total - kept} validated: "
+              f"decoded {cache.misses} payloads, reused {cache.hits} decoded before ({cache_dir})")
         costs = find_pairs(ledger, params)
         verdicts = deduplicate(ledger, params)
-        features = write_outputs(tmp, ledger, verdicts)
+        tars = MediaTars(tmp, ledger, ShardStore(cache_dir / "validate-shards"))
+        features = write_outputs(tmp, ledger, verdicts, tars)
         features.to_parquet(tmp / "features.parquet", index=False)
         media_limits.write(tmp, media_limits.MediaLimits.of(params))
+        ledger.save()
+        print(f"validate: {tars.store.built} media tars written, {tars.store.linked} the same as before")
     exact = sum(near is None for _, near in verdicts.duplicate_of.values())
     duplicates = {"exact": exact, "near": len(verdicts.duplicate_of) - exact,
                   "records_sharing_media_with_an_earlier_one": sum(

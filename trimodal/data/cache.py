@@ -9,6 +9,7 @@ Deleting the folder is always safe.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -30,11 +31,15 @@ class BlobCache:
 
     def __init__(self, path: str | Path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
         self._db = sqlite3.connect(path, check_same_thread=False)  # ingest puts from its audio thread too
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit: a power cut may lose the last puts only
         self._db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, meta TEXT, data BLOB, "
-                         "stored_at REAL)")
+                         "stored_at REAL, sha256 TEXT, size INTEGER)")
+        if "sha256" not in {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}:  # made before them
+            self._db.execute("ALTER TABLE entries ADD COLUMN sha256 TEXT")
+            self._db.execute("ALTER TABLE entries ADD COLUMN size INTEGER")
         self._pending = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -52,10 +57,24 @@ class BlobCache:
             row = self._db.execute("SELECT stored_at FROM entries WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def identity(self, key: str) -> tuple[str, int] | None:
+        """(sha256 hex, size) of `key`'s bytes, without reading them (an entry put before these columns existed is
+        hashed once); None if absent."""
+        with self._lock:
+            row = self._db.execute("SELECT sha256, size FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None or row[0] is not None:
+            return row
+        data = self.get(key).data
+        identity = (hashlib.sha256(data).hexdigest(), len(data))
+        with self._lock:
+            self._db.execute("UPDATE entries SET sha256 = ?, size = ? WHERE key = ?", (*identity, key))
+        return identity
+
     def put(self, key: str, meta: dict, data: bytes) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)",
-                             (key, json.dumps(meta, sort_keys=True), data, time.time()))
+            self._db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                             (key, json.dumps(meta, sort_keys=True), data, time.time(),
+                              hashlib.sha256(data).hexdigest(), len(data)))
             self._pending += 1
         if self._pending >= 1000:
             self.commit()

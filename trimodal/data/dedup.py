@@ -27,6 +27,7 @@ import hashlib
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -77,14 +78,15 @@ def audio_fingerprint(mono: np.ndarray, rate: int, n_fft: int = 512, max_hz: flo
     return (db - db.mean()).astype(np.float32).ravel()
 
 
-CELL, NPROBE = 256, 4  # rows per k-means cell of the near-duplicate index, cells searched per row
+CELL = 256  # rows per k-means cell of the near-duplicate index
 PIECE = 2048  # candidate pairs checked at once: 2048 x 512 float64 differences, 8 MB
 
 
 @dataclass
 class NearStats:
     """What one near-duplicate search cost and found: fingerprint distances the index computed (`compared`), pairs
-    whose full fingerprints were then checked (`candidates`), pairs within the threshold (`found`)."""
+    whose full fingerprints were then checked (`candidates`: every pair of coarse rows within the radius, so a
+    function of the rows alone), pairs within the threshold (`found`)."""
     compared: int = 0
     candidates: int = 0
     found: int = 0
@@ -102,46 +104,81 @@ def coarse(fingerprints: np.ndarray, grid: tuple[int, ...], block: tuple[int, ..
 
 
 def near_pairs(rows: RowFile, max_rms: float, grid: tuple[int, ...], block: tuple[int, ...],
-               stats: NearStats | None = None, batch: int = 2048, cell: int = CELL,
-               probes: int = NPROBE) -> Iterator[tuple[int, int, float]]:
-    """(i, j, RMS distance), i < j, of the rows of `rows` whose fingerprints differ by at most `max_rms`.
+               stats: NearStats | None = None, batch: int = 2048, cell: int = CELL, start: int = 0,
+               index=None) -> Iterator[tuple[int, int, float]]:
+    """(i, j, RMS distance), i < j, j >= `start`, of every pair of rows of `rows` whose fingerprints differ by at most
+    `max_rms`: with `start` = the rows of an earlier search, the pairs that search could not see (issue 33).
 
-    Candidates come from a faiss inverted-file index (k-means cells of about `cell` rows, the `probes` nearest cells
-    searched) over the coarse rows: each row meets a bounded number of others, so the cost grows linearly with the
-    rows however alike they are (issue 33; norm-sorted tiles went quadratic on pictures with one background).
-    Memory: the coarse rows and one batch of full rows; the full rows stay in `rows`' file. Candidates get the exact
-    check on their full fingerprints."""
+    Candidates come from a faiss inverted-file index (k-means cells of about `cell` rows) over the coarse rows. The
+    search is exact: a row probes every cell that may hold a row within the radius (`probed_cells`), so the pairs
+    depend on the rows alone, not on the cells, and an incremental search finds what a fresh one does. Each row meets
+    the few cells near it, so the cost grows linearly with the rows however alike they are (norm-sorted tiles went
+    quadratic on pictures with one background). `index`: one from `coarse_index` holding every row (else built).
+    Memory: the coarse rows and one batch of full rows; the full rows stay in `rows`' file."""
     import faiss  # ~0.3 s to import: only when there is something to compare
+    from faiss.contrib.ivf_tools import range_search_preassigned
 
     stats = stats if stats is not None else NearStats()
     n = len(rows)
-    if n < 2 or max_rms <= 0:
+    if n < 2 or max_rms <= 0 or start >= n:
         return
-    index = _coarse_index(rows, grid, block, batch, cell)
-    index.nprobe = min(probes, index.nlist)
-    dims = index.d
-    radius = max_rms * max_rms * dims * (1 + 1e-5) + 1e-3  # squared L2 of coarse rows; faiss keeps d < radius
+    index = index if index is not None else coarse_index(rows, grid, block, batch, cell)
+    radius = max_rms * max_rms * index.d * (1 + 1e-5) + 1e-3  # squared L2 of coarse rows; faiss keeps d < radius
+    centroids = index.quantizer.reconstruct_n(0, index.nlist).astype(np.float64)
+    squares = (centroids * centroids).sum(1)
+    apart = np.sqrt(np.maximum(squares[:, None] - 2 * centroids @ centroids.T + squares[None, :], 0))
     faiss.cvar.indexIVF_stats.reset()
-    for start in range(0, n, batch):
-        full = rows.read(start, min(start + batch, n))
-        lims, _, found = index.range_search(coarse(full, grid, block), radius)
-        queries = np.repeat(np.arange(start, start + len(full)), np.diff(lims).astype(np.int64))
-        later = found > queries
-        queries, found = queries[later], found[later]
-        stats.candidates += len(found)
-        for first in range(0, len(found), PIECE):  # the candidates' full rows a piece at a time (PIECE x width)
-            i, j = queries[first:first + PIECE], found[first:first + PIECE]
-            others, which = np.unique(j, return_inverse=True)  # each row read once per piece
-            distances = np.sqrt(np.mean((rows.take(others)[which].astype(np.float64) - full[i - start]) ** 2, axis=1))
-            near = distances <= max_rms
-            order = np.lexsort((j[near], i[near]))
-            stats.found += int(near.sum())
-            yield from zip(i[near][order].tolist(), j[near][order].tolist(), distances[near][order].tolist(),
-                           strict=True)
+    for first in range(start, n, batch):
+        full = rows.read(first, min(first + batch, n))
+        queries = coarse(full, grid, block)
+        cells = probed_cells(queries, centroids, apart, radius)
+        index.nprobe = cells.shape[1]
+        lims, _, found = range_search_preassigned(index, queries, radius, cells)
+        query = np.repeat(np.arange(first, first + len(full)), np.diff(lims).astype(np.int64))
+        earlier = found < query
+        i, j = found[earlier], query[earlier]
+        stats.candidates += len(i)
+        for at in range(0, len(i), PIECE):  # the candidates' full rows a piece at a time (PIECE x width)
+            yield from _checked(rows, full, first, i[at:at + PIECE], j[at:at + PIECE], max_rms, stats)
     stats.compared += int(faiss.cvar.indexIVF_stats.ndis)
 
 
-def _coarse_index(rows: RowFile, grid: tuple[int, ...], block: tuple[int, ...], batch: int, cell: int):
+def _checked(rows: RowFile, full: np.ndarray, first: int, i: np.ndarray, j: np.ndarray, max_rms: float,
+             stats: NearStats) -> Iterator[tuple[int, int, float]]:
+    """The candidate pairs (i, j) within `max_rms` on their full rows, with the distance; `full` holds rows j."""
+    others, which = np.unique(i, return_inverse=True)  # each row read once per piece
+    distances = np.sqrt(np.mean((full[j - first] - rows.take(others)[which].astype(np.float64)) ** 2, axis=1))
+    near = distances <= max_rms
+    order = np.lexsort((j[near], i[near]))
+    stats.found += int(near.sum())
+    yield from zip(i[near][order].tolist(), j[near][order].tolist(), distances[near][order].tolist(), strict=True)
+
+
+def probed_cells(queries: np.ndarray, centroids: np.ndarray, apart: np.ndarray, radius: float) -> np.ndarray:
+    """Per query, every cell that may hold a row within sqrt(`radius`) of it, padded with -1: a row of cell c is at
+    least as close to c as to the query's nearest centroid c0, so it lies beyond the hyperplane halfway between them,
+    whose distance from the query is (|q - c|^2 - |q - c0|^2) / (2 |c - c0|). The bound is widened a little: float32
+    rounding in faiss's own assignment must never hide a pair (an extra cell costs time only). `apart`: the
+    centroids' distances from each other."""
+    q = queries.astype(np.float64)
+    d2 = (q * q).sum(1)[:, None] - 2 * q @ centroids.T + (centroids * centroids).sum(1)[None, :]
+    nearest = d2.argmin(1)
+    gap, between = d2 - d2[np.arange(len(q)), nearest][:, None], apart[nearest]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = np.where(between > 0, gap / (2 * between), np.where(gap > 0, np.inf, 0.0))
+    probe = bound <= np.sqrt(radius) * 1.01 + 0.1
+    probe[np.arange(len(q)), nearest] = True
+    width = int(probe.sum(1).max())
+    cells = np.full((len(q), width), -1, dtype=np.int64)
+    for k, row in enumerate(probe):
+        picked = np.flatnonzero(row)
+        cells[k, :len(picked)] = picked
+    return cells
+
+
+def coarse_index(rows: RowFile, grid: tuple[int, ...], block: tuple[int, ...], batch: int = 2048,
+                 cell: int = CELL):
+    """A faiss IVF index over the coarse rows of `rows`, k-means cells of about `cell` rows."""
     import faiss
 
     n = len(rows)
@@ -153,8 +190,28 @@ def _coarse_index(rows: RowFile, grid: tuple[int, ...], block: tuple[int, ...], 
     index.cp.niter = 10
     index.cp.max_points_per_centroid = 64
     index.train(sample)
-    for start in range(0, n, batch):
-        index.add(coarse(rows.read(start, min(start + batch, n)), grid, block))
+    extend_index(index, rows, grid, block, batch)
+    return index
+
+
+def extend_index(index, rows: RowFile, grid: tuple[int, ...], block: tuple[int, ...], batch: int = 2048) -> None:
+    """Add the rows of `rows` the index does not hold yet (its ids are row numbers)."""
+    for start in range(index.ntotal, len(rows), batch):
+        index.add(coarse(rows.read(start, min(start + batch, len(rows))), grid, block))
+
+
+def resumed_index(path: Path, rows: RowFile, grid: tuple[int, ...], block: tuple[int, ...]):
+    """The index saved at `path` by an earlier run (faiss.write_index), cut to the rows `rows` still holds and given
+    the rest; a new one when there is none, or when its cells have grown to more than twice `CELL` rows (the pairs
+    do not depend on the cells: near_pairs is exact)."""
+    import faiss
+
+    index = faiss.read_index(str(path)) if path.exists() else None
+    if index is not None and index.ntotal > len(rows):
+        index.remove_ids(faiss.IDSelectorRange(len(rows), index.ntotal))
+    if index is None or len(rows) > 2 * CELL * index.nlist:
+        return coarse_index(rows, grid, block)
+    extend_index(index, rows, grid, block)
     return index
 
 

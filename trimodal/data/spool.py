@@ -1,9 +1,9 @@
 """Payloads parked on disk until a stage knows where they go, so that its memory stays flat in the number of rows.
 
-ingest holds every fetched image and sound until the canonical raw shards are written (they are sorted by row
-key), validate every converted medium until dedup has seen all records. Both keep them in one scratch file (a
-nameless temporary file: a kill -9 leaves nothing behind) and in memory only an offset and a size per member.
-validate's fingerprints wait the same way in a `RowFile` (fixed-width rows: nothing at all in memory per row).
+ingest holds every fetched local image and sound until the canonical raw shards are written (they are sorted by row
+key) in one scratch file (a nameless temporary file: a kill -9 leaves nothing behind), and in memory only an offset
+and a size per member. validate's fingerprints wait in a `RowFile` (fixed-width rows: nothing at all in memory per
+row), kept between runs in its ledger (stages/validate.py).
 """
 from __future__ import annotations
 
@@ -58,7 +58,14 @@ class RowFile:
     the file, not a memory map, whose pages would count in the process's resident memory."""
 
     def __init__(self, file: IO[bytes], width: int):
-        self._file, self.width, self._rows = file, width, 0
+        self._file, self.width = file, width
+        self._rows = os.fstat(file.fileno()).st_size // (4 * width)  # a file kept from an earlier run has rows
+
+    def truncate(self, rows: int) -> None:
+        """Keep the first `rows` rows only."""
+        self._file.flush()
+        self._file.truncate(4 * self.width * rows)
+        self._rows = min(self._rows, rows)
 
     def append(self, row: np.ndarray) -> int:
         self._file.seek(0, os.SEEK_END)
@@ -78,6 +85,9 @@ class RowFile:
         for k, position in enumerate(positions.tolist()):
             out[k] = self._pread(position, 1)[0]
         return out
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()

@@ -1,4 +1,6 @@
 """The sqlite blob cache ingest and validate keep between runs (trimodal/data/cache.py)."""
+import hashlib
+import sqlite3
 import time
 
 from trimodal.data.cache import BlobCache
@@ -19,3 +21,17 @@ def test_entries_survive_reopening_and_a_put_replaces(tmp_path):
         assert cache.get("http://x/a.png").data == b"new"
         assert (cache.hits, cache.misses) == (3, 0)
 
+
+
+def test_identity_without_reading_the_bytes_and_for_a_cache_made_before_it(tmp_path):
+    path = tmp_path / "c.sqlite"
+    old = sqlite3.connect(path)  # the table as it was before the sha256 and size columns
+    old.execute("CREATE TABLE entries (key TEXT PRIMARY KEY, meta TEXT, data BLOB, stored_at REAL)")
+    old.execute("INSERT INTO entries VALUES ('http://x/old.png', '{}', ?, 0)", (b"old bytes",))
+    old.commit()
+    old.close()
+    with BlobCache(path) as cache:
+        assert cache.identity("http://x/old.png") == (hashlib.sha256(b"old bytes").hexdigest(), 9)
+        cache.put("http://x/new.png", {}, b"new")
+        assert cache.identity("http://x/new.png") == (hashlib.sha256(b"new").hexdigest(), 3)
+        assert cache.identity("nope") is None
