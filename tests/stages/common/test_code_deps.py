@@ -52,7 +52,8 @@ def test_a_code_dep_folder_becomes_its_files(tmp_path):
     path = tmp_path / "dvc.yaml"
     pretrain = "".join(f"      - {f}\n" for f in stage_code_deps("pretrain") if f.startswith("model/"))
     path.write_text(DVC_YAML.replace(pretrain, "      - model/\n", 1))
-    assert differences(path)[0].startswith("pretrain: missing model/blocks.py, model/chat.py, model/deepseek_vl/family.py, ")
+    assert differences(path)[0].startswith(
+        "pretrain: missing model/blocks.py, model/chat.py, model/deepseek_vl/family.py, ")
     assert differences(path)[0].endswith("; extra model/")
     write(path)
     assert path.read_text() == DVC_YAML
