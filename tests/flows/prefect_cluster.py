@@ -30,7 +30,10 @@ TINY = ["demo.n_records=42", "demo.n_fusion=9", "demo.n_corpus=14", "demo.n_ood_
         "pretrain.steps=3", "finetune.steps=3", "instruct.steps=3", "align.steps=3", "distill.steps=3",
         "pretrain.batch_size=4", "finetune.batch_size=4", "instruct.batch_size=4", "align.batch_size=4",
         "distill.batch_size=4", "quantize.calibration_batches=1", "evaluate.latency_repeats=1",
-        "evaluate.split=val"]
+        "evaluate.split=val",
+        # what the flows test is the plumbing, not the model: its smallest inputs and no speed sweeps
+        "model.image_size=16", "model.patch_size=8", "model.n_mels=20",
+        "quantize.speed_batch_sizes=[]", "evaluate.latency_batch_sizes=[1]"]
 DEMO = "data.sources=[data/sources/demo/records.jsonl,data/sources/demo/corpus.jsonl]"
 STAGES = ["demo", "ingest", "validate", "tokenizer", "shard", "pretrain", "finetune", "instruct", "preferences",
           "align", "distill", "quantize", "evaluate"]
