@@ -25,16 +25,22 @@ from tests.s3_server import moto_s3  # noqa: E402
 LONGEST_FIRST = (
     "tests/flows/test_deployment.py",  # train/full and a single-machine repro on a deployment of its own
     "tests/flows/test_deployment_recovery.py",  # the gate, a killed worker and ingest, on another, side by side
-    "tests/stages/test_train.py",
-    "tests/stages/test_deepseek_vl_stages.py",
     "tests/stages/test_post_training.py",
+    "tests/stages/test_train.py",
+    "tests/stages/test_deepseek_vl_stages.py",  # every stage of the family, four of them on 2 processes
+    "tests/stages/test_quantize.py",
+    "tests/stages/test_incremental.py",
+    "tests/model/test_quantization.py",
     "tests/test_readme.py",  # the whole DAG at small sizes, then README's blocks: 3-5 min
     "tests/stages/test_alignment_stages.py",
+    "tests/flows/test_dvc_stages.py",
+    "tests/trimodal/test_wheel.py",  # the `models` fixture, then a build, an install and three processes: ~2 min
+    "tests/test_pipeline_e2e.py",
+    "tests/benchmarks/test_gpu_check.py",
+    "tests/stages/test_dedup.py",
+    "tests/stages/test_ingest.py",
     "tests/trimodal/serving/test_server.py",
     "tests/trimodal/test_cli.py",
-    "tests/trimodal/test_wheel.py",  # the `models` fixture, then a build, an install and three processes: ~2 min
-    "tests/stages/test_quantize.py",
-    "tests/model/test_quantization.py",
 )
 
 
