@@ -328,7 +328,8 @@ class Ledger:
             marks = ", ".join("?" * len(changed))
             first = self.db.execute(f"SELECT MIN(idx) FROM rows WHERE image_tar IN ({marks}) OR audio_tar IN "
                                     f"({marks})", changed + changed).fetchone()[0]
-            limit = min(limit, limit if first is None else first)
+            if first is not None:
+                limit = min(limit, first)
         kept = 0
         with open(manifest, encoding="utf-8") as f:
             lines = (line for line in f if line.strip())
